@@ -1,0 +1,31 @@
+# galclip: two commands on a fresh machine — `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.galclip-installed
+DEMO_PAIRS ?= 3000
+DEMO_OUT   ?= galclip-demo
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# Everything pinned in requirements.lock (torch==2.14.1, torchvision==0.29.1, zarr 3, faiss-cpu,
+# umap-learn, kcorrect ...), then galclip itself in editable mode.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/galclip demo --pairs $(DEMO_PAIRS) --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/extract.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,244 @@
+"""galclip command line: one verb per stage, each turning options into a config and calling
+one library function. Heavy libraries (torch, faiss, umap) are imported inside the commands,
+so ``galclip --help`` is instant. Only this module configures logging.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+logger = logging.getLogger("galclip")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for noisy in ("numba", "matplotlib", "PIL", "h5py", "asyncio", "zarr", "numcodecs", "faiss"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(func):
+    """Turn galclip's user-facing errors into a clean message and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from galclip.errors import GalclipError
+
+        try:
+            return func(*args, **kwargs)
+        except GalclipError as err:
+            raise click.ClickException(str(err)) from err
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.version_option(package_name="galclip")
+def main(verbose: int, quiet: bool) -> None:
+    """galclip: cache-first AstroCLIP for galaxy images and spectra.
+
+    \b
+    mock      write a mock survey in the AstroCLIP HDF5 + PROVABGS layouts
+    extract   frozen encoders over every pair -> Zarr feature store (stage one)
+    info      what a feature store holds, without reading bulk data
+    heads     train the projection heads on cached features (stage two)
+    evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
+    demo      mock -> extract -> heads -> evaluate in one go
+    """
+    _setup_logging(-1 if quiet else verbose)
+
+
+@main.command()
+@click.option("--pairs", "-n", type=click.IntRange(min=1), default=3000, show_default=True, help="Number of image-spectrum pairs.")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--labelled-fraction", type=click.FloatRange(0, 1), default=0.85, show_default=True,
+              help="Share of pairs with a PROVABGS-like catalogue row.")
+@user_errors
+def mock(pairs: int, out: Path, seed: int, labelled_fraction: float) -> None:
+    """Write a physically grounded mock survey (survey.h5 + provabgs.h5) into OUT."""
+    from galclip.config import MockConfig
+    from galclip.data.mock.survey import generate_mock
+
+    summary = generate_mock(MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction), out)
+    click.echo(f"mock survey: {summary['pairs']} pairs ({summary['pairs_per_s']:.0f} pairs/s) -> {out}")
+
+
+def _extract_options(func):
+    options = [
+        click.option("--image-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Stein et al. MoCo-v2 Lightning .ckpt (default: seeded random weights)."),
+        click.option("--spectrum-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Official Spender .pt checkpoint (default: seeded random weights)."),
+        click.option("--catalogue", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="PROVABGS-layout catalogue for labels (default: DATA/provabgs.h5 if present)."),
+        click.option("--rgb", type=click.Choice(["lupton", "stein"]), default="lupton", show_default=True,
+                     help="grz->RGB mapping; 'stein' is the variant the Stein et al. weights were trained with."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights used without checkpoints."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("store", type=click.Path(path_type=Path))
+@_extract_options
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@user_errors
+def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, rgb, batch_size, device, seed, no_progress) -> None:
+    """Run the frozen encoders over every pair in DATA and write features into STORE (resumable)."""
+    from galclip.config import ExtractConfig
+    from galclip.extract.run import run_extraction
+
+    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb,
+                        batch_size=batch_size, seed=seed, device=device, catalogue=catalogue)
+    s = run_extraction(data, store, cfg, progress=not no_progress)
+    if s.get("already_complete"):
+        click.echo(f"{store}: already complete ({s['pairs']} pairs); nothing to do")
+    else:
+        click.echo(f"extracted {s['pairs_extracted']} pairs at {s['pairs_per_s']:.1f} pairs/s on {s['device']} -> {store}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def info(store: Path, as_json: bool) -> None:
+    """Print what a feature STORE holds (counts, arrays, completeness, provenance)."""
+    from dataclasses import asdict
+
+    from galclip.store import FeatureStore
+
+    inf = FeatureStore.open(store).info()
+    if as_json:
+        click.echo(json.dumps(asdict(inf), indent=2))
+        return
+    click.echo(f"store        {inf.path}")
+    click.echo(f"fingerprint  {inf.fingerprint}")
+    click.echo(f"pairs        {inf.n} (train {inf.n_train}, validation {inf.n_val}, labelled {inf.n_labelled})")
+    click.echo(f"shards       {inf.n_complete}/{inf.n_shards} complete ({inf.rows_per_shard} rows each)"
+               + ("" if inf.complete else "  <- INCOMPLETE: re-run the same 'galclip extract' to finish"))
+    for name, (shape, dtype) in inf.arrays.items():
+        click.echo(f"  {name:<18} {str(shape):<14} {dtype}")
+    enc = inf.provenance.get("encoders", {})
+    for kind in ("image", "spectrum"):
+        w = enc.get(kind, {}).get("weights", {})
+        click.echo(f"{kind:<8} weights  {w.get('source')}" + (f" sha256 {w['sha256'][:12]}" if "sha256" in w else ""))
+    click.echo(f"preprocessing {json.dumps(inf.provenance.get('preprocessing'))}")
+    click.echo(f"code version {inf.provenance.get('code_version')}")
+
+
+def _head_options(func):
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=2), default=512, show_default=True),
+        click.option("--lr", type=float, default=5e-4, show_default=True),
+        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True, help="Fixed InfoNCE temperature."),
+        click.option("--weight-decay", type=float, default=0.0, show_default=True),
+        click.option("--early-stopping", type=click.IntRange(min=0), default=15, show_default=True,
+                     help="Stop after this many epochs without validation improvement (0: never)."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _head_config(epochs, batch_size, lr, tau, weight_decay, early_stopping, seed, device):
+    from galclip.config import HeadConfig
+
+    return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, weight_decay=weight_decay,
+                      early_stopping=early_stopping or None, seed=seed, device=device)
+
+
+def _plot_history(out: Path) -> None:
+    from galclip.evaluate.plots import plot_loss_curves
+
+    history = json.loads((out / "history.json").read_text())["history"]
+    plot_loss_curves({k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")}, out / "loss_curve.png")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@_head_options
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def heads(store: Path, out: Path, no_progress: bool, **kwargs) -> None:
+    """Train the image and spectrum heads on STORE's cached features; write OUT/heads.pt."""
+    from galclip.heads.train import train_heads
+
+    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress)
+    _plot_history(out)
+    click.echo(f"heads: best val loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']} "
+               f"({s['epochs_run']} epochs, {s['seconds']:.1f} s) -> {out / 'heads.pt'}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("heads_path", metavar="HEADS", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
+@click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, seed: int) -> None:
+    """Evaluate HEADS on STORE's validation pairs; write OUT/report.html and OUT/metrics.json."""
+    from galclip.config import EvalConfig
+    from galclip.evaluate.pipeline import evaluate_store
+
+    t0 = time.perf_counter()
+    metrics = evaluate_store(store, heads_path, out, EvalConfig(k=k, umap=not no_umap, seed=seed),
+                             extra_metrics={"timings_s": {}})
+    click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
+    _echo_summary(metrics)
+
+
+def _echo_summary(metrics: dict) -> None:
+    r2 = metrics.get("zero_shot_r2", {})
+    click.echo("zero-shot k-NN R²      redshift  log M*")
+    for src in ("image", "spectrum", "cross", "raw_image", "raw_spectrum"):
+        row = r2.get(src, {})
+        fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+        click.echo(f"  {src:<20} {fmt(row.get('redshift'))}  {fmt(row.get('log_mstar'))}")
+    for d in ("im2sp", "sp2im"):
+        r = metrics.get("retrieval", {}).get(d, {})
+        if r:
+            click.echo(f"  {d}: recall@1 {r['recall@1']:.3f}  recall@10 {r['recall@10']:.3f}  median rank {r['median_rank']:.0f}")
+
+
+@main.command()
+@click.option("--pairs", "-n", type=click.IntRange(min=64), default=3000, show_default=True)
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("galclip-demo"), show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
+@click.option("--no-umap", is_flag=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
+    """mock -> extract -> heads -> evaluate on a mock survey; prints where the report is."""
+    from galclip.demo import run_demo
+
+    metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed)
+    click.echo(f"\nreport:  {out / 'report' / 'report.html'}\nmetrics: {out / 'report' / 'metrics.json'}")
+    _echo_summary(metrics)
+    t = metrics["timings_s"]
+    click.echo("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
+
+
+if __name__ == "__main__":
+    main()

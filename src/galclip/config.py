@@ -1,0 +1,82 @@
+"""Frozen configuration dataclasses, one per stage.
+
+A sweep or a test builds variants with ``dataclasses.replace(base, lr=...)``; every stage
+records ``dataclasses.asdict(config)`` beside its outputs so a result can be rebuilt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RGB_MAPPINGS = ("lupton", "stein")
+
+
+@dataclass(frozen=True)
+class MockConfig:
+    """How to generate a mock survey in the AstroCLIP/PROVABGS on-disk layouts."""
+
+    pairs: int = 3000
+    seed: int = 0
+    n_groups: int = 10
+    labelled_fraction: float = 0.85  # share of pairs with a PROVABGS-like catalogue row
+    redshift_stretch: float = 2.0  # SDSS main-sample z scaled towards DESI BGS depths
+    z_max: float = 0.6
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Stage one: frozen encoders over every pair, penultimate features into the store."""
+
+    image_weights: str | None = None  # Stein et al. MoCo-v2 Lightning .ckpt
+    spectrum_weights: str | None = None  # official Spender .pt
+    rgb: str = "lupton"  # grz -> RGB mapping: "lupton" (survey formula) or "stein"
+    crop: int = 96
+    batch_size: int = 64
+    seed: int = 0  # seeds the random weights used when no checkpoint is given
+    device: str = "auto"
+    catalogue: str | None = None  # PROVABGS-layout catalogue for labels
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.rgb not in RGB_MAPPINGS:
+            raise ValueError(f"rgb must be one of {RGB_MAPPINGS}, got {self.rgb!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Stage two: projection heads trained with symmetric InfoNCE on cached features."""
+
+    epochs: int = 80
+    batch_size: int = 512
+    lr: float = 5e-4
+    tau: float = 0.07
+    weight_decay: float = 0.0
+    lr_factor: float = 0.5  # ReduceLROnPlateau factor (report: 2x reduction)
+    lr_patience: int = 5  # ReduceLROnPlateau patience in epochs (report)
+    early_stopping: int | None = 15  # stop after this many epochs without val improvement
+    standardise: bool = True  # z-score features with train-set mean/std before the heads
+    embed_dim: int = 128
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.tau <= 0:
+            raise ValueError("tau must be > 0")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be >= 2 for a contrastive loss")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: retrieval, zero-shot k-NN regression, UMAP, report."""
+
+    k: int = 16  # k-NN neighbours (report: 16, distance weights)
+    knn_test_fraction: float = 0.5  # share of the labelled validation set held out for k-NN
+    seed: int = 0
+    n_gallery_queries: int = 3
+    gallery_k: int = 5
+    umap: bool = True
+    umap_max_points: int = 20000

@@ -1,0 +1,106 @@
+"""PROVABGS-layout catalogue: read, apply the AstroCLIP cuts, join labels onto survey rows.
+
+Columns (DESI EDR VAC ``BGS_ANY_full.provabgs.sv3.v0.hdf5``): TARGETID, Z_HP,
+PROVABGS_LOGMSTAR_BF, MAG_G, MAG_R, MAG_Z. The file may hold the columns as root datasets
+or as one compound (table) dataset, as astropy writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from galclip.data.layout import CATALOGUE_COLUMNS
+from galclip.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Catalogue labels joined onto survey rows: (n,) float32 each, NaN where absent or cut."""
+
+    redshift: np.ndarray
+    log_mstar: np.ndarray
+    n_catalogue: int
+    n_after_cuts: int
+    n_matched: int
+
+
+def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
+    """Read the six PROVABGS columns: name -> (n,) array."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(f"{path}: not a readable HDF5 catalogue ({err})") from err
+    with f:
+        columns: dict[str, np.ndarray] = {}
+        if all(c in f and isinstance(f[c], h5py.Dataset) for c in CATALOGUE_COLUMNS):
+            columns = {c: f[c][:] for c in CATALOGUE_COLUMNS}
+        else:
+            tables = [k for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].dtype.names]
+            for name in tables:
+                fields = f[name].dtype.names
+                if all(c in fields for c in CATALOGUE_COLUMNS):
+                    data = f[name][:]
+                    columns = {c: np.asarray(data[c]) for c in CATALOGUE_COLUMNS}
+                    break
+            if not columns:
+                present = sorted(f.keys()) + [f"{t}.{n}" for t in tables for n in f[t].dtype.names]
+                missing = [c for c in CATALOGUE_COLUMNS if c not in present and not any(p.endswith("." + c) for p in present)]
+                raise InputError(
+                    f"{path}: catalogue lacks column(s) {missing}; a PROVABGS catalogue needs "
+                    f"{list(CATALOGUE_COLUMNS)} (found {present[:20]})"
+                )
+    lengths = {c: len(v) for c, v in columns.items()}
+    if len(set(lengths.values())) != 1:
+        raise InputError(f"{path}: catalogue columns have different lengths {lengths}")
+    return columns
+
+
+def apply_cuts(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """AstroCLIP's catalogue cuts: (n,) bool, PROVABGS_LOGMSTAR_BF > 0 and MAG_G, MAG_R, MAG_Z > 0."""
+    keep = np.asarray(columns["PROVABGS_LOGMSTAR_BF"]) > 0
+    for band in ("MAG_G", "MAG_R", "MAG_Z"):
+        keep &= np.asarray(columns[band]) > 0
+    keep &= np.isfinite(np.asarray(columns["Z_HP"], dtype=np.float64))
+    return keep
+
+
+def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
+    """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts."""
+    columns = read_catalogue(path)
+    keep = apply_cuts(columns)
+    cat_ids = np.asarray(columns["TARGETID"]).astype(np.int64)[keep]
+    uniq, counts = np.unique(cat_ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1]
+        raise InputError(
+            f"{path}: {dup.size} targetid(s) appear more than once after the cuts, e.g. {dup[:5].tolist()}; "
+            "keep one row per TARGETID"
+        )
+    if keep.sum() == 0:
+        raise InputError(
+            f"{path}: no catalogue row passes the cuts (PROVABGS_LOGMSTAR_BF > 0 and MAG_G, MAG_R, MAG_Z > 0); "
+            "check the column units and that this is a PROVABGS catalogue"
+        )
+    order = np.argsort(cat_ids)
+    sorted_ids = cat_ids[order]
+    pos = np.searchsorted(sorted_ids, targetid)
+    pos = np.clip(pos, 0, len(sorted_ids) - 1)
+    hit = sorted_ids[pos] == targetid
+    z = np.full(len(targetid), np.nan, np.float32)
+    m = np.full(len(targetid), np.nan, np.float32)
+    z[hit] = np.asarray(columns["Z_HP"])[keep][order][pos[hit]]
+    m[hit] = np.asarray(columns["PROVABGS_LOGMSTAR_BF"])[keep][order][pos[hit]]
+    labels = Labels(z, m, len(keep), int(keep.sum()), int(hit.sum()))
+    logger.info(
+        "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs",
+        path, labels.n_catalogue, labels.n_after_cuts, labels.n_matched, len(targetid),
+    )
+    return labels

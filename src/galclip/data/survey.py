@@ -1,0 +1,202 @@
+"""Reader for survey files in the public AstroCLIP HDF5 layout (see ``layout``).
+
+A survey is one or more HDF5 files; each holds either groups ("0".."9", as the AstroCLIP
+builder writes) or the four datasets at its root. The reader lists segments (file, group,
+length) without reading bulk data, then reads row ranges of one segment at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from galclip.data.layout import IMAGE_SHAPE, SPECTRUM_SHAPE, SURVEY_DATASETS
+from galclip.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous block of rows: one group of one survey file."""
+
+    path: str
+    group: str  # "" for datasets at the file root
+    n_rows: int
+    offset: int  # index of the segment's first row in the whole survey
+
+
+@dataclass
+class SurveyBatch:
+    """Rows ``[start, stop)`` of the survey.
+
+    image (n, 152, 152, 3) float32, spectrum (n, 7781) float32, redshift (n,) float32,
+    targetid (n,) int64.
+    """
+
+    image: np.ndarray
+    spectrum: np.ndarray
+    redshift: np.ndarray
+    targetid: np.ndarray
+
+
+def _resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted([*p.glob("*.h5"), *p.glob("*.hdf5")])
+            found = [f for f in found if "provabgs" not in f.name.lower() and f.name != "catalogue.h5"]
+            if not found:
+                raise InputError(f"{p}: no survey .h5/.hdf5 files in this directory")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file; pass an AstroCLIP-layout HDF5 file or a directory of them")
+    return files
+
+
+def _check_segment(path: Path, name: str, node: h5py.Group) -> int:
+    label = f"{path}:{name or '/'}"
+    missing = [d for d in SURVEY_DATASETS if d not in node]
+    if missing:
+        raise InputError(
+            f"{label}: missing dataset(s) {missing}; an AstroCLIP survey group needs {list(SURVEY_DATASETS)}"
+        )
+    n = node["targetid"].shape[0]
+    for d in SURVEY_DATASETS:
+        if node[d].shape[0] != n:
+            raise InputError(f"{label}: dataset '{d}' has {node[d].shape[0]} rows but 'targetid' has {n}")
+    img = node["image"].shape[1:]
+    if img != IMAGE_SHAPE:
+        hint = ""
+        if sorted(img) == sorted(IMAGE_SHAPE):
+            hint = " (bands first? AstroCLIP stores images as (152, 152, 3) g,r,z: transpose them)"
+        raise InputError(f"{label}: 'image' rows have shape {img}, expected {IMAGE_SHAPE}{hint}")
+    spec = node["spectrum"].shape[1:]
+    if spec not in (SPECTRUM_SHAPE, SPECTRUM_SHAPE[:1]):
+        raise InputError(
+            f"{label}: 'spectrum' rows have shape {spec}, expected {SPECTRUM_SHAPE} "
+            "(the DESI 7781-bin grid, 3600-9824 Å); resample the spectra onto that grid"
+        )
+    return n
+
+
+class SurveyReader:
+    """Lists and reads the pairs of one or more AstroCLIP-layout survey files."""
+
+    def __init__(self, paths: str | Path | Sequence[str | Path]):
+        self.files = _resolve_paths(paths)
+        segments: list[Segment] = []
+        offset = 0
+        for path in self.files:
+            try:
+                handle = h5py.File(path, "r")
+            except OSError as err:
+                raise InputError(f"{path}: not a readable HDF5 file ({err}); re-download or regenerate it") from err
+            with handle as f:
+                names = [""] if "targetid" in f else sorted(
+                    (k for k in f.keys() if isinstance(f[k], h5py.Group)), key=_group_sort_key
+                )
+                if not names:
+                    raise InputError(f"{path}: no survey groups or datasets found")
+                for name in names:
+                    n = _check_segment(path, name, f[name] if name else f)
+                    segments.append(Segment(str(path), name, n, offset))
+                    offset += n
+        self.segments: tuple[Segment, ...] = tuple(segments)
+        self.n_rows = offset
+        self._handles: dict[str, h5py.File] = {}
+
+    def targetids(self) -> np.ndarray:
+        """All targetids in survey order: (n_rows,) int64. Duplicates are an error."""
+        ids = np.concatenate([self._node(s)["targetid"][:].astype(np.int64) for s in self.segments]) \
+            if self.segments else np.zeros(0, np.int64)
+        uniq, counts = np.unique(ids, return_counts=True)
+        dup = uniq[counts > 1]
+        if dup.size:
+            where = []
+            for s in self.segments:
+                seg_ids = self._node(s)["targetid"][:]
+                hits = np.intersect1d(seg_ids, dup[:5])
+                if hits.size:
+                    where.append(f"{s.path}:{s.group or '/'}")
+            raise InputError(
+                f"{len(dup)} duplicate targetid(s) in the survey, e.g. {dup[:5].tolist()} (in {', '.join(where)}); "
+                "each galaxy must appear once: drop the repeated rows"
+            )
+        return ids
+
+    def redshifts(self) -> np.ndarray:
+        """Survey (DESI) redshifts in survey order: (n_rows,) float32."""
+        return np.concatenate([self._node(s)["redshift"][:].astype(np.float32) for s in self.segments])
+
+    def _node(self, seg: Segment) -> h5py.Group:
+        handle = self._handles.get(seg.path)
+        if handle is None:
+            handle = self._handles[seg.path] = h5py.File(seg.path, "r")
+        return handle[seg.group] if seg.group else handle
+
+    def read(self, start: int, stop: int) -> SurveyBatch:
+        """Rows ``[start, stop)`` of the whole survey (may span segments)."""
+        parts = []
+        for seg in self.segments:
+            lo, hi = max(start, seg.offset), min(stop, seg.offset + seg.n_rows)
+            if lo < hi:
+                node = self._node(seg)
+                a, b = lo - seg.offset, hi - seg.offset
+                parts.append(
+                    SurveyBatch(
+                        image=node["image"][a:b].astype(np.float32, copy=False),
+                        spectrum=node["spectrum"][a:b].reshape(b - a, -1).astype(np.float32, copy=False),
+                        redshift=node["redshift"][a:b].astype(np.float32, copy=False),
+                        targetid=node["targetid"][a:b].astype(np.int64, copy=False),
+                    )
+                )
+        if not parts:
+            raise IndexError(f"rows [{start}, {stop}) are outside the survey's {self.n_rows} rows")
+        if len(parts) == 1:
+            return parts[0]
+        return SurveyBatch(*(np.concatenate([getattr(p, k) for p in parts]) for k in SurveyBatch.__dataclass_fields__))
+
+    def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, SurveyBatch]]:
+        """Yield ``(first_row, batch)`` over rows ``[start, stop)`` in order; the last batch may be short."""
+        stop = self.n_rows if stop is None else stop
+        for lo in range(start, stop, batch_size):
+            yield lo, self.read(lo, min(lo + batch_size, stop))
+
+    def fingerprint(self) -> dict:
+        """Cheap identity of the data: files, sizes, segment lengths (no bulk read)."""
+        return {
+            "files": [str(Path(p).resolve()) for p in self.files],
+            "bytes": [Path(p).stat().st_size for p in self.files],
+            "segments": [[Path(s.path).name, s.group, s.n_rows] for s in self.segments],
+            "n_rows": self.n_rows,
+        }
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles.clear()
+
+    def __enter__(self) -> "SurveyReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:  # DataLoader workers each open their own handles
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+
+def _group_sort_key(name: str) -> tuple[int, str]:
+    return (int(name), name) if name.isdigit() else (1 << 30, name)

@@ -1,0 +1,92 @@
+"""Evaluate trained heads on a feature store: embed the validation pairs, then ``run_evaluation``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from galclip.config import EvalConfig
+from galclip.evaluate.report import atomic_write_text, write_report
+from galclip.evaluate.run import EvaluationInputs, run_evaluation
+from galclip.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+
+class SurveyRows:
+    """Reads survey rows (for galleries) by store row; blank when the survey files are gone."""
+
+    def __init__(self, provenance: dict, rows: np.ndarray, crop: int, rgb: str):
+        from galclip.data.survey import SurveyReader
+
+        self.rows, self.crop, self.rgb = rows, crop, rgb
+        files = provenance.get("data", {}).get("files", [])
+        try:
+            self.reader = SurveyReader(files) if files else None
+        except Exception as err:  # noqa: BLE001 - galleries are optional; metrics do not need the pixels
+            logger.warning("survey files of the store are not readable (%s): galleries will be blank", err)
+            self.reader = None
+
+    def image_rgb(self, idx: np.ndarray) -> np.ndarray:
+        """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""
+        from galclip.extract.preprocess import preprocess_images
+
+        if self.reader is None:
+            return np.zeros((len(idx), self.crop, self.crop, 3), np.float32)
+        imgs = np.concatenate([self.reader.read(int(r), int(r) + 1).image for r in self.rows[idx]])
+        return preprocess_images(imgs, self.crop, self.rgb).permute(0, 2, 3, 1).numpy()
+
+    def spectrum(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Validation indices (m,) -> (wave (7781,), flux (m, 7781))."""
+        from galclip.data.layout import DESI_N_BINS, desi_wavelength
+
+        if self.reader is None:
+            return desi_wavelength(), np.zeros((len(idx), DESI_N_BINS), np.float32)
+        return desi_wavelength(), np.concatenate([self.reader.read(int(r), int(r) + 1).spectrum for r in self.rows[idx]])
+
+
+def evaluate_store(
+    store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
+    extra_metrics: dict | None = None, allow_partial: bool = False,
+) -> dict:
+    """Embed the store's validation pairs with the heads and write the report; returns metrics.
+
+    ``timings_s.evaluate`` is this call's wall time; other ``extra_metrics`` are merged as given.
+    """
+    from galclip.heads.train import load_heads
+
+    t0 = time.perf_counter()
+    store = FeatureStore.open(store_path)
+    heads, ckpt = load_heads(heads_path, store)
+    data = store.load(allow_partial=allow_partial)
+    rows_all = np.flatnonzero(store.require_complete(allow_partial))
+    val = data["split"] == 1
+    emb_i, emb_s = heads.embed(data["image_features"][val], data["spectrum_features"][val])
+    history = ckpt.get("history", [])
+    pre = store.provenance.get("preprocessing", {}).get("image", {})
+    rows = SurveyRows(store.provenance, rows_all[val], int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+    inputs = EvaluationInputs(
+        targetid=data["targetid"][val], emb_image=emb_i, emb_spectrum=emb_s,
+        raw_image=data["image_features"][val], raw_spectrum=data["spectrum_features"][val],
+        redshift=data["label_redshift"][val], log_mstar=data["label_log_mstar"][val],
+        image_rgb=rows.image_rgb, spectrum=rows.spectrum,
+        loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
+    )
+    extra = dict(extra_metrics or {})
+    extra.setdefault("n_pairs", store.n)
+    extra["store_fingerprint"] = store.fingerprint()
+    extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
+                      "config": ckpt.get("config")}
+    extra["encoders"] = {k: v.get("weights", {}).get("source") for k, v in store.provenance.get("encoders", {}).items()}
+    metrics = run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra)
+
+    # record this stage's own wall time, then rewrite metrics.json and the report with it
+    metrics.setdefault("timings_s", {})["evaluate"] = time.perf_counter() - t0
+    out = Path(out_dir)
+    atomic_write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", out / "metrics.json")
+    write_report(metrics, {name: out / fname for name, fname in metrics.get("figures", {}).items()}, out / "report.html")
+    return metrics

@@ -1,0 +1,181 @@
+"""Evaluation figures, one PNG per function, drawn on matplotlib's Agg canvas.
+
+Figures are built as ``matplotlib.figure.Figure`` objects attached to a
+``FigureCanvasAgg`` explicitly, so pyplot and the process-wide backend are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("image", "spectrum")
+_HEXBIN_MIN_POINTS = 200
+
+
+def _new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """An Agg-backed figure (no pyplot state). Big grids pass layout=None: constrained
+    layout costs seconds on dozens of axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, format="png")
+    logger.debug("wrote %s", path)
+    return path
+
+
+def plot_loss_curves(history: Mapping[str, list], path: Path | str) -> Path:
+    """Train and validation InfoNCE loss per epoch, learning rate (log) on a twin axis if given."""
+    fig = _new_figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    train, val = list(history.get("train_loss", [])), list(history.get("val_loss", []))
+    if train:
+        ax.plot(np.arange(1, len(train) + 1), train, label="train loss")
+    if val:
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation loss")
+    if not train and not val:
+        ax.text(0.5, 0.5, "no loss history", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("InfoNCE loss")
+    lr = list(history.get("lr", []) or [])
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(1, len(lr) + 1), lr, color="grey", ls="--", lw=1, label="learning rate")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("learning rate")
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="upper right")
+    elif train or val:
+        ax.legend(loc="upper right")
+    ax.set_title("Projection-head training")
+    return _save(fig, path)
+
+
+def plot_pred_vs_true(table: Mapping[str, Mapping[str, Mapping]], path: Path | str) -> Path:
+    """Grid of predicted vs true panels, rows = sources, columns = targets, from
+    :func:`galclip.evaluate.knn.zero_shot_table`; hexbin (scatter below 200 points), 1:1
+    line, R^2 in each title."""
+    sources = list(table)
+    targets = list(dict.fromkeys(t for row in table.values() for t in row))  # first-seen order
+    n_rows, n_cols = max(1, len(sources)), max(1, len(targets))
+    fig = _new_figure(3.4 * n_cols, 3.0 * n_rows, layout=None)
+    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.6 / (3.0 * n_rows), top=1 - 0.4 / (3.0 * n_rows),
+                        wspace=0.35, hspace=0.55)
+    axes = fig.subplots(n_rows, n_cols, squeeze=False)
+    for i, source in enumerate(sources):
+        for j, target in enumerate(targets):
+            ax = axes[i, j]
+            cell = table[source].get(target)
+            true = np.asarray(cell["true"], dtype=float) if cell else np.empty(0)
+            pred = np.asarray(cell["pred"], dtype=float) if cell else np.empty(0)
+            r2 = float(cell["r2"]) if cell and cell["r2"] is not None else float("nan")
+            if true.size == 0:
+                ax.text(0.5, 0.5, "too few labels", ha="center", va="center", transform=ax.transAxes)
+            else:
+                if true.size >= _HEXBIN_MIN_POINTS:
+                    ax.hexbin(true, pred, gridsize=40, mincnt=1, bins="log", cmap="viridis")
+                else:
+                    ax.scatter(true, pred, s=8, alpha=0.7)
+                lo = float(np.nanmin([true.min(), pred.min()]))
+                hi = float(np.nanmax([true.max(), pred.max()]))
+                ax.plot([lo, hi], [lo, hi], color="red", lw=1)
+            ax.set_title(f"{source} → {target}   R²={r2:.3f}", fontsize=9)
+            ax.set_xlabel(f"true {target}", fontsize=8)
+            ax.set_ylabel(f"predicted {target}", fontsize=8)
+    return _save(fig, path)
+
+
+def plot_umap(coords: np.ndarray, colour_by: Mapping[str, np.ndarray], path: Path | str, title: str = "") -> Path:
+    """UMAP scatter of ``coords`` (n, 2), one panel per ``colour_by`` entry (n,); NaN in grey."""
+    xy = np.asarray(coords, dtype=float)
+    names = list(colour_by) or [""]
+    fig = _new_figure(4.2 * len(names), 3.8)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    size = max(1.0, min(12.0, 3000.0 / max(len(xy), 1)))
+    for ax, name in zip(axes, names):
+        values = np.asarray(colour_by[name], dtype=float) if name in colour_by else np.full(len(xy), np.nan)
+        ok = np.isfinite(values)
+        ax.scatter(xy[~ok, 0], xy[~ok, 1], s=size, c="lightgrey", lw=0)
+        if ok.any():
+            sc = ax.scatter(xy[ok, 0], xy[ok, 1], s=size, c=values[ok], cmap="viridis", lw=0)
+            fig.colorbar(sc, ax=ax, label=name)
+        ax.set_title(f"{title} coloured by {name}" if title else name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)
+
+
+def _draw(ax, kind: str, index: int, image_rgb: Callable, spectrum: Callable) -> None:
+    """Draw galaxy ``index`` as an RGB image or a spectrum curve on ``ax``."""
+    if kind == "image":
+        ax.imshow(np.clip(np.asarray(image_rgb(np.array([index]))[0], dtype=float), 0, 1))
+        ax.set_axis_off()
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        wave, flux = spectrum(np.array([index]))
+        ax.plot(np.asarray(wave), np.asarray(flux)[0], lw=0.5, color="black")
+        ax.set_yticks([])
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.tick_params(labelsize=6)
+
+
+def plot_gallery(
+    query_index: np.ndarray,
+    neighbour_indices: np.ndarray,
+    similarities: np.ndarray,
+    query_kind: str,
+    target_kind: str,
+    image_rgb: Callable[[np.ndarray], np.ndarray],
+    spectrum: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    path: Path | str,
+    title: str = "",
+) -> Path:
+    """Retrieval gallery: one row per query, the query then its top-k results.
+
+    query_index: (q,) galaxy indices; neighbour_indices, similarities: (q, k). query_kind and
+    target_kind are "image" (drawn RGB via image_rgb(indices) -> (m, H, W, 3)) or "spectrum"
+    (curve via spectrum(indices) -> (wave (L,), flux (m, L))). A result that is the query's
+    own partner galaxy is marked with a star.
+    """
+    for kind in (query_kind, target_kind):
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    queries = np.atleast_1d(np.asarray(query_index, dtype=np.int64))
+    nbrs = np.asarray(neighbour_indices, dtype=np.int64).reshape(len(queries), -1)
+    sims = np.asarray(similarities, dtype=float).reshape(nbrs.shape)
+    n_cols = 1 + nbrs.shape[1]
+    wide = 2.4 if "spectrum" in (query_kind, target_kind) else 1.8
+    height = 1.9 * max(1, len(queries)) + 0.5
+    fig = _new_figure(wide * n_cols, height, layout=None)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.3 / height, top=1 - 0.5 / height,
+                        wspace=0.1, hspace=0.35)
+    axes = fig.subplots(max(1, len(queries)), n_cols, squeeze=False)
+    for r, q in enumerate(queries):
+        _draw(axes[r, 0], query_kind, int(q), image_rgb, spectrum)
+        axes[r, 0].set_title(f"query #{q} ({query_kind})", fontsize=7, color="blue")
+        for c in range(nbrs.shape[1]):
+            idx = int(nbrs[r, c])
+            _draw(axes[r, c + 1], target_kind, idx, image_rgb, spectrum)
+            mark = " ★" if idx == q else ""
+            axes[r, c + 1].set_title(f"#{idx} s={sims[r, c]:.3f}{mark}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,122 @@
+"""One self-contained HTML report: metric tables and every figure inlined as base64 PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ZERO_SHOT_SOURCES = ("image", "spectrum", "cross", "cross_sp2im", "raw_image", "raw_spectrum")
+ZERO_SHOT_TARGETS = ("redshift", "log_mstar")
+CROSS_DIRECTIONS = ("im2sp", "sp2im")
+CROSS_COLUMNS = ("recall@1", "recall@5", "recall@10", "median_rank", "chance_recall@10")
+INMODAL_DIRECTIONS = ("im2im", "sp2sp")
+INMODAL_COLUMNS = ("median_abs_delta_knn", "median_abs_delta_random", "ratio")
+
+_CSS = """
+body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.7em; text-align: right; }
+th { background: #eee; } td:first-child, th:first-child { text-align: left; }
+figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #555; }
+"""
+
+
+def atomic_write_text(text: str, path: Path | str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _table(title: str, row_names: list[str], columns: list[str], cells: Mapping) -> str:
+    """HTML table with rows ``row_names`` and columns ``columns`` read from cells[row][col]."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *columns])
+    body = "".join(
+        "<tr><td>" + html.escape(r) + "</td>"
+        + "".join(f"<td>{_fmt((cells.get(r) or {}).get(c))}</td>" for c in columns) + "</tr>"
+        for r in row_names
+    )
+    return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
+
+
+def _flat(metrics: Mapping, prefix: str = "") -> dict[str, object]:
+    """Scalar leaves of a nested dict as "a.b.c" -> value."""
+    out: dict[str, object] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flat(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            out[name] = value
+    return out
+
+
+def _figure(name: str, png: Path) -> str:
+    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>\n")
+
+
+def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str) -> Path:
+    """Write a single self-contained HTML report (inline CSS, base64 PNGs, no links).
+
+    Tables: zero-shot R^2 (metrics["zero_shot_r2"][source][target]), cross-modal retrieval
+    (metrics["retrieval"]["im2sp"|"sp2im"]), in-modal label deltas (metrics["retrieval"]
+    ["im2im"|"sp2sp"][label]), timings (metrics["timings_s"]), then every other scalar.
+    """
+    zs = metrics.get("zero_shot_r2", {}) or {}
+    ret = metrics.get("retrieval", {}) or {}
+    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>galclip evaluation</title>"
+             f"<style>{_CSS}</style></head><body>\n<h1>galclip evaluation</h1>\n"]
+    summary = {k: metrics[k] for k in ("n_pairs", "n_eval", "n_labelled") if k in metrics}
+    if summary:
+        parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
+    parts.append(_table("Zero-shot k-NN R²", [s for s in ZERO_SHOT_SOURCES if s in zs] or list(zs),
+                        list(ZERO_SHOT_TARGETS), zs))
+    parts.append(_table("Cross-modal retrieval (rank of the true partner)",
+                        [d for d in CROSS_DIRECTIONS if d in ret], list(CROSS_COLUMNS), ret))
+    inmodal = {f"{d} {label}": v for d in INMODAL_DIRECTIONS for label, v in (ret.get(d) or {}).items()
+               if isinstance(v, Mapping)}
+    if inmodal:
+        parts.append(_table("In-modal neighbours: median |Δlabel| (top-k vs random pairs)",
+                            list(inmodal), list(INMODAL_COLUMNS), inmodal))
+    timings = metrics.get("timings_s", {}) or {}
+    if timings:
+        parts.append(_table("Timings (s)", list(timings), ["seconds"],
+                            {k: {"seconds": v} for k, v in timings.items()}))
+    shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", *summary}
+    other = _flat({k: v for k, v in metrics.items() if k not in shown})
+    if other:
+        parts.append(_table("Other", list(other), ["value"], {k: {"value": v} for k, v in other.items()}))
+    parts.append("<h2>Figures</h2>\n")
+    parts.extend(_figure(name, png) for name, png in figures.items())
+    parts.append("</body></html>\n")
+    out = atomic_write_text("".join(parts), path)
+    logger.info("wrote report %s (%d figures)", out, len(figures))
+    return out

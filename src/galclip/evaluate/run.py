@@ -1,0 +1,226 @@
+"""Evaluation orchestrator: retrieval, galleries, zero-shot k-NN, UMAP, metrics.json, report.html."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from galclip.config import EvalConfig
+from galclip.evaluate.knn import split_for_knn, zero_shot_table
+from galclip.evaluate.report import atomic_write_text, write_report
+from galclip.evaluate.retrieval import (
+    drop_self,
+    label_deltas,
+    median_rank,
+    neighbour_ids,
+    partner_ranks,
+    recall_at_k,
+)
+from galclip.evaluate.search import build_index, l2_normalise, search
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("redshift", "log_mstar")
+# direction -> (query modality, target modality)
+DIRECTIONS = {"im2im": ("image", "image"), "sp2sp": ("spectrum", "spectrum"),
+              "im2sp": ("image", "spectrum"), "sp2im": ("spectrum", "image")}
+
+
+@dataclass
+class EvaluationInputs:
+    """Everything evaluation needs for n validation pairs."""
+
+    targetid: np.ndarray  # (n,) int64
+    emb_image: np.ndarray  # (n, 128) float32 head outputs, not yet normalised
+    emb_spectrum: np.ndarray  # (n, 128)
+    raw_image: np.ndarray  # (n, 2048) frozen backbone features
+    raw_spectrum: np.ndarray  # (n, 256)
+    redshift: np.ndarray  # (n,) float, NaN where no catalogue label
+    log_mstar: np.ndarray  # (n,) float, NaN where no catalogue label
+    image_rgb: Callable[[np.ndarray], np.ndarray]  # indices (m,) -> (m, H, W, 3) in [0, 1]
+    spectrum: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # indices -> (wave (L,), flux (m, L))
+    loss_history: dict = field(default_factory=dict)  # {"train_loss": [...], "val_loss": [...], "lr": [...]}
+
+    def labels(self) -> dict[str, np.ndarray]:
+        return {"redshift": np.asarray(self.redshift, dtype=np.float64),
+                "log_mstar": np.asarray(self.log_mstar, dtype=np.float64)}
+
+
+def _check_inputs(inputs: EvaluationInputs) -> int:
+    """Validate row counts and dimensions; return n."""
+    n = len(inputs.targetid)
+    arrays = {name: getattr(inputs, name) for name in
+              ("emb_image", "emb_spectrum", "raw_image", "raw_spectrum", "redshift", "log_mstar")}
+    wrong = {name: np.shape(a) for name, a in arrays.items() if np.shape(a)[:1] != (n,)}
+    if wrong:
+        raise ValueError(f"every input needs {n} rows (len(targetid)); mismatched: {wrong}")
+    if np.shape(inputs.emb_image)[1:] != np.shape(inputs.emb_spectrum)[1:]:
+        raise ValueError(f"image and spectrum embeddings differ in dimension: "
+                         f"{np.shape(inputs.emb_image)} vs {np.shape(inputs.emb_spectrum)}")
+    if n < 2:
+        raise ValueError(f"evaluation needs at least 2 validation pairs, got {n}")
+    return n
+
+
+def _jsonable(obj: object) -> object:
+    """Nested numpy/python values -> plain JSON types, NaN and inf -> None."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.ndarray],
+               config: EvalConfig) -> dict:
+    """Cross-modal partner ranks and in-modal neighbour label deltas."""
+    n = emb["image"].shape[0]
+    out: dict = {}
+    for name, (q, t) in DIRECTIONS.items():
+        if q == t:
+            nbrs = neighbour_ids(emb[q], config.gallery_k, indexes[q])
+            out[name] = {label: label_deltas(nbrs, y, config.seed) for label, y in labels.items()}
+        else:
+            ranks = partner_ranks(emb[q], emb[t])
+            out[name] = {**recall_at_k(ranks, (1, 5, 10)), "median_rank": median_rank(ranks),
+                         "chance_recall@10": min(10, n) / n, "n_queries": int(n)}
+    return out
+
+
+def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: dict,
+               config: EvalConfig, out_dir: Path) -> dict[str, Path]:
+    """One PNG per direction: n_gallery_queries seeded queries, top gallery_k results each."""
+    from galclip.evaluate.plots import plot_gallery
+
+    n = emb["image"].shape[0]
+    n_queries = min(n, config.n_gallery_queries)
+    if n_queries < 1 or config.gallery_k < 1:
+        return {}
+    queries = np.random.default_rng(config.seed).choice(n, size=n_queries, replace=False)
+    figures = {}
+    for name, (q, t) in DIRECTIONS.items():
+        in_modal = q == t
+        k = min(config.gallery_k, n - int(in_modal))
+        scores, ids = search(indexes[t], emb[q][queries], k + int(in_modal))
+        if in_modal:
+            scores, ids = drop_self(scores, ids, queries)
+        figures[f"gallery_{name}"] = plot_gallery(
+            queries, ids, scores, q, t, inputs.image_rgb, inputs.spectrum,
+            out_dir / f"gallery_{name}.png", title=f"{name}: top {k} by cosine similarity")
+    return figures
+
+
+def _standardise(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-score rows ``train`` and ``test`` of x (n, d) with the train rows' mean and std."""
+    x = np.asarray(x, dtype=np.float64)
+    if train.size:
+        mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
+    else:
+        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    sd = np.where(sd > 0, sd, 1.0)
+    return ((x[train] - mu) / sd).astype(np.float32), ((x[test] - mu) / sd).astype(np.float32)
+
+
+def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+               config: EvalConfig) -> tuple[dict, dict]:
+    """k-NN table on a seeded split of the labelled pairs; returns (table, split info)."""
+    labelled = np.flatnonzero(np.any([np.isfinite(y) for y in labels.values()], axis=0))
+    train_pos, test_pos = split_for_knn(labelled.size, config.knn_test_fraction, config.seed)
+    tr, te = labelled[train_pos], labelled[test_pos]
+    im, sp = emb["image"], emb["spectrum"]
+    sources = {
+        "image": (im[tr], im[te]),
+        "spectrum": (sp[tr], sp[te]),
+        "cross": (sp[tr], im[te]),  # fit on spectrum embeddings, query with images
+        "cross_sp2im": (im[tr], sp[te]),
+        "raw_image": _standardise(inputs.raw_image, tr, te),
+        "raw_spectrum": _standardise(inputs.raw_spectrum, tr, te),
+    }
+    targets = {name: (y[tr], y[te]) for name, y in labels.items()}
+    table = zero_shot_table(sources, targets, config.k)
+    info = {"k": config.k, "weights": "distance", "n_train": int(tr.size), "n_test": int(te.size),
+            "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()}}
+    return table, info
+
+
+def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
+                   extra_metrics: dict | None = None) -> dict:
+    """Evaluate one set of validation embeddings; write figures, metrics.json, report.html.
+
+    Embeddings are L2-normalised (eq. 5) and searched with exact FAISS inner product.
+    Returns the metrics as written to ``out_dir / "metrics.json"`` (NaN -> None).
+    """
+    from galclip.evaluate.plots import plot_loss_curves, plot_pred_vs_true, plot_umap
+
+    n = _check_inputs(inputs)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    labels = inputs.labels()
+
+    t0 = time.perf_counter()
+    emb = {"image": l2_normalise(inputs.emb_image), "spectrum": l2_normalise(inputs.emb_spectrum)}
+    indexes = {name: build_index(e, "ip") for name, e in emb.items()}
+    retrieval = _retrieval(emb, indexes, labels, config)
+    timings["eval_retrieval"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    table, knn_info = _zero_shot(inputs, emb, labels, config)
+    timings["eval_zero_shot"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    figures: dict[str, Path] = {"loss_curves": plot_loss_curves(inputs.loss_history, out_dir / "loss_curves.png"),
+                                "zero_shot": plot_pred_vs_true(table, out_dir / "zero_shot_pred_vs_true.png")}
+    figures.update(_galleries(inputs, emb, indexes, config, out_dir))
+    timings["eval_figures"] = time.perf_counter() - t0
+
+    if config.umap:
+        from galclip.evaluate.embedding_map import fit_umap
+
+        t0 = time.perf_counter()
+        for name, e in emb.items():
+            coords = fit_umap(e, config.umap_max_points, config.seed)
+            figures[f"umap_{name}"] = plot_umap(coords, labels, out_dir / f"umap_{name}.png",
+                                                title=f"{name} embedding")
+        timings["eval_umap"] = time.perf_counter() - t0
+
+    metrics: dict = {
+        "n_pairs": n,
+        "n_eval": n,
+        "n_labelled": int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum()),
+        "zero_shot_r2": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in table.items()},
+        "zero_shot": knn_info,
+        "retrieval": retrieval,
+        "figures": {name: p.name for name, p in figures.items()},
+        "eval_config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+    }
+    extra = dict(extra_metrics or {})
+    extra_timings = dict(extra.pop("timings_s", None) or {})
+    metrics["timings_s"] = {**extra_timings, **{k: v for k, v in timings.items() if k not in extra_timings}}
+    metrics.update(extra)
+    metrics = _jsonable(metrics)
+    atomic_write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", out_dir / "metrics.json")
+    write_report(metrics, figures, out_dir / "report.html")
+
+    cross = retrieval["im2sp"]
+    r2 = metrics["zero_shot_r2"]
+    logger.info("evaluation of %d pairs: im->sp recall@10 %.3f (chance %.3f), median rank %.0f; "
+                "zero-shot redshift R2 image %s, spectrum %s, cross %s", n, cross["recall@10"],
+                cross["chance_recall@10"], cross["median_rank"], r2["image"]["redshift"],
+                r2["spectrum"]["redshift"], r2["cross"]["redshift"])
+    return metrics

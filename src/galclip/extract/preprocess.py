@@ -1,0 +1,67 @@
+"""Encoder input preprocessing, batched in torch so it runs wherever the encoders run.
+
+Images: AstroCLIP (W, H, C) g,r,z flux -> (C, H, W), centre crop 152 -> 96, then the Legacy
+Survey grz -> RGB arcsinh mapping (Lupton et al. 2004 form as used by the survey viewer), or
+the variant the Stein et al. (2021) model was trained with. Spectra: per-spectrum Z-score
+(report §3.1), which, unlike Spender's own rest-frame median normalisation, does not need the
+redshift and so does not leak it into zero-shot redshift scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# channel order of the output RGB planes: R <- z, G <- r, B <- g; per-band scales
+RGB_SCALES = {"g": 6.0, "r": 3.4, "z": 2.2}
+RGB_M = 0.03
+RGB_Q = 20.0
+
+
+def images_to_chw(images_whc: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """AstroCLIP storage order (B, W, H, 3) g,r,z -> (B, 3, H, W) g,r,z float32."""
+    x = torch.as_tensor(images_whc, dtype=torch.float32)
+    return x.permute(0, 3, 2, 1)
+
+
+def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size), the central pixels (Stein's CenterCrop)."""
+    h, w = x.shape[-2:]
+    top, left = h // 2 - size // 2, w // 2 - size // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def grz_to_rgb(x: torch.Tensor, variant: str = "lupton") -> torch.Tensor:
+    """(B, 3, H, W) g,r,z flux -> (B, 3, H, W) RGB in [0, 1] with R = z, G = r, B = g.
+
+    I = mean_b max(0, x_b s_b + m), f(I) = asinh(Q I) / √Q. ``lupton``: RGB_b = (x_b s_b + m) f(I)/I.
+    ``stein``: RGB_b = x_b (s_b + m f(I)/I), the variant the published Stein et al. weights saw.
+    """
+    rgb = x.flip(1)  # g,r,z -> z,r,g = R,G,B
+    scales = torch.tensor([RGB_SCALES["z"], RGB_SCALES["r"], RGB_SCALES["g"]], dtype=x.dtype, device=x.device)
+    scaled = rgb * scales[None, :, None, None]
+    intensity = torch.clamp(scaled + RGB_M, min=0.0).mean(dim=1, keepdim=True)
+    f_i = torch.asinh(RGB_Q * intensity) / np.sqrt(RGB_Q)
+    intensity = intensity + (intensity == 0).to(x.dtype) * 1e-6
+    if variant == "lupton":
+        out = (scaled + RGB_M) * f_i / intensity
+    elif variant == "stein":
+        out = rgb * (scales[None, :, None, None] + RGB_M * f_i / intensity)
+    else:
+        raise ValueError(f"unknown RGB variant {variant!r}; choose 'lupton' or 'stein'")
+    return out.clamp(0.0, 1.0)
+
+
+def preprocess_images(images_whc: np.ndarray | torch.Tensor, crop: int, variant: str) -> torch.Tensor:
+    """Survey cutouts (B, 152, 152, 3) -> encoder input (B, 3, crop, crop) RGB in [0, 1]."""
+    return grz_to_rgb(centre_crop(images_to_chw(images_whc), crop), variant)
+
+
+def zscore_spectra(spectra: np.ndarray | torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-spectrum Z-score: (B, L) -> (B, L) with zero mean and unit variance along L."""
+    y = torch.as_tensor(spectra, dtype=torch.float32)
+    if y.ndim == 3:
+        y = y.squeeze(-1)
+    mean = y.mean(dim=1, keepdim=True)
+    std = y.std(dim=1, keepdim=True)
+    return (y - mean) / (std + eps)

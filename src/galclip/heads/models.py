@@ -1,0 +1,93 @@
+"""Projection heads into the shared 128-d space (report §3.2-3.3).
+
+Image head: the MoCo-v2 projection MLP, Linear(2048, 2048) -> ReLU -> Linear(2048, 128)
+(~4.5M parameters), with the same module indices as the Stein checkpoint's ``fc`` so it can
+start from those weights. Spectrum head: Linear(256, 256) -> ReLU -> Linear(256, 128) -> ReLU
+-> Linear(128, 128) -> ReLU -> Linear(128, 128). Each head first standardises its input with
+the training set's per-feature mean and standard deviation (buffers saved with the head).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Standardise(nn.Module):
+    """(B, D) -> (B, D): (x - mean) / std with train-set statistics held as buffers."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def fit(self, x: np.ndarray | torch.Tensor) -> "Standardise":
+        """Set mean/std from (n, D) training features (float64 accumulation; std floor 1e-6)."""
+        x64 = torch.as_tensor(np.asarray(x, np.float64))
+        self.mean.copy_(x64.mean(0).float())
+        self.std.copy_(x64.std(0).clamp_min(1e-6).float())
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def mlp(sizes: tuple[int, ...]) -> nn.Sequential:
+    """Linear layers of the given widths with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Head(nn.Module):
+    """Standardisation then an MLP: (B, D_in) -> (B, embed_dim)."""
+
+    def __init__(self, sizes: tuple[int, ...], standardise: bool = True):
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.norm = Standardise(sizes[0]) if standardise else nn.Identity()
+        self.proj = mlp(self.sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x))
+
+
+def image_head_sizes(embed_dim: int = 128) -> tuple[int, ...]:
+    return (2048, 2048, embed_dim)
+
+
+def spectrum_head_sizes(embed_dim: int = 128) -> tuple[int, ...]:
+    return (256, 256, 128, 128, embed_dim)
+
+
+class CLIPHeads(nn.Module):
+    """Both heads: image (B, 2048) -> (B, 128), spectrum (B, 256) -> (B, 128)."""
+
+    def __init__(self, embed_dim: int = 128, standardise: bool = True):
+        super().__init__()
+        self.image = Head(image_head_sizes(embed_dim), standardise)
+        self.spectrum = Head(spectrum_head_sizes(embed_dim), standardise)
+
+    def load_moco_fc(self, fc_state: dict[str, torch.Tensor]) -> None:
+        """Initialise the image head from the Stein checkpoint's fc MLP (keys 0.*, 2.*)."""
+        self.image.proj.load_state_dict(fc_state, strict=True)
+
+    @torch.no_grad()
+    def embed(self, image_features: np.ndarray, spectrum_features: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 2048), (N, 256) -> two (N, 128) float32 embeddings (not normalised)."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out_i, out_s = [], []
+        for lo in range(0, len(image_features), batch_size):
+            xi = torch.as_tensor(image_features[lo:lo + batch_size], dtype=torch.float32, device=device)
+            xs = torch.as_tensor(spectrum_features[lo:lo + batch_size], dtype=torch.float32, device=device)
+            out_i.append(self.image(xi).cpu())
+            out_s.append(self.spectrum(xs).cpu())
+        self.train(was_training)
+        empty = torch.zeros(0, self.image.sizes[-1])
+        return (torch.cat(out_i) if out_i else empty).numpy(), (torch.cat(out_s) if out_s else empty).numpy()

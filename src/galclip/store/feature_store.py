@@ -1,0 +1,206 @@
+"""The Zarr v3 feature store: layout, provenance, shard-by-shard resumable writes.
+
+Layout (one Zarr group)::
+
+    targetid          (N,)        int64    survey order
+    split             (N,)        uint8    0 train, 1 validation (hash of targetid)
+    redshift          (N,)        float32  survey (DESI) redshift
+    label_redshift    (N,)        float32  catalogue Z_HP after cuts, NaN if none
+    label_log_mstar   (N,)        float32  catalogue PROVABGS_LOGMSTAR_BF after cuts, NaN if none
+    image_features    (N, 2048)   float32  frozen ResNet-50 pooled features
+    spectrum_features (N, 256)    float32  frozen Spender attention features
+    shard_complete    (S,)        uint8    1 once shard s is written and flushed to disk
+
+Rows are grouped in shards of ``rows_per_shard`` rows; a shard is exactly one chunk of every
+per-row array, so a writer that owns a shard owns whole chunks and never shares one with
+another writer. A shard is flagged complete only after its chunk files are fsync'ed.
+The group attribute ``galclip`` holds the format version, sizes and provenance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galclip.errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
+FEATURE_ARRAYS = {"image_features": 2048, "spectrum_features": 256}
+COMPLETE = "shard_complete"
+# provenance fields that must agree before an extraction may resume into an existing store
+COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a store holds, read from metadata only."""
+
+    path: str
+    n: int
+    n_train: int
+    n_val: int
+    n_labelled: int
+    rows_per_shard: int
+    n_shards: int
+    n_complete: int
+    arrays: dict[str, tuple[tuple[int, ...], str]]
+    provenance: dict
+    fingerprint: str
+
+    @property
+    def complete(self) -> bool:
+        return self.n_complete == self.n_shards
+
+
+def _fsync_tree(path: Path) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class FeatureStore:
+    """A feature store on local disk. Create with ``create``, open with ``open``."""
+
+    def __init__(self, path: Path, group, mode: str):
+        self.path = path
+        self.group = group
+        self.mode = mode
+        meta = dict(group.attrs.get("galclip", {}))
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{path}: not a galclip feature store (format {meta.get('format_version')!r})")
+        self.n: int = int(meta["n"])
+        self.rows_per_shard: int = int(meta["rows_per_shard"])
+        self.n_shards: int = int(meta["n_shards"])
+        self.provenance: dict = meta["provenance"]
+
+    # ---- creation / opening -------------------------------------------------
+    @classmethod
+    def create(
+        cls, path: str | Path, meta: dict[str, np.ndarray], provenance: dict, rows_per_shard: int = 256,
+    ) -> "FeatureStore":
+        """Write a new empty store atomically (built under a temporary name, then renamed)."""
+        import zarr
+
+        path = Path(path)
+        if path.exists():
+            raise StoreError(f"{path}: already exists; open it to resume, or remove it to start again")
+        n = len(meta["targetid"])
+        n_shards = max(1, -(-n // rows_per_shard))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        dtypes = {"targetid": "int64", "split": "uint8"}
+        for name in META_ARRAYS:
+            arr = group.create_array(name, shape=(n,), chunks=(rows_per_shard,), dtype=dtypes.get(name, "float32"),
+                                     fill_value=0 if name in dtypes else np.nan)
+            arr[:] = np.asarray(meta[name]).astype(dtypes.get(name, "float32"))
+        for name, dim in FEATURE_ARRAYS.items():
+            group.create_array(name, shape=(n, dim), chunks=(rows_per_shard, dim), dtype="float32", fill_value=np.nan)
+        group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.attrs["galclip"] = {
+            "format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard,
+            "n_shards": n_shards, "provenance": provenance,
+        }
+        _fsync_tree(tmp)
+        os.replace(tmp, path)
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
+        import zarr
+
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise StoreError(f"{path}: no feature store here; run 'galclip extract DATA {path}' first")
+        return cls(path, zarr.open_group(str(path), mode=mode, zarr_format=3), mode)
+
+    # ---- metadata ---------------------------------------------------------------
+    def complete_mask(self) -> np.ndarray:
+        """(S,) bool: which shards are written and flushed."""
+        return self.group[COMPLETE][:].astype(bool)
+
+    def shard_rows(self, shard: int) -> tuple[int, int]:
+        lo = shard * self.rows_per_shard
+        return lo, min(lo + self.rows_per_shard, self.n)
+
+    def read_meta(self, name: str) -> np.ndarray:
+        if name not in META_ARRAYS:
+            raise KeyError(f"{name!r} is not a per-row metadata array; choose from {META_ARRAYS}")
+        return self.group[name][:]
+
+    def fingerprint(self) -> str:
+        """Identity of the store's content: provenance and targetids (16 hex digits)."""
+        h = hashlib.sha256(json.dumps({k: self.provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.group["targetid"][:]).tobytes())
+        return h.hexdigest()[:16]
+
+    def info(self) -> StoreInfo:
+        split = self.group["split"][:]
+        labelled = np.isfinite(self.group["label_redshift"][:]) & np.isfinite(self.group["label_log_mstar"][:])
+        arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
+                  for name in (*META_ARRAYS, *FEATURE_ARRAYS, COMPLETE)}
+        return StoreInfo(
+            path=str(self.path), n=self.n, n_train=int((split == 0).sum()), n_val=int((split == 1).sum()),
+            n_labelled=int(labelled.sum()), rows_per_shard=self.rows_per_shard, n_shards=self.n_shards,
+            n_complete=int(self.complete_mask().sum()), arrays=arrays, provenance=self.provenance,
+            fingerprint=self.fingerprint(),
+        )
+
+    def check_compatible(self, provenance: dict) -> None:
+        """Refuse to resume with other encoders, preprocessing or data: name the difference."""
+        diffs = []
+        for key in COMPAT_KEYS:
+            old, new = self.provenance.get(key), provenance.get(key)
+            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+                diffs.append(f"{key}: store has {json.dumps(old, sort_keys=True)[:300]}, "
+                             f"this run has {json.dumps(new, sort_keys=True)[:300]}")
+        if diffs:
+            raise StoreError(
+                f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "
+                + "\n  ".join(diffs) + "\nUse another store path, or delete this store to start over."
+            )
+
+    # ---- writing -------------------------------------------------------------
+    def write_shard(self, shard: int, features: dict[str, np.ndarray]) -> None:
+        """Write every feature array of one shard, flush it to disk, then flag it complete."""
+        lo, hi = self.shard_rows(shard)
+        for name, dim in FEATURE_ARRAYS.items():
+            data = np.asarray(features[name], np.float32)
+            if data.shape != (hi - lo, dim):
+                raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, dim)}")
+            self.group[name][lo:hi] = data
+            _fsync_tree(self.path / name / "c" / str(shard))
+        self.group[COMPLETE][shard] = 1
+        _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+
+    # ---- reading --------------------------------------------------------------
+    def require_complete(self, allow_partial: bool = False) -> np.ndarray:
+        """(N,) bool rows readable; raises unless every shard is complete or ``allow_partial``."""
+        mask = self.complete_mask()
+        if not mask.all() and not allow_partial:
+            raise StoreError(
+                f"{self.path}: only {int(mask.sum())} of {self.n_shards} shards are complete; finish it with "
+                "'galclip extract' (same arguments), or pass --allow-partial to use the complete part"
+            )
+        return np.repeat(mask, self.rows_per_shard)[: self.n]
+
+    def load(self, allow_partial: bool = False) -> dict[str, np.ndarray]:
+        """Every per-row array of the complete shards, in memory: name -> (n_rows, ...)."""
+        rows = self.require_complete(allow_partial)
+        out = {name: self.group[name][:][rows] for name in (*META_ARRAYS, *FEATURE_ARRAYS)}
+        return out

@@ -1,0 +1,328 @@
+"""Evaluation package tests: every function against a brute-force or sklearn reference."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from galclip.config import EvalConfig
+from galclip.evaluate import knn as knn_mod
+from galclip.evaluate import retrieval as retrieval_mod
+from galclip.evaluate.knn import knn_regress, r2_score, split_for_knn, zero_shot_table
+from galclip.evaluate.retrieval import (
+    inmodal_neighbour_deltas,
+    median_rank,
+    partner_ranks,
+    recall_at_k,
+)
+from galclip.evaluate.search import build_index, l2_normalise, search
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+# --- search -------------------------------------------------------------------------------
+
+def test_l2_normalise_unit_rows_and_zero_rows_stay_zero():
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]])
+    out = l2_normalise(x)
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])
+    np.testing.assert_allclose(out[2], [1.0, 0.0])
+
+
+def test_search_ip_matches_numpy_brute_force():
+    rng = np.random.default_rng(0)
+    base, queries = _unit(rng, 500, 32), _unit(rng, 40, 32)
+    scores, ids = search(build_index(base, "ip"), queries, 7)
+    sims = queries.astype(np.float64) @ base.T.astype(np.float64)
+    ref = np.argsort(-sims, axis=1)[:, :7]
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, ref, axis=1), atol=1e-5)
+
+
+def test_search_l2_matches_numpy_brute_force():
+    rng = np.random.default_rng(1)
+    base, queries = rng.standard_normal((300, 16)), rng.standard_normal((25, 16))
+    scores, ids = search(build_index(base, "l2"), queries, 5)
+    d2 = ((queries[:, None, :] - base[None]) ** 2).sum(-1)
+    ref = np.argsort(d2, axis=1)[:, :5]
+    np.testing.assert_array_equal(ids, ref)
+    np.testing.assert_allclose(scores, np.take_along_axis(d2, ref, axis=1), rtol=1e-4)
+
+
+def test_search_rejects_bad_arguments():
+    index = build_index(np.eye(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="k must be"):
+        search(index, np.eye(3), 4)
+    with pytest.raises(ValueError, match="dimension"):
+        search(index, np.ones((1, 4)), 1)
+    with pytest.raises(ValueError, match="metric"):
+        build_index(np.eye(3), "cosine")
+
+
+# --- retrieval ----------------------------------------------------------------------------
+
+def _argsort_ranks(q: np.ndarray, t: np.ndarray) -> np.ndarray:
+    order = np.argsort(-(q.astype(np.float64) @ t.T.astype(np.float64)), axis=1)
+    return np.array([int(np.flatnonzero(row == i)[0]) + 1 for i, row in enumerate(order)])
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 * 2**20, 4 * 37 * 10])  # one chunk; many ragged ones
+def test_partner_ranks_match_argsort_reference(monkeypatch, chunk_bytes):
+    monkeypatch.setattr(retrieval_mod, "_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(2)
+    q = _unit(rng, 37, 8)
+    t = l2_normalise(q + 0.8 * rng.standard_normal(q.shape))
+    ranks = partner_ranks(q, t)
+    assert ranks.dtype == np.int64
+    np.testing.assert_array_equal(ranks, _argsort_ranks(q, t))
+
+
+def test_partner_ranks_ties_are_pessimistic():
+    q = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (6, 1))
+    np.testing.assert_array_equal(partner_ranks(q, q), np.full(6, 6))
+
+
+def test_recall_and_median_rank_on_hand_built_ranks():
+    ranks = np.array([1, 2, 5, 6, 10, 11, 100])
+    rec = recall_at_k(ranks)
+    assert rec == {"recall@1": 1 / 7, "recall@5": 3 / 7, "recall@10": 5 / 7}
+    assert recall_at_k(ranks, ks=(100,)) == {"recall@100": 1.0}
+    assert median_rank(ranks) == 6.0
+    assert median_rank(np.array([1, 4])) == 2.5
+
+
+def test_inmodal_deltas_small_for_informative_embedding():
+    rng = np.random.default_rng(3)
+    y = rng.uniform(0, 1, 200)
+    emb = l2_normalise(np.c_[np.cos(y), np.sin(y), 0.01 * rng.standard_normal((200, 4))])
+    y_obs = y.copy()
+    y_obs[:20] = np.nan
+    out = inmodal_neighbour_deltas(emb, y_obs, k=5, seed=0)
+    assert out["k"] == 5
+    assert out["n_pairs"] > 0 and math.isfinite(out["median_abs_delta_knn"])
+    assert out["median_abs_delta_knn"] < 0.1 * out["median_abs_delta_random"]
+    again = inmodal_neighbour_deltas(emb, y_obs, k=5, seed=0)
+    assert again == out
+
+
+# --- k-NN ---------------------------------------------------------------------------------
+
+def _sklearn_knn(train_x, train_y, query_x, k):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    return KNeighborsRegressor(n_neighbors=k, weights="distance").fit(train_x, train_y).predict(query_x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_knn_regress_matches_sklearn_including_exact_duplicates(dtype):
+    rng = np.random.default_rng(4)
+    train_x = rng.standard_normal((300, 12)).astype(dtype)
+    train_y = rng.standard_normal(300)
+    # two training rows at the same point with different targets
+    train_x[7] = train_x[3]
+    query_x = np.concatenate([rng.standard_normal((40, 12)).astype(dtype),
+                              train_x[[0, 3, 150]]])  # exact duplicates of training points
+    for k in (2, 5, 16):
+        ours = knn_regress(train_x, train_y, query_x, k=k)
+        assert ours.dtype == np.float64 and ours.shape == (43,)
+        np.testing.assert_allclose(ours, _sklearn_knn(train_x, train_y, query_x, k), rtol=0, atol=1e-6)
+    # k=1: skip query 41, whose two zero-distance neighbours tie at the k-th place (sklearn
+    # documents the winner of such a tie as dependent on training order)
+    keep = np.arange(43) != 41
+    np.testing.assert_allclose(knn_regress(train_x, train_y, query_x[keep], k=1),
+                               _sklearn_knn(train_x, train_y, query_x[keep], 1), rtol=0, atol=1e-6)
+    # zero-distance rule: plain mean of the zero-distance neighbours
+    ours = knn_regress(train_x, train_y, query_x, k=16)
+    assert ours[40] == train_y[0]
+    assert ours[41] == pytest.approx((train_y[3] + train_y[7]) / 2, abs=1e-12)
+
+
+def test_knn_regress_k_equal_to_n_and_too_large():
+    rng = np.random.default_rng(5)
+    x, y, q = rng.standard_normal((10, 3)), rng.standard_normal(10), rng.standard_normal((4, 3))
+    np.testing.assert_allclose(knn_regress(x, y, q, k=10), _sklearn_knn(x, y, q, 10), atol=1e-6)
+    with pytest.raises(ValueError, match="k=11 but only 10 training rows"):
+        knn_regress(x, y, q, k=11)
+
+
+def test_knn_regress_chunked_distances(monkeypatch):
+    monkeypatch.setattr(knn_mod, "_CHUNK_BYTES", 8 * 24 * 6 * 3)  # 3 queries per chunk
+    rng = np.random.default_rng(6)
+    x, y, q = rng.standard_normal((100, 6)), rng.standard_normal(100), rng.standard_normal((20, 6))
+    np.testing.assert_allclose(knn_regress(x, y, q, k=16), _sklearn_knn(x, y, q, 16), atol=1e-6)
+
+
+def test_split_for_knn_deterministic_disjoint_complete():
+    train, test = split_for_knn(101, 0.3, seed=7)
+    train2, test2 = split_for_knn(101, 0.3, seed=7)
+    np.testing.assert_array_equal(train, train2)
+    np.testing.assert_array_equal(test, test2)
+    assert len(test) == 30 and len(train) == 71
+    np.testing.assert_array_equal(np.sort(np.r_[train, test]), np.arange(101))
+    assert not np.array_equal(split_for_knn(101, 0.3, seed=8)[1], test)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_for_knn(10, 1.0, seed=0)
+
+
+def test_r2_score_matches_sklearn():
+    from sklearn.metrics import r2_score as sk_r2
+
+    rng = np.random.default_rng(8)
+    t = rng.standard_normal(50)
+    p = t + 0.5 * rng.standard_normal(50)
+    assert r2_score(t, p) == pytest.approx(sk_r2(t, p), abs=1e-12)
+    assert math.isnan(r2_score(np.ones(5), np.ones(5)))
+
+
+def test_zero_shot_table_drops_nan_labels_and_handles_too_few():
+    rng = np.random.default_rng(9)
+    x_tr, x_te = rng.standard_normal((40, 4)), rng.standard_normal((20, 4))
+    y_tr, y_te = x_tr[:, 0].copy(), x_te[:, 0].copy()
+    y_tr[:5] = np.nan
+    y_te[:3] = np.nan
+    sparse = np.full(40, np.nan)
+    sparse[:4] = 1.0
+    table = zero_shot_table({"a": (x_tr, x_te)}, {"good": (y_tr, y_te), "sparse": (sparse, y_te)}, k=5)
+    good = table["a"]["good"]
+    assert good["pred"].shape == good["true"].shape == (17,)
+    np.testing.assert_allclose(good["pred"], _sklearn_knn(x_tr[5:], y_tr[5:], x_te[3:], 5), atol=1e-6)
+    assert good["r2"] == pytest.approx(r2_score(y_te[3:], good["pred"]))
+    assert math.isnan(table["a"]["sparse"]["r2"]) and table["a"]["sparse"]["pred"].size == 0
+
+
+# --- report and end to end -----------------------------------------------------------------
+
+def test_write_report_is_one_self_contained_file(tmp_path):
+    from galclip.evaluate.plots import plot_loss_curves, plot_umap
+    from galclip.evaluate.report import write_report
+
+    figs_dir = tmp_path / "figs"
+    f1 = plot_loss_curves({"train_loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.4, 2.0],
+                           "lr": [1e-3, 1e-3, 5e-4]}, figs_dir / "loss.png")
+    f2 = plot_umap(np.random.default_rng(0).standard_normal((30, 2)),
+                   {"redshift": np.r_[np.full(5, np.nan), np.linspace(0, 1, 25)]}, figs_dir / "umap.png")
+    metrics = {"n_pairs": 10, "zero_shot_r2": {"image": {"redshift": 0.5, "log_mstar": None}},
+               "retrieval": {"im2sp": {"recall@1": 0.1, "median_rank": 3.0}},
+               "timings_s": {"heads": 1.25}}
+    out_dir = tmp_path / "report"
+    path = write_report(metrics, {"loss": f1, "umap": f2}, out_dir / "report.html")
+    assert [p.name for p in out_dir.iterdir()] == ["report.html"]  # no temp file left behind
+    text = path.read_text(encoding="utf-8")
+    assert "http" not in text.lower().replace("http-equiv", "")
+    assert "<script" not in text and "<link" not in text
+    assert text.count('src="data:image/png;base64,') == 2
+    for fig in (f1, f2):
+        assert base64.b64encode(fig.read_bytes()).decode("ascii") in text
+    assert "heads" in text and "0.5" in text
+
+
+def _synthetic_inputs(n: int = 120, seed: int = 0):
+    from galclip.evaluate.run import EvaluationInputs
+
+    rng = np.random.default_rng(seed)
+    z = rng.uniform(0.0, 0.6, n)
+    mstar = 9.0 + 3.0 * z + 0.3 * rng.standard_normal(n)
+    latent = np.c_[2 * z / 0.6, (mstar - 10) / 1.5, 0.5 * rng.standard_normal((n, 2))]  # (n, 4)
+    mix = rng.standard_normal((4, 128))
+    emb_image = latent @ mix + 0.15 * rng.standard_normal((n, 128)) + 3.0 * mix[:1]
+    emb_spectrum = latent @ mix + 0.15 * rng.standard_normal((n, 128)) + 3.0 * mix[:1]
+    redshift, log_mstar = z.copy(), mstar.copy()
+    redshift[rng.random(n) < 0.15] = np.nan
+    log_mstar[np.isnan(redshift)] = np.nan
+    log_mstar[:3] = np.nan
+    wave = np.linspace(3600, 9824, 64)
+    return EvaluationInputs(
+        targetid=np.arange(n, dtype=np.int64) + 1000,
+        emb_image=emb_image.astype(np.float32),
+        emb_spectrum=emb_spectrum.astype(np.float32),
+        raw_image=(latent @ rng.standard_normal((4, 2048))).astype(np.float32),
+        raw_spectrum=(latent @ rng.standard_normal((4, 256))).astype(np.float32),
+        redshift=redshift,
+        log_mstar=log_mstar,
+        image_rgb=lambda idx: np.stack([np.full((8, 8, 3), (i % 10) / 10, np.float32) for i in idx]),
+        spectrum=lambda idx: (wave, np.stack([np.sin(wave / 300 + i) for i in idx])),
+        loss_history={"train_loss": [5.0, 4.0, 3.5], "val_loss": [5.1, 4.5, 4.2], "lr": [5e-4] * 3},
+    )
+
+
+def test_run_evaluation_end_to_end(tmp_path):
+    from galclip.evaluate.run import run_evaluation
+
+    inputs = _synthetic_inputs()
+    config = dataclasses.replace(EvalConfig(), umap=False, k=8)
+    returned = run_evaluation(inputs, config, tmp_path, extra_metrics={"n_pairs": 999,
+                                                                       "timings_s": {"extract": 2.0}})
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert metrics == returned
+    assert metrics["n_pairs"] == 999 and metrics["n_eval"] == 120
+    assert metrics["n_labelled"] == int(np.isfinite(inputs.redshift).sum())
+    assert metrics["timings_s"]["extract"] == 2.0 and "eval_zero_shot" in metrics["timings_s"]
+    for source in ("image", "spectrum", "cross", "cross_sp2im", "raw_image", "raw_spectrum"):
+        for target in ("redshift", "log_mstar"):
+            assert math.isfinite(metrics["zero_shot_r2"][source][target]), (source, target)
+    for source in ("image", "spectrum", "cross", "cross_sp2im"):
+        assert metrics["zero_shot_r2"][source]["redshift"] > 0.5, source
+    for direction in ("im2sp", "sp2im"):
+        r = metrics["retrieval"][direction]
+        assert set(r) >= {"recall@1", "recall@5", "recall@10", "median_rank", "chance_recall@10"}
+        assert r["chance_recall@10"] == pytest.approx(10 / 120)
+        assert r["recall@10"] > 3 * r["chance_recall@10"]
+        assert r["recall@1"] <= r["recall@5"] <= r["recall@10"]
+    for direction in ("im2im", "sp2sp"):
+        d = metrics["retrieval"][direction]["redshift"]
+        assert d["median_abs_delta_knn"] < d["median_abs_delta_random"]
+    expected = {"loss_curves", "zero_shot", "gallery_im2im", "gallery_sp2sp", "gallery_im2sp", "gallery_sp2im"}
+    assert set(metrics["figures"]) == expected
+    for name in metrics["figures"].values():
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(expected)
+
+
+def test_run_evaluation_too_few_labels_records_null(tmp_path):
+    from galclip.evaluate.run import run_evaluation
+
+    inputs = _synthetic_inputs(n=30)
+    inputs.redshift[:] = np.nan
+    inputs.log_mstar[:] = np.nan
+    inputs.log_mstar[:6] = 10.0 + np.arange(6)
+    config = dataclasses.replace(EvalConfig(), umap=False, n_gallery_queries=1, gallery_k=3)
+    metrics = run_evaluation(inputs, config, tmp_path)
+    assert metrics["n_labelled"] == 6
+    assert all(metrics["zero_shot_r2"][s][t] is None for s in metrics["zero_shot_r2"] for t in ("redshift", "log_mstar"))
+    assert "null" in (tmp_path / "metrics.json").read_text()
+
+
+def test_run_evaluation_rejects_mismatched_rows(tmp_path):
+    from galclip.evaluate.run import run_evaluation
+
+    inputs = _synthetic_inputs(n=20)
+    inputs.emb_spectrum = inputs.emb_spectrum[:10]
+    with pytest.raises(ValueError, match="emb_spectrum"):
+        run_evaluation(inputs, EvalConfig(umap=False), tmp_path)
+
+
+@pytest.mark.slow
+def test_fit_umap_small_seeded(caplog):
+    from galclip.evaluate.embedding_map import fit_umap
+
+    rng = np.random.default_rng(10)
+    x = np.r_[rng.standard_normal((30, 16)) + 5, rng.standard_normal((30, 16)) - 5]
+    coords = fit_umap(x, max_points=40, seed=0)  # 40 fitted, 20 transformed
+    assert coords.shape == (60, 2) and coords.dtype == np.float32
+    assert np.all(np.isfinite(coords))
+    assert np.ptp(coords, axis=0).min() > 0
+    np.testing.assert_array_equal(fit_umap(x[:3], max_points=40, seed=0), np.zeros((3, 2), np.float32))
+    assert "at least 4 points" in caplog.text
