@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.galclip-installed
-DEMO_PAIRS ?= 3000
+DEMO_PAIRS ?= 4000
 DEMO_OUT   ?= galclip-demo
 
 .PHONY: install demo test bench clean

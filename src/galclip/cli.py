@@ -59,7 +59,7 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--pairs", "-n", type=click.IntRange(min=1), default=3000, show_default=True, help="Number of image-spectrum pairs.")
+@click.option("--pairs", "-n", type=click.IntRange(min=1), default=4000, show_default=True, help="Number of image-spectrum pairs.")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--labelled-fraction", type=click.FloatRange(0, 1), default=0.85, show_default=True,
@@ -143,16 +143,20 @@ def info(store: Path, as_json: bool) -> None:
 
 
 def _head_options(func):
+    from galclip.config import HeadConfig
+
+    d = HeadConfig()
     options = [
-        click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True),
-        click.option("--batch-size", type=click.IntRange(min=2), default=512, show_default=True),
-        click.option("--lr", type=float, default=5e-4, show_default=True),
-        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=0.07, show_default=True, help="Fixed InfoNCE temperature."),
-        click.option("--weight-decay", type=float, default=0.0, show_default=True),
-        click.option("--early-stopping", type=click.IntRange(min=0), default=15, show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size, show_default=True),
+        click.option("--lr", type=float, default=d.lr, show_default=True),
+        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=d.tau, show_default=True,
+                     help="Fixed InfoNCE temperature."),
+        click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
+        click.option("--early-stopping", type=click.IntRange(min=0), default=d.early_stopping, show_default=True,
                      help="Stop after this many epochs without validation improvement (0: never)."),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True),
+        click.option("--seed", type=int, default=d.seed, show_default=True),
+        click.option("--device", default=d.device, show_default=True),
     ]
     for option in reversed(options):
         func = option(func)
@@ -223,7 +227,7 @@ def _echo_summary(metrics: dict) -> None:
 
 
 @main.command()
-@click.option("--pairs", "-n", type=click.IntRange(min=64), default=3000, show_default=True)
+@click.option("--pairs", "-n", type=click.IntRange(min=64), default=4000, show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("galclip-demo"), show_default=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--no-umap", is_flag=True)

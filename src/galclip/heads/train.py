@@ -133,7 +133,7 @@ def train_heads(
     for epoch in bar:
         te = time.perf_counter()
         perm = torch.randperm(n, generator=gen).to(device)
-        total, seen = 0.0, 0
+        total, seen = torch.zeros((), device=device), 0
         for lo in range(0, n, config.batch_size):
             idx = perm[lo:lo + config.batch_size]
             if len(idx) < 2:
@@ -142,9 +142,9 @@ def train_heads(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += loss.detach() * len(idx)
             seen += len(idx)
-        train_loss = total / max(seen, 1)
+        train_loss = float(total) / max(seen, 1)
         val_loss = mean_loss(heads, vi, vs, config.tau, config.batch_size)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             save_atomic(checkpoint(epoch), out / CHECKPOINT_FILE)

@@ -1,0 +1,32 @@
+"""Tiny seeded fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_mock(tmp_path_factory) -> Path:
+    """A 64-pair mock survey (survey.h5 + provabgs.h5), seed 3."""
+    from galclip.config import MockConfig
+    from galclip.data.mock.survey import generate_mock
+
+    out = tmp_path_factory.mktemp("mock64")
+    generate_mock(MockConfig(pairs=64, seed=3, batch_size=32, n_groups=4), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_mock, tmp_path_factory) -> Path:
+    """Features of the tiny mock survey, extracted with seeded random encoders."""
+    from galclip.config import ExtractConfig
+    from galclip.extract.run import run_extraction
+
+    store = tmp_path_factory.mktemp("store") / "features.zarr"
+    run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
+    return store

@@ -1,0 +1,109 @@
+"""Survey and catalogue readers, the split: layouts, cuts, errors."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from galclip.data.catalogue import apply_cuts, join_labels, read_catalogue
+from galclip.data.split import assign_split, targetid_uniform
+from galclip.data.survey import SurveyReader
+from galclip.errors import InputError
+
+
+def test_split_depends_only_on_targetid():
+    rng = np.random.default_rng(0)
+    ids = 39627000000000000 + rng.choice(10**9, 100_000, replace=False)
+    split = assign_split(ids, 0.1)
+    assert abs(split.mean() - 0.1) < 0.005
+    perm = rng.permutation(len(ids))
+    np.testing.assert_array_equal(assign_split(ids[perm], 0.1), split[perm])  # order-free
+    grown = np.concatenate([ids, 39628000000000000 + np.arange(5000)])
+    np.testing.assert_array_equal(assign_split(grown, 0.1)[: len(ids)], split)  # stable as data grow
+    u = targetid_uniform(ids)
+    assert u.min() >= 0 and u.max() < 1
+
+
+def _write_survey(path, n=4, image_shape=(152, 152, 3), spec_len=7781, ids=None):
+    with h5py.File(path, "w") as f:
+        g = f.create_group("0")
+        g["image"] = np.zeros((n, *image_shape), np.float32)
+        g["spectrum"] = np.zeros((n, spec_len, 1), np.float32)
+        g["redshift"] = np.zeros(n, np.float32)
+        g["targetid"] = np.arange(n) if ids is None else ids
+
+
+def test_reader_names_band_order_mistake(tmp_path):
+    _write_survey(tmp_path / "s.h5", image_shape=(3, 152, 152))
+    with pytest.raises(InputError, match=r"s.h5:0.*bands first"):
+        SurveyReader(tmp_path / "s.h5")
+
+
+def test_reader_names_wrong_spectrum_grid(tmp_path):
+    _write_survey(tmp_path / "s.h5", spec_len=3921)
+    with pytest.raises(InputError, match="7781"):
+        SurveyReader(tmp_path / "s.h5")
+
+
+def test_reader_names_duplicate_targetids(tmp_path):
+    _write_survey(tmp_path / "s.h5", ids=np.array([5, 6, 5, 7]))
+    with pytest.raises(InputError, match=r"duplicate targetid.*\[5\]"):
+        SurveyReader(tmp_path / "s.h5").targetids()
+
+
+def test_reader_rejects_corrupt_file(tmp_path):
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5 at all")
+    with pytest.raises(InputError, match="bad.h5"):
+        SurveyReader(tmp_path / "bad.h5")
+
+
+def _catalogue_columns(n=6):
+    return {
+        "TARGETID": np.arange(n, dtype=np.int64) + 100,
+        "Z_HP": np.linspace(0.1, 0.3, n),
+        "PROVABGS_LOGMSTAR_BF": np.array([10.0, -999.0, 11.0, 10.5, 9.8, 10.1])[:n],
+        "MAG_G": np.array([19.0, 19.0, -1.0, 18.0, 18.5, 18.2])[:n],
+        "MAG_R": np.full(n, 18.0), "MAG_Z": np.full(n, 17.5),
+    }
+
+
+def test_catalogue_cuts_and_join_columns_layout(tmp_path):
+    cols = _catalogue_columns()
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    np.testing.assert_array_equal(apply_cuts(read_catalogue(tmp_path / "c.h5")), [1, 0, 0, 1, 1, 1])
+    labels = join_labels(np.array([103, 101, 999, 100]), tmp_path / "c.h5")
+    np.testing.assert_allclose(labels.log_mstar, [10.5, np.nan, np.nan, 10.0])
+    assert (labels.n_catalogue, labels.n_after_cuts, labels.n_matched) == (6, 4, 2)
+
+
+def test_catalogue_compound_table_layout(tmp_path):
+    cols = _catalogue_columns()
+    table = np.zeros(6, dtype=[(k, "f8" if k != "TARGETID" else "i8") for k in cols])
+    for k, v in cols.items():
+        table[k] = v
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f["__astropy_table__"] = table
+    np.testing.assert_array_equal(read_catalogue(tmp_path / "c.h5")["TARGETID"], cols["TARGETID"])
+
+
+def test_catalogue_missing_column_is_named(tmp_path):
+    cols = _catalogue_columns()
+    del cols["MAG_Z"]
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    with pytest.raises(InputError, match="MAG_Z"):
+        read_catalogue(tmp_path / "c.h5")
+
+
+def test_catalogue_empty_after_cuts(tmp_path):
+    cols = _catalogue_columns()
+    cols["PROVABGS_LOGMSTAR_BF"][:] = -1
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    with pytest.raises(InputError, match="no catalogue row passes the cuts"):
+        join_labels(np.arange(3), tmp_path / "c.h5")

@@ -1,0 +1,66 @@
+"""The Zarr feature store: layout, completeness, provenance checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from galclip.errors import StoreError
+from galclip.store import FeatureStore
+
+
+def _meta(n):
+    return {"targetid": np.arange(n) + 10, "split": (np.arange(n) % 10 == 0).astype(np.uint8),
+            "redshift": np.linspace(0, 0.5, n), "label_redshift": np.full(n, np.nan),
+            "label_log_mstar": np.linspace(9, 12, n)}
+
+
+def _features(n, seed):
+    rng = np.random.default_rng(seed)
+    return {"image_features": rng.normal(size=(n, 2048)).astype(np.float32),
+            "spectrum_features": rng.normal(size=(n, 256)).astype(np.float32)}
+
+
+def test_store_round_trip_and_completeness(tmp_path):
+    prov = {"encoders": {"image": 1}, "preprocessing": {"rgb": "lupton"}, "data": {"n": 10}, "rows_per_shard": 4}
+    store = FeatureStore.create(tmp_path / "s.zarr", _meta(10), prov, rows_per_shard=4)
+    assert store.n_shards == 3 and not store.complete_mask().any()
+    parts = {s: _features(hi - lo, s) for s, (lo, hi) in ((s, store.shard_rows(s)) for s in range(3))}
+    store.write_shard(2, parts[2])  # out of order, a short last shard
+    with pytest.raises(StoreError, match="only 1 of 3 shards"):
+        FeatureStore.open(tmp_path / "s.zarr").load()
+    partial = FeatureStore.open(tmp_path / "s.zarr").load(allow_partial=True)
+    np.testing.assert_array_equal(partial["targetid"], [18, 19])
+    store.write_shard(0, parts[0])
+    store.write_shard(1, parts[1])
+    data = FeatureStore.open(tmp_path / "s.zarr").load()
+    np.testing.assert_array_equal(data["image_features"], np.concatenate([parts[s]["image_features"] for s in range(3)]))
+    np.testing.assert_array_equal(data["label_log_mstar"], _meta(10)["label_log_mstar"].astype(np.float32))
+    info = FeatureStore.open(tmp_path / "s.zarr").info()
+    assert info.complete and (info.n_train, info.n_val, info.n_labelled) == (9, 1, 0)
+    assert info.arrays["image_features"] == ((10, 2048), "float32")
+
+
+def test_store_refuses_overwrite_and_other_provenance(tmp_path):
+    prov = {"encoders": {"image": "a"}, "preprocessing": {"rgb": "lupton"}, "data": {"n": 5}, "rows_per_shard": 4}
+    store = FeatureStore.create(tmp_path / "s.zarr", _meta(5), prov, rows_per_shard=4)
+    with pytest.raises(StoreError, match="already exists"):
+        FeatureStore.create(tmp_path / "s.zarr", _meta(5), prov)
+    store.check_compatible(dict(prov, code_version="other"))  # code version alone is not a difference
+    with pytest.raises(StoreError, match=r"encoders: store has .*\"a\".*this run has .*\"b\""):
+        store.check_compatible(dict(prov, encoders={"image": "b"}))
+
+
+def test_fingerprint_tracks_content(tmp_path):
+    prov = {"encoders": {}, "preprocessing": {}, "data": {}, "rows_per_shard": 4}
+    a = FeatureStore.create(tmp_path / "a.zarr", _meta(5), prov, 4).fingerprint()
+    b = FeatureStore.create(tmp_path / "b.zarr", _meta(5), prov, 4).fingerprint()
+    meta = _meta(5)
+    meta["targetid"] = meta["targetid"] + 1
+    c = FeatureStore.create(tmp_path / "c.zarr", meta, prov, 4).fingerprint()
+    assert a == b != c
+
+
+def test_open_missing_store_explains(tmp_path):
+    with pytest.raises(StoreError, match="galclip extract"):
+        FeatureStore.open(tmp_path / "nope.zarr")
