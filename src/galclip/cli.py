@@ -82,11 +82,22 @@ def _extract_options(func):
                      help="Official Spender .pt checkpoint (default: seeded random weights)."),
         click.option("--catalogue", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="PROVABGS-layout catalogue for labels (default: DATA/provabgs.h5 if present)."),
-        click.option("--rgb", type=click.Choice(["lupton", "stein"]), default="lupton", show_default=True,
-                     help="grz->RGB mapping; 'stein' is the variant the Stein et al. weights were trained with."),
+        click.option("--rgb", type=click.Choice(["lupton", "stein"]), default=None,
+                     help="grz->RGB mapping [default: stein with --image-weights (the variant those weights were "
+                          "trained with), else lupton]."),
+        click.option("--variants", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Augmented views per image whose features are stored as (N, K, 2048)."),
+        click.option("--spectrum-variants", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Noise re-draws per spectrum whose features are stored as (N, Ks, 256)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--rows-per-shard", type=click.IntRange(min=1), default=256, show_default=True,
+                     help="Rows per store shard: the unit of resumption and of work per rank."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA]."),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoders (pays off on GPUs)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights used without checkpoints."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the random weights used without checkpoints, and of the augmented views."),
     ]
     for option in reversed(options):
         func = option(func)
@@ -99,18 +110,26 @@ def _extract_options(func):
 @_extract_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @user_errors
-def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, rgb, batch_size, device, seed, no_progress) -> None:
-    """Run the frozen encoders over every pair in DATA and write features into STORE (resumable)."""
+def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, rgb, variants, spectrum_variants,
+            batch_size, rows_per_shard, workers, compile_, device, seed, no_progress) -> None:
+    """Run the frozen encoders over every pair in DATA and write features into STORE (resumable).
+
+    Many GPUs or nodes: torchrun --nproc-per-node P -m galclip extract DATA STORE ...
+    """
     from galclip.config import ExtractConfig
     from galclip.extract.run import run_extraction
 
-    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb,
-                        batch_size=batch_size, seed=seed, device=device, catalogue=catalogue)
+    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, variants=variants,
+                        spectrum_variants=spectrum_variants, batch_size=batch_size, rows_per_shard=rows_per_shard,
+                        num_workers=workers, compile=compile_, seed=seed, device=device, catalogue=catalogue)
     s = run_extraction(data, store, cfg, progress=not no_progress)
+    where = f" (rank {s['rank']}/{s['world_size']})" if s.get("world_size", 1) > 1 else ""
     if s.get("already_complete"):
-        click.echo(f"{store}: already complete ({s['pairs']} pairs); nothing to do")
+        click.echo(f"{store}: already complete ({s['pairs']} pairs); nothing to do{where}")
+    elif s["pairs_extracted"] == 0:
+        click.echo(f"{store}: no incomplete shard for this rank{where}")
     else:
-        click.echo(f"extracted {s['pairs_extracted']} pairs at {s['pairs_per_s']:.1f} pairs/s on {s['device']} -> {store}")
+        click.echo(f"extracted {s['pairs_extracted']} pairs at {s['pairs_per_s']:.1f} pairs/s on {s['device']}{where} -> {store}")
 
 
 @main.command()

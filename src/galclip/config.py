@@ -30,19 +30,33 @@ class ExtractConfig:
 
     image_weights: str | None = None  # Stein et al. MoCo-v2 Lightning .ckpt
     spectrum_weights: str | None = None  # official Spender .pt
-    rgb: str = "lupton"  # grz -> RGB mapping: "lupton" (survey formula) or "stein"
+    rgb: str | None = None  # "lupton" | "stein"; None: "stein" with Stein weights, else "lupton"
     crop: int = 96
     batch_size: int = 64
-    seed: int = 0  # seeds the random weights used when no checkpoint is given
+    variants: int = 0  # augmented image views per galaxy, stored as (N, K, 2048)
+    spectrum_variants: int = 0  # noise re-draws per spectrum, stored as (N, Ks, 256)
+    seed: int = 0  # seeds random weights (no checkpoint) and the augmented views
     device: str = "auto"
     catalogue: str | None = None  # PROVABGS-layout catalogue for labels
     val_fraction: float = 0.1
+    rows_per_shard: int = 256
+    num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
+    compile: bool = False  # torch.compile the encoders
 
     def __post_init__(self) -> None:
-        if self.rgb not in RGB_MAPPINGS:
+        if self.rgb is not None and self.rgb not in RGB_MAPPINGS:
             raise ValueError(f"rgb must be one of {RGB_MAPPINGS}, got {self.rgb!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
+        if self.batch_size < 1 or self.rows_per_shard < 1:
+            raise ValueError("batch_size and rows_per_shard must be >= 1")
+        if self.variants < 0 or self.spectrum_variants < 0:
+            raise ValueError("variants must be >= 0")
+
+    @property
+    def rgb_mapping(self) -> str:
+        """The grz->RGB mapping in force: the Stein variant goes with the Stein weights."""
+        if self.rgb is not None:
+            return self.rgb
+        return "stein" if self.image_weights else "lupton"
 
 
 @dataclass(frozen=True)

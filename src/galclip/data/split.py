@@ -18,8 +18,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 
 def targetid_uniform(targetid: np.ndarray, salt: int = 0) -> np.ndarray:
     """SplitMix64 hash of targetids mapped to uniforms in [0, 1): (n,) int64 -> (n,) float64."""
-    x = np.asarray(targetid).astype(np.int64).view(np.uint64) + _GOLDEN * np.uint64(salt + 1)
     with np.errstate(over="ignore"):
+        x = np.asarray(targetid).astype(np.int64).view(np.uint64) + _GOLDEN * np.uint64(salt + 1)
         x = (x ^ (x >> np.uint64(30))) * _M1
         x = (x ^ (x >> np.uint64(27))) * _M2
         x = x ^ (x >> np.uint64(31))

@@ -1,10 +1,18 @@
-"""Stage one: run the frozen encoders once over every pair and stream features into the store."""
+"""Stage one: run the frozen encoders once over every pair and stream features into the store.
+
+Work is split into shards of ``rows_per_shard`` rows. A run (or each torchrun rank) takes the
+incomplete shards it owns — shard s belongs to rank s mod world_size — reads them through a
+DataLoader (each worker with its own HDF5 handles), runs both encoders, and writes each shard
+whole, flagging it complete only once it is on disk. Killing a run loses at most the shards in
+flight; running the same command again finishes the job with identical arrays.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +22,16 @@ from galclip.config import ExtractConfig
 from galclip.data.catalogue import join_labels
 from galclip.data.split import assign_split
 from galclip.data.survey import SurveyReader
+from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
-from galclip.extract.preprocess import preprocess_images, zscore_spectra
+from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
 from galclip.provenance import code_version, resolve_device, sha256_file
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
-ROWS_PER_SHARD = 256
+AUGMENT_VERSION = 1  # bump when the augmentation recipe changes: stores then refuse to mix
 
 
 def _weights_record(path: str | None, seed: int, kind: str) -> dict:
@@ -43,21 +52,35 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
                          "weights": _weights_record(config.spectrum_weights, config.seed, "spectrum")},
         },
         "preprocessing": {
-            "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb},
+            "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
             "spectrum": {"normalisation": "per-spectrum z-score"},
+            "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
+                         "seed": config.seed, "augment_version": AUGMENT_VERSION,
+                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur, extra sky noise",
+                         "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
         },
         "data": reader.fingerprint(),
         "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
         "split": {"method": "splitmix64(targetid) < val_fraction", "val_fraction": config.val_fraction},
-        "rows_per_shard": ROWS_PER_SHARD,
+        "rows_per_shard": config.rows_per_shard,
         "code_version": code_version(),
         "torch_version": torch.__version__,
         "config": asdict(config),
     }
 
 
+def feature_arrays(config: ExtractConfig) -> dict[str, tuple[int, ...]]:
+    """The store's feature arrays for this configuration: name -> shape after the row axis."""
+    arrays = {"image_features": (IMAGE_FEATURE_DIM,), "spectrum_features": (SPECTRUM_FEATURE_DIM,)}
+    if config.variants:
+        arrays["image_features_aug"] = (config.variants, IMAGE_FEATURE_DIM)
+    if config.spectrum_variants:
+        arrays["spectrum_features_aug"] = (config.spectrum_variants, SPECTRUM_FEATURE_DIM)
+    return arrays
+
+
 class Encoders:
-    """Both frozen encoders on one device, with the preprocessing in front of them."""
+    """Both frozen encoders on one device, with preprocessing and augmented views in front."""
 
     def __init__(self, config: ExtractConfig, device: torch.device):
         self.config = config
@@ -65,23 +88,106 @@ class Encoders:
         trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
         self.image = trunk.to(device, memory_format=torch.channels_last)
         self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
+        if config.compile:
+            self.image, self.spectrum_features = torch.compile(self.image), torch.compile(self.spectrum.features)
+        else:
+            self.spectrum_features = self.spectrum.features
         self.autocast = device.type == "cuda"  # bf16 only on GPUs: ~100x slower on AVX2 CPUs
 
-    @torch.inference_mode()
-    def __call__(self, images_whc: np.ndarray, spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 152, 152, 3), (B, 7781) -> (B, 2048), (B, 256) float32 features."""
-        x = preprocess_images(torch.from_numpy(images_whc).to(self.device, non_blocking=True),
-                              self.config.crop, self.config.rgb).contiguous(memory_format=torch.channels_last)
-        y = zscore_spectra(torch.from_numpy(spectra).to(self.device, non_blocking=True))
+    def _image_features(self, rgb: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            fi = self.image(x)
-            fs = self.spectrum.features(y)
-        return fi.float().cpu().numpy(), fs.float().cpu().numpy()
+            return self.image(rgb.contiguous(memory_format=torch.channels_last)).float()
+
+    def _spectrum_features(self, spectra: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.spectrum_features(zscore_spectra(spectra)).float()
+
+    @torch.inference_mode()
+    def __call__(self, images_whc: torch.Tensor, spectra: torch.Tensor, targetid: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048)."""
+        cfg = self.config
+        images = images_whc.to(self.device, non_blocking=True)
+        spectra = spectra.to(self.device, non_blocking=True)
+        out = {"image_features": self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping)),
+               "spectrum_features": self._spectrum_features(spectra)}
+        if cfg.variants:
+            chw = images_to_chw(images)
+            out["image_features_aug"] = torch.stack([
+                self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
+                for v in range(cfg.variants)], dim=1)
+        if cfg.spectrum_variants:
+            out["spectrum_features_aug"] = torch.stack([
+                self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
+                for v in range(cfg.spectrum_variants)], dim=1)
+        return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+class RowRanges(torch.utils.data.Dataset):
+    """Batches of survey rows for a DataLoader; each worker process opens its own HDF5 handles."""
+
+    def __init__(self, reader: SurveyReader, ranges: list[tuple[int, int, int]]):
+        self.reader, self.ranges = reader, ranges
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __getitem__(self, i: int) -> dict:
+        shard, lo, hi = self.ranges[i]
+        b = self.reader.read(lo, hi)
+        return {"shard": shard, "image": torch.from_numpy(np.ascontiguousarray(b.image)),
+                "spectrum": torch.from_numpy(np.ascontiguousarray(b.spectrum)), "targetid": b.targetid}
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """This process's place in a torchrun job (world 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls, device_type: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catalogue: str | None,
+                    provenance: dict, fc_state: dict | None, dist: Distributed) -> FeatureStore:
+    """Rank 0 creates a missing store (atomically); every rank then opens it and checks provenance."""
+    if dist.rank == 0 and not store_path.exists():
+        targetid = reader.targetids()
+        if catalogue:
+            labels = join_labels(targetid, catalogue)
+            label_z, label_m = labels.redshift, labels.log_mstar
+        else:
+            logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
+            label_z = label_m = np.full(len(targetid), np.nan, np.float32)
+        meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
+                "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
+        fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
+        FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)
+    dist.barrier()
+    store = FeatureStore.open(store_path, mode="r+")
+    store.check_compatible(provenance)
+    return store
 
 
 def run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool = True) -> dict:
     """Extract features of every pair in ``data`` into the store at ``store_path``; resumable.
 
+    Under torchrun each rank takes the incomplete shards s with s % world_size == rank.
     Returns a summary: pairs, shards written and skipped, seconds, pairs/s.
     """
     from tqdm import tqdm
@@ -93,52 +199,62 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
         catalogue = str(Path(data) / "provabgs.h5")
         logger.info("using the catalogue found beside the survey: %s", catalogue)
     provenance = build_provenance(config, reader, catalogue)
+    device = resolve_device(config.device)
+    dist = Distributed.from_env(device.type)
+    if device.type == "cuda" and dist.world > 1:
+        device = torch.device("cuda", dist.local_rank)
     store_path = Path(store_path)
-    if store_path.exists():
-        store = FeatureStore.open(store_path, mode="r+")
-        store.check_compatible(provenance)
-    else:
-        targetid = reader.targetids()
-        if catalogue:
-            labels = join_labels(targetid, catalogue)
-            label_z, label_m = labels.redshift, labels.log_mstar
-        else:
-            logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
-            label_z = label_m = np.full(len(targetid), np.nan, np.float32)
-        meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
-                "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
-        store = FeatureStore.create(store_path, meta, provenance, rows_per_shard=ROWS_PER_SHARD)
-    todo = np.flatnonzero(~store.complete_mask())
-    if todo.size == 0:
-        logger.info("%s: all %d shards already complete; nothing to do", store_path, store.n_shards)
-        return {"pairs": store.n, "shards_written": 0, "shards_skipped": store.n_shards, "seconds": 0.0,
-                "pairs_per_s": 0.0, "store": str(store_path), "already_complete": True}
+    encoders = Encoders(config, device) if not store_path.exists() else None  # a new store needs the fc MLP
+    store = _open_or_create(store_path, reader, config, catalogue, provenance,
+                            encoders.fc_state if encoders else None, dist)
+
+    complete = store.complete_mask()
+    todo = [s for s in range(store.n_shards) if not complete[s] and s % dist.world == dist.rank]
+    if not todo:
+        dist.barrier()
+        logger.info("%s: all shards of this %s already complete; nothing to do",
+                    store_path, "store" if dist.world == 1 else f"rank ({dist.rank}/{dist.world})")
+        return {"pairs": store.n, "pairs_extracted": 0, "shards_written": 0, "shards_skipped": int(complete.sum()),
+                "seconds": time.perf_counter() - t0, "pairs_per_s": 0.0, "store": str(store_path),
+                "already_complete": bool(complete.all()), "rank": dist.rank, "world_size": dist.world}
     for kind in ("image", "spectrum"):
-        if provenance["encoders"][kind]["weights"]["source"] == "random":
+        if provenance["encoders"][kind]["weights"]["source"] == "random" and dist.rank == 0:
             logger.warning("no %s checkpoint given: using seeded RANDOM %s-encoder weights (recorded in the store)", kind, kind)
 
-    device = resolve_device(config.device)
-    encoders = Encoders(config, device)
-    n_rows = int(sum(np.subtract(*store.shard_rows(s)[::-1]) for s in todo))
-    bar = tqdm(total=n_rows, unit="pair", desc="extract", disable=not progress, smoothing=0.1)
-    t1 = time.perf_counter()
+    encoders = encoders or Encoders(config, device)
+    ranges = []
     for shard in todo:
-        lo, hi = store.shard_rows(int(shard))
-        feats_i, feats_s = [], []
-        for start in range(lo, hi, config.batch_size):
-            batch = reader.read(start, min(start + config.batch_size, hi))
-            fi, fs = encoders(batch.image, batch.spectrum)
-            feats_i.append(fi)
-            feats_s.append(fs)
-            bar.update(len(batch.targetid))
-        store.write_shard(int(shard), {"image_features": np.concatenate(feats_i),
-                                       "spectrum_features": np.concatenate(feats_s)})
+        lo, hi = store.shard_rows(shard)
+        ranges += [(shard, a, min(a + config.batch_size, hi)) for a in range(lo, hi, config.batch_size)]
+    workers = config.num_workers if config.num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
+    loader = torch.utils.data.DataLoader(
+        RowRanges(reader, ranges), batch_size=None, shuffle=False, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+    n_rows = sum(hi - lo for _, lo, hi in ranges)
+    bar = tqdm(total=n_rows, unit="pair", desc=f"extract[{dist.rank}]" if dist.world > 1 else "extract",
+               disable=not progress or dist.rank != 0, smoothing=0.1)
+    t1 = time.perf_counter()
+    pending: dict[str, list[np.ndarray]] = {}
+    current = todo[0]
+    for item in loader:
+        if item["shard"] != current:
+            store.write_shard(current, {k: np.concatenate(v) for k, v in pending.items()})
+            pending, current = {}, item["shard"]
+        for name, value in encoders(item["image"], item["spectrum"], np.asarray(item["targetid"])).items():
+            pending.setdefault(name, []).append(value)
+        bar.update(len(item["targetid"]))
+    store.write_shard(current, {k: np.concatenate(v) for k, v in pending.items()})
     bar.close()
     reader.close()
     elapsed = time.perf_counter() - t1
-    summary = {"pairs": store.n, "pairs_extracted": n_rows, "shards_written": int(todo.size),
-               "shards_skipped": int(store.n_shards - todo.size), "seconds": time.perf_counter() - t0,
-               "pairs_per_s": n_rows / max(elapsed, 1e-9), "device": str(device), "store": str(store_path)}
-    logger.info("extracted %d pairs in %.1f s (%.1f pairs/s on %s) -> %s",
-                n_rows, elapsed, summary["pairs_per_s"], device, store_path)
+    dist.barrier()
+    summary = {"pairs": store.n, "pairs_extracted": n_rows, "shards_written": len(todo),
+               "shards_skipped": int(complete.sum()), "seconds": time.perf_counter() - t0,
+               "pairs_per_s": n_rows / max(elapsed, 1e-9), "device": str(device), "store": str(store_path),
+               "rank": dist.rank, "world_size": dist.world, "variants": config.variants}
+    if device.type == "cuda":
+        summary["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    logger.info("extracted %d pairs in %.1f s (%.1f pairs/s on %s%s) -> %s", n_rows, elapsed, summary["pairs_per_s"],
+                device, f", rank {dist.rank}/{dist.world}" if dist.world > 1 else "", store_path)
     return summary

@@ -100,8 +100,11 @@ def train_heads(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     heads = CLIPHeads(config.embed_dim, config.standardise)
+    if fc_state is None and (stored_fc := store.moco_fc()) is not None:
+        fc_state = {k: torch.from_numpy(v) for k, v in stored_fc.items()}
     if fc_state is not None:
         heads.load_moco_fc(fc_state)
+        logger.info("image head initialised from the Stein checkpoint's projection MLP")
     if config.standardise:
         heads.image.norm.fit(data["image_features"][train])
         heads.spectrum.norm.fit(data["spectrum_features"][train])
@@ -172,6 +175,7 @@ def train_heads(
         "final_train_loss": history[-1]["train_loss"], "stop_reason": stop_reason,
         "seconds": time.perf_counter() - t0, "n_train": int(train.sum()), "n_val": int(val.sum()),
         "store_fingerprint": fingerprint, "config": asdict(config), "device": str(device),
+        "image_head_init": "moco_fc" if fc_state is not None else "random",
     }
     write_json_atomic({"summary": summary, "history": history}, out / HISTORY_FILE)
     logger.info("heads: best val loss %.4f at epoch %d (%s); %.1f s -> %s",

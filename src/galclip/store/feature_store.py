@@ -9,7 +9,10 @@ Layout (one Zarr group)::
     label_log_mstar   (N,)        float32  catalogue PROVABGS_LOGMSTAR_BF after cuts, NaN if none
     image_features    (N, 2048)   float32  frozen ResNet-50 pooled features
     spectrum_features (N, 256)    float32  frozen Spender attention features
+    image_features_aug    (N, K, 2048)   features of K augmented views (only when K > 0)
+    spectrum_features_aug (N, Ks, 256)   features of Ks noise re-draws (only when Ks > 0)
     shard_complete    (S,)        uint8    1 once shard s is written and flushed to disk
+    moco_fc/{0.weight,0.bias,2.weight,2.bias}  the Stein checkpoint's projection MLP, when given
 
 Rows are grouped in shards of ``rows_per_shard`` rows; a shard is exactly one chunk of every
 per-row array, so a writer that owns a shard owns whole chunks and never shares one with
@@ -35,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
-FEATURE_ARRAYS = {"image_features": 2048, "spectrum_features": 256}
+BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
+MOCO_FC = "moco_fc"
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
 
@@ -86,13 +90,20 @@ class FeatureStore:
         self.rows_per_shard: int = int(meta["rows_per_shard"])
         self.n_shards: int = int(meta["n_shards"])
         self.provenance: dict = meta["provenance"]
+        self.feature_arrays: dict[str, tuple[int, ...]] = {
+            k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()}
 
     # ---- creation / opening -------------------------------------------------
     @classmethod
     def create(
         cls, path: str | Path, meta: dict[str, np.ndarray], provenance: dict, rows_per_shard: int = 256,
+        feature_arrays: dict[str, tuple[int, ...]] | None = None, moco_fc: dict[str, np.ndarray] | None = None,
     ) -> "FeatureStore":
-        """Write a new empty store atomically (built under a temporary name, then renamed)."""
+        """Write a new empty store atomically (built under a temporary name, then renamed).
+
+        ``feature_arrays`` maps each per-row feature array to its shape after the row axis
+        (default: the two base arrays); ``moco_fc`` holds the image checkpoint's fc MLP.
+        """
         import zarr
 
         path = Path(path)
@@ -109,12 +120,17 @@ class FeatureStore:
             arr = group.create_array(name, shape=(n,), chunks=(rows_per_shard,), dtype=dtypes.get(name, "float32"),
                                      fill_value=0 if name in dtypes else np.nan)
             arr[:] = np.asarray(meta[name]).astype(dtypes.get(name, "float32"))
-        for name, dim in FEATURE_ARRAYS.items():
-            group.create_array(name, shape=(n, dim), chunks=(rows_per_shard, dim), dtype="float32", fill_value=np.nan)
+        feature_arrays = dict(feature_arrays or BASE_FEATURES)
+        for name, tail in feature_arrays.items():
+            group.create_array(name, shape=(n, *tail), chunks=(rows_per_shard, *tail), dtype="float32", fill_value=np.nan)
         group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)
+        if moco_fc:
+            fc = group.create_group(MOCO_FC)
+            for key, value in moco_fc.items():
+                fc.create_array(key, shape=value.shape, dtype="float32")[...] = np.asarray(value, np.float32)
         group.attrs["galclip"] = {
-            "format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard,
-            "n_shards": n_shards, "provenance": provenance,
+            "format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
+            "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
         }
         _fsync_tree(tmp)
         os.replace(tmp, path)
@@ -153,7 +169,7 @@ class FeatureStore:
         split = self.group["split"][:]
         labelled = np.isfinite(self.group["label_redshift"][:]) & np.isfinite(self.group["label_log_mstar"][:])
         arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
-                  for name in (*META_ARRAYS, *FEATURE_ARRAYS, COMPLETE)}
+                  for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE)}
         return StoreInfo(
             path=str(self.path), n=self.n, n_train=int((split == 0).sum()), n_val=int((split == 1).sum()),
             n_labelled=int(labelled.sum()), rows_per_shard=self.rows_per_shard, n_shards=self.n_shards,
@@ -179,10 +195,10 @@ class FeatureStore:
     def write_shard(self, shard: int, features: dict[str, np.ndarray]) -> None:
         """Write every feature array of one shard, flush it to disk, then flag it complete."""
         lo, hi = self.shard_rows(shard)
-        for name, dim in FEATURE_ARRAYS.items():
+        for name, tail in self.feature_arrays.items():
             data = np.asarray(features[name], np.float32)
-            if data.shape != (hi - lo, dim):
-                raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, dim)}")
+            if data.shape != (hi - lo, *tail):
+                raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, *tail)}")
             self.group[name][lo:hi] = data
             _fsync_tree(self.path / name / "c" / str(shard))
         self.group[COMPLETE][shard] = 1
@@ -199,8 +215,21 @@ class FeatureStore:
             )
         return np.repeat(mask, self.rows_per_shard)[: self.n]
 
-    def load(self, allow_partial: bool = False) -> dict[str, np.ndarray]:
-        """Every per-row array of the complete shards, in memory: name -> (n_rows, ...)."""
+    def load(self, allow_partial: bool = False, features: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Per-row arrays of the complete shards, in memory: name -> (n_rows, ...).
+
+        ``features`` picks feature arrays (default: the two base arrays); metadata always comes.
+        """
         rows = self.require_complete(allow_partial)
-        out = {name: self.group[name][:][rows] for name in (*META_ARRAYS, *FEATURE_ARRAYS)}
-        return out
+        names = tuple(BASE_FEATURES) if features is None else features
+        unknown = [f for f in names if f not in self.feature_arrays]
+        if unknown:
+            raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
+        return {name: self.group[name][:][rows] for name in (*META_ARRAYS, *names)}
+
+    def moco_fc(self) -> dict[str, np.ndarray] | None:
+        """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""
+        if MOCO_FC not in self.group:
+            return None
+        fc = self.group[MOCO_FC]
+        return {key: fc[key][...] for key in ("0.weight", "0.bias", "2.weight", "2.bias")}

@@ -1,0 +1,141 @@
+"""Stage one for real: official checkpoints, augmented variants, kill -9 and resume, torchrun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from galclip.config import ExtractConfig
+from galclip.extract.augment import augment_images, augment_spectra
+from galclip.extract.spectrum_encoder import load_spender_checkpoint
+from galclip.store import FeatureStore
+
+EXTRACT_ARGS = ["--rows-per-shard", "16", "--variants", "1", "--batch-size", "8", "--no-progress"]
+REFERENCE = ExtractConfig(rows_per_shard=16, variants=1, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def sharded_store(tiny_mock, tmp_path_factory) -> Path:
+    """The tiny mock extracted in 4 shards with one augmented view, uninterrupted: the reference."""
+    from galclip.extract.run import run_extraction
+
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    run_extraction(tiny_mock, store, REFERENCE, progress=False)
+    return store
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    store = FeatureStore.open(path)
+    return store.load(features=tuple(store.feature_arrays))
+
+
+def _assert_same_store(a: Path, b: Path) -> None:
+    xa, xb = _arrays(a), _arrays(b)
+    assert xa.keys() == xb.keys()
+    for name in xa:
+        np.testing.assert_array_equal(xa[name], xb[name], err_msg=name)
+
+
+def test_official_spender_package_checkpoint_loads(tmp_path):
+    import spender
+
+    torch.manual_seed(0)
+    wave = torch.linspace(3600, 9824, 7781)
+    model = spender.SpectrumAutoencoder(spender.Instrument(wave), torch.linspace(2000, 9824, 2000), n_latent=6).eval()
+    torch.save({"model": [model.state_dict()], "losses": np.zeros((2, 3))}, tmp_path / "spender.desi-edr.test.pt")
+    ours = load_spender_checkpoint(tmp_path / "spender.desi-edr.test.pt").eval()
+    y = torch.randn(4, 7781)
+    with torch.no_grad():
+        h, a = model.encoder._downsample(y)
+        reference = torch.sum(h * model.encoder.softmax(a), dim=2)  # spender's own attention path
+        np.testing.assert_allclose(ours.features(y).numpy(), reference.numpy(), atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(ours(y).numpy(), model.encoder(y).numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_augmented_views_are_deterministic_per_targetid():
+    rng = np.random.default_rng(0)
+    images = torch.as_tensor(rng.lognormal(-3, 1, (4, 3, 152, 152)), dtype=torch.float32)
+    ids = np.array([11, 12, 13, 14])
+    a = augment_images(images, ids, 0, 96)
+    assert a.shape == (4, 3, 96, 96)
+    torch.testing.assert_close(augment_images(images, ids, 0, 96), a, rtol=0, atol=0)
+    # a view depends on its own galaxy only, not on the batch it is in
+    torch.testing.assert_close(augment_images(images[2:3], ids[2:3], 0, 96), a[2:3], rtol=0, atol=1e-6)
+    assert (augment_images(images, ids, 1, 96) - a).abs().mean() > 1e-3
+    spectra = torch.randn(4, 7781)
+    torch.testing.assert_close(augment_spectra(spectra, ids, 0), augment_spectra(spectra, ids, 0), rtol=0, atol=0)
+
+
+def test_variant_arrays_in_store(sharded_store):
+    store = FeatureStore.open(sharded_store)
+    assert store.feature_arrays["image_features_aug"] == (1, 2048) and store.n_shards == 4
+    data = store.load(features=("image_features", "image_features_aug"))
+    assert np.isfinite(data["image_features_aug"]).all()
+    assert not np.allclose(data["image_features_aug"][:, 0], data["image_features"])
+
+
+def test_kill_minus_9_then_resume_is_bitwise_identical(tiny_mock, sharded_store, tmp_path):
+    store = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS]
+    kills = 0
+    for _ in range(3):  # kill -9 as soon as one more shard is on disk, a few times in a row
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = FeatureStore.open(store).complete_mask().sum() if (store / "zarr.json").exists() else 0
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            if (store / "zarr.json").exists() and FeatureStore.open(store).complete_mask().sum() > before:
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.05)
+        proc.wait()
+        if proc.returncode == 0:
+            break
+    assert kills >= 1
+    assert not FeatureStore.open(store).complete_mask().all() or kills < 3
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_store(store, sharded_store)
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_torchrun_two_ranks_match_one(tiny_mock, sharded_store, tmp_path):
+    """Two writer processes (gloo ranks) on disjoint whole shards of one store == one writer, bit for bit."""
+    store = tmp_path / "ranks.zarr"
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same kernels as the reference
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "galclip", "-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0/2" in done.stdout and "rank 1/2" in done.stdout
+    _assert_same_store(store, sharded_store)
+    assert FeatureStore.open(store).info().complete
+
+
+def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_path):
+    from galclip.config import HeadConfig
+    from galclip.extract.image_encoder import moco_resnet50
+    from galclip.extract.run import run_extraction
+    from galclip.heads.train import train_heads
+    from galclip.provenance import sha256_file
+
+    torch.manual_seed(4)
+    src = moco_resnet50()
+    torch.save({"state_dict": {f"encoder_q.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "stein.ckpt")
+    run_extraction(tiny_mock, tmp_path / "s.zarr", ExtractConfig(image_weights=str(tmp_path / "stein.ckpt"), batch_size=32),
+                   progress=False)
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    assert store.provenance["preprocessing"]["image"]["rgb"] == "stein"
+    assert store.provenance["encoders"]["image"]["weights"]["sha256"] == sha256_file(tmp_path / "stein.ckpt")
+    np.testing.assert_array_equal(store.moco_fc()["0.weight"], src.fc[0].weight.detach().numpy())
+    summary = train_heads(tmp_path / "s.zarr", tmp_path / "heads", HeadConfig(epochs=1, batch_size=16), progress=False)
+    assert summary["image_head_init"] == "moco_fc"
