@@ -1,0 +1,94 @@
+"""Extraction throughput: the full pipeline against the bare encoder forward passes, in one run.
+
+    python bench/extract.py [--pairs 512] [--batch-size 64] [--variants 0] [--device auto]
+
+Full pipeline = read HDF5 -> preprocess -> both encoders -> Zarr store (run_extraction).
+Baseline = the same encoders' forward passes on in-memory, already preprocessed tensors of the
+same batch size. The baseline runs before and after the pipeline and is averaged, since these
+machines are noisy. Prints a table and writes bench/out/extract.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def bare_forward(encoders, images_rgb: torch.Tensor, spectra: torch.Tensor, batch: int) -> float:
+    """Seconds for both encoders over all rows of pre-built tensors."""
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for lo in range(0, len(images_rgb), batch):
+            encoders._image_features(images_rgb[lo:lo + batch].to(encoders.device))
+            encoders._spectrum_features(spectra[lo:lo + batch].to(encoders.device))
+    if encoders.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--variants", type=int, default=0)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "extract.json")
+    args = ap.parse_args()
+
+    from galclip.config import ExtractConfig, MockConfig
+    from galclip.data.mock.survey import generate_mock
+    from galclip.data.survey import SurveyReader
+    from galclip.extract.preprocess import preprocess_images
+    from galclip.extract.run import Encoders, run_extraction
+    from galclip.provenance import resolve_device
+
+    work = Path(tempfile.mkdtemp(prefix="galclip-bench-"))
+    generate_mock(MockConfig(pairs=args.pairs, seed=1), work / "data")
+    cfg = ExtractConfig(batch_size=args.batch_size, variants=args.variants, device=args.device)
+    device = resolve_device(args.device)
+    encoders = Encoders(cfg, device)
+    reader = SurveyReader(work / "data")
+    batch = reader.read(0, min(reader.n_rows, 4 * args.batch_size))
+    reps = -(-args.pairs // len(batch.targetid))
+    images = preprocess_images(batch.image, cfg.crop, cfg.rgb_mapping).repeat(reps, 1, 1, 1)[: args.pairs]
+    spectra = torch.from_numpy(batch.spectrum).repeat(reps, 1)[: args.pairs]
+    if device.type == "cuda":
+        images, spectra = images.pin_memory(), spectra.pin_memory()
+    bare_forward(encoders, images[: args.batch_size], spectra[: args.batch_size], args.batch_size)  # warm-up
+    views = 1 + args.variants  # the pipeline runs the image encoder once per view
+
+    t_bare = [bare_forward(encoders, images.repeat(views, 1, 1, 1)[: args.pairs * views], spectra, args.batch_size)]
+    t = time.perf_counter()
+    summary = run_extraction(work / "data", work / "features.zarr", cfg, progress=False)
+    t_pipe = time.perf_counter() - t
+    t_bare.append(bare_forward(encoders, images.repeat(views, 1, 1, 1)[: args.pairs * views], spectra, args.batch_size))
+    bare = float(np.mean(t_bare))
+    result = {
+        "pairs": args.pairs, "batch_size": args.batch_size, "variants": args.variants, "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "bare_forward_s": t_bare, "pipeline_s": t_pipe,
+        "bare_pairs_per_s": args.pairs / bare, "pipeline_pairs_per_s": args.pairs / t_pipe,
+        "pipeline_loop_pairs_per_s": summary["pairs_per_s"],
+        "ratio_pipeline_over_bare": bare / t_pipe,
+    }
+    if device.type == "cuda":
+        result["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"device {device}, {args.pairs} pairs, batch {args.batch_size}, variants {args.variants}")
+    print(f"bare forward      {result['bare_pairs_per_s']:8.1f} pairs/s  (runs: {', '.join(f'{x:.1f} s' for x in t_bare)})")
+    print(f"full pipeline     {result['pipeline_pairs_per_s']:8.1f} pairs/s  ({t_pipe:.1f} s incl. store creation)")
+    print(f"ratio pipeline/bare = {result['ratio_pipeline_over_bare']:.3f}  (goal >= 0.90)")
+    if "gpu_max_memory_gib" in result:
+        print(f"GPU max memory    {result['gpu_max_memory_gib']:.2f} GiB")
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
