@@ -30,3 +30,18 @@ def tiny_store(tiny_mock, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("store") / "features.zarr"
     run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
     return store
+
+
+# the reference extraction of the tiny mock: 4 shards of 16 rows, one augmented image view
+SHARDED_EXTRACT_ARGS = ["--rows-per-shard", "16", "--variants", "1", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def sharded_store(tiny_mock, tmp_path_factory) -> Path:
+    """The tiny mock extracted in 4 shards with one augmented view, uninterrupted: the reference."""
+    from galclip.config import ExtractConfig
+    from galclip.extract.run import run_extraction
+
+    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
+    run_extraction(tiny_mock, store, ExtractConfig(rows_per_shard=16, variants=1, batch_size=8), progress=False)
+    return store

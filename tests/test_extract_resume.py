@@ -18,18 +18,7 @@ from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.spectrum_encoder import load_spender_checkpoint
 from galclip.store import FeatureStore
 
-EXTRACT_ARGS = ["--rows-per-shard", "16", "--variants", "1", "--batch-size", "8", "--no-progress"]
-REFERENCE = ExtractConfig(rows_per_shard=16, variants=1, batch_size=8)
-
-
-@pytest.fixture(scope="module")
-def sharded_store(tiny_mock, tmp_path_factory) -> Path:
-    """The tiny mock extracted in 4 shards with one augmented view, uninterrupted: the reference."""
-    from galclip.extract.run import run_extraction
-
-    store = tmp_path_factory.mktemp("ref") / "ref.zarr"
-    run_extraction(tiny_mock, store, REFERENCE, progress=False)
-    return store
+from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:

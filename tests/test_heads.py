@@ -94,3 +94,69 @@ def test_heads_refuse_another_store(tiny_store, tmp_path):
     torch.save(ckpt, tmp_path / "h" / "heads.pt")
     with pytest.raises(GalclipError, match="fingerprint 0123456789abcdef"):
         load_heads(tmp_path / "h", FeatureStore.open(tiny_store))
+
+
+def test_resume_continues_exactly(sharded_store, tmp_path):
+    cfg = HeadConfig(epochs=5, batch_size=16, lr=1e-3, early_stopping=None, aug_prob=0.5)
+    full = train_heads(sharded_store, tmp_path / "full", cfg, progress=False)
+    part = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, stop_after=2)
+    assert part["finished"] is False and part["epochs_run"] == 2
+    with pytest.raises(GalclipError, match="lr was 0.001, now 0.01"):
+        train_heads(sharded_store, tmp_path / "cut", HeadConfig(**{**cfg.__dict__, "lr": 1e-2}), progress=False, resume=True)
+    resumed = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, resume=True)
+    a = torch.load(tmp_path / "full" / "heads.pt", weights_only=False)
+    b = torch.load(tmp_path / "cut" / "heads.pt", weights_only=False)
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    for key in ("state_dict", "last_state_dict"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert full["best_epoch"] == resumed["best_epoch"]
+
+
+def test_augmented_views_are_sampled(sharded_store, tmp_path):
+    from galclip.heads.data import load_features, to_device
+
+    data = load_features(FeatureStore.open(sharded_store))
+    fs = to_device(data, np.arange(10), torch.device("cpu"), with_aug=True)
+    idx = torch.tensor([3, 7])
+    xi, _ = fs.batch(idx, torch.tensor([True, False]), torch.tensor([0, 0]))
+    np.testing.assert_array_equal(xi[0].numpy(), data["image_features_aug"][3, 0].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(xi[1].numpy(), data["image_features"][7].astype(np.float16).astype(np.float32))
+    base = HeadConfig(epochs=2, batch_size=16, early_stopping=None)
+    clean = train_heads(sharded_store, tmp_path / "p0", HeadConfig(**{**base.__dict__, "aug_prob": 0.0}), progress=False)
+    mixed = train_heads(sharded_store, tmp_path / "p1", HeadConfig(**{**base.__dict__, "aug_prob": 1.0}), progress=False)
+    assert clean["augmented_views"] == 0 and mixed["augmented_views"] == 1
+    assert clean["final_train_loss"] != mixed["final_train_loss"]
+
+
+def test_learnable_tau_is_clamped(tiny_store, tmp_path):
+    heads = CLIPHeads(tau=0.07, learn_tau=True, tau_min=0.01)
+    assert isinstance(heads.log_inv_tau, torch.nn.Parameter)
+    assert float(heads.tau().detach()) == pytest.approx(0.07)
+    with torch.no_grad():
+        heads.log_inv_tau.fill_(20.0)
+    assert float(heads.tau().detach()) == pytest.approx(0.01)
+    train_heads(tiny_store, tmp_path / "t", HeadConfig(epochs=2, batch_size=16, lr=1e-2, learn_tau=True), progress=False)
+    hist = torch.load(tmp_path / "t" / "heads.pt", weights_only=False)["history"]
+    assert hist[-1]["tau"] != pytest.approx(0.1) and hist[-1]["tau"] >= 0.01
+
+
+def test_vectorised_sweep_equals_separate_runs(sharded_store, tmp_path):
+    import json
+
+    from galclip.heads.sweep import parse_grid, run_sweep
+
+    base = HeadConfig(epochs=3, batch_size=16, early_stopping=None, aug_prob=0.5)
+    grid = parse_grid(["lr=1e-3,1e-4", "tau=0.07,0.2", "weight_decay=0,1e-3"])
+    rows = run_sweep(sharded_store, tmp_path / "sweep", base, grid)
+    assert len(rows) == 8 and (tmp_path / "sweep" / "sweep.csv").exists()
+    histories = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["histories"]
+    for i in (0, 3, 5):  # a few configurations, each against its own separate run
+        row = rows[i]
+        cfg = HeadConfig(**{**base.__dict__, "lr": row["lr"], "tau": row["tau"], "weight_decay": row["weight_decay"]})
+        train_heads(sharded_store, tmp_path / f"sep{i}", cfg, progress=False)
+        sep = torch.load(tmp_path / f"sep{i}" / "heads.pt", weights_only=False)["history"]
+        for key in ("train_loss", "val_loss", "lr"):
+            np.testing.assert_allclose([h[key] for h in histories[i]], [h[key] for h in sep], rtol=2e-5, err_msg=key)
+    heads, _ = load_heads(tmp_path / "sweep" / "best", FeatureStore.open(sharded_store))
+    assert isinstance(heads, CLIPHeads)

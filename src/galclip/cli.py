@@ -52,6 +52,7 @@ def main(verbose: int, quiet: bool) -> None:
     extract   frozen encoders over every pair -> Zarr feature store (stage one)
     info      what a feature store holds, without reading bulk data
     heads     train the projection heads on cached features (stage two)
+    sweep     train a grid of head settings in one vectorised pass
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
     demo      mock -> extract -> heads -> evaluate in one go
     """
@@ -170,8 +171,14 @@ def _head_options(func):
         click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size, show_default=True),
         click.option("--lr", type=float, default=d.lr, show_default=True),
         click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=d.tau, show_default=True,
-                     help="Fixed InfoNCE temperature."),
+                     help="InfoNCE temperature (fixed, or the starting value with --learn-tau)."),
+        click.option("--learn-tau", is_flag=True, help="Learn τ (clamped to >= 0.01), as open_clip does."),
         click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
+        click.option("--aug-prob", type=click.FloatRange(0, 1), default=d.aug_prob, show_default=True,
+                     help="Per pair and step, chance to use a stored augmented image view (needs --variants)."),
+        click.option("--image-hidden", type=click.IntRange(min=1), default=d.image_hidden, show_default=True),
+        click.option("--spectrum-hidden", default="x".join(map(str, d.spectrum_hidden)), show_default=True,
+                     help="Spectrum-head hidden widths, e.g. 256x128x128."),
         click.option("--early-stopping", type=click.IntRange(min=0), default=d.early_stopping, show_default=True,
                      help="Stop after this many epochs without validation improvement (0: never)."),
         click.option("--seed", type=int, default=d.seed, show_default=True),
@@ -182,11 +189,17 @@ def _head_options(func):
     return func
 
 
-def _head_config(epochs, batch_size, lr, tau, weight_decay, early_stopping, seed, device):
+def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob, image_hidden, spectrum_hidden,
+                 early_stopping, seed, device):
     from galclip.config import HeadConfig
 
-    return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, weight_decay=weight_decay,
-                      early_stopping=early_stopping or None, seed=seed, device=device)
+    try:
+        hidden = tuple(int(x) for x in spectrum_hidden.split("x"))
+    except ValueError as err:
+        raise click.BadParameter(f"--spectrum-hidden {spectrum_hidden!r}: use widths like 256x128x128") from err
+    return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, learn_tau=learn_tau,
+                      weight_decay=weight_decay, aug_prob=aug_prob, image_hidden=image_hidden,
+                      spectrum_hidden=hidden, early_stopping=early_stopping or None, seed=seed, device=device)
 
 
 def _plot_history(out: Path) -> None:
@@ -200,16 +213,38 @@ def _plot_history(out: Path) -> None:
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @_head_options
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT exactly where it stopped.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def heads(store: Path, out: Path, no_progress: bool, **kwargs) -> None:
+def heads(store: Path, out: Path, resume: bool, no_progress: bool, **kwargs) -> None:
     """Train the image and spectrum heads on STORE's cached features; write OUT/heads.pt."""
     from galclip.heads.train import train_heads
 
-    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress)
+    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress, resume=resume)
     _plot_history(out)
     click.echo(f"heads: best val loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']} "
-               f"({s['epochs_run']} epochs, {s['seconds']:.1f} s) -> {out / 'heads.pt'}")
+               f"({s['epochs_run']} epochs, {s['seconds']:.1f} s, {s['seconds_per_epoch']:.2f} s/epoch) "
+               f"-> {out / 'heads.pt'}")
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--grid", "grid_items", multiple=True, required=True,
+              help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.")
+@_head_options
+@user_errors
+def sweep(store: Path, out: Path, grid_items: tuple[str, ...], **kwargs) -> None:
+    """Train every head configuration of a grid in one vectorised pass; write OUT/sweep.csv."""
+    from galclip.heads.sweep import parse_grid, run_sweep
+
+    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)))
+    keys = [k for k in rows[0] if k not in ("spectrum_hidden", "image_hidden")] if rows else []
+    click.echo("  ".join(f"{k:>12}" for k in keys))
+    for row in rows:
+        click.echo("  ".join(f"{'n/a' if row[k] is None else (f'{row[k]:.4g}' if isinstance(row[k], float) else row[k]):>12}"
+                             for k in keys))
+    click.echo(f"-> {out / 'sweep.csv'}, best heads in {out / 'best' / 'heads.pt'}")
 
 
 @main.command()

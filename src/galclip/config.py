@@ -66,21 +66,37 @@ class HeadConfig:
     epochs: int = 80
     batch_size: int = 512
     lr: float = 1e-4  # chosen on the demo store: 5e-4 overfits by epoch ~12 (see README)
-    tau: float = 0.1
+    tau: float = 0.1  # fixed temperature, or the starting one with learn_tau
+    learn_tau: bool = False  # learn τ (as log 1/τ, clamped to τ >= tau_min), as open_clip does
+    tau_min: float = 0.01
     weight_decay: float = 0.0
     lr_factor: float = 0.5  # ReduceLROnPlateau factor (report: 2x reduction)
     lr_patience: int = 5  # ReduceLROnPlateau patience in epochs (report)
     early_stopping: int | None = 15  # stop after this many epochs without val improvement
+    aug_prob: float = 0.5  # per pair and step: use a stored augmented view instead of the clean one
     standardise: bool = True  # z-score features with train-set mean/std before the heads
+    image_hidden: int = 2048  # image head: 2048 -> image_hidden -> embed_dim
+    spectrum_hidden: tuple[int, ...] = (256, 128, 128)  # spectrum head: 256 -> ... -> embed_dim
     embed_dim: int = 128
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.tau <= 0:
-            raise ValueError("tau must be > 0")
+        if self.tau <= 0 or self.tau_min <= 0:
+            raise ValueError("tau and tau_min must be > 0")
         if self.batch_size < 2:
             raise ValueError("batch_size must be >= 2 for a contrastive loss")
+        if not 0.0 <= self.aug_prob <= 1.0:
+            raise ValueError("aug_prob must be in [0, 1]")
+        object.__setattr__(self, "spectrum_hidden", tuple(self.spectrum_hidden))
+
+    @property
+    def image_sizes(self) -> tuple[int, ...]:
+        return (2048, self.image_hidden, self.embed_dim)
+
+    @property
+    def spectrum_sizes(self) -> tuple[int, ...]:
+        return (256, *self.spectrum_hidden, self.embed_dim)
 
 
 @dataclass(frozen=True)

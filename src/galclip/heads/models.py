@@ -56,21 +56,30 @@ class Head(nn.Module):
         return self.proj(self.norm(x))
 
 
-def image_head_sizes(embed_dim: int = 128) -> tuple[int, ...]:
-    return (2048, 2048, embed_dim)
-
-
-def spectrum_head_sizes(embed_dim: int = 128) -> tuple[int, ...]:
-    return (256, 256, 128, 128, embed_dim)
-
-
 class CLIPHeads(nn.Module):
-    """Both heads: image (B, 2048) -> (B, 128), spectrum (B, 256) -> (B, 128)."""
+    """Both heads: image (B, 2048) -> (B, 128), spectrum (B, 256) -> (B, 128); optional learnable τ."""
 
-    def __init__(self, embed_dim: int = 128, standardise: bool = True):
+    def __init__(self, image_sizes: tuple[int, ...] = (2048, 2048, 128),
+                 spectrum_sizes: tuple[int, ...] = (256, 256, 128, 128, 128), standardise: bool = True,
+                 tau: float = 0.1, learn_tau: bool = False, tau_min: float = 0.01):
         super().__init__()
-        self.image = Head(image_head_sizes(embed_dim), standardise)
-        self.spectrum = Head(spectrum_head_sizes(embed_dim), standardise)
+        self.image = Head(tuple(image_sizes), standardise)
+        self.spectrum = Head(tuple(spectrum_sizes), standardise)
+        self.tau_min = tau_min
+        log_inv_tau = torch.tensor(float(np.log(1.0 / tau)))
+        if learn_tau:
+            self.log_inv_tau = nn.Parameter(log_inv_tau)
+        else:
+            self.register_buffer("log_inv_tau", log_inv_tau)
+
+    @classmethod
+    def from_config(cls, config) -> "CLIPHeads":
+        """Heads for a ``HeadConfig``."""
+        return cls(config.image_sizes, config.spectrum_sizes, config.standardise, config.tau, config.learn_tau, config.tau_min)
+
+    def tau(self) -> torch.Tensor:
+        """Current temperature, clamped to >= tau_min (learnable τ is stored as log 1/τ)."""
+        return torch.exp(-self.log_inv_tau.clamp(max=float(np.log(1.0 / self.tau_min))))
 
     def load_moco_fc(self, fc_state: dict[str, torch.Tensor]) -> None:
         """Initialise the image head from the Stein checkpoint's fc MLP (keys 0.*, 2.*)."""
