@@ -54,6 +54,8 @@ def main(verbose: int, quiet: bool) -> None:
     heads     train the projection heads on cached features (stage two)
     sweep     train a grid of head settings in one vectorised pass
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
+    index     FAISS indexes over every pair (exact, or IVF with measured recall)
+    search    galaxies most similar to a targetid, in-modal or cross-modal
     demo      mock -> extract -> heads -> evaluate in one go
     """
     _setup_logging(-1 if quiet else verbose)
@@ -265,6 +267,87 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, se
                              extra_metrics={"timings_s": {}})
     click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
     _echo_summary(metrics)
+
+
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("heads_path", metavar="HEADS", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--exact-max", type=click.IntRange(min=1), default=250_000, show_default=True,
+              help="Largest collection searched exactly (IndexFlatIP); above it, IVF-Flat.")
+@click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Refuse an approximate index whose measured recall@10 is lower.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int) -> None:
+    """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
+    from galclip.evaluate.index import build_indexes
+
+    side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed)
+    for m, rec in side["indexes"].items():
+        click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
+                   + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))
+    click.echo(f"-> {out} ({side['build_seconds']:.1f} s)")
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--targetid", type=int, required=True, help="The query galaxy (must be in the index).")
+@click.option("--query", "query_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
+@click.option("--target", "target_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Draw the query and its neighbours (images as RGB, spectra as curves) into this PNG.")
+@user_errors
+def search(index_dir: Path, targetid: int, query_kind: str, target_kind: str, k: int, as_json: bool, plot) -> None:
+    """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
+    import numpy as np
+
+    from galclip.evaluate.index import load_index
+
+    idx = load_index(index_dir)
+    pos = idx.position(targetid)
+    q = idx.rows[f"emb_{query_kind}"][pos:pos + 1]
+    in_modal = query_kind == target_kind
+    sims, ids = idx.search(q, target_kind, k + 1 if in_modal else k)
+    keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and not (in_modal and i == pos)][:k]
+    nan_none = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
+    hits = [{"rank": r + 1, "similarity": float(s), "targetid": int(idx.rows["targetid"][i]),
+             "redshift": nan_none(idx.rows["redshift"][i]), "log_mstar": nan_none(idx.rows["log_mstar"][i]),
+             "is_partner": bool(i == pos)} for r, (s, i) in enumerate(keep)]
+    result = {"query": {"targetid": targetid, "modality": query_kind, "redshift": nan_none(idx.rows["redshift"][pos]),
+                        "log_mstar": nan_none(idx.rows["log_mstar"][pos])}, "target": target_kind, "neighbours": hits}
+    if plot is not None:
+        _plot_search(idx, pos, [i for _, i in keep], [s for s, _ in keep], query_kind, target_kind, plot)
+        result["plot"] = str(plot)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    fmt = lambda v, f: "      -" if v is None else format(v, f)  # noqa: E731
+    click.echo(f"query {targetid} ({query_kind}; z {fmt(result['query']['redshift'], '.4f')}, "
+               f"log M* {fmt(result['query']['log_mstar'], '.2f')}) -> {target_kind}")
+    click.echo(" rank  similarity            targetid  redshift  log M*")
+    for h in hits:
+        star = "  <- its own partner" if h["is_partner"] else ""
+        click.echo(f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
+                   f"{fmt(h['log_mstar'], '6.2f')}{star}")
+    if plot is not None:
+        click.echo(f"plot: {plot}")
+
+
+def _plot_search(idx, pos: int, neighbours: list, sims: list, query_kind: str, target_kind: str, path: Path) -> None:
+    import numpy as np
+
+    from galclip.evaluate.pipeline import SurveyRows
+    from galclip.evaluate.plots import plot_gallery
+    from galclip.store import FeatureStore
+
+    store = FeatureStore.open(idx.sidecar["store"])
+    pre = store.provenance.get("preprocessing", {}).get("image", {})
+    rows = SurveyRows(store.provenance, idx.rows["row"], int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+    plot_gallery(np.array([pos]), np.array([neighbours]), np.array([sims]), query_kind, target_kind,
+                 rows.image_rgb, rows.spectrum, path, title=f"targetid {int(idx.rows['targetid'][pos])}")
 
 
 def _echo_summary(metrics: dict) -> None:

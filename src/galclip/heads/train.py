@@ -260,5 +260,10 @@ def load_heads(path: str | Path, store: FeatureStore | None = None, device: str 
             "train heads on this store, or point at the store they were trained on"
         )
     heads = CLIPHeads.from_config(HeadConfig(**ckpt["config"]))
-    heads.load_state_dict(ckpt["state_dict"])
+    state = dict(ckpt["state_dict"])
+    state.setdefault("log_inv_tau", heads.log_inv_tau.detach().clone())  # galclip < 0.1 kept τ only in the config
+    missing, unexpected = sorted(set(heads.state_dict()) - set(state)), sorted(set(state) - set(heads.state_dict()))
+    if missing or unexpected:
+        raise GalclipError(f"{path}: heads do not match their config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+    heads.load_state_dict(state)
     return heads.to(device).eval(), ckpt

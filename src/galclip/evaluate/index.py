@@ -1,0 +1,199 @@
+"""Similarity-search indexes over the whole store: one FAISS index per modality, chosen by size.
+
+Up to ``exact_max`` vectors: exact ``IndexFlatIP``. Above: ``IndexIVFFlat`` (inner product)
+with nlist ≈ 4·√N lists trained on a sample, and the smallest nprobe whose recall@10 against
+exact search, measured on held-out queries at build time, reaches the recall floor; an index
+that cannot reach the floor is refused. Vectors are the heads' embeddings, L2-normalised
+(report eq. 5), added in batches streamed from the store, so the store never has to fit in
+memory at once. Everything is written atomically beside a JSON sidecar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galclip.errors import GalclipError
+from galclip.evaluate.search import l2_normalise
+from galclip.store import FeatureStore
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "spectrum")
+SIDECAR = "index.json"
+ROWS_FILE = "rows.npz"
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """How one modality's index is built: exact ("flat") or approximate ("ivf")."""
+
+    kind: str
+    nlist: int = 0
+    nprobe: int = 0
+
+
+def choose_spec(n: int, exact_max: int) -> IndexSpec:
+    """Exact search while N <= exact_max; else IVF-Flat with nlist = 4·√N (at least 16, at most N/39)."""
+    if n <= exact_max:
+        return IndexSpec("flat")
+    nlist = int(min(max(16, 4 * math.sqrt(n)), max(1, n // 39), 65536))
+    return IndexSpec("ivf", nlist=nlist, nprobe=1)
+
+
+def new_index(spec: IndexSpec, d: int):
+    import faiss
+
+    if spec.kind == "flat":
+        return faiss.IndexFlatIP(d)
+    quantizer = faiss.IndexFlatIP(d)  # faiss's Python wrapper keeps it referenced by the IVF index
+    return faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
+
+
+def recall_at_k(index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """recall@k of ``index`` against exact inner-product search over ``vectors``: share of true top-k found."""
+    import faiss
+
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(queries, k)
+    _, got = index.search(queries, k)
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
+
+
+def tune_nprobe(index, vectors: np.ndarray, queries: np.ndarray, floor: float, k: int = 10) -> tuple[int, float]:
+    """Smallest power-of-two nprobe reaching ``floor`` recall@k: (nprobe, recall); raises if none does."""
+    recall = 0.0
+    nprobe = 1
+    while nprobe <= index.nlist:
+        index.nprobe = nprobe
+        recall = recall_at_k(index, vectors, queries, k)
+        if recall >= floor:
+            return nprobe, recall
+        nprobe *= 2
+    index.nprobe = index.nlist
+    recall = recall_at_k(index, vectors, queries, k)
+    if recall >= floor:
+        return index.nlist, recall
+    raise GalclipError(f"the IVF index reaches recall@{k} {recall:.3f} < floor {floor} even with every list probed; "
+                       "lower --recall-floor or raise --exact-max to keep exact search")
+
+
+def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 65536):
+    """Yield (first position, image (b, 128), spectrum (b, 128)) L2-normalised, streamed by row blocks."""
+    for lo in range(0, len(rows), batch):
+        sel = rows[lo:lo + batch]
+        a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
+        fi = store.group["image_features"][a:b][sel - a]
+        fs = store.group["spectrum_features"][a:b][sel - a]
+        zi, zs = heads.embed(fi, fs)
+        yield lo, l2_normalise(zi), l2_normalise(zs)
+
+
+def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
+                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 65536, seed: int = 0,
+                  allow_partial: bool = False) -> dict:
+    """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``rows.npz`` and ``index.json``."""
+    import faiss
+
+    from galclip.heads.train import load_heads
+
+    t0 = time.perf_counter()
+    store = FeatureStore.open(store_path)
+    heads, ckpt = load_heads(heads_path, store)
+    rows = np.flatnonzero(store.require_complete(allow_partial))
+    n = len(rows)
+    spec = choose_spec(n, exact_max)
+    d = heads.image.sizes[-1]
+    # embeddings are kept (n x 128 each, ~100 MB per 200k) for query look-ups and recall checks
+    emb = {m: np.empty((n, d), np.float32) for m in MODALITIES}
+    for lo, zi, zs in embed_store(store, heads, rows, batch):
+        emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
+    rng = np.random.default_rng(seed)
+    queries = rng.choice(n, size=min(n_queries, n), replace=False)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for m in MODALITIES:
+        index = new_index(spec, d)
+        if spec.kind == "ivf":
+            sample = rng.choice(n, size=min(n, max(40 * spec.nlist, 50_000)), replace=False)
+            index.train(emb[m][np.sort(sample)])
+        for lo in range(0, n, batch):
+            index.add(emb[m][lo:lo + batch])
+        q = emb[m][queries]
+        if spec.kind == "ivf":
+            nprobe, recall = tune_nprobe(index, emb[m], q, recall_floor)
+        else:
+            nprobe, recall = 0, 1.0
+        tmp = out / f".{m}.faiss.tmp-{os.getpid()}"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, out / f"{m}.faiss")
+        records[m] = {"file": f"{m}.faiss", **asdict(spec), "nprobe": nprobe, "recall@10": recall, "ntotal": int(index.ntotal)}
+        logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
+    heads_file = Path(heads_path) / "heads.pt" if Path(heads_path).is_dir() else Path(heads_path)
+    tmp = out / f".{ROWS_FILE}.tmp-{os.getpid()}.npz"
+    np.savez(tmp, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
+             redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows],
+             emb_image=emb["image"], emb_spectrum=emb["spectrum"])
+    os.replace(tmp, out / ROWS_FILE)
+    sidecar = {
+        "format": "galclip-index/1", "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
+        "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
+        "heads": str(heads_file.resolve()), "heads_sha256": hashlib.sha256(heads_file.read_bytes()).hexdigest(),
+        "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
+    }
+    tmp = out / f".{SIDECAR}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(sidecar, indent=2))
+    os.replace(tmp, out / SIDECAR)
+    return sidecar
+
+
+@dataclass
+class LoadedIndex:
+    """An index directory: sidecar, per-modality FAISS indexes, and per-row arrays."""
+
+    path: Path
+    sidecar: dict
+    indexes: dict
+    rows: dict
+
+    def position(self, targetid: int) -> int:
+        hit = np.flatnonzero(self.rows["targetid"] == targetid)
+        if hit.size == 0:
+            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({self.sidecar['n']} galaxies)")
+        return int(hit[0])
+
+    def search(self, query_vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(m, 128) L2-normalised queries -> (similarities (m, k), positions (m, k))."""
+        if target not in MODALITIES:
+            raise GalclipError(f"target must be one of {MODALITIES}, got {target!r}")
+        sims, ids = self.indexes[target].search(np.ascontiguousarray(query_vectors, np.float32), k)
+        return sims, ids
+
+
+def load_index(path: str | Path) -> LoadedIndex:
+    """Open an index directory written by ``build_indexes``."""
+    import faiss
+
+    path = Path(path)
+    if not (path / SIDECAR).exists():
+        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
+    sidecar = json.loads((path / SIDECAR).read_text())
+    indexes = {}
+    for m, rec in sidecar["indexes"].items():
+        index = faiss.read_index(str(path / rec["file"]))
+        if rec["kind"] == "ivf":
+            faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
+        indexes[m] = index
+    with np.load(path / ROWS_FILE) as z:
+        rows = {k: z[k] for k in z.files}
+    return LoadedIndex(path, sidecar, indexes, rows)
