@@ -128,3 +128,26 @@ def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_p
     np.testing.assert_array_equal(store.moco_fc()["0.weight"], src.fc[0].weight.detach().numpy())
     summary = train_heads(tmp_path / "s.zarr", tmp_path / "heads", HeadConfig(epochs=1, batch_size=16), progress=False)
     assert summary["image_head_init"] == "moco_fc"
+
+
+def test_second_extraction_refuses_while_first_holds_the_lock(tiny_mock, tmp_path):
+    import json as _json
+    import socket
+
+    from galclip.errors import StoreError
+    from galclip.extract.run import run_extraction
+
+    store = tmp_path / "locked.zarr"
+    lock = Path(str(store) + ".lock")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(_json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
+        with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+            run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
+        assert not store.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale and the next run breaks it and finishes
+    run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
+    assert FeatureStore.open(store).info().complete and not lock.exists()

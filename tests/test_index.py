@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from galclip.config import HeadConfig
-from galclip.evaluate.index import build_indexes, choose_spec, load_index, new_index, recall_at_k, tune_nprobe
+from galclip.evaluate.index import (
+    build_indexes, choose_spec, exact_neighbours, load_index, new_index, recall_at_k, tune_nprobe,
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,7 @@ def test_spec_by_size():
     assert choose_spec(1000, 250_000).kind == "flat"
     spec = choose_spec(1_000_000, 250_000)
     assert spec.kind == "ivf" and spec.nlist == 4000
+    assert choose_spec(10_000_000, 250_000).nlist == 4096
 
 
 def test_ivf_recall_is_measured_and_tuned():
@@ -49,13 +52,16 @@ def test_ivf_recall_is_measured_and_tuned():
     index.train(x)
     index.add(x)
     q = x[rng.choice(len(x), 200, replace=False)]
-    nprobe, recall = tune_nprobe(index, x, q, floor=0.9)
-    assert recall >= 0.9 and index.nprobe == nprobe
+    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]  # numpy brute force
+    np.testing.assert_array_equal(exact_neighbours(x, q)[:, :3], truth[:, :3])
+    nprobe, recall = tune_nprobe(index, truth, q, floor=0.9)
+    assert recall >= 0.9 and index.nprobe == nprobe and nprobe < index.nlist
     # the recall it reports is the share of the brute-force top 10 it finds
-    truth = np.argsort(-(q @ x.T), axis=1)[:, :10]
     _, got = index.search(q, 10)
-    assert recall == pytest.approx(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)]), abs=0.01)
-    assert recall_at_k(index, x, q) == pytest.approx(recall)
+    assert recall == pytest.approx(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)]))
+    assert recall_at_k(index, truth, q) == pytest.approx(recall)
+    with pytest.raises(Exception, match="floor"):
+        tune_nprobe(index, truth[:, ::-1][:, :10] * 0 + len(x) + 1, q, floor=0.5)  # unreachable truth
 
 
 def test_search_cli_json_and_plot(tiny_store, tiny_heads, tmp_path):

@@ -64,3 +64,25 @@ def test_fingerprint_tracks_content(tmp_path):
 def test_open_missing_store_explains(tmp_path):
     with pytest.raises(StoreError, match="galclip extract"):
         FeatureStore.open(tmp_path / "nope.zarr")
+
+
+def test_check_reports_incomplete_shards_nan_rows_and_duplicates(tmp_path):
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+    from galclip.store.check import check_store
+
+    prov = {"encoders": {}, "preprocessing": {}, "data": {}, "rows_per_shard": 4}
+    meta = _meta(10)
+    meta["targetid"][9] = meta["targetid"][0]  # a duplicate
+    store = FeatureStore.create(tmp_path / "s.zarr", meta, prov, rows_per_shard=4)
+    feats = _features(4, 0)
+    feats["spectrum_features"][2, 5] = np.nan
+    store.write_shard(0, feats)
+    store.write_shard(1, _features(4, 1))
+    result = check_store(FeatureStore.open(tmp_path / "s.zarr"))
+    text = "\n".join(result["problems"])
+    assert not result["ok"]
+    assert "1 of 3 shards are incomplete" in text and "duplicate targetid" in text and "targetid [12]" in text
+    r = CliRunner().invoke(main, ["check", str(tmp_path / "s.zarr")])
+    assert r.exit_code == 1 and "PROBLEM" in r.output

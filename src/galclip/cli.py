@@ -51,6 +51,7 @@ def main(verbose: int, quiet: bool) -> None:
     mock      write a mock survey in the AstroCLIP HDF5 + PROVABGS layouts
     extract   frozen encoders over every pair -> Zarr feature store (stage one)
     info      what a feature store holds, without reading bulk data
+    check     validate a store: shapes, completeness, provenance, NaNs, duplicates
     heads     train the projection heads on cached features (stage two)
     sweep     train a grid of head settings in one vectorised pass
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
@@ -164,6 +165,28 @@ def info(store: Path, as_json: bool) -> None:
     click.echo(f"code version {inf.provenance.get('code_version')}")
 
 
+@main.command()
+@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@user_errors
+def check(store: Path, as_json: bool) -> None:
+    """Validate a feature STORE: shapes, completeness, provenance, NaN/inf rows, duplicate targetids."""
+    from galclip.store import FeatureStore
+    from galclip.store.check import check_store
+
+    result = check_store(FeatureStore.open(store))
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(f"{store}: {result['n']} pairs, {result['n_complete']}/{result['n_shards']} shards complete, "
+                   f"arrays {', '.join(result['arrays'])}")
+        for problem in result["problems"]:
+            click.echo(f"  PROBLEM: {problem}")
+        click.echo("OK" if result["ok"] else f"{len(result['problems'])} problem(s)")
+    if not result["ok"]:
+        sys.exit(1)
+
+
 def _head_options(func):
     from galclip.config import HeadConfig
 
@@ -216,13 +239,15 @@ def _plot_history(out: Path) -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @_head_options
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT exactly where it stopped.")
+@click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def heads(store: Path, out: Path, resume: bool, no_progress: bool, **kwargs) -> None:
+def heads(store: Path, out: Path, resume: bool, allow_partial: bool, no_progress: bool, **kwargs) -> None:
     """Train the image and spectrum heads on STORE's cached features; write OUT/heads.pt."""
     from galclip.heads.train import train_heads
 
-    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress, resume=resume)
+    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress, resume=resume,
+                    allow_partial=allow_partial)
     _plot_history(out)
     click.echo(f"heads: best val loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']} "
                f"({s['epochs_run']} epochs, {s['seconds']:.1f} s, {s['seconds_per_epoch']:.2f} s/epoch) "
@@ -235,12 +260,13 @@ def heads(store: Path, out: Path, resume: bool, no_progress: bool, **kwargs) -> 
 @click.option("--grid", "grid_items", multiple=True, required=True,
               help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.")
 @_head_options
+@click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @user_errors
-def sweep(store: Path, out: Path, grid_items: tuple[str, ...], **kwargs) -> None:
+def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, **kwargs) -> None:
     """Train every head configuration of a grid in one vectorised pass; write OUT/sweep.csv."""
     from galclip.heads.sweep import parse_grid, run_sweep
 
-    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)))
+    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)), allow_partial=allow_partial)
     keys = [k for k in rows[0] if k not in ("spectrum_hidden", "image_hidden")] if rows else []
     click.echo("  ".join(f"{k:>12}" for k in keys))
     for row in rows:
@@ -256,15 +282,16 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], **kwargs) -> None
 @click.option("--k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @user_errors
-def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, seed: int) -> None:
+def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, seed: int, allow_partial: bool) -> None:
     """Evaluate HEADS on STORE's validation pairs; write OUT/report.html and OUT/metrics.json."""
     from galclip.config import EvalConfig
     from galclip.evaluate.pipeline import evaluate_store
 
     t0 = time.perf_counter()
     metrics = evaluate_store(store, heads_path, out, EvalConfig(k=k, umap=not no_umap, seed=seed),
-                             extra_metrics={"timings_s": {}})
+                             extra_metrics={"timings_s": {}}, allow_partial=allow_partial)
     click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
     _echo_summary(metrics)
 
@@ -278,12 +305,15 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, se
 @click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Refuse an approximate index whose measured recall@10 is lower.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @user_errors
-def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int) -> None:
+def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int,
+          allow_partial: bool) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
     from galclip.evaluate.index import build_indexes
 
-    side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed)
+    side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
+                         allow_partial=allow_partial)
     for m, rec in side["indexes"].items():
         click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
                    + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))

@@ -41,11 +41,12 @@ class IndexSpec:
     nprobe: int = 0
 
 
-def choose_spec(n: int, exact_max: int) -> IndexSpec:
-    """Exact search while N <= exact_max; else IVF-Flat with nlist = 4·√N (at least 16, at most N/39)."""
+def choose_spec(n: int, exact_max: int, max_nlist: int = 4096) -> IndexSpec:
+    """Exact search while N <= exact_max; else IVF-Flat with nlist = 4·√N, within [16, N/39] and
+    at most ``max_nlist`` (k-means training and assignment cost grow with nlist)."""
     if n <= exact_max:
         return IndexSpec("flat")
-    nlist = int(min(max(16, 4 * math.sqrt(n)), max(1, n // 39), 65536))
+    nlist = int(min(max(16, 4 * math.sqrt(n)), max(1, n // 39), max_nlist))
     return IndexSpec("ivf", nlist=nlist, nprobe=1)
 
 
@@ -58,33 +59,49 @@ def new_index(spec: IndexSpec, d: int):
     return faiss.IndexIVFFlat(quantizer, d, spec.nlist, faiss.METRIC_INNER_PRODUCT)
 
 
-def recall_at_k(index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
-    """recall@k of ``index`` against exact inner-product search over ``vectors``: share of true top-k found."""
+def on_gpu_if_available(index):
+    """The same index on all GPUs when faiss-gpu and a CUDA device are present, else unchanged."""
     import faiss
 
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(vectors)
-    _, truth = exact.search(queries, k)
-    _, got = index.search(queries, k)
+    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def to_cpu(index):
+    import faiss
+
+    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Exact inner-product top-k ids (m, k) by brute force, without copying ``vectors`` into an index."""
+    import faiss
+
+    _, ids = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32), k,
+                       metric=faiss.METRIC_INNER_PRODUCT)
+    return ids
+
+
+def recall_at_k(index, truth: np.ndarray, queries: np.ndarray) -> float:
+    """recall@k of ``index`` against the exact top-k ids ``truth`` (m, k): share of true neighbours found."""
+    k = truth.shape[1]
+    _, got = index.search(np.ascontiguousarray(queries, np.float32), k)
     return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
 
 
-def tune_nprobe(index, vectors: np.ndarray, queries: np.ndarray, floor: float, k: int = 10) -> tuple[int, float]:
-    """Smallest power-of-two nprobe reaching ``floor`` recall@k: (nprobe, recall); raises if none does."""
-    recall = 0.0
+def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float) -> tuple[int, float]:
+    """Smallest power-of-two nprobe whose recall reaches ``floor``: (nprobe, recall); raises if none does."""
     nprobe = 1
-    while nprobe <= index.nlist:
-        index.nprobe = nprobe
-        recall = recall_at_k(index, vectors, queries, k)
+    while True:
+        index.nprobe = min(nprobe, index.nlist)
+        recall = recall_at_k(index, truth, queries)
         if recall >= floor:
-            return nprobe, recall
+            return index.nprobe, recall
+        if index.nprobe == index.nlist:
+            raise GalclipError(f"the IVF index reaches recall@{truth.shape[1]} {recall:.3f} < floor {floor} even with "
+                               "every list probed; lower --recall-floor or raise --exact-max to keep exact search")
         nprobe *= 2
-    index.nprobe = index.nlist
-    recall = recall_at_k(index, vectors, queries, k)
-    if recall >= floor:
-        return index.nlist, recall
-    raise GalclipError(f"the IVF index reaches recall@{k} {recall:.3f} < floor {floor} even with every list probed; "
-                       "lower --recall-floor or raise --exact-max to keep exact search")
 
 
 def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 65536):
@@ -123,7 +140,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     records = {}
     for m in MODALITIES:
-        index = new_index(spec, d)
+        index = on_gpu_if_available(new_index(spec, d))
         if spec.kind == "ivf":
             sample = rng.choice(n, size=min(n, max(40 * spec.nlist, 50_000)), replace=False)
             index.train(emb[m][np.sort(sample)])
@@ -131,11 +148,11 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             index.add(emb[m][lo:lo + batch])
         q = emb[m][queries]
         if spec.kind == "ivf":
-            nprobe, recall = tune_nprobe(index, emb[m], q, recall_floor)
+            nprobe, recall = tune_nprobe(index, exact_neighbours(emb[m], q), q, recall_floor)
         else:
             nprobe, recall = 0, 1.0
         tmp = out / f".{m}.faiss.tmp-{os.getpid()}"
-        faiss.write_index(index, str(tmp))
+        faiss.write_index(to_cpu(index), str(tmp))
         os.replace(tmp, out / f"{m}.faiss")
         records[m] = {"file": f"{m}.faiss", **asdict(spec), "nprobe": nprobe, "recall@10": recall, "ntotal": int(index.ntotal)}
         logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
@@ -193,7 +210,7 @@ def load_index(path: str | Path) -> LoadedIndex:
         index = faiss.read_index(str(path / rec["file"]))
         if rec["kind"] == "ivf":
             faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
-        indexes[m] = index
+        indexes[m] = on_gpu_if_available(index)
     with np.load(path / ROWS_FILE) as z:
         rows = {k: z[k] for k in z.files}
     return LoadedIndex(path, sidecar, indexes, rows)

@@ -187,9 +187,19 @@ def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfi
 def run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool = True) -> dict:
     """Extract features of every pair in ``data`` into the store at ``store_path``; resumable.
 
-    Under torchrun each rank takes the incomplete shards s with s % world_size == rank.
+    Under torchrun each rank takes the incomplete shards s with s % world_size == rank; a single
+    process holds ``<store>.lock`` so a second one refuses instead of writing alongside.
     Returns a summary: pairs, shards written and skipped, seconds, pairs/s.
     """
+    from galclip.store.lock import StoreLock
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return _run_extraction(data, store_path, config, progress)
+    with StoreLock(store_path):
+        return _run_extraction(data, store_path, config, progress)
+
+
+def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
