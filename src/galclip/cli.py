@@ -99,6 +99,8 @@ def _extract_options(func):
         click.option("--workers", type=click.IntRange(min=0), default=None,
                      help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA]."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoders (pays off on GPUs)."),
+        click.option("--bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+                     help="On a NaN/inf/blank input row: stop with its targetid, or quarantine it and go on."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the random weights used without checkpoints, and of the augmented views."),
@@ -115,7 +117,7 @@ def _extract_options(func):
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @user_errors
 def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, rgb, variants, spectrum_variants,
-            batch_size, rows_per_shard, workers, compile_, device, seed, no_progress) -> None:
+            batch_size, rows_per_shard, workers, compile_, bad_rows, device, seed, no_progress) -> None:
     """Run the frozen encoders over every pair in DATA and write features into STORE (resumable).
 
     Many GPUs or nodes: torchrun --nproc-per-node P -m galclip extract DATA STORE ...
@@ -125,7 +127,8 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
 
     cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, variants=variants,
                         spectrum_variants=spectrum_variants, batch_size=batch_size, rows_per_shard=rows_per_shard,
-                        num_workers=workers, compile=compile_, seed=seed, device=device, catalogue=catalogue)
+                        num_workers=workers, compile=compile_, bad_rows=bad_rows, seed=seed, device=device,
+                        catalogue=catalogue)
     s = run_extraction(data, store, cfg, progress=not no_progress)
     where = f" (rank {s['rank']}/{s['world_size']})" if s.get("world_size", 1) > 1 else ""
     if s.get("already_complete"):
@@ -182,6 +185,8 @@ def check(store: Path, as_json: bool) -> None:
                    f"arrays {', '.join(result['arrays'])}")
         for problem in result["problems"]:
             click.echo(f"  PROBLEM: {problem}")
+        for q in result["quarantine"][:20]:
+            click.echo(f"  quarantined: targetid {q['targetid']}: {q['reason']}")
         click.echo("OK" if result["ok"] else f"{len(result['problems'])} problem(s)")
     if not result["ok"]:
         sys.exit(1)

@@ -42,6 +42,7 @@ class ExtractConfig:
     rows_per_shard: int = 256
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
     compile: bool = False  # torch.compile the encoders
+    bad_rows: str = "fail"  # "fail": stop at the first bad input row; "skip": quarantine it and go on
 
     def __post_init__(self) -> None:
         if self.rgb is not None and self.rgb not in RGB_MAPPINGS:
@@ -50,6 +51,8 @@ class ExtractConfig:
             raise ValueError("batch_size and rows_per_shard must be >= 1")
         if self.variants < 0 or self.spectrum_variants < 0:
             raise ValueError("variants must be >= 0")
+        if self.bad_rows not in ("fail", "skip"):
+            raise ValueError(f"bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
 
     @property
     def rgb_mapping(self) -> str:

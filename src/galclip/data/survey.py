@@ -115,6 +115,13 @@ class SurveyReader:
         self.n_rows = offset
         self._handles: dict[str, h5py.File] = {}
 
+    def locate(self, row: int) -> str:
+        """'file:group' holding survey row ``row`` (for error messages)."""
+        for seg in self.segments:
+            if seg.offset <= row < seg.offset + seg.n_rows:
+                return f"{seg.path}:{seg.group or '/'}"
+        raise IndexError(f"row {row} is outside the survey's {self.n_rows} rows")
+
     def targetids(self) -> np.ndarray:
         """All targetids in survey order: (n_rows,) int64. Duplicates are an error."""
         ids = np.concatenate([self._node(s)["targetid"][:].astype(np.int64) for s in self.segments]) \

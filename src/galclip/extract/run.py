@@ -25,7 +25,9 @@ from galclip.data.survey import SurveyReader
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
 from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
+from galclip.errors import InputError
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
+from galclip.extract.validate import REASONS, bad_row_codes
 from galclip.provenance import code_version, resolve_device, sha256_file
 from galclip.store import FeatureStore
 
@@ -134,7 +136,11 @@ class RowRanges(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         shard, lo, hi = self.ranges[i]
         b = self.reader.read(lo, hi)
-        return {"shard": shard, "image": torch.from_numpy(np.ascontiguousarray(b.image)),
+        codes = bad_row_codes(b.image, b.spectrum)
+        if codes.any():  # neutral inputs for bad rows; their features are set to NaN and the rows quarantined
+            b.image[codes != 0] = 0.0
+            b.spectrum[codes != 0] = np.linspace(-1.0, 1.0, b.spectrum.shape[1], dtype=np.float32)
+        return {"shard": shard, "start": lo, "codes": codes, "image": torch.from_numpy(np.ascontiguousarray(b.image)),
                 "spectrum": torch.from_numpy(np.ascontiguousarray(b.spectrum)), "targetid": b.targetid}
 
 
@@ -247,14 +253,35 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
     t1 = time.perf_counter()
     pending: dict[str, list[np.ndarray]] = {}
     current = todo[0]
+    n_bad = 0
+
+    def flush() -> None:
+        codes = np.concatenate(pending.pop("_codes"))
+        store.write_shard(current, {k: np.concatenate(v) for k, v in pending.items()}, quarantine=codes)
+
     for item in loader:
         if item["shard"] != current:
-            store.write_shard(current, {k: np.concatenate(v) for k, v in pending.items()})
+            flush()
             pending, current = {}, item["shard"]
+        codes = np.asarray(item["codes"])
+        if codes.any():
+            bad = np.flatnonzero(codes)
+            where = reader.locate(int(item["start"]) + int(bad[0]))
+            listing = "; ".join(f"targetid {int(item['targetid'][i])}: {REASONS[int(codes[i])]}" for i in bad[:5])
+            if config.bad_rows == "fail":
+                raise InputError(
+                    f"{where}: {len(bad)} bad input row(s) — {listing}. Fix or drop these rows, or re-run with "
+                    "--bad-rows skip to quarantine them (shards already written are kept)"
+                )
+            logger.warning("%s: quarantining %d bad row(s) — %s", where, len(bad), listing)
+            n_bad += len(bad)
         for name, value in encoders(item["image"], item["spectrum"], np.asarray(item["targetid"])).items():
+            if codes.any():
+                value[codes != 0] = np.nan
             pending.setdefault(name, []).append(value)
+        pending.setdefault("_codes", []).append(codes)
         bar.update(len(item["targetid"]))
-    store.write_shard(current, {k: np.concatenate(v) for k, v in pending.items()})
+    flush()
     bar.close()
     reader.close()
     elapsed = time.perf_counter() - t1
@@ -262,7 +289,7 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
     summary = {"pairs": store.n, "pairs_extracted": n_rows, "shards_written": len(todo),
                "shards_skipped": int(complete.sum()), "seconds": time.perf_counter() - t0,
                "pairs_per_s": n_rows / max(elapsed, 1e-9), "device": str(device), "store": str(store_path),
-               "rank": dist.rank, "world_size": dist.world, "variants": config.variants}
+               "rank": dist.rank, "world_size": dist.world, "variants": config.variants, "quarantined": n_bad}
     if device.type == "cuda":
         summary["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     logger.info("extracted %d pairs in %.1f s (%.1f pairs/s on %s%s) -> %s", n_rows, elapsed, summary["pairs_per_s"],

@@ -33,14 +33,20 @@ def check_store(store: FeatureStore) -> dict:
     if not np.isin(split, (0, 1)).all():
         problems.append("split holds values other than 0 (train) and 1 (validation)")
     bad_rows: dict[str, list[int]] = {}
+    quarantined = store.quarantine() != 0
     for shard in np.flatnonzero(complete):
         lo, hi = store.shard_rows(int(shard))
         for name in store.feature_arrays:
             block = g[name][lo:hi].reshape(hi - lo, -1)
-            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1) & ~quarantined[lo:hi])
             if bad.size:
                 bad_rows.setdefault(name, []).extend(targetid[lo + bad].tolist())
     for name, ids in bad_rows.items():
         problems.append(f"'{name}': {len(ids)} row(s) with NaN/inf in complete shards, e.g. targetid {ids[:5]}")
-    return {"ok": not problems, "problems": problems, "n": store.n, "n_shards": store.n_shards,
+    from galclip.extract.validate import REASONS
+
+    q_rows = np.flatnonzero(quarantined)
+    quarantine = [{"targetid": int(targetid[i]), "reason": REASONS.get(int(c), str(int(c)))}
+                  for i, c in zip(q_rows, store.quarantine()[q_rows])]
+    return {"ok": not problems, "problems": problems, "quarantine": quarantine, "n": store.n, "n_shards": store.n_shards,
             "n_complete": int(complete.sum()), "arrays": sorted(store.feature_arrays), "fingerprint": store.fingerprint()}

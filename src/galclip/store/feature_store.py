@@ -11,6 +11,7 @@ Layout (one Zarr group)::
     spectrum_features (N, 256)    float32  frozen Spender attention features
     image_features_aug    (N, K, 2048)   features of K augmented views (only when K > 0)
     spectrum_features_aug (N, Ks, 256)   features of Ks noise re-draws (only when Ks > 0)
+    quarantine        (N,)        uint8    0 good; else why the row was skipped (--bad-rows skip)
     shard_complete    (S,)        uint8    1 once shard s is written and flushed to disk
     moco_fc/{0.weight,0.bias,2.weight,2.bias}  the Stein checkpoint's projection MLP, when given
 
@@ -40,6 +41,7 @@ FORMAT_VERSION = 1
 META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
 BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
+QUARANTINE = "quarantine"
 MOCO_FC = "moco_fc"
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
@@ -124,6 +126,7 @@ class FeatureStore:
         for name, tail in feature_arrays.items():
             group.create_array(name, shape=(n, *tail), chunks=(rows_per_shard, *tail), dtype="float32", fill_value=np.nan)
         group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)
+        group.create_array(QUARANTINE, shape=(n,), chunks=(rows_per_shard,), dtype="uint8", fill_value=0)
         if moco_fc:
             fc = group.create_group(MOCO_FC)
             for key, value in moco_fc.items():
@@ -169,7 +172,7 @@ class FeatureStore:
         split = self.group["split"][:]
         labelled = np.isfinite(self.group["label_redshift"][:]) & np.isfinite(self.group["label_log_mstar"][:])
         arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
-                  for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE)}
+                  for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name in self.group}
         return StoreInfo(
             path=str(self.path), n=self.n, n_train=int((split == 0).sum()), n_val=int((split == 1).sum()),
             n_labelled=int(labelled.sum()), rows_per_shard=self.rows_per_shard, n_shards=self.n_shards,
@@ -192,9 +195,12 @@ class FeatureStore:
             )
 
     # ---- writing -------------------------------------------------------------
-    def write_shard(self, shard: int, features: dict[str, np.ndarray]) -> None:
-        """Write every feature array of one shard, flush it to disk, then flag it complete."""
+    def write_shard(self, shard: int, features: dict[str, np.ndarray], quarantine: np.ndarray | None = None) -> None:
+        """Write every feature array of one shard (and its rows' quarantine codes), flush, then flag it complete."""
         lo, hi = self.shard_rows(shard)
+        if quarantine is not None and QUARANTINE in self.group:
+            self.group[QUARANTINE][lo:hi] = np.asarray(quarantine, np.uint8)
+            _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
         for name, tail in self.feature_arrays.items():
             data = np.asarray(features[name], np.float32)
             if data.shape != (hi - lo, *tail):
@@ -205,15 +211,26 @@ class FeatureStore:
         _fsync_tree(self.path / COMPLETE / "c" / str(shard))
 
     # ---- reading --------------------------------------------------------------
+    def quarantine(self) -> np.ndarray:
+        """(N,) uint8: 0 for usable rows, else the reason code of a skipped bad input row."""
+        return self.group[QUARANTINE][:] if QUARANTINE in self.group else np.zeros(self.n, np.uint8)
+
     def require_complete(self, allow_partial: bool = False) -> np.ndarray:
-        """(N,) bool rows readable; raises unless every shard is complete or ``allow_partial``."""
+        """(N,) bool rows readable: in complete shards and not quarantined.
+
+        Raises unless every shard is complete or ``allow_partial``.
+        """
         mask = self.complete_mask()
         if not mask.all() and not allow_partial:
             raise StoreError(
                 f"{self.path}: only {int(mask.sum())} of {self.n_shards} shards are complete; finish it with "
                 "'galclip extract' (same arguments), or pass --allow-partial to use the complete part"
             )
-        return np.repeat(mask, self.rows_per_shard)[: self.n]
+        rows = np.repeat(mask, self.rows_per_shard)[: self.n]
+        quarantined = self.quarantine() != 0
+        if (rows & quarantined).any():
+            logger.info("%s: leaving out %d quarantined row(s)", self.path, int((rows & quarantined).sum()))
+        return rows & ~quarantined
 
     def load(self, allow_partial: bool = False, features: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """Per-row arrays of the complete shards, in memory: name -> (n_rows, ...).
