@@ -131,23 +131,20 @@ def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_p
 
 
 def test_second_extraction_refuses_while_first_holds_the_lock(tiny_mock, tmp_path):
-    import json as _json
-    import socket
-
     from galclip.errors import StoreError
     from galclip.extract.run import run_extraction
 
     store = tmp_path / "locked.zarr"
-    lock = Path(str(store) + ".lock")
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = ("import sys, time; from galclip.store.lock import StoreLock; lock = StoreLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE, text=True)
     try:
-        lock.write_text(_json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "now"}))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreError, match=f"pid {holder.pid}"):
             run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
         assert not store.exists()
     finally:
-        holder.kill()
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel drops the lock with the process
         holder.wait()
-    # the holder is gone: its lock is stale and the next run breaks it and finishes
     run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
-    assert FeatureStore.open(store).info().complete and not lock.exists()
+    assert FeatureStore.open(store).info().complete

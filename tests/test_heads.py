@@ -55,9 +55,14 @@ def test_head_architectures():
     linear = [m for m in heads.spectrum.proj if isinstance(m, torch.nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linear] == [(256, 256), (256, 128), (128, 128), (128, 128)]
     assert sum(isinstance(m, torch.nn.ReLU) for m in heads.spectrum.proj) == 3
-    fc = {"0.weight": torch.ones(2048, 2048), "0.bias": torch.zeros(2048), "2.weight": torch.ones(128, 2048), "2.bias": torch.zeros(128)}
-    heads.load_moco_fc(fc)
-    assert torch.equal(heads.image.proj[0].weight, fc["0.weight"])
+    # the Stein MLP, loaded after the standardisation is fitted, still computes the pretrained projection
+    g = torch.Generator().manual_seed(0)
+    pretrained = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 128))
+    x = torch.randn(32, 2048, generator=g) * 3 + 5
+    heads.image.norm.fit(x.numpy())
+    heads.load_moco_fc({k: v for k, v in pretrained.state_dict().items()})
+    with torch.no_grad():
+        torch.testing.assert_close(heads.image(x), pretrained(x), rtol=1e-4, atol=1e-4)
 
 
 def test_training_is_seeded_and_learns(tiny_store, tmp_path):

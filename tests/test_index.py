@@ -34,6 +34,10 @@ def test_exact_index_matches_brute_force(tiny_store, tiny_heads, tmp_path):
     np.testing.assert_array_equal(ids, np.argsort(-ref, axis=1)[:, :5])
     np.testing.assert_allclose(sims, np.sort(ref, axis=1)[:, ::-1][:, :5], rtol=1e-5, atol=1e-6)
     assert idx.position(int(idx.rows["targetid"][7])) == 7
+    ivf = build_indexes(tiny_store, tiny_heads, tmp_path / "ivf", exact_max=10, recall_floor=0.9, n_queries=20)
+    assert ivf["indexes"]["spectrum"]["kind"] == "ivf" and ivf["indexes"]["spectrum"]["recall@10"] >= 0.9
+    sims_ivf, ids_ivf = load_index(tmp_path / "ivf").search(emb_i[:8], "spectrum", 5)
+    np.testing.assert_array_equal(ids_ivf, ids)  # one list probed in full: exact
 
 
 def test_spec_by_size():

@@ -227,9 +227,12 @@ def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob,
         hidden = tuple(int(x) for x in spectrum_hidden.split("x"))
     except ValueError as err:
         raise click.BadParameter(f"--spectrum-hidden {spectrum_hidden!r}: use widths like 256x128x128") from err
-    return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, learn_tau=learn_tau,
-                      weight_decay=weight_decay, aug_prob=aug_prob, image_hidden=image_hidden,
-                      spectrum_hidden=hidden, early_stopping=early_stopping or None, seed=seed, device=device)
+    try:
+        return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, learn_tau=learn_tau,
+                          weight_decay=weight_decay, aug_prob=aug_prob, image_hidden=image_hidden,
+                          spectrum_hidden=hidden, early_stopping=early_stopping or None, seed=seed, device=device)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
 
 
 def _plot_history(out: Path) -> None:

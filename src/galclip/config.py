@@ -91,6 +91,8 @@ class HeadConfig:
             raise ValueError("batch_size must be >= 2 for a contrastive loss")
         if not 0.0 <= self.aug_prob <= 1.0:
             raise ValueError("aug_prob must be in [0, 1]")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError("lr must be > 0 and weight_decay >= 0")
         object.__setattr__(self, "spectrum_hidden", tuple(self.spectrum_hidden))
 
     @property

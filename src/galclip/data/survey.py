@@ -113,6 +113,8 @@ class SurveyReader:
                     offset += n
         self.segments: tuple[Segment, ...] = tuple(segments)
         self.n_rows = offset
+        if offset == 0:
+            raise InputError(f"{', '.join(map(str, self.files))}: the survey has no rows")
         self._handles: dict[str, h5py.File] = {}
 
     def locate(self, row: int) -> str:

@@ -83,23 +83,37 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> n
     return ids
 
 
-def recall_at_k(index, truth: np.ndarray, queries: np.ndarray) -> float:
-    """recall@k of ``index`` against the exact top-k ids ``truth`` (m, k): share of true neighbours found."""
-    k = truth.shape[1]
-    _, got = index.search(np.ascontiguousarray(queries, np.float32), k)
-    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
+def recall_at_k(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.ndarray | None = None) -> float:
+    """recall@k of ``index`` against the exact top-k ids ``truth`` (m, k): share of true neighbours found.
+
+    ``self_ids`` (m,): when the queries are rows of the index, each query's own row, which is left
+    out of both the truth and the results (``truth`` must then hold k + 1 ids).
+    """
+    if self_ids is None:
+        k = truth.shape[1]
+        _, got = index.search(np.ascontiguousarray(queries, np.float32), k)
+        return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
+    k = truth.shape[1] - 1
+    _, got = index.search(np.ascontiguousarray(queries, np.float32), k + 1)
+    scores = []
+    for t, g, me in zip(truth, got, self_ids):
+        t_other = [i for i in t if i != me][:k]
+        g_other = [i for i in g if i != me][:k]
+        scores.append(len(set(t_other) & set(g_other)) / k)
+    return float(np.mean(scores))
 
 
-def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float) -> tuple[int, float]:
+def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,
+                self_ids: np.ndarray | None = None) -> tuple[int, float]:
     """Smallest power-of-two nprobe whose recall reaches ``floor``: (nprobe, recall); raises if none does."""
     nprobe = 1
     while True:
         index.nprobe = min(nprobe, index.nlist)
-        recall = recall_at_k(index, truth, queries)
+        recall = recall_at_k(index, truth, queries, self_ids)
         if recall >= floor:
             return index.nprobe, recall
         if index.nprobe == index.nlist:
-            raise GalclipError(f"the IVF index reaches recall@{truth.shape[1]} {recall:.3f} < floor {floor} even with "
+            raise GalclipError(f"the IVF index reaches recall@10 {recall:.3f} < floor {floor} even with "
                                "every list probed; lower --recall-floor or raise --exact-max to keep exact search")
         nprobe *= 2
 
@@ -148,7 +162,8 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             index.add(emb[m][lo:lo + batch])
         q = emb[m][queries]
         if spec.kind == "ivf":
-            nprobe, recall = tune_nprobe(index, exact_neighbours(emb[m], q), q, recall_floor)
+            # queries are rows of the index: each one's own row is left out of truth and results
+            nprobe, recall = tune_nprobe(index, exact_neighbours(emb[m], q, 11), q, recall_floor, self_ids=queries)
         else:
             nprobe, recall = 0, 1.0
         tmp = out / f".{m}.faiss.tmp-{os.getpid()}"

@@ -65,6 +65,10 @@ def evaluate_store(
     data = store.load(allow_partial=allow_partial)
     rows_all = np.flatnonzero(store.require_complete(allow_partial))
     val = data["split"] == 1
+    if val.sum() < 2:
+        from galclip.errors import GalclipError
+
+        raise GalclipError(f"{store_path}: only {int(val.sum())} validation pair(s) are readable; evaluation needs 2 or more")
     emb_i, emb_s = heads.embed(data["image_features"][val], data["spectrum_features"][val])
     history = ckpt.get("history", [])
     pre = store.provenance.get("preprocessing", {}).get("image", {})

@@ -42,7 +42,8 @@ def _weights_record(path: str | None, seed: int, kind: str) -> dict:
     return {"source": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
 
-def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None) -> dict:
+def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None,
+                     device_type: str = "cpu") -> dict:
     """Everything needed to know what the store's features are and where they came from."""
     return {
         "encoders": {
@@ -56,6 +57,8 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
         "preprocessing": {
             "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
             "spectrum": {"normalisation": "per-spectrum z-score"},
+            # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
+            "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
             "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
                          "seed": config.seed, "augment_version": AUGMENT_VERSION,
                          "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur, extra sky noise",
@@ -214,12 +217,14 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
     if catalogue is None and isinstance(data, (str, Path)) and Path(data).is_dir() and (Path(data) / "provabgs.h5").exists():
         catalogue = str(Path(data) / "provabgs.h5")
         logger.info("using the catalogue found beside the survey: %s", catalogue)
-    provenance = build_provenance(config, reader, catalogue)
     device = resolve_device(config.device)
+    provenance = build_provenance(config, reader, catalogue, device.type)
     dist = Distributed.from_env(device.type)
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
     store_path = Path(store_path)
+    if store_path.is_dir() and not any(store_path.iterdir()):
+        store_path.rmdir()  # an empty folder is no store: create it
     encoders = Encoders(config, device) if not store_path.exists() else None  # a new store needs the fc MLP
     store = _open_or_create(store_path, reader, config, catalogue, provenance,
                             encoders.fc_state if encoders else None, dist)
@@ -242,6 +247,7 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
     for shard in todo:
         lo, hi = store.shard_rows(shard)
         ranges += [(shard, a, min(a + config.batch_size, hi)) for a in range(lo, hi, config.batch_size)]
+    reader.close()  # forked DataLoader workers must not inherit open HDF5 handles; each opens its own
     workers = config.num_workers if config.num_workers is not None else (min(8, os.cpu_count() or 1) if device.type == "cuda" else 0)
     loader = torch.utils.data.DataLoader(
         RowRanges(reader, ranges), batch_size=None, shuffle=False, num_workers=workers,

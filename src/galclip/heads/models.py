@@ -81,9 +81,19 @@ class CLIPHeads(nn.Module):
         """Current temperature, clamped to >= tau_min (learnable τ is stored as log 1/τ)."""
         return torch.exp(-self.log_inv_tau.clamp(max=float(np.log(1.0 / self.tau_min))))
 
+    @torch.no_grad()
     def load_moco_fc(self, fc_state: dict[str, torch.Tensor]) -> None:
-        """Initialise the image head from the Stein checkpoint's fc MLP (keys 0.*, 2.*)."""
-        self.image.proj.load_state_dict(fc_state, strict=True)
+        """Initialise the image head from the Stein checkpoint's fc MLP (keys 0.*, 2.*).
+
+        With standardisation, W0 x + b0 = (W0 diag σ)((x - μ)/σ) + (b0 + W0 μ): the first layer is
+        adjusted so the head still computes the pretrained projection. Fit the norm first.
+        """
+        state = {k: v.detach().clone().float() for k, v in fc_state.items()}
+        if isinstance(self.image.norm, Standardise):
+            mean, std = self.image.norm.mean, self.image.norm.std
+            state["0.bias"] = state["0.bias"] + state["0.weight"] @ mean
+            state["0.weight"] = state["0.weight"] * std[None, :]
+        self.image.proj.load_state_dict(state, strict=True)
 
     @torch.no_grad()
     def embed(self, image_features: np.ndarray, spectrum_features: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import dataclasses
 import itertools
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def parse_grid(items: list[str]) -> dict[str, list]:
 def expand_grid(base: HeadConfig, grid: dict[str, list]) -> list[HeadConfig]:
     """Cartesian product of the grid as ``dataclasses.replace(base, ...)`` configurations."""
     names = list(grid)
-    return [dataclasses.replace(base, **dict(zip(names, values))) for values in itertools.product(*(grid[n] for n in names))]
+    try:
+        return [dataclasses.replace(base, **dict(zip(names, values))) for values in itertools.product(*(grid[n] for n in names))]
+    except ValueError as err:
+        raise GalclipError(f"--grid: {err}") from err
 
 
 class StackedMLP:
@@ -165,18 +169,20 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
     heads = []
     for cfg in configs:  # same seeded initialisation as a separate run of each configuration
         torch.manual_seed(cfg.seed)
-        h = CLIPHeads.from_config(cfg)
-        if fc_state is not None:
-            h.load_moco_fc(fc_state)
-        heads.append(h)
+        heads.append(CLIPHeads.from_config(cfg))
     template = heads[0]
     if base.standardise:
         template.image.norm.fit(data["image_features"][train])
         template.spectrum.norm.fit(data["spectrum_features"][train])
+    for h in heads:
+        h.image.norm.load_state_dict(template.image.norm.state_dict())
+        h.spectrum.norm.load_state_dict(template.spectrum.norm.state_dict())
+        if fc_state is not None:
+            h.load_moco_fc(fc_state)  # after the norm, as train_heads does
     norm_i, norm_s = template.image.norm.to(device), template.spectrum.norm.to(device)
     img, spec = StackedMLP([h.image.proj for h in heads], device), StackedMLP([h.spectrum.proj for h in heads], device)
     as_k = lambda name: torch.tensor([getattr(c, name) for c in configs], dtype=torch.float32, device=device)  # noqa: E731
-    tau, aug_prob = as_k("tau"), as_k("aug_prob")
+    tau, aug_prob = as_k("tau").clamp_min(base.tau_min), as_k("aug_prob")  # τ clamped as CLIPHeads.tau() does
     opt = StackedAdam(img.params() + spec.params(), as_k("lr"), as_k("weight_decay"))
     sched = StackedPlateau(opt, base.lr_factor, base.lr_patience)
     use_aug = bool((aug_prob > 0).any()) and "image_features_aug" in data
@@ -212,8 +218,9 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
             if len(idx) < 2:
                 continue
             draws = sample_views(gen, len(idx), n_views, device) if n_views else None
-            zi, zs = forward(tr_set, idx, draws)
-            losses = stacked_info_nce(zi, zs, tau)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # as train_heads
+                zi, zs = forward(tr_set, idx, draws)
+            losses = stacked_info_nce(zi.float(), zs.float(), tau)
             losses.sum().backward()  # configurations share no parameter: each gets its own gradient
             opt.step()
             total += losses.detach() * len(idx)
@@ -282,6 +289,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     configs = expand_grid(base, grid)
+    if any(c.learn_tau for c in configs):
+        raise GalclipError("sweeps train fixed temperatures; sweep τ with --grid tau=... instead of --learn-tau")
     store = FeatureStore.open(store_path)
     data = load_features(store, allow_partial)
     train, val = np.flatnonzero(data["split"] == 0), np.flatnonzero(data["split"] == 1)
@@ -290,8 +299,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     device = resolve_device(base.device)
     stored_fc = store.moco_fc()
     groups: dict[tuple, list[HeadConfig]] = {}
-    for cfg in configs:
-        groups.setdefault((cfg.image_sizes, cfg.spectrum_sizes), []).append(cfg)
+    for cfg in configs:  # a vectorised group shares widths, and whether it draws augmented views at all
+        groups.setdefault((cfg.image_sizes, cfg.spectrum_sizes, cfg.aug_prob > 0), []).append(cfg)
     results = []
     for sizes, group in groups.items():
         fc = ({k: torch.from_numpy(v) for k, v in stored_fc.items()}
@@ -309,10 +318,12 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         rows.append(row)
     best_i = int(np.argmin([r["best_val_loss"] for r in results]))  # lowest validation InfoNCE
-    with open(out / "sweep.csv", "w", newline="") as f:
+    tmp = out / f".sweep.csv.tmp-{os.getpid()}"
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, out / "sweep.csv")
     write_json_atomic({"seconds": elapsed, "n_configs": len(rows), "best": best_i, "grid": grid,
                        "base": dataclasses.asdict(base), "results": rows,
                        "histories": [r["history"] for r in results]}, out / "sweep.json")

@@ -40,17 +40,23 @@ HISTORY_FILE = "history.json"
 def save_atomic(obj: object, path: Path) -> None:
     """torch.save to a temporary name in the same folder, fsync, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -120,41 +126,56 @@ def train_heads(
     if fc_state is None and config.image_hidden == 2048 and config.embed_dim == 128:
         stored_fc = store.moco_fc()
         fc_state = {k: torch.from_numpy(v) for k, v in stored_fc.items()} if stored_fc is not None else None
-    if fc_state is not None:
-        heads.load_moco_fc(fc_state)
-        logger.info("image head initialised from the Stein checkpoint's projection MLP")
     if config.standardise:
         heads.image.norm.fit(data["image_features"][train])
         heads.spectrum.norm.fit(data["spectrum_features"][train])
+    if fc_state is not None:
+        heads.load_moco_fc(fc_state)  # folds the standardisation in: the head starts as the pretrained MLP
+        logger.info("image head initialised from the Stein checkpoint's projection MLP")
     heads.to(device)
     use_aug = config.aug_prob > 0 and "image_features_aug" in data
     tr_set = to_device(data, train, device, with_aug=use_aug)
     va_set = to_device(data, val, device, with_aug=False)
     n_views = tr_set.image_aug.shape[1] if tr_set.image_aug is not None else 0
 
-    opt = torch.optim.Adam(heads.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                           fused=device.type == "cuda")
+    decayed = [p for name, p in heads.named_parameters() if name != "log_inv_tau"]
+    groups = [{"params": decayed}] + ([{"params": [heads.log_inv_tau], "weight_decay": 0.0}] if config.learn_tau else [])
+    opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda")
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=config.lr_factor, patience=config.lr_patience)
     gen = torch.Generator().manual_seed(config.seed)
     history: list[dict] = []
     best = {"val_loss": math.inf, "epoch": -1, "state": copy.deepcopy(heads.state_dict())}
     start_epoch = 0
+    stop_reason = "epochs"
     ckpt_path = out / CHECKPOINT_FILE
     if resume:
         if not ckpt_path.exists():
             raise GalclipError(f"{ckpt_path}: nothing to resume; run without --resume")
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        try:
+            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        except Exception as err:  # noqa: BLE001
+            raise GalclipError(f"{ckpt_path}: cannot read the checkpoint to resume ({err}); start without --resume") from err
+        if not isinstance(ckpt, dict) or "last_state_dict" not in ckpt:
+            raise GalclipError(f"{ckpt_path}: not a resumable galclip training checkpoint (a sweep's best/heads.pt "
+                               "holds only the selected heads); start without --resume")
         _check_resumable(ckpt, config, fingerprint, ckpt_path)
+        if ckpt.get("device_type", "cpu") != device.type or (ckpt.get("n_train"), ckpt.get("n_val")) != (len(train), len(val)):
+            raise GalclipError(
+                f"{ckpt_path}: the run was on {ckpt.get('device_type', 'cpu')} with {ckpt.get('n_train')} train / "
+                f"{ckpt.get('n_val')} validation pairs; this session has {device.type} and {len(train)} / {len(val)}: "
+                "resuming would not reproduce the run"
+            )
         heads.load_state_dict(ckpt["last_state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
-        gen.set_state(ckpt["generator"])
+        gen.set_state(ckpt["generator"].cpu())
         history = ckpt["history"]
         best = {"val_loss": ckpt["best_val_loss"], "epoch": ckpt["best_epoch"], "state": ckpt["state_dict"]}
         start_epoch = ckpt["epoch"] + 1
         if ckpt.get("finished"):
             logger.info("%s: this run already finished (%s); nothing to do", ckpt_path, ckpt.get("stop_reason"))
             start_epoch = config.epochs
+            stop_reason = ckpt.get("stop_reason", "epochs")
         else:
             logger.info("resuming %s at epoch %d", ckpt_path, start_epoch)
 
@@ -165,11 +186,10 @@ def train_heads(
             "best_epoch": best["epoch"], "best_val_loss": best["val_loss"], "epoch": epoch,
             "last_state_dict": heads.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": gen.get_state(), "history": history, "finished": finished, "stop_reason": stop_reason,
-            "n_train": len(train), "n_val": len(val), "image_head_init": "moco_fc" if fc_state is not None else "random",
+            "n_train": len(train), "n_val": len(val), "device_type": device.type, "image_head_init": "moco_fc" if fc_state is not None else "random",
         }
 
     n = len(tr_set)
-    stop_reason = "epochs"
     bar = tqdm(total=config.epochs, initial=start_epoch, desc="heads", unit="epoch", disable=not progress)
     epochs_this_session = 0
     for epoch in range(start_epoch, config.epochs):
@@ -199,10 +219,10 @@ def train_heads(
         train_loss = float(total) / max(seen, 1)
         val_loss = mean_loss(heads, va_set, config.batch_size)
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
-            save_atomic(checkpoint(epoch - 1, False, "diverged"), ckpt_path)
+            kept = f"{ckpt_path} still holds the checkpoint of the last good epoch" if ckpt_path.exists() else "nothing was saved"
             raise GalclipError(
-                f"training diverged at epoch {epoch}: train loss {train_loss}, val loss {val_loss}. "
-                f"The best heads so far (epoch {best['epoch']}) are kept in {ckpt_path}; lower --lr or raise --tau"
+                f"training diverged at epoch {epoch}: train loss {train_loss}, val loss {val_loss}; {kept} "
+                f"(best heads: epoch {best['epoch']}). Lower --lr or raise --tau"
             )
         sched.step(val_loss)
         lr = opt.param_groups[0]["lr"]

@@ -68,14 +68,38 @@ class StoreInfo:
         return self.n_complete == self.n_shards
 
 
+def _fsync_path(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(path: Path) -> None:
-    for root, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    """fsync a file, or every file and folder under a folder, and the folder holding ``path``."""
+    if not path.exists():
+        return
+    if path.is_file():
+        _fsync_path(path)
+    else:
+        for root, _, files in os.walk(path):
+            for name in files:
+                _fsync_path(os.path.join(root, name))
+            _fsync_path(root)
+    _fsync_path(path.parent)
+
+
+def _leaf_diff(old, new, prefix: str = "") -> list[str]:
+    """Paths and values where two JSON-like trees differ, e.g. 'encoders.image.weights.sha256: a -> b'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _leaf_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+        return [f"{prefix}: store has {json.dumps(old)[:120]}, this run has {json.dumps(new)[:120]}"]
+    return []
 
 
 class FeatureStore:
@@ -111,6 +135,7 @@ class FeatureStore:
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path}: already exists; open it to resume, or remove it to start again")
+        path.parent.mkdir(parents=True, exist_ok=True)
         n = len(meta["targetid"])
         n_shards = max(1, -(-n // rows_per_shard))
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -137,6 +162,7 @@ class FeatureStore:
         }
         _fsync_tree(tmp)
         os.replace(tmp, path)
+        _fsync_path(path.parent)
         return cls.open(path, mode="r+")
 
     @classmethod
@@ -184,10 +210,7 @@ class FeatureStore:
         """Refuse to resume with other encoders, preprocessing or data: name the difference."""
         diffs = []
         for key in COMPAT_KEYS:
-            old, new = self.provenance.get(key), provenance.get(key)
-            if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
-                diffs.append(f"{key}: store has {json.dumps(old, sort_keys=True)[:300]}, "
-                             f"this run has {json.dumps(new, sort_keys=True)[:300]}")
+            diffs += _leaf_diff(self.provenance.get(key), provenance.get(key), key)
         if diffs:
             raise StoreError(
                 f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "
@@ -242,7 +265,17 @@ class FeatureStore:
         unknown = [f for f in names if f not in self.feature_arrays]
         if unknown:
             raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
-        return {name: self.group[name][:][rows] for name in (*META_ARRAYS, *names)}
+        complete = self.complete_mask()
+        if complete.all():
+            return {name: self.group[name][:][rows] for name in (*META_ARRAYS, *names)}
+        out: dict[str, list[np.ndarray]] = {name: [] for name in (*META_ARRAYS, *names)}
+        for shard in np.flatnonzero(complete):  # never decode chunks of shards still being written
+            lo, hi = self.shard_rows(int(shard))
+            keep = rows[lo:hi]
+            for name in out:
+                out[name].append(self.group[name][lo:hi][keep])
+        return {name: np.concatenate(parts) if parts else np.zeros((0, *self.group[name].shape[1:]), self.group[name].dtype)
+                for name, parts in out.items()}
 
     def moco_fc(self) -> dict[str, np.ndarray] | None:
         """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""

@@ -1,13 +1,13 @@
-"""A lock file beside a store, so two extraction processes never write it at the same time.
+"""A lock beside a store, so two extraction processes never write it at the same time.
 
-``<store>.lock`` holds the holder's pid, host and start time. A lock whose holder is gone (same
-host, pid no longer running) is stale and is broken safely; any other existing lock makes the
-second process refuse with a message naming the holder. torchrun ranks coordinate through
-torch.distributed instead and take no lock.
+``<store>.lock`` is held with ``fcntl.flock`` for the whole run: the kernel releases it when the
+process ends in any way (``kill -9`` included), so a stale lock cannot exist. The file records
+the holder's pid, host and start time, which a refused second process reports.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -20,52 +20,39 @@ from galclip.errors import StoreError
 logger = logging.getLogger(__name__)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class StoreLock:
     """Context manager: exclusive writer lock for the store at ``store_path``."""
 
     def __init__(self, store_path: str | Path):
         self.path = Path(str(store_path).rstrip("/") + ".lock")
-        self.held = False
+        self.fd: int | None = None
 
     def acquire(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                try:
-                    holder = json.loads(self.path.read_text())
-                except (OSError, ValueError):
-                    holder = {}
-                if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                    logger.warning("breaking a stale lock %s left by pid %s (no longer running)", self.path, holder["pid"])
-                    self.path.unlink(missing_ok=True)
-                    continue
-                raise StoreError(
-                    f"{self.path}: another extraction is writing this store (pid {holder.get('pid')} on "
-                    f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish, or, if that "
-                    "process is gone on another host, delete the lock file. For many GPUs use torchrun."
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            self.held = True
-            return
-        raise StoreError(f"{self.path}: could not take the lock")
+                holder = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+            except ValueError:
+                holder = {}
+            os.close(fd)
+            raise StoreError(
+                f"{self.path}: another extraction is writing this store (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('started')}); wait for it to finish. "
+                "For many GPUs use torchrun, whose ranks share the work."
+            ) from None
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        self.fd = fd
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
 
     def __enter__(self) -> "StoreLock":
         self.acquire()
