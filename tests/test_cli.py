@@ -39,6 +39,7 @@ def test_cli_end_to_end(tmp_path):
     for d in ("im2sp", "sp2im"):
         assert set(metrics["retrieval"][d]) >= {"recall@1", "recall@5", "recall@10", "median_rank"}
     assert set(metrics["zero_shot_r2"]) >= {"image", "spectrum", "cross", "raw_image", "raw_spectrum"}
+    assert set(metrics["supervised_r2"]) == {"raw_image", "raw_spectrum"} and "zero_shot_r2_k64" in metrics
     assert metrics["timings_s"]["evaluate"] > 0
     html = (report / "report.html").read_text()
     assert "data:image/png;base64" in html and "src=\"http" not in html

@@ -326,3 +326,17 @@ def test_fit_umap_small_seeded(caplog):
     assert np.ptp(coords, axis=0).min() > 0
     np.testing.assert_array_equal(fit_umap(x[:3], max_points=40, seed=0), np.zeros((3, 2), np.float32))
     assert "at least 4 points" in caplog.text
+
+
+def test_supervised_reference_learns_an_informative_feature():
+    from galclip.evaluate.supervised import supervised_table
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 8)).astype(np.float32)
+    y = x[:, 0] * 2 + 0.1 * rng.normal(size=400)
+    y_missing = y.copy()
+    y_missing[:10] = np.nan
+    table = supervised_table({"raw": (x[:300], x[300:])}, {"t": (y_missing[:300], y[300:])}, seed=0)
+    assert table["raw"]["t"] > 0.8
+    tiny = supervised_table({"raw": (x[:5], x[5:10])}, {"t": (y[:5], y[5:10])})
+    assert np.isnan(tiny["raw"]["t"])

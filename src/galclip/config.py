@@ -109,6 +109,8 @@ class EvalConfig:
     """Evaluation: retrieval, zero-shot k-NN regression, UMAP, report."""
 
     k: int = 16  # k-NN neighbours (report: 16, distance weights)
+    extra_k: tuple[int, ...] = (64,)  # also reported: k = 64 as the AstroCLIP MNRAS paper uses
+    supervised: bool = True  # MLP on the raw features as the supervised upper reference
     knn_test_fraction: float = 0.5  # share of the labelled validation set held out for k-NN
     seed: int = 0
     n_gallery_queries: int = 3

@@ -49,6 +49,16 @@ class SurveyRows:
         return desi_wavelength(), np.concatenate([self.reader.read(int(r), int(r) + 1).spectrum for r in self.rows[idx]])
 
 
+def _labelled_train(data: dict[str, np.ndarray], max_rows: int = 50_000) -> dict | None:
+    """The store's labelled train pairs (at most ``max_rows``, evenly spaced) for the supervised reference."""
+    rows = np.flatnonzero((data["split"] == 0) & np.isfinite(data["label_redshift"]) & np.isfinite(data["label_log_mstar"]))
+    if rows.size < 20:
+        return None
+    rows = rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
+    return {"raw_image": data["image_features"][rows], "raw_spectrum": data["spectrum_features"][rows],
+            "redshift": data["label_redshift"][rows], "log_mstar": data["label_log_mstar"][rows]}
+
+
 def evaluate_store(
     store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
     extra_metrics: dict | None = None, allow_partial: bool = False,
@@ -79,6 +89,7 @@ def evaluate_store(
         redshift=data["label_redshift"][val], log_mstar=data["label_log_mstar"][val],
         image_rgb=rows.image_rgb, spectrum=rows.spectrum,
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
+        supervised_train=_labelled_train(data),
     )
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)

@@ -99,6 +99,15 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
         parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
     parts.append(_table("Zero-shot k-NN R²", [s for s in ZERO_SHOT_SOURCES if s in zs] or list(zs),
                         list(ZERO_SHOT_TARGETS), zs))
+    other_k = sorted(k for k in metrics if k.startswith("zero_shot_r2_k"))
+    for key in other_k:
+        table = metrics.get(key) or {}
+        parts.append(_table(f"Zero-shot k-NN R², k = {key.rsplit('_k', 1)[1]}",
+                            [s for s in ZERO_SHOT_SOURCES if s in table] or list(table), list(ZERO_SHOT_TARGETS), table))
+    sup = metrics.get("supervised_r2") or {}
+    if sup:
+        parts.append(_table("Supervised reference: MLP on the raw features, same split (R²)", list(sup),
+                            list(ZERO_SHOT_TARGETS), sup))
     parts.append(_table("Cross-modal retrieval (rank of the true partner)",
                         [d for d in CROSS_DIRECTIONS if d in ret], list(CROSS_COLUMNS), ret))
     inmodal = {f"{d} {label}": v for d in INMODAL_DIRECTIONS for label, v in (ret.get(d) or {}).items()
@@ -110,7 +119,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
     if timings:
         parts.append(_table("Timings (s)", list(timings), ["seconds"],
                             {k: {"seconds": v} for k, v in timings.items()}))
-    shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", *summary}
+    shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", *other_k, *summary}
     other = _flat({k: v for k, v in metrics.items() if k not in shown})
     if other:
         parts.append(_table("Other", list(other), ["value"], {k: {"value": v} for k, v in other.items()}))

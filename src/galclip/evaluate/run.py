@@ -47,6 +47,9 @@ class EvaluationInputs:
     image_rgb: Callable[[np.ndarray], np.ndarray]  # indices (m,) -> (m, H, W, 3) in [0, 1]
     spectrum: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # indices -> (wave (L,), flux (m, L))
     loss_history: dict = field(default_factory=dict)  # {"train_loss": [...], "val_loss": [...], "lr": [...]}
+    # optional: the store's labelled TRAIN pairs, on which the supervised reference is fitted
+    # ({"raw_image": (n, 2048), "raw_spectrum": (n, 256), "redshift": (n,), "log_mstar": (n,)})
+    supervised_train: dict | None = None
 
     def labels(self) -> dict[str, np.ndarray]:
         return {"redshift": np.asarray(self.redshift, dtype=np.float64),
@@ -155,6 +158,28 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
     table = zero_shot_table(sources, targets, config.k)
     info = {"k": config.k, "weights": "distance", "n_train": int(tr.size), "n_test": int(te.size),
             "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()}}
+    info["r2_other_k"] = {
+        f"k{k}": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in zero_shot_table(sources, targets, k).items()}
+        for k in config.extra_k if k != config.k
+    }
+    if config.supervised:
+        from galclip.evaluate.supervised import supervised_table
+
+        fit = inputs.supervised_train
+        if fit is not None:  # fit on the store's train split, score on the k-NN test split
+            raw = {}
+            for name in ("raw_image", "raw_spectrum"):
+                x_fit = np.asarray(fit[name], np.float64)
+                mu, sd = x_fit.mean(0), np.where(x_fit.std(0) > 0, x_fit.std(0), 1.0)
+                raw[name] = (((x_fit - mu) / sd).astype(np.float32),
+                             ((np.asarray(getattr(inputs, name), np.float64)[te] - mu) / sd).astype(np.float32))
+            sup_targets = {name: (np.asarray(fit[name], np.float64), y[te]) for name, y in labels.items()}
+            info["supervised_fit_rows"] = int(len(fit["redshift"]))
+        else:
+            raw = {name: sources[name] for name in ("raw_image", "raw_spectrum")}
+            sup_targets = targets
+            info["supervised_fit_rows"] = int(tr.size)
+        info["supervised_r2"] = supervised_table(raw, sup_targets, config.seed)
     return table, info
 
 
@@ -204,6 +229,8 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
         "n_eval": n,
         "n_labelled": int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum()),
         "zero_shot_r2": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in table.items()},
+        **{f"zero_shot_r2_{k}": t for k, t in knn_info.pop("r2_other_k").items()},
+        **({"supervised_r2": knn_info.pop("supervised_r2")} if "supervised_r2" in knn_info else {}),
         "zero_shot": knn_info,
         "retrieval": retrieval,
         "figures": {name: p.name for name, p in figures.items()},
