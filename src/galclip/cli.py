@@ -30,10 +30,13 @@ def user_errors(func):
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         from galclip.errors import GalclipError
 
         try:
-            return func(*args, **kwargs)
+            with logging_redirect_tqdm():  # log lines print above progress bars, not through them
+                return func(*args, **kwargs)
         except GalclipError as err:
             raise click.ClickException(str(err)) from err
 
