@@ -85,3 +85,33 @@ def test_search_cli_json_and_plot(tiny_store, tiny_heads, tmp_path):
     assert (tmp_path / "q.png").stat().st_size > 1000
     r = runner.invoke(main, ["search", str(tmp_path / "idx"), "--targetid", "12345"])
     assert r.exit_code == 1 and "not in the index" in r.output
+
+
+def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads, tmp_path):
+    import shutil
+
+    import torch
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+    from galclip.errors import GalclipError
+    from galclip.evaluate.index import embed_new_pair
+
+    heads = tmp_path / "heads"
+    shutil.copytree(tiny_heads, heads)
+    build_indexes(tiny_store, heads, tmp_path / "idx")
+    idx = load_index(tmp_path / "idx")
+    tid = int(idx.rows["targetid"][11])
+    emb = embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+    # the same pair embedded on the fly lands where the index holds it
+    np.testing.assert_allclose(emb["image"][0], idx.rows["emb_image"][11], atol=1e-4)
+    np.testing.assert_allclose(emb["spectrum"][0], idx.rows["emb_spectrum"][11], atol=1e-4)
+    r = CliRunner().invoke(main, ["-q", "search", str(tmp_path / "idx"), "--data", str(tiny_mock / "survey.h5"),
+                                  "--targetid", str(tid), "--query", "spectrum", "--target", "image", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["query"]["source"].endswith("survey.h5")
+    ckpt = torch.load(heads / "heads.pt", weights_only=False)
+    ckpt["best_epoch"] = -5
+    torch.save(ckpt, heads / "heads.pt")  # the heads changed after the index was built
+    with pytest.raises(GalclipError, match="other heads"):
+        embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")

@@ -333,7 +333,10 @@ def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor
 
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--targetid", type=int, required=True, help="The query galaxy (must be in the index).")
+@click.option("--targetid", type=int, required=True,
+              help="The query galaxy: in the index, or in the survey file given with --data.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Read the query pair from this AstroCLIP-layout file and embed it on the fly (encoders + heads).")
 @click.option("--query", "query_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("--target", "target_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
@@ -341,15 +344,22 @@ def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Draw the query and its neighbours (images as RGB, spectra as curves) into this PNG.")
 @user_errors
-def search(index_dir: Path, targetid: int, query_kind: str, target_kind: str, k: int, as_json: bool, plot) -> None:
+def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: str, k: int, as_json: bool, plot) -> None:
     """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
     import numpy as np
 
-    from galclip.evaluate.index import load_index
+    from galclip.evaluate.index import embed_new_pair, load_index
 
     idx = load_index(index_dir)
-    pos = idx.position(targetid)
-    q = idx.rows[f"emb_{query_kind}"][pos:pos + 1]
+    if data is not None:
+        if plot is not None:
+            raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
+        q = embed_new_pair(idx, data, targetid)[query_kind]
+        hits_in_index = np.flatnonzero(idx.rows["targetid"] == targetid)
+        pos = int(hits_in_index[0]) if hits_in_index.size else -1
+    else:
+        pos = idx.position(targetid)
+        q = idx.rows[f"emb_{query_kind}"][pos:pos + 1]
     in_modal = query_kind == target_kind
     sims, ids = idx.search(q, target_kind, k + 1 if in_modal else k)
     keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and not (in_modal and i == pos)][:k]
@@ -357,8 +367,11 @@ def search(index_dir: Path, targetid: int, query_kind: str, target_kind: str, k:
     hits = [{"rank": r + 1, "similarity": float(s), "targetid": int(idx.rows["targetid"][i]),
              "redshift": nan_none(idx.rows["redshift"][i]), "log_mstar": nan_none(idx.rows["log_mstar"][i]),
              "is_partner": bool(i == pos)} for r, (s, i) in enumerate(keep)]
-    result = {"query": {"targetid": targetid, "modality": query_kind, "redshift": nan_none(idx.rows["redshift"][pos]),
-                        "log_mstar": nan_none(idx.rows["log_mstar"][pos])}, "target": target_kind, "neighbours": hits}
+    known = pos >= 0
+    result = {"query": {"targetid": targetid, "modality": query_kind, "source": str(data) if data else "index",
+                        "redshift": nan_none(idx.rows["redshift"][pos]) if known else None,
+                        "log_mstar": nan_none(idx.rows["log_mstar"][pos]) if known else None},
+              "target": target_kind, "neighbours": hits}
     if plot is not None:
         _plot_search(idx, pos, [i for _, i in keep], [s for s, _ in keep], query_kind, target_kind, plot)
         result["plot"] = str(plot)

@@ -229,3 +229,46 @@ def load_index(path: str | Path) -> LoadedIndex:
     with np.load(path / ROWS_FILE) as z:
         rows = {k: z[k] for k in z.files}
     return LoadedIndex(path, sidecar, indexes, rows)
+
+
+def embed_new_pair(loaded: LoadedIndex, data: str | Path, targetid: int, device: str = "auto") -> dict[str, np.ndarray]:
+    """Embed one pair of a survey file that is not (necessarily) in the store, as the index was built:
+    the store's encoders and preprocessing, then the index's heads. Returns {"image": (1, 128), "spectrum": (1, 128)},
+    L2-normalised. Refuses when the heads file no longer matches the one the index was built from."""
+    import dataclasses
+
+    from galclip.config import ExtractConfig
+    from galclip.errors import InputError
+    from galclip.extract.run import Encoders
+    from galclip.extract.validate import REASONS, bad_row_codes
+    from galclip.data.survey import SurveyReader
+    from galclip.heads.train import load_heads
+    from galclip.provenance import resolve_device
+
+    heads_file = Path(loaded.sidecar["heads"])
+    if not heads_file.exists():
+        raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index with 'galclip index'")
+    if hashlib.sha256(heads_file.read_bytes()).hexdigest() != loaded.sidecar["heads_sha256"]:
+        raise GalclipError(f"{loaded.path}: was built from other heads than the current {heads_file} (SHA-256 differs); "
+                           "rebuild the index with 'galclip index' so new queries land in the same space")
+    store = FeatureStore.open(loaded.sidecar["store"])
+    known = {f.name for f in dataclasses.fields(ExtractConfig)}
+    config = ExtractConfig(**{k: v for k, v in store.provenance["config"].items() if k in known})
+    config = dataclasses.replace(config, variants=0, spectrum_variants=0, device=device)
+    with SurveyReader(data) as reader:
+        ids = reader.targetids()
+        hit = np.flatnonzero(ids == targetid)
+        if hit.size == 0:
+            raise InputError(f"{data}: no row with targetid {targetid}")
+        row = int(hit[0])
+        batch = reader.read(row, row + 1)
+        code = int(bad_row_codes(batch.image, batch.spectrum)[0])
+        if code:
+            raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
+    import torch
+
+    dev = resolve_device(device)
+    feats = Encoders(config, dev)(torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum), batch.targetid)
+    heads, _ = load_heads(heads_file, store)
+    zi, zs = heads.embed(feats["image_features"], feats["spectrum_features"])
+    return {"image": l2_normalise(zi), "spectrum": l2_normalise(zs)}
