@@ -14,13 +14,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from galclip.atomic import atomic_path, atomic_write_text
 from galclip.errors import GalclipError
 from galclip.evaluate.search import l2_normalise
 from galclip.store import FeatureStore
@@ -166,26 +166,22 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             nprobe, recall = tune_nprobe(index, exact_neighbours(emb[m], q, 11), q, recall_floor, self_ids=queries)
         else:
             nprobe, recall = 0, 1.0
-        tmp = out / f".{m}.faiss.tmp-{os.getpid()}"
-        faiss.write_index(to_cpu(index), str(tmp))
-        os.replace(tmp, out / f"{m}.faiss")
+        with atomic_path(out / f"{m}.faiss") as tmp:
+            faiss.write_index(to_cpu(index), str(tmp))
         records[m] = {"file": f"{m}.faiss", **asdict(spec), "nprobe": nprobe, "recall@10": recall, "ntotal": int(index.ntotal)}
         logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
     heads_file = Path(heads_path) / "heads.pt" if Path(heads_path).is_dir() else Path(heads_path)
-    tmp = out / f".{ROWS_FILE}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
-             redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows],
-             emb_image=emb["image"], emb_spectrum=emb["spectrum"])
-    os.replace(tmp, out / ROWS_FILE)
+    with atomic_path(out / ROWS_FILE) as tmp:  # the temporary name keeps .npz, so np.savez adds nothing
+        np.savez(tmp, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
+                 redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows],
+                 emb_image=emb["image"], emb_spectrum=emb["spectrum"])
     sidecar = {
         "format": "galclip-index/1", "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
         "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
         "heads": str(heads_file.resolve()), "heads_sha256": hashlib.sha256(heads_file.read_bytes()).hexdigest(),
         "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
     }
-    tmp = out / f".{SIDECAR}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(tmp, out / SIDECAR)
+    atomic_write_text(json.dumps(sidecar, indent=2), out / SIDECAR)
     return sidecar
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from galclip.config import EvalConfig
-from galclip.evaluate.report import atomic_write_text, write_report
 from galclip.evaluate.run import EvaluationInputs, run_evaluation
 from galclip.store import FeatureStore
 
@@ -97,11 +95,4 @@ def evaluate_store(
     extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
                       "config": ckpt.get("config")}
     extra["encoders"] = {k: v.get("weights", {}).get("source") for k, v in store.provenance.get("encoders", {}).items()}
-    metrics = run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra)
-
-    # record this stage's own wall time, then rewrite metrics.json and the report with it
-    metrics.setdefault("timings_s", {})["evaluate"] = time.perf_counter() - t0
-    out = Path(out_dir)
-    atomic_write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", out / "metrics.json")
-    write_report(metrics, {name: out / fname for name, fname in metrics.get("figures", {}).items()}, out / "report.html")
-    return metrics
+    return run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra, started=t0)

@@ -6,10 +6,10 @@ import base64
 import html
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from galclip.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -28,22 +28,6 @@ th { background: #eee; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; }
 """
-
-
-def atomic_write_text(text: str, path: Path | str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _fmt(value: object) -> str:

@@ -16,7 +16,6 @@ import dataclasses
 import itertools
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from galclip.atomic import atomic_path
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.data import FeatureSet, load_features, to_device
@@ -318,12 +318,10 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         rows.append(row)
     best_i = int(np.argmin([r["best_val_loss"] for r in results]))  # lowest validation InfoNCE
-    tmp = out / f".sweep.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, out / "sweep.csv")
     write_json_atomic({"seconds": elapsed, "n_configs": len(rows), "best": best_i, "grid": grid,
                        "base": dataclasses.asdict(base), "results": rows,
                        "histories": [r["history"] for r in results]}, out / "sweep.json")

@@ -14,7 +14,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from galclip.atomic import atomic_path, atomic_write_text
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.data import FeatureSet, load_features, to_device
@@ -38,25 +38,13 @@ HISTORY_FILE = "history.json"
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save to a temporary name in the same folder, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """torch.save through a temporary file in the same folder, fsync'ed, then renamed over ``path``."""
+    with atomic_path(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_json_atomic(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=float))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(json.dumps(obj, indent=2, allow_nan=False, default=float), path)
 
 
 @torch.no_grad()
@@ -80,6 +68,17 @@ def sample_views(gen: torch.Generator, n: int, n_views: int, device: torch.devic
     u = torch.rand(n, generator=gen)
     view = torch.randint(n_views, (n,), generator=gen)
     return u.to(device), view.to(device)
+
+
+def read_checkpoint(path: Path, device, hint: str) -> dict:
+    """``torch.load`` a checkpoint dict; an unreadable file is a user error ending with ``hint``."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise GalclipError(f"{path}: cannot read the checkpoint ({err}); {hint}") from err
+    if not isinstance(ckpt, dict):
+        raise GalclipError(f"{path}: not a galclip heads checkpoint; {hint}")
+    return ckpt
 
 
 def _check_resumable(ckpt: dict, config: HeadConfig, fingerprint: str, path: Path) -> None:
@@ -151,11 +150,8 @@ def train_heads(
     if resume:
         if not ckpt_path.exists():
             raise GalclipError(f"{ckpt_path}: nothing to resume; run without --resume")
-        try:
-            ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        except Exception as err:  # noqa: BLE001
-            raise GalclipError(f"{ckpt_path}: cannot read the checkpoint to resume ({err}); start without --resume") from err
-        if not isinstance(ckpt, dict) or "last_state_dict" not in ckpt:
+        ckpt = read_checkpoint(ckpt_path, device, "start without --resume")
+        if "last_state_dict" not in ckpt:
             raise GalclipError(f"{ckpt_path}: not a resumable galclip training checkpoint (a sweep's best/heads.pt "
                                "holds only the selected heads); start without --resume")
         _check_resumable(ckpt, config, fingerprint, ckpt_path)
@@ -267,11 +263,8 @@ def load_heads(path: str | Path, store: FeatureStore | None = None, device: str 
         path = path / CHECKPOINT_FILE
     if not path.exists():
         raise GalclipError(f"{path}: no heads checkpoint; train one with 'galclip heads STORE OUT'")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise GalclipError(f"{path}: cannot read the heads checkpoint ({err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    ckpt = read_checkpoint(path, device, "train heads with 'galclip heads STORE OUT'")
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise GalclipError(f"{path}: not a galclip heads checkpoint")
     if store is not None and ckpt["store_fingerprint"] != store.fingerprint():
         raise GalclipError(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
+from galclip.atomic import atomic_path
 from galclip.config import MockConfig
 from galclip.data.layout import DESI_N_BINS, IMAGE_SHAPE, PIXEL_SCALE_ARCSEC, desi_wavelength
 from galclip.data.mock import imaging, spectroscopy
@@ -122,9 +122,8 @@ def generate_mock(
     n_groups = max(1, min(config.n_groups, n))
     bounds = np.linspace(0, n, n_groups + 1).astype(int)
 
-    survey_tmp = out / (SURVEY_FILE + ".tmp")
     truth = {k: np.empty(n) for k in ("z", "log_mstar", "mag_g", "mag_r", "mag_z")}
-    with h5py.File(survey_tmp, "w") as f:
+    with atomic_path(out / SURVEY_FILE) as survey_tmp, h5py.File(survey_tmp, "w") as f:
         f.attrs["generator"] = "galclip mock"
         f.attrs["config"] = json.dumps(asdict(config))
         groups = []
@@ -152,7 +151,6 @@ def generate_mock(
                     groups[g]["redshift"][sl] = batch.z[a - lo:b - lo].astype(np.float32)
             if progress is not None:
                 progress(hi - lo)
-    os.replace(survey_tmp, out / SURVEY_FILE)
     _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
     elapsed = time.perf_counter() - t0
     summary = {"pairs": n, "seconds": elapsed, "pairs_per_s": n / elapsed,
@@ -183,9 +181,7 @@ def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: Mock
         "PROVABGS_LOGMSTAR_BF": rng.normal(10.8, 0.5, n_extra),
         "MAG_G": rng.uniform(18, 21, n_extra), "MAG_R": rng.uniform(17, 19.5, n_extra), "MAG_Z": rng.uniform(16, 19, n_extra),
     }
-    tmp = path.with_suffix(".h5.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name in cols:
             data = np.concatenate([cols[name], extra[name]])
             f.create_dataset(name, data=data.astype(np.int64 if name == "TARGETID" else np.float64))
-    os.replace(tmp, path)
