@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from galclip.store.feature_store import COMPAT_KEYS, META_ARRAYS, FeatureStore
+from galclip.store.feature_store import COMPAT_KEYS, COMPLETE, META_ARRAYS, FeatureStore
 
 
 def check_store(store: FeatureStore) -> dict:
@@ -18,6 +18,11 @@ def check_store(store: FeatureStore) -> dict:
         tail = store.feature_arrays.get(name, ())
         if tuple(g[name].shape) != (store.n, *tail):
             problems.append(f"array '{name}' has shape {tuple(g[name].shape)}, expected {(store.n, *tail)}")
+    if store.missing_arrays():  # nothing below can be read without them
+        return {"ok": False, "problems": problems + ["the store cannot be used: extract again into a new store"],
+                "quarantine": [], "n": store.n, "n_shards": store.n_shards,
+                "n_complete": int(store.complete_mask().sum()) if COMPLETE in g else 0,
+                "arrays": sorted(a for a in store.feature_arrays if a in g), "fingerprint": None}
     missing = [k for k in COMPAT_KEYS if k not in store.provenance]
     if missing:
         problems.append(f"provenance lacks {missing}")

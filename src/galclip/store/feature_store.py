@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galclip.atomic import remove_stale_temporaries
 from galclip.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -130,17 +131,31 @@ class FeatureStore:
         ``feature_arrays`` maps each per-row feature array to its shape after the row axis
         (default: the two base arrays); ``moco_fc`` holds the image checkpoint's fc MLP.
         """
-        import zarr
-
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path}: already exists; open it to resume, or remove it to start again")
         path.parent.mkdir(parents=True, exist_ok=True)
         n = len(meta["targetid"])
         n_shards = max(1, -(-n // rows_per_shard))
+        remove_stale_temporaries(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
+        try:
+            cls._write_empty(tmp, meta, provenance, rows_per_shard, n, n_shards, feature_arrays, moco_fc)
+            _fsync_tree(tmp)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():  # a failure half-way leaves no temporary folder behind
+                shutil.rmtree(tmp, ignore_errors=True)
+        _fsync_path(path.parent)
+        return cls.open(path, mode="r+")
+
+    @staticmethod
+    def _write_empty(tmp: Path, meta: dict[str, np.ndarray], provenance: dict, rows_per_shard: int, n: int,
+                     n_shards: int, feature_arrays: dict | None, moco_fc: dict | None) -> None:
+        import zarr
+
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         dtypes = {"targetid": "int64", "split": "uint8"}
         for name in META_ARRAYS:
@@ -160,19 +175,30 @@ class FeatureStore:
             "format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
             "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
         }
-        _fsync_tree(tmp)
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-        return cls.open(path, mode="r+")
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
+    def open(cls, path: str | Path, mode: str = "r", validate: bool = True) -> "FeatureStore":
+        """Open a store; with ``validate`` refuse one whose arrays are missing (``galclip check`` opens
+        without, to list every problem)."""
         import zarr
 
         path = Path(path)
         if not (path / "zarr.json").exists():
             raise StoreError(f"{path}: no feature store here; run 'galclip extract DATA {path}' first")
-        return cls(path, zarr.open_group(str(path), mode=mode, zarr_format=3), mode)
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as err:  # noqa: BLE001 - unreadable metadata is a damaged store, whatever zarr raises
+            raise StoreError(f"{path}: unreadable store metadata ({err}); re-extract into a new store") from err
+        store = cls(path, group, mode)
+        missing = store.missing_arrays()
+        if validate and missing:
+            raise StoreError(f"{path}: damaged store, array(s) {missing} are missing; 'galclip check {path}' lists "
+                             "every problem. It cannot be repaired in place: extract again into a new store")
+        return store
+
+    def missing_arrays(self) -> list[str]:
+        """Names of the arrays every store has (metadata, features, completion flags) that are absent."""
+        return [name for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name not in self.group]
 
     # ---- metadata ---------------------------------------------------------------
     def complete_mask(self) -> np.ndarray:
