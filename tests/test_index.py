@@ -27,7 +27,7 @@ def test_exact_index_matches_brute_force(tiny_store, tiny_heads, tmp_path):
     assert side["indexes"]["image"]["kind"] == "flat" and side["n"] == 64
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["store_fingerprint"] == side["store_fingerprint"]
     idx = load_index(tmp_path / "idx")
-    emb_i, emb_s = idx.rows["emb_image"], idx.rows["emb_spectrum"]
+    emb_i, emb_s = idx.embeddings["image"], idx.embeddings["spectrum"]
     np.testing.assert_allclose(np.linalg.norm(emb_i, axis=1), 1, rtol=1e-5)
     sims, ids = idx.search(emb_i[:8], "spectrum", 5)
     ref = emb_i[:8] @ emb_s.T
@@ -104,8 +104,8 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     tid = int(idx.rows["targetid"][11])
     emb = embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
     # the same pair embedded on the fly lands where the index holds it
-    np.testing.assert_allclose(emb["image"][0], idx.rows["emb_image"][11], atol=1e-4)
-    np.testing.assert_allclose(emb["spectrum"][0], idx.rows["emb_spectrum"][11], atol=1e-4)
+    np.testing.assert_allclose(emb["image"][0], idx.embeddings["image"][11], atol=1e-4)
+    np.testing.assert_allclose(emb["spectrum"][0], idx.embeddings["spectrum"][11], atol=1e-4)
     r = CliRunner().invoke(main, ["-q", "search", str(tmp_path / "idx"), "--data", str(tiny_mock / "survey.h5"),
                                   "--targetid", str(tid), "--query", "spectrum", "--target", "image", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
@@ -115,3 +115,62 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     torch.save(ckpt, heads / "heads.pt")  # the heads changed after the index was built
     with pytest.raises(GalclipError, match="other heads"):
         embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+
+
+def test_streamed_exact_neighbours_match_numpy():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1000, 16)).astype(np.float32)
+    q = rng.normal(size=(30, 16)).astype(np.float32)
+    truth = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :11]
+    from galclip.evaluate.index import exact_neighbours_streamed
+
+    np.testing.assert_array_equal(exact_neighbours_streamed(x, q, 11, block=97), truth)  # blocks smaller than k too
+    np.testing.assert_array_equal(exact_neighbours_streamed(x, q, 11, block=7), truth)
+
+
+def test_index_build_streams_in_blocks(tiny_store, tiny_heads, tmp_path, monkeypatch):
+    from galclip.heads.models import CLIPHeads
+    from galclip.store import FeatureStore
+
+    ref = build_indexes(tiny_store, tiny_heads, tmp_path / "ref", exact_max=10, recall_floor=0.9, n_queries=20)
+    seen = []
+    embed = CLIPHeads.embed
+
+    def spy(self, fi, fs):
+        seen.append(len(fi))
+        return embed(self, fi, fs)
+
+    def no_full_load(*a, **k):
+        raise AssertionError("the index build must not load the whole store")
+
+    monkeypatch.setattr(CLIPHeads, "embed", spy)
+    monkeypatch.setattr(FeatureStore, "load", no_full_load)
+    side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10, recall_floor=0.9, n_queries=20, batch=10)
+    assert max(seen) <= 10 and sum(seen) == 64  # 7 blocks of at most 10 rows
+    a, b = load_index(tmp_path / "ref"), load_index(tmp_path / "idx")
+    for m in ("image", "spectrum"):  # the same embeddings up to BLAS blocking, and a tuned IVF index each
+        np.testing.assert_allclose(a.embeddings[m], b.embeddings[m], atol=1e-6)
+        assert side["indexes"][m]["kind"] == "ivf" and side["indexes"][m]["recall@10"] >= 0.9
+        assert side["indexes"][m]["ntotal"] == ref["indexes"][m]["ntotal"] == 64
+
+
+def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, monkeypatch):
+    import galclip.evaluate.index as index_module
+    from galclip.errors import GalclipError
+
+    build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
+
+    def crash(*a, **k):
+        raise RuntimeError("killed while writing")
+
+    monkeypatch.setattr(index_module, "tune_nprobe", crash)
+    with pytest.raises(RuntimeError):
+        build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temporary folder left
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    with pytest.raises(GalclipError, match="not a galclip index"):
+        build_indexes(tiny_store, tiny_heads, tmp_path / "notes")
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"

@@ -180,7 +180,7 @@ def check(store: Path, as_json: bool) -> None:
     from galclip.store import FeatureStore
     from galclip.store.check import check_store
 
-    result = check_store(FeatureStore.open(store))
+    result = check_store(FeatureStore.open(store, validate=False))
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -316,15 +316,18 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, se
 @click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Refuse an approximate index whose measured recall@10 is lower.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=16384, show_default=True,
+              help="Rows of features read from the store at a time (memory: ~9 kB per row).")
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
+@click.option("--no-progress", is_flag=True)
 @user_errors
-def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int,
-          allow_partial: bool) -> None:
+def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int, batch: int,
+          allow_partial: bool, no_progress: bool) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
     from galclip.evaluate.index import build_indexes
 
     side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
-                         allow_partial=allow_partial)
+                         batch=batch, allow_partial=allow_partial, progress=not no_progress)
     for m, rec in side["indexes"].items():
         click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
                    + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))
@@ -359,7 +362,7 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
         pos = int(hits_in_index[0]) if hits_in_index.size else -1
     else:
         pos = idx.position(targetid)
-        q = idx.rows[f"emb_{query_kind}"][pos:pos + 1]
+        q = np.asarray(idx.embeddings[query_kind][pos:pos + 1])
     in_modal = query_kind == target_kind
     sims, ids = idx.search(q, target_kind, k + 1 if in_modal else k)
     keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and not (in_modal and i == pos)][:k]

@@ -4,8 +4,10 @@ Up to ``exact_max`` vectors: exact ``IndexFlatIP``. Above: ``IndexIVFFlat`` (inn
 with nlist ≈ 4·√N lists trained on a sample, and the smallest nprobe whose recall@10 against
 exact search, measured on held-out queries at build time, reaches the recall floor; an index
 that cannot reach the floor is refused. Vectors are the heads' embeddings, L2-normalised
-(report eq. 5), added in batches streamed from the store, so the store never has to fit in
-memory at once. Everything is written atomically beside a JSON sidecar.
+(report eq. 5), computed from feature blocks streamed out of the store into memory-mapped
+``.npy`` files, so neither the store nor the embeddings have to fit in memory. The index folder
+(FAISS files, embeddings, per-row arrays, JSON sidecar) is built under a temporary name and
+swapped in whole.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import atomic_path, atomic_write_text
+from galclip.atomic import atomic_dir
 from galclip.errors import GalclipError
 from galclip.evaluate.search import l2_normalise
 from galclip.store import FeatureStore
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "spectrum")
 SIDECAR = "index.json"
+FORMAT = "galclip-index/2"
 ROWS_FILE = "rows.npz"
 
 
@@ -76,11 +79,7 @@ def to_cpu(index):
 
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
     """Exact inner-product top-k ids (m, k) by brute force, without copying ``vectors`` into an index."""
-    import faiss
-
-    _, ids = faiss.knn(np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32), k,
-                       metric=faiss.METRIC_INNER_PRODUCT)
-    return ids
+    return _knn(queries, np.ascontiguousarray(vectors, np.float32), k)[1]
 
 
 def recall_at_k(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.ndarray | None = None) -> float:
@@ -118,8 +117,30 @@ def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,
         nprobe *= 2
 
 
-def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 65536):
-    """Yield (first position, image (b, 128), spectrum (b, 128)) L2-normalised, streamed by row blocks."""
+def exact_neighbours_streamed(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """Exact inner-product top-k ids (m, k) of ``queries`` (m, d) over ``vectors`` (n, d) read ``block`` rows
+    at a time (a memory map need not fit in memory); ties go to the lower id."""
+    m = len(queries)
+    best_s = np.full((m, 0), -np.inf, np.float32)
+    best_i = np.zeros((m, 0), np.int64)
+    for lo in range(0, len(vectors), block):
+        chunk = np.ascontiguousarray(vectors[lo:lo + block], np.float32)
+        s, i = _knn(queries, chunk, min(k, len(chunk)))
+        cand_s, cand_i = np.hstack([best_s, s]), np.hstack([best_i, i + lo])
+        order = np.lexsort((cand_i, -cand_s), axis=-1)[:, :k]  # by score, then by id
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_i
+
+
+def _knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    return faiss.knn(np.ascontiguousarray(queries, np.float32), vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+
+
+def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 16384):
+    """Yield (first position, image (b, 128), spectrum (b, 128)) L2-normalised, streamed by row blocks:
+    at most ``batch`` rows of features are in memory at once."""
     for lo in range(0, len(rows), batch):
         sel = rows[lo:lo + batch]
         a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
@@ -129,59 +150,79 @@ def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 65536
         yield lo, l2_normalise(zi), l2_normalise(zs)
 
 
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SIDECAR).exists())):
+        raise GalclipError(f"{out}: exists and is not a galclip index (no {SIDECAR}); it would be replaced "
+                           "— choose a new or empty folder")
+
+
 def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
-                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 65536, seed: int = 0,
-                  allow_partial: bool = False) -> dict:
-    """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``rows.npz`` and ``index.json``."""
+                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 16384, seed: int = 0,
+                  allow_partial: bool = False, progress: bool = False) -> dict:
+    """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``image.npy``, ``spectrum.npy``
+    (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``.
+
+    Streams: features are read ``batch`` rows at a time and the embeddings go to memory-mapped files,
+    so memory holds one feature block plus the FAISS indexes themselves (N x 128 x 4 bytes each). The
+    folder is built under a temporary name and swapped in whole: a crash leaves the previous index.
+    """
     import faiss
+    from tqdm.auto import tqdm
 
     from galclip.heads.train import load_heads
 
     t0 = time.perf_counter()
+    out = Path(out_dir)
+    _check_out_dir(out)
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)
     rows = np.flatnonzero(store.require_complete(allow_partial))
     n = len(rows)
+    if n == 0:
+        raise GalclipError(f"{store_path}: no readable pairs to index")
     spec = choose_spec(n, exact_max)
     d = heads.image.sizes[-1]
-    # embeddings are kept (n x 128 each, ~100 MB per 200k) for query look-ups and recall checks
-    emb = {m: np.empty((n, d), np.float32) for m in MODALITIES}
-    for lo, zi, zs in embed_store(store, heads, rows, batch):
-        emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
     rng = np.random.default_rng(seed)
-    queries = rng.choice(n, size=min(n_queries, n), replace=False)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    queries = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     records = {}
-    for m in MODALITIES:
-        index = on_gpu_if_available(new_index(spec, d))
-        if spec.kind == "ivf":
-            sample = rng.choice(n, size=min(n, max(40 * spec.nlist, 50_000)), replace=False)
-            index.train(emb[m][np.sort(sample)])
-        for lo in range(0, n, batch):
-            index.add(emb[m][lo:lo + batch])
-        q = emb[m][queries]
-        if spec.kind == "ivf":
-            # queries are rows of the index: each one's own row is left out of truth and results
-            nprobe, recall = tune_nprobe(index, exact_neighbours(emb[m], q, 11), q, recall_floor, self_ids=queries)
-        else:
-            nprobe, recall = 0, 1.0
-        with atomic_path(out / f"{m}.faiss") as tmp:
-            faiss.write_index(to_cpu(index), str(tmp))
-        records[m] = {"file": f"{m}.faiss", **asdict(spec), "nprobe": nprobe, "recall@10": recall, "ntotal": int(index.ntotal)}
-        logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
-    heads_file = Path(heads_path) / "heads.pt" if Path(heads_path).is_dir() else Path(heads_path)
-    with atomic_path(out / ROWS_FILE) as tmp:  # the temporary name keeps .npz, so np.savez adds nothing
-        np.savez(tmp, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
-                 redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows],
-                 emb_image=emb["image"], emb_spectrum=emb["spectrum"])
-    sidecar = {
-        "format": "galclip-index/1", "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
-        "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
-        "heads": str(heads_file.resolve()), "heads_sha256": hashlib.sha256(heads_file.read_bytes()).hexdigest(),
-        "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
-    }
-    atomic_write_text(json.dumps(sidecar, indent=2), out / SIDECAR)
+    with atomic_dir(out) as tmp:
+        emb = {m: np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
+               for m in MODALITIES}
+        with tqdm(total=n, desc="embed", unit="pair", disable=not progress) as bar:
+            for lo, zi, zs in embed_store(store, heads, rows, batch):
+                emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
+                bar.update(len(zi))
+        for m in MODALITIES:
+            emb[m].flush()
+            index = on_gpu_if_available(new_index(spec, d))
+            if spec.kind == "ivf":
+                sample = np.sort(rng.choice(n, size=min(n, max(40 * spec.nlist, 50_000)), replace=False))
+                index.train(np.ascontiguousarray(emb[m][sample]))
+            for lo in range(0, n, batch):
+                index.add(np.ascontiguousarray(emb[m][lo:lo + batch]))
+            if spec.kind == "ivf":
+                q = np.ascontiguousarray(emb[m][queries])
+                # queries are rows of the index: each one's own row is left out of truth and results
+                truth = exact_neighbours_streamed(emb[m], q, 11, batch)
+                nprobe, recall = tune_nprobe(index, truth, q, recall_floor, self_ids=queries)
+            else:
+                nprobe, recall = 0, 1.0
+            faiss.write_index(to_cpu(index), str(tmp / f"{m}.faiss"))
+            records[m] = {"file": f"{m}.faiss", "embeddings": f"{m}.npy", **asdict(spec), "nprobe": nprobe,
+                          "recall@10": recall, "ntotal": int(index.ntotal)}
+            logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
+            del index
+        del emb
+        heads_file = Path(heads_path) / "heads.pt" if Path(heads_path).is_dir() else Path(heads_path)
+        np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
+                 redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows])
+        sidecar = {
+            "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
+            "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
+            "heads": str(heads_file.resolve()), "heads_sha256": hashlib.sha256(heads_file.read_bytes()).hexdigest(),
+            "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
+        }
+        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
     return sidecar
 
 
@@ -191,13 +232,15 @@ class LoadedIndex:
 
     path: Path
     sidecar: dict
-    indexes: dict
-    rows: dict
+    indexes: dict  # modality -> FAISS index
+    rows: dict  # targetid, row, split, redshift, log_mstar: (N,) each
+    embeddings: dict  # modality -> (N, 128) float32 memory map, L2-normalised
 
     def position(self, targetid: int) -> int:
         hit = np.flatnonzero(self.rows["targetid"] == targetid)
         if hit.size == 0:
-            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({self.sidecar['n']} galaxies)")
+            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({self.sidecar['n']} galaxies); "
+                               "check the number, or embed a galaxy from its survey file with --data FILE")
         return int(hit[0])
 
     def search(self, query_vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,6 +259,9 @@ def load_index(path: str | Path) -> LoadedIndex:
     if not (path / SIDECAR).exists():
         raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
     sidecar = json.loads((path / SIDECAR).read_text())
+    if sidecar.get("format") != FORMAT:
+        raise GalclipError(f"{path}: index format {sidecar.get('format')!r}, this galclip reads {FORMAT!r}; "
+                           "rebuild it with 'galclip index'")
     indexes = {}
     for m, rec in sidecar["indexes"].items():
         index = faiss.read_index(str(path / rec["file"]))
@@ -224,7 +270,8 @@ def load_index(path: str | Path) -> LoadedIndex:
         indexes[m] = on_gpu_if_available(index)
     with np.load(path / ROWS_FILE) as z:
         rows = {k: z[k] for k in z.files}
-    return LoadedIndex(path, sidecar, indexes, rows)
+    embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
+    return LoadedIndex(path, sidecar, indexes, rows, embeddings)
 
 
 def embed_new_pair(loaded: LoadedIndex, data: str | Path, targetid: int, device: str = "auto") -> dict[str, np.ndarray]:
