@@ -328,6 +328,27 @@ def test_fit_umap_small_seeded(caplog):
     assert "at least 4 points" in caplog.text
 
 
+@pytest.mark.slow
+def test_umap_is_cached_by_content(tmp_path, monkeypatch):
+    import galclip.evaluate.embedding_map as em
+
+    rng = np.random.default_rng(11)
+    x = np.r_[rng.standard_normal((30, 16)) + 5, rng.standard_normal((30, 16)) - 5].astype(np.float32)
+    first, hit = em.cached_umap(x, max_points=40, seed=0, cache_dir=tmp_path)
+    assert not hit and len(list(tmp_path.glob("umap-*.npy"))) == 1
+    np.testing.assert_array_equal(first, em.fit_umap(x, max_points=40, seed=0))  # the cache adds nothing to the fit
+    fits = []
+    monkeypatch.setattr(em, "fit_umap", lambda *a: fits.append(a) or np.zeros((len(a[0]), 2), np.float32))
+    again, hit = em.cached_umap(x, max_points=40, seed=0, cache_dir=tmp_path)
+    assert hit and not fits
+    np.testing.assert_array_equal(again, first)
+    x2 = x.copy()
+    x2[0, 0] += 1e-3  # other embeddings (new heads) or other settings miss the cache
+    assert not em.cached_umap(x2, max_points=40, seed=0, cache_dir=tmp_path)[1]
+    assert not em.cached_umap(x, max_points=50, seed=0, cache_dir=tmp_path)[1]
+    assert len(fits) == 2 and len(list(tmp_path.glob("umap-*.npy"))) == 3
+
+
 def test_supervised_reference_learns_an_informative_feature():
     from galclip.evaluate.supervised import supervised_table
 

@@ -292,16 +292,23 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
+@click.option("--umap-max-points", type=click.IntRange(min=4), default=20000, show_default=True,
+              help="UMAP is fitted on a seeded subsample of this many validation pairs; the rest are transformed.")
+@click.option("--umap-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of cached UMAP coordinates (default: HEADS/umap_cache).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @user_errors
-def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, seed: int, allow_partial: bool) -> None:
+def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, umap_max_points: int, umap_cache,
+             seed: int, allow_partial: bool) -> None:
     """Evaluate HEADS on STORE's validation pairs; write OUT/report.html and OUT/metrics.json."""
     from galclip.config import EvalConfig
     from galclip.evaluate.pipeline import evaluate_store
 
     t0 = time.perf_counter()
-    metrics = evaluate_store(store, heads_path, out, EvalConfig(k=k, umap=not no_umap, seed=seed),
+    config = EvalConfig(k=k, umap=not no_umap, umap_max_points=umap_max_points, seed=seed,
+                        umap_cache=None if umap_cache is None else str(umap_cache))
+    metrics = evaluate_store(store, heads_path, out, config,
                              extra_metrics={"timings_s": {}}, allow_partial=allow_partial)
     click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
     _echo_summary(metrics)

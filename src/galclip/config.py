@@ -116,4 +116,5 @@ class EvalConfig:
     n_gallery_queries: int = 3
     gallery_k: int = 5
     umap: bool = True
-    umap_max_points: int = 20000
+    umap_max_points: int = 20000  # fitted on a seeded subsample of this size, the rest transformed
+    umap_cache: str | None = None  # folder of cached UMAP coordinates (None: no cache)

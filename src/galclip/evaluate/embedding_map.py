@@ -1,8 +1,10 @@
-"""2-d UMAP map of an embedding space (cosine metric)."""
+"""2-d UMAP map of an embedding space (cosine metric), fitted on a subsample and cached on disk."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 
@@ -41,3 +43,43 @@ def fit_umap(x: np.ndarray, max_points: int = 20000, seed: int = 0) -> np.ndarra
         coords[rest] = reducer.transform(arr[rest])
     logger.info("UMAP: fitted %d points, transformed %d", m, rest.size)
     return coords
+
+
+def umap_cache_key(x: np.ndarray, max_points: int, seed: int) -> str:
+    """SHA-256 over the exact input bytes (n, d) float32, its shape, the fit settings and umap-learn's version."""
+    import umap
+
+    arr = np.ascontiguousarray(x, dtype=np.float32)
+    h = hashlib.sha256(f"{arr.shape}|{max_points}|{seed}|umap-{umap.__version__}".encode())
+    h.update(arr.tobytes())
+    return h.hexdigest()[:32]
+
+
+def cached_umap(x: np.ndarray, max_points: int = 20000, seed: int = 0,
+                cache_dir: str | Path | None = None) -> tuple[np.ndarray, bool]:
+    """``fit_umap`` through an on-disk cache: (coords (n, 2), True when read from the cache).
+
+    The cache file ``umap-KEY.npy`` in ``cache_dir`` is keyed by the embeddings' bytes and the fit
+    settings, so re-running an evaluation (or re-rendering a report) skips the fit, and any change of
+    heads, store or settings misses the cache. ``cache_dir=None`` disables it.
+    """
+    from galclip.atomic import atomic_path
+
+    if cache_dir is None:
+        return fit_umap(x, max_points, seed), False
+    path = Path(cache_dir) / f"umap-{umap_cache_key(x, max_points, seed)}.npy"
+    if path.exists():
+        try:
+            coords = np.load(path)
+            if coords.shape == (len(x), 2):
+                logger.info("UMAP: %d points from the cache %s", len(x), path)
+                return coords, True
+        except (OSError, ValueError) as err:
+            logger.warning("UMAP cache %s unreadable (%s): fitting again", path, err)
+    coords = fit_umap(x, max_points, seed)
+    try:
+        with atomic_path(path) as tmp:
+            np.save(tmp, coords)
+    except OSError as err:  # a read-only cache costs the next run a fit, nothing else
+        logger.warning("UMAP cache %s not writable (%s)", path, err)
+    return coords, False

@@ -64,9 +64,15 @@ def evaluate_store(
     """Embed the store's validation pairs with the heads and write the report; returns metrics.
 
     ``timings_s.evaluate`` is this call's wall time; other ``extra_metrics`` are merged as given.
+    UMAP coordinates are cached in ``config.umap_cache``, by default ``umap_cache/`` beside the heads.
     """
+    import dataclasses
+
     from galclip.heads.train import load_heads
 
+    if config.umap and config.umap_cache is None:
+        heads_dir = Path(heads_path) if Path(heads_path).is_dir() else Path(heads_path).parent
+        config = dataclasses.replace(config, umap_cache=str(heads_dir / "umap_cache"))
     t0 = time.perf_counter()
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)

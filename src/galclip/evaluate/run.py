@@ -216,11 +216,13 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     timings["eval_figures"] = time.perf_counter() - t0
 
     if config.umap:
-        from galclip.evaluate.embedding_map import fit_umap
+        from galclip.evaluate.embedding_map import cached_umap
 
         t0 = time.perf_counter()
+        umap_info = {"max_points": config.umap_max_points, "fit_points": min(n, config.umap_max_points),
+                     "cache": config.umap_cache, "from_cache": {}}
         for name, e in emb.items():
-            coords = fit_umap(e, config.umap_max_points, config.seed)
+            coords, umap_info["from_cache"][name] = cached_umap(e, config.umap_max_points, config.seed, config.umap_cache)
             figures[f"umap_{name}"] = plot_umap(coords, labels, out_dir / f"umap_{name}.png",
                                                 title=f"{name} embedding")
         timings["eval_umap"] = time.perf_counter() - t0
@@ -228,6 +230,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     metrics: dict = {
         "n_pairs": n,
         "n_eval": n,
+        **({"umap": umap_info} if config.umap else {}),
         "n_labelled": int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum()),
         "zero_shot_r2": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in table.items()},
         **{f"zero_shot_r2_{k}": t for k, t in knn_info.pop("r2_other_k").items()},
