@@ -153,3 +153,25 @@ def test_second_extraction_refuses_while_first_holds_the_lock(tiny_mock, tmp_pat
         holder.wait()
     run_extraction(tiny_mock, store, ExtractConfig(batch_size=32), progress=False)
     assert FeatureStore.open(store).info().complete
+
+
+def test_torchrun_rank0_error_stops_every_rank(tiny_mock, tmp_path):
+    """Rank 0 meets a bad catalogue, then a lock held by another extraction: every rank exits non-zero at
+    once with rank 0's reason, none waits at a barrier until the distributed timeout."""
+    from galclip.store.lock import StoreLock
+
+    (tmp_path / "cat.h5").write_bytes(b"not a catalogue")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "galclip",
+            "-q", "extract", str(tiny_mock / "survey.h5"), *EXTRACT_ARGS]
+    done = subprocess.run([*base, str(tmp_path / "a.zarr"), "--catalogue", str(tmp_path / "cat.h5")],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode != 0
+    assert "cat.h5: not a readable HDF5 catalogue" in done.stdout + done.stderr
+    assert "rank 0 stopped the job" in done.stdout + done.stderr  # what rank 1 says
+    assert not (tmp_path / "a.zarr").exists()
+    with StoreLock(tmp_path / "b.zarr"):  # this test process is "another extraction" of b.zarr
+        done = subprocess.run([*base, str(tmp_path / "b.zarr")], capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode != 0
+    assert f"pid {os.getpid()}" in done.stdout + done.stderr and "rank 0 stopped the job" in done.stdout + done.stderr
+    assert not (tmp_path / "b.zarr").exists()

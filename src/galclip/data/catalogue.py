@@ -99,6 +99,12 @@ def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
     z[hit] = np.asarray(columns["Z_HP"])[keep][order][pos[hit]]
     m[hit] = np.asarray(columns["PROVABGS_LOGMSTAR_BF"])[keep][order][pos[hit]]
     labels = Labels(z, m, len(keep), int(keep.sum()), int(hit.sum()))
+    if labels.n_matched == 0 and len(targetid):
+        raise InputError(
+            f"{path}: none of the {len(targetid)} survey targetids (e.g. {int(targetid[0])}) is among its "
+            f"{labels.n_after_cuts} rows after the cuts (e.g. TARGETID {int(cat_ids[0])}); is this the catalogue "
+            "of this survey? Pass the matching PROVABGS file, or leave out --catalogue to extract without labels"
+        )
     logger.info(
         "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs",
         path, labels.n_catalogue, labels.n_after_cuts, labels.n_matched, len(targetid),

@@ -114,7 +114,8 @@ class SurveyReader:
         self.segments: tuple[Segment, ...] = tuple(segments)
         self.n_rows = offset
         if offset == 0:
-            raise InputError(f"{', '.join(map(str, self.files))}: the survey has no rows")
+            raise InputError(f"{', '.join(map(str, self.files))}: no galaxies (every image/spectrum/targetid group "
+                             "has 0 rows); point galclip at the survey file(s) that hold the pairs")
         self._handles: dict[str, h5py.File] = {}
 
     def locate(self, row: int) -> str:

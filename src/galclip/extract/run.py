@@ -25,7 +25,7 @@ from galclip.data.survey import SurveyReader
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
 from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
-from galclip.errors import InputError
+from galclip.errors import InputError, StoreError
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
 from galclip.extract.validate import REASONS, bad_row_codes
 from galclip.provenance import code_version, resolve_device, sha256_file
@@ -161,6 +161,8 @@ class Distributed:
         if world > 1:
             import torch.distributed as dist
 
+            if device_type == "cuda":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # object collectives need it
             if not dist.is_initialized():
                 dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
@@ -171,44 +173,80 @@ class Distributed:
 
             dist.barrier()
 
+    def agree(self, error: BaseException | None) -> None:
+        """Collective: every rank learns whether any rank failed. The failing rank re-raises its own error;
+        the others raise one naming it, instead of waiting at the next collective until the timeout."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            messages: list = [None] * self.world
+            dist.all_gather_object(messages, None if error is None else str(error))
+            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+            if failed and error is None:
+                rank, message = failed[0]
+                raise StoreError(f"rank {rank} stopped the job: {message}")
+        if error is not None:
+            raise error
+
 
 def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catalogue: str | None,
-                    provenance: dict, fc_state: dict | None, dist: Distributed) -> FeatureStore:
-    """Rank 0 creates a missing store (atomically); every rank then opens it and checks provenance."""
-    if dist.rank == 0 and not store_path.exists():
-        targetid = reader.targetids()
-        if catalogue:
-            labels = join_labels(targetid, catalogue)
-            label_z, label_m = labels.redshift, labels.log_mstar
-        else:
-            logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
-            label_z = label_m = np.full(len(targetid), np.nan, np.float32)
-        meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
-                "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
-        fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
-        FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)
-    dist.barrier()
+                    provenance: dict, fc_state: dict | None, dist: Distributed, lock) -> FeatureStore:
+    """Rank 0 takes the store lock (under torchrun) and creates a missing store (atomically); all ranks
+    agree on the outcome, so an error on rank 0 stops every rank; then each opens the store and checks
+    provenance."""
+    error = None
+    if dist.rank == 0:
+        try:
+            if lock is not None:
+                lock.acquire()
+            if not store_path.exists():
+                _create(store_path, reader, config, catalogue, provenance, fc_state)
+        except Exception as err:  # noqa: BLE001 - any failure must reach the other ranks too
+            error = err
+    dist.agree(error)
     store = FeatureStore.open(store_path, mode="r+")
     store.check_compatible(provenance)
     return store
 
 
+def _create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catalogue: str | None,
+            provenance: dict, fc_state: dict | None) -> None:
+    """Rank 0: join the labels and write the new, empty store."""
+    targetid = reader.targetids()
+    if catalogue:
+        labels = join_labels(targetid, catalogue)
+        label_z, label_m = labels.redshift, labels.log_mstar
+    else:
+        logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
+        label_z = label_m = np.full(len(targetid), np.nan, np.float32)
+    meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
+            "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
+    fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
+    FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)
+
+
 def run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool = True) -> dict:
     """Extract features of every pair in ``data`` into the store at ``store_path``; resumable.
 
-    Under torchrun each rank takes the incomplete shards s with s % world_size == rank; a single
-    process holds ``<store>.lock`` so a second one refuses instead of writing alongside.
+    Under torchrun each rank takes the incomplete shards s with s % world_size == rank. ``<store>.lock``
+    is held by the single process, or by rank 0 of a torchrun job, so a second extraction of the same
+    store (plain or torchrun) refuses instead of writing alongside.
     Returns a summary: pairs, shards written and skipped, seconds, pairs/s.
     """
     from galclip.store.lock import StoreLock
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return _run_extraction(data, store_path, config, progress)
+        lock = StoreLock(store_path)  # rank 0 takes it, after the ranks have met
+        try:
+            return _run_extraction(data, store_path, config, progress, lock)
+        finally:
+            lock.release()
     with StoreLock(store_path):
-        return _run_extraction(data, store_path, config, progress)
+        return _run_extraction(data, store_path, config, progress, None)
 
 
-def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool) -> dict:
+def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool,
+                    lock) -> dict:
     from tqdm import tqdm
 
     t0 = time.perf_counter()
@@ -227,7 +265,7 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
         store_path.rmdir()  # an empty folder is no store: create it
     encoders = Encoders(config, device) if not store_path.exists() else None  # a new store needs the fc MLP
     store = _open_or_create(store_path, reader, config, catalogue, provenance,
-                            encoders.fc_state if encoders else None, dist)
+                            encoders.fc_state if encoders else None, dist, lock)
 
     complete = store.complete_mask()
     todo = [s for s in range(store.n_shards) if not complete[s] and s % dist.world == dist.rank]
