@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -165,3 +166,116 @@ def test_vectorised_sweep_equals_separate_runs(sharded_store, tmp_path):
             np.testing.assert_allclose([h[key] for h in histories[i]], [h[key] for h in sep], rtol=2e-5, err_msg=key)
     heads, _ = load_heads(tmp_path / "sweep" / "best", FeatureStore.open(sharded_store))
     assert isinstance(heads, CLIPHeads)
+
+
+def _nan_from_call(monkeypatch, module, name: str, after: int, column: int | None = None) -> None:
+    """Make ``module.name`` (a loss) return NaN from its ``after``-th call on (only in ``column`` when stacked)."""
+    real = getattr(module, name)
+    calls = []
+
+    def loss(*args):
+        out = real(*args)
+        calls.append(1)
+        if len(calls) <= after:
+            return out
+        if column is None:
+            return out * float("nan")
+        mask = torch.zeros_like(out)
+        mask[column] = float("nan")
+        return out + mask
+
+    monkeypatch.setattr(module, name, loss)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path, monkeypatch):
+    import galclip.heads.train as train_module
+
+    cfg = HeadConfig(epochs=10, batch_size=16, early_stopping=None)
+    calls = []
+    real = train_module.info_nce
+    monkeypatch.setattr(train_module, "info_nce", lambda *a: calls.append(1) or real(*a))
+    train_heads(tiny_store, tmp_path / "count", dataclasses.replace(cfg, epochs=1), progress=False)
+    per_epoch = len(calls)  # training steps + validation batches
+    monkeypatch.setattr(train_module, "info_nce", real)
+    _nan_from_call(monkeypatch, train_module, "info_nce", after=3 * per_epoch)  # epochs 0-2 are good
+    with pytest.raises(GalclipError, match="diverged at epoch 3.*still holds the checkpoint of the last good epoch"):
+        train_heads(tiny_store, tmp_path / "h", cfg, progress=False)
+    ckpt = torch.load(tmp_path / "h" / "heads.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and not ckpt["finished"] and len(ckpt["history"]) == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["last_state_dict"].values())
+    heads, _ = load_heads(tmp_path / "h", FeatureStore.open(tiny_store))  # still loadable
+    assert isinstance(heads, CLIPHeads)
+
+
+def test_one_diverging_configuration_does_not_stop_the_sweep(sharded_store, tmp_path, monkeypatch):
+    import json
+
+    import galclip.heads.sweep as sweep_module
+    from galclip.heads.sweep import parse_grid, run_sweep
+
+    base = HeadConfig(epochs=4, batch_size=16, early_stopping=None, aug_prob=0.0)
+    grid = parse_grid(["lr=1e-3,1e-4"])
+    ref = run_sweep(sharded_store, tmp_path / "ref", base, grid)
+    ref_hist = json.loads((tmp_path / "ref" / "sweep.json").read_text())["histories"]
+    _nan_from_call(monkeypatch, sweep_module, "stacked_info_nce", after=6, column=0)  # lr 1e-3 breaks at epoch 1
+    rows = run_sweep(sharded_store, tmp_path / "sweep", base, grid)
+    hist = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["histories"]
+    assert rows[0]["diverged_at_epoch"] == 1 and rows[0]["epochs_run"] == 1 and rows[1]["diverged_at_epoch"] is None
+    np.testing.assert_allclose([h["val_loss"] for h in hist[1]], [h["val_loss"] for h in ref_hist[1]], rtol=1e-6)
+    assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["best"] == 1  # a diverged one is never "best"
+    assert ref[0]["diverged_at_epoch"] is None
+    _nan_from_call(monkeypatch, sweep_module, "stacked_info_nce", after=0)
+    with pytest.raises(GalclipError, match="all 2 configurations diverged"):
+        run_sweep(sharded_store, tmp_path / "all", base, grid)
+
+
+@pytest.mark.slow
+def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tmp_path):
+    """The CLI trains in a subprocess killed with SIGKILL three times at seeded moments; --resume then
+    finishes with exactly the weights of an uninterrupted run (same seed, same threads)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    epochs = 24
+    args = ["--epochs", str(epochs), "--batch-size", "16", "--early-stopping", "0", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    ckpt_path = tmp_path / "h" / "heads.pt"
+    rng = np.random.default_rng(7)
+    kills = []
+    for attempt in range(3):
+        cmd = [sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"), *args]
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        target = (kills[-1] if kills else 0) + int(rng.integers(2, 6))  # kill once this epoch has been saved
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt_path.exists():
+                try:
+                    saved = torch.load(ckpt_path, weights_only=False)["epoch"]
+                except Exception:  # noqa: BLE001 - cannot happen with atomic writes; would fail below
+                    raise
+                if saved >= target:
+                    time.sleep(float(rng.uniform(0, 0.3)))  # mid-epoch, at a seeded moment
+                    break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills.append(torch.load(ckpt_path, weights_only=False)["epoch"])
+    assert kills[-1] < epochs - 1, "training finished before the last kill; raise epochs"
+    done = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"),
+                           *args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ref = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "ref"),
+                          *args], env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    a = torch.load(ckpt_path, weights_only=False)
+    b = torch.load(tmp_path / "ref" / "heads.pt", weights_only=False)
+    assert a["finished"] and a["epoch"] == b["epoch"] == epochs - 1
+    for key in ("state_dict", "last_state_dict"):
+        for name in b[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    assert not [p for p in (tmp_path / "h").iterdir() if ".tmp" in p.name]  # no half-written file left

@@ -194,6 +194,7 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
     best_params = [p.detach().clone() for p in opt.params]
     history: list[list[dict]] = [[] for _ in range(k)]
     stopped = torch.zeros(k, dtype=torch.bool)
+    diverged_at = torch.full((k,), -1, dtype=torch.long)
 
     def forward(fs: FeatureSet, idx: torch.Tensor, draws: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Stacked embeddings (K, B, 128) x 2; ``draws`` = (uniforms, view indices) of sample_views."""
@@ -235,9 +236,14 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
                 vseen += len(idx)
         train_loss = (total / max(seen, 1)).double().cpu()
         val_loss = (vtot / max(vseen, 1)).double().cpu()
-        if not torch.isfinite(val_loss).all():
-            bad = [dataclasses.asdict(configs[i]) for i in torch.nonzero(~torch.isfinite(val_loss)).flatten().tolist()]
-            raise GalclipError(f"sweep diverged at epoch {epoch} for configuration(s) {bad[:3]}; narrow the grid")
+        bad = ~(torch.isfinite(val_loss) & torch.isfinite(train_loss)) & ~stopped
+        for i in torch.nonzero(bad).flatten().tolist():  # only that configuration stops; the others go on
+            diverged_at[i] = epoch
+            logger.warning("sweep: configuration %d (lr %g, tau %g, weight_decay %g) diverged at epoch %d; it keeps "
+                           "its best epoch %d and is left out of the best-configuration choice", i, configs[i].lr,
+                           configs[i].tau, configs[i].weight_decay, epoch, int(best_epoch[i]))
+        stopped |= bad
+        val_loss = torch.where(stopped, torch.full_like(val_loss, math.inf), val_loss)  # NaN never reaches the scheduler
         sched.step(val_loss)
         better = (val_loss < best_loss) & ~stopped
         for i in torch.nonzero(better).flatten().tolist():
@@ -270,8 +276,9 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
         zi, zs = h.embed(data["image_features"][val], data["spectrum_features"][val])
         results.append({
             "config": cfg, "heads": h, "history": history[i], "best_epoch": int(best_epoch[i]),
-            "best_val_loss": float(best_loss[i]), "final_val_loss": history[i][-1]["val_loss"],
+            "best_val_loss": float(best_loss[i]), "final_val_loss": history[i][-1]["val_loss"] if history[i] else math.nan,
             "epochs_run": len(history[i]), "fingerprint": fingerprint,
+            "diverged_at_epoch": int(diverged_at[i]) if diverged_at[i] >= 0 else None,
             "r2_cross_redshift": _quick_r2(zi, zs, data["label_redshift"][val]),
             "r2_cross_log_mstar": _quick_r2(zi, zs, data["label_log_mstar"][val]),
         })
@@ -308,16 +315,20 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         logger.info("sweep: %d configuration(s) with widths %s, vectorised", len(group), sizes)
         results += _train_group(group, data, train, val, device, store.fingerprint(), fc)
     elapsed = time.perf_counter() - t0
+    if all(r["diverged_at_epoch"] is not None for r in results):
+        raise GalclipError(f"sweep: all {len(results)} configurations diverged; nothing was written to {out}. "
+                           "Lower the learning rates or raise the temperatures of the grid")
 
     rows = []
     for r in results:
         row = {name: getattr(r["config"], name) for name in SWEEPABLE}
         row["spectrum_hidden"] = "x".join(map(str, row["spectrum_hidden"]))
         row.update({k: r[k] for k in ("best_val_loss", "final_val_loss", "best_epoch", "epochs_run",
-                                      "r2_cross_redshift", "r2_cross_log_mstar")})
+                                      "r2_cross_redshift", "r2_cross_log_mstar", "diverged_at_epoch")})
         row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         rows.append(row)
-    best_i = int(np.argmin([r["best_val_loss"] for r in results]))  # lowest validation InfoNCE
+    # lowest validation InfoNCE among configurations that did not diverge
+    best_i = int(np.argmin([math.inf if r["diverged_at_epoch"] is not None else r["best_val_loss"] for r in results]))
     with atomic_path(out / "sweep.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
