@@ -51,6 +51,10 @@ def test_atomic_dir_swaps_whole_folders_and_cleans_up_after_killed_writers(tmp_p
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("3")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"] and (target / "a").read_text() == "3"
+    (tmp_path / f".rows.npz.tmp-{dead}.npz").write_text("half of a killed write")
+    atomic_write_text("x", tmp_path / "rows.npz")
+    assert not (tmp_path / f".rows.npz.tmp-{dead}.npz").exists()
+    (tmp_path / "rows.npz").unlink()
     # killed between the two renames: the previous folder is put back
     os.replace(target, tmp_path / f".index.old-{dead}")
     from galclip.atomic import remove_stale_temporaries

@@ -1,6 +1,7 @@
 """Atomic file writes: build a file under a temporary name in the same folder, then rename it.
 
-A crash leaves the previous file or none, never half of one.
+A crash leaves the previous file or none, never half of one; the temporary names carry the writer's
+PID, so the next writer removes what a killed one left (PIDs are checked on this host only).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     and rename it over ``path``; on failure remove it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
         if fsync:
@@ -50,14 +52,15 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Clean up after writers of ``path`` that were killed (their PID no longer alive on this host):
-    remove their ``.NAME.tmp-PID`` folders; a ``.NAME.old-PID`` folder (killed between the two renames
+    remove their ``.NAME.tmp-PID[.SUFFIX]`` files and folders; a ``.NAME.old-PID`` folder (killed between the two renames
     of ``atomic_dir``) is put back when ``path`` is missing, else removed. Returns what was removed."""
     import shutil
 
     path = Path(path)
     removed = []
     for tmp in sorted(path.parent.glob(f".{path.name}.*-*")):
-        kind, _, pid = tmp.name[len(path.name) + 2:].partition("-")
+        kind, _, tail = tmp.name[len(path.name) + 2:].partition("-")
+        pid = tail[: len(tail) - len(path.suffix)] if path.suffix and tail.endswith(path.suffix) else tail
         if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
             continue
         if kind == "old" and not path.exists():
