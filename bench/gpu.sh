@@ -21,3 +21,4 @@ PAIRS=${PAIRS:-16384}
 timeout 240 python3 bench/extract.py --pairs "$PAIRS" --batch-size 512 --variants 4 --device cuda --out "$OUT/extract_gpu.json"
 timeout 200 python3 bench/heads.py --pairs 178000 --parts 2,3,4 --train-epochs 80 --configs 16 --sweep-epochs 5 \
   --device cuda --out "$OUT/heads_gpu.json"
+timeout 90 python3 bench/faiss_gpu_check.py --out "$OUT/faiss_gpu.json" || echo "faiss-gpu check FAILED"
