@@ -323,7 +323,7 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, um
 @click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
               help="Refuse an approximate index whose measured recall@10 is lower.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=16384, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows of features read from the store at a time (memory: ~9 kB per row).")
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @click.option("--no-progress", is_flag=True)

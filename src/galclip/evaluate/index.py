@@ -138,14 +138,15 @@ def _knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, 
     return faiss.knn(np.ascontiguousarray(queries, np.float32), vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
-def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 16384):
+def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096):
     """Yield (first position, image (b, 128), spectrum (b, 128)) L2-normalised, streamed by row blocks:
     at most ``batch`` rows of features are in memory at once."""
     for lo in range(0, len(rows), batch):
         sel = rows[lo:lo + batch]
         a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
-        fi = store.group["image_features"][a:b][sel - a]
-        fs = store.group["spectrum_features"][a:b][sel - a]
+        fi, fs = store.group["image_features"][a:b], store.group["spectrum_features"][a:b]
+        if b - a != len(sel):  # rows left out (quarantined, incomplete shards): pick the rest
+            fi, fs = fi[sel - a], fs[sel - a]
         zi, zs = heads.embed(fi, fs)
         yield lo, l2_normalise(zi), l2_normalise(zs)
 
@@ -157,7 +158,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
-                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 16384, seed: int = 0,
+                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 4096, seed: int = 0,
                   allow_partial: bool = False, progress: bool = False) -> dict:
     """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``image.npy``, ``spectrum.npy``
     (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``.
