@@ -33,9 +33,11 @@ def _dead_pid() -> int:
 
 def test_atomic_dir_swaps_whole_folders_and_cleans_up_after_killed_writers(tmp_path):
     import os
+    import socket
 
-    from galclip.atomic import atomic_dir
+    from galclip.atomic import atomic_dir, remove_stale_temporaries
 
+    host = socket.gethostname()
     target = tmp_path / "index"
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("1")
@@ -46,21 +48,48 @@ def test_atomic_dir_swaps_whole_folders_and_cleans_up_after_killed_writers(tmp_p
             raise RuntimeError("crash")
     assert sorted(p.name for p in target.iterdir()) == ["a"] and (target / "a").read_text() == "1"
     dead = _dead_pid()
-    (tmp_path / f".index.tmp-{dead}").mkdir()  # a writer killed half-way
-    (tmp_path / f".index.tmp-{os.getpid() + 10**7}").mkdir()  # an impossible pid is not alive either
+    (tmp_path / f".index.tmp-{dead}@{host}").mkdir()  # a writer on this host killed half-way
+    (tmp_path / f".index.tmp-{dead}@another-node").mkdir()  # another host's writer: maybe alive, never touched
+    (tmp_path / ".index.old-20240501").mkdir()  # a user's backup, not a galclip name
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("3")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"] and (target / "a").read_text() == "3"
-    (tmp_path / f".rows.npz.tmp-{dead}.npz").write_text("half of a killed write")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".index.old-20240501", f".index.tmp-{dead}@another-node", "index"]
+    assert (target / "a").read_text() == "3"
+    (tmp_path / f".rows.npz.tmp-{dead}@{host}.npz").write_text("half of a killed write")
+    (tmp_path / f".rows.npz.tmp-{os.getpid()}@{host}.npz").write_text("a previous process with this pid")
     atomic_write_text("x", tmp_path / "rows.npz")
-    assert not (tmp_path / f".rows.npz.tmp-{dead}.npz").exists()
-    (tmp_path / "rows.npz").unlink()
+    assert not list(tmp_path.glob(f".rows.npz.tmp-*"))
     # killed between the two renames: the previous folder is put back
-    os.replace(target, tmp_path / f".index.old-{dead}")
-    from galclip.atomic import remove_stale_temporaries
-
+    os.replace(target, tmp_path / f".index.old-{dead}@{host}")
     remove_stale_temporaries(target)
     assert (target / "a").read_text() == "3"
+    # a symlinked target: the folder it points to is replaced, the link stays
+    (tmp_path / "link").symlink_to(target)
+    with atomic_dir(tmp_path / "link") as tmp:
+        (tmp / "a").write_text("4")
+    assert (tmp_path / "link").is_symlink() and (target / "a").read_text() == "4"
+
+
+def test_atomic_dir_rolls_back_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from galclip.atomic import atomic_dir
+
+    target = tmp_path / "index"
+    with atomic_dir(target) as tmp:
+        (tmp / "a").write_text("1")
+    real = os.replace
+
+    def fail_second(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError("disk gone")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_second)
+    with pytest.raises(OSError):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"] and (target / "a").read_text() == "1"
 
 
 def test_store_create_failure_leaves_nothing(tmp_path, monkeypatch):
@@ -70,7 +99,9 @@ def test_store_create_failure_leaves_nothing(tmp_path, monkeypatch):
 
     meta = {"targetid": np.arange(4), "split": np.zeros(4, np.uint8), "label_redshift": np.zeros(4),
             "label_log_mstar": np.zeros(4)}
-    def boom(*a, **k):
+    def boom(tmp, *a, **k):  # fails half-way: the temporary folder exists and holds part of the store
+        tmp.mkdir()
+        (tmp / "zarr.json").write_text("{}")
         raise OSError("disk full")
 
     monkeypatch.setattr(FeatureStore, "_write_empty", staticmethod(boom))

@@ -1,25 +1,38 @@
-"""Atomic file writes: build a file under a temporary name in the same folder, then rename it.
+"""Atomic writes: build a file or folder under a temporary name in the same folder, then rename it.
 
-A crash leaves the previous file or none, never half of one; the temporary names carry the writer's
-PID, so the next writer removes what a killed one left (PIDs are checked on this host only).
+A crash leaves the previous file or none, never half of one. Temporary names carry the writer's
+PID and host (``.NAME.tmp-PID@HOST[.SUFFIX]``), so the next writer removes what a killed writer on
+the same host left, and never touches a temporary of a writer on another host sharing the disk.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def temporary_name(path: Path, kind: str = "tmp", suffix: str = "") -> Path:
+    """``.NAME.KIND-PID@HOST[SUFFIX]`` beside ``path``."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}@{_host()}{suffix}")
 
 
 @contextmanager
 def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write; on success fsync it if asked
     and rename it over ``path``; on failure remove it."""
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
+    tmp = temporary_name(path, suffix=path.suffix)
     try:
         yield tmp
         if fsync:
@@ -45,53 +58,72 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
+    except (PermissionError, OverflowError, ValueError):  # alive but someone else's, or not a pid: leave it
         return True
     return True
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
-    """Clean up after writers of ``path`` that were killed (their PID no longer alive on this host):
-    remove their ``.NAME.tmp-PID[.SUFFIX]`` files and folders; a ``.NAME.old-PID`` folder (killed between the two renames
-    of ``atomic_dir``) is put back when ``path`` is missing, else removed. Returns what was removed."""
-    import shutil
+    """Clean up after writers of ``path`` killed on this host (their PID no longer alive): remove their
+    ``.NAME.tmp-PID@HOST[SUFFIX]`` files and folders. A ``.NAME.old-PID@HOST`` folder (an ``atomic_dir``
+    writer killed between its two renames) is put back when ``path`` is missing, else removed.
+    Names of any other form, and those of other hosts, are never touched. Returns what was removed.
 
+    Called by a writer before it makes its own temporary, so an entry with this process's PID is a
+    previous process's (PIDs are reused, e.g. in containers)."""
     path = Path(path)
+    suffix = f"({re.escape(path.suffix)})?" if path.suffix else ""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(tmp|old)-(\d{{1,10}})@{re.escape(_host())}{suffix}")
     removed = []
-    for tmp in sorted(path.parent.glob(f".{path.name}.*-*")):
-        kind, _, tail = tmp.name[len(path.name) + 2:].partition("-")
-        pid = tail[: len(tail) - len(path.suffix)] if path.suffix and tail.endswith(path.suffix) else tail
-        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+    for entry in sorted(path.parent.glob(f".{glob_escape(path.name)}.*-*@*")):
+        match = pattern.fullmatch(entry.name)
+        if not match:
             continue
-        if kind == "old" and not path.exists():
-            os.replace(tmp, path)
+        kind, pid = match.group(1), int(match.group(2))
+        if pid != os.getpid() and _pid_alive(pid):
             continue
-        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
-        removed.append(tmp)
+        if kind == "old":
+            if not entry.is_dir():
+                continue
+            if not path.exists():
+                os.replace(entry, path)
+                continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry)
     return removed
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path`` to fill; on success swap it in place of ``path``
     (the previous folder is moved aside, then removed); on failure remove it. A crash leaves the previous
-    folder (or, in the instant between two renames, none), never a mix of old and new files."""
-    import shutil
-
-    path = Path(path)
+    folder (or, killed in the instant between two renames, ``.NAME.old-…``, which the next writer puts
+    back), never a mix of old and new files. A symlinked ``path`` is resolved: its target is swapped."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_name(path)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         yield tmp
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        if path.exists():
+        old = temporary_name(path, "old")
+        moved = path.exists()
+        if moved:
             os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            if moved:
+                os.replace(old, path)  # roll back: the previous folder returns
+            raise
+        if moved:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import remove_stale_temporaries
+from galclip.atomic import remove_stale_temporaries, temporary_name
 from galclip.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class FeatureStore:
         n = len(meta["targetid"])
         n_shards = max(1, -(-n // rows_per_shard))
         remove_stale_temporaries(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp = temporary_name(path)
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
