@@ -148,6 +148,7 @@ def test_index_build_streams_in_blocks(tiny_store, tiny_heads, tmp_path, monkeyp
     side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10, recall_floor=0.9, n_queries=20, batch=10)
     assert max(seen) <= 10 and sum(seen) == 64  # 7 blocks of at most 10 rows
     a, b = load_index(tmp_path / "ref"), load_index(tmp_path / "idx")
+    assert isinstance(b.embeddings["image"], np.memmap) and b.embeddings["image"].shape == (64, 128)  # on disk
     for m in ("image", "spectrum"):  # the same embeddings up to BLAS blocking, and a tuned IVF index each
         np.testing.assert_allclose(a.embeddings[m], b.embeddings[m], atol=1e-6)
         assert side["indexes"][m]["kind"] == "ivf" and side["indexes"][m]["recall@10"] >= 0.9
@@ -169,6 +170,10 @@ def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, m
         build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10)
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temporary folder left
+    (tmp_path / "idx" / "my_plot.png").write_text("mine")  # a rebuild would delete it: refused
+    with pytest.raises(GalclipError, match="my_plot.png"):
+        build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
+    assert (tmp_path / "idx" / "my_plot.png").read_text() == "mine"
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")
     with pytest.raises(GalclipError, match="not a galclip index"):

@@ -63,18 +63,24 @@ def new_index(spec: IndexSpec, d: int):
 
 
 def on_gpu_if_available(index):
-    """The same index on all GPUs when faiss-gpu and a CUDA device are present, else unchanged."""
+    """The same index on the first GPU when faiss-gpu and a CUDA device are present, else unchanged.
+
+    Used to train and fill indexes (k-means and adds are the GPU's gain); ``to_cpu`` brings them back
+    for tuning, saving and searching, so an index built on a GPU node searches anywhere."""
     import faiss
 
-    if hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0:
-        return faiss.index_cpu_to_all_gpus(index)
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        resources = faiss.StandardGpuResources()
+        gpu = faiss.index_cpu_to_gpu(resources, 0, index)
+        gpu._galclip_resources = resources  # the GPU memory must live as long as the index
+        return gpu
     return index
 
 
 def to_cpu(index):
     import faiss
 
-    return faiss.index_gpu_to_cpu(index) if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__ else index
+    return faiss.index_gpu_to_cpu(index) if "Gpu" in type(index).__name__ else index
 
 
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
@@ -151,10 +157,21 @@ def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096)
         yield lo, l2_normalise(zi), l2_normalise(zs)
 
 
+INDEX_FILES = {SIDECAR, ROWS_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))}
+
+
 def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SIDECAR).exists())):
-        raise GalclipError(f"{out}: exists and is not a galclip index (no {SIDECAR}); it would be replaced "
-                           "— choose a new or empty folder")
+    """The index folder is replaced whole: refuse one that holds anything galclip did not write there."""
+    if out.exists() and not out.is_dir():
+        raise GalclipError(f"{out}: is a file; choose a new or empty folder for the index")
+    if out.exists() and any(out.iterdir()):
+        if not (out / SIDECAR).exists():
+            raise GalclipError(f"{out}: exists and is not a galclip index (no {SIDECAR}); it would be replaced "
+                               "— choose a new or empty folder")
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in INDEX_FILES)
+        if foreign:
+            raise GalclipError(f"{out}: also holds {foreign[:5]}, which a rebuild would delete (the folder is replaced "
+                               "whole); move them out, or choose another folder")
 
 
 def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
@@ -201,6 +218,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                 index.train(np.ascontiguousarray(emb[m][sample]))
             for lo in range(0, n, batch):
                 index.add(np.ascontiguousarray(emb[m][lo:lo + batch]))
+            index = to_cpu(index)  # tuned, saved and searched on the CPU
             if spec.kind == "ivf":
                 q = np.ascontiguousarray(emb[m][queries])
                 # queries are rows of the index: each one's own row is left out of truth and results
@@ -208,7 +226,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                 nprobe, recall = tune_nprobe(index, truth, q, recall_floor, self_ids=queries)
             else:
                 nprobe, recall = 0, 1.0
-            faiss.write_index(to_cpu(index), str(tmp / f"{m}.faiss"))
+            faiss.write_index(index, str(tmp / f"{m}.faiss"))
             records[m] = {"file": f"{m}.faiss", "embeddings": f"{m}.npy", **asdict(spec), "nprobe": nprobe,
                           "recall@10": recall, "ntotal": int(index.ntotal)}
             logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
@@ -268,7 +286,7 @@ def load_index(path: str | Path) -> LoadedIndex:
         index = faiss.read_index(str(path / rec["file"]))
         if rec["kind"] == "ivf":
             faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
-        indexes[m] = on_gpu_if_available(index)
+        indexes[m] = index
     with np.load(path / ROWS_FILE) as z:
         rows = {k: z[k] for k in z.files}
     embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
