@@ -199,6 +199,8 @@ def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfi
         try:
             if lock is not None:
                 lock.acquire()
+            if store_path.is_dir() and not any(store_path.iterdir()):
+                store_path.rmdir()  # an empty folder is no store: create it (rank 0 only, under the lock)
             if not store_path.exists():
                 _create(store_path, reader, config, catalogue, provenance, fc_state)
         except Exception as err:  # noqa: BLE001 - any failure must reach the other ranks too
@@ -261,9 +263,8 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
     store_path = Path(store_path)
-    if store_path.is_dir() and not any(store_path.iterdir()):
-        store_path.rmdir()  # an empty folder is no store: create it
-    encoders = Encoders(config, device) if not store_path.exists() else None  # a new store needs the fc MLP
+    new_store = not store_path.exists() or (store_path.is_dir() and not any(store_path.iterdir()))
+    encoders = Encoders(config, device) if new_store else None  # a new store needs the fc MLP
     store = _open_or_create(store_path, reader, config, catalogue, provenance,
                             encoders.fc_state if encoders else None, dist, lock)
 
