@@ -70,13 +70,11 @@ def catalogue_copy(tiny_mock: Path, dst: Path, edit: Callable[[dict], dict]) -> 
 @dataclass
 class Case:
     """One bad input: ``build(ctx)`` writes it and returns the CLI arguments; ``expect`` are substrings
-    of the message (``{tid}`` is filled with the broken row's targetid); ``protect`` names what must
-    come out unchanged."""
+    of the message (``{tid}`` is filled with the broken row's targetid)."""
 
     name: str
     build: Callable[["Ctx"], list[str]]
     expect: tuple[str, ...]
-    protect: tuple[str, ...] = ()
 
 
 @dataclass
@@ -287,15 +285,14 @@ CASES = [
     Case("catalogue duplicate TARGETIDs", catalogue_duplicate_ids, ("provabgs.h5", "more than once", "[{tid}]", "one row per TARGETID")),
     Case("Stein checkpoint missing keys", stein_missing_keys, ("stein.ckpt", "missing", "layer4.2")),
     Case("Spender checkpoint unexpected keys", spender_unexpected_keys, ("spender.pt", "unexpected", "extra_layer")),
-    Case("heads from another store", heads_from_other_store, ("heads.pt", "fingerprint", "train heads on this store"),
-         protect=("heads",)),
+    Case("heads from another store", heads_from_other_store, ("heads.pt", "fingerprint", "train heads on this store")),
     Case("truncated heads.pt", corrupt_heads, ("heads.pt", "cannot read the checkpoint", "galclip heads")),
     Case("truncated heads.pt on --resume", resume_corrupt_heads, ("heads.pt", "cannot read the checkpoint",)),
     Case("index built from other heads", index_from_other_heads, ("was built from other heads", "rebuild the index")),
-    Case("search for a targetid not indexed", unknown_targetid, ("targetid {tid} is not in the index", "--data FILE"), protect=("index",)),
+    Case("search for a targetid not indexed", unknown_targetid, ("targetid {tid} is not in the index", "--data FILE")),
     Case("store missing an array", store_missing_array, ("s.zarr", "spectrum_features", "missing")),
     Case("a folder that is not a store", store_not_a_store, ("s.zarr", "no feature store here", "galclip extract")),
-    Case("index into a folder that is not an index", index_into_foreign_folder, ("mine", "not a galclip index"), protect=("mine",)),
+    Case("index into a folder that is not an index", index_into_foreign_folder, ("mine", "not a galclip index")),
 ]
 
 
@@ -316,10 +313,8 @@ def test_bad_input_is_explained_and_harmless(case: Case, corpus_inputs, tmp_path
     mock, store, other, heads, index = corpus_inputs
     ctx = Ctx(mock, store, other, heads, index, tmp_path)
     args = case.build(ctx)
-    protected = [ctx.tmp / p for p in case.protect if p != "heads" and p != "index"]
-    protected += [heads] if "heads" in case.protect else []
-    protected += [index] if "index" in case.protect else []
-    before = snapshot(store, heads, index, mock, *protected)
+    shared = snapshot(store, heads, index, mock)
+    own = snapshot(tmp_path)  # the case's own inputs: broken copies of stores, heads, indexes, the user's files
     result = CliRunner().invoke(main, args)
     message = result.output
     print(f"\n[{case.name}] galclip {' '.join(Path(a).name if '/' in a else a for a in args)}\n{message}")
@@ -328,7 +323,9 @@ def test_bad_input_is_explained_and_harmless(case: Case, corpus_inputs, tmp_path
     for piece in case.expect:
         assert piece.format(tid=ctx.tid) in message, f"{piece!r} not in: {message}"
     assert "Traceback" not in message
-    assert snapshot(store, heads, index, mock, *protected) == before  # nothing already written changed
+    assert snapshot(store, heads, index, mock) == shared  # nothing already written changed ...
+    after = snapshot(tmp_path)
+    assert {k: after.get(k) for k in own} == own  # ... not even the broken inputs themselves
     assert not leftovers(tmp_path), leftovers(tmp_path)
     if (tmp_path / "s.zarr").exists() and args[0] == "extract":
         from galclip.store import FeatureStore

@@ -180,9 +180,9 @@ def _nan_from_call(monkeypatch, module, name: str, after: int, column: int | Non
             return out
         if column is None:
             return out * float("nan")
-        mask = torch.zeros_like(out)
+        mask = torch.ones_like(out)
         mask[column] = float("nan")
-        return out + mask
+        return out * mask  # NaN gradients: that configuration's weights become NaN, as in a real divergence
 
     monkeypatch.setattr(module, name, loss)
 

@@ -10,6 +10,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+# part of every cache key: raise it whenever fit_umap's fixed settings (metric, neighbours, init) change
+CACHE_VERSION = 1
+
 
 def fit_umap(x: np.ndarray, max_points: int = 20000, seed: int = 0) -> np.ndarray:
     """UMAP coordinates (n, 2) float32 of ``x`` (n, d).
@@ -50,7 +53,7 @@ def umap_cache_key(x: np.ndarray, max_points: int, seed: int) -> str:
     import umap
 
     arr = np.ascontiguousarray(x, dtype=np.float32)
-    h = hashlib.sha256(f"{arr.shape}|{max_points}|{seed}|umap-{umap.__version__}".encode())
+    h = hashlib.sha256(f"{CACHE_VERSION}|{arr.shape}|{max_points}|{seed}|umap-{umap.__version__}".encode())
     h.update(arr.tobytes())
     return h.hexdigest()[:32]
 

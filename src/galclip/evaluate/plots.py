@@ -33,10 +33,13 @@ def _new_figure(width: float, height: float, layout: str | None = "constrained")
     return fig
 
 
-def _save(fig: Figure, path: Path | str) -> Path:
+def save_png(fig: Figure, path: Path | str, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG atomically (a crash leaves the previous figure or none)."""
+    from galclip.atomic import atomic_path
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
     logger.debug("wrote %s", path)
     return path
 
@@ -65,7 +68,7 @@ def plot_loss_curves(history: Mapping[str, list], path: Path | str) -> Path:
     elif train or val:
         ax.legend(loc="upper right")
     ax.set_title("Projection-head training")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_pred_vs_true(table: Mapping[str, Mapping[str, Mapping]], path: Path | str) -> Path:
@@ -99,7 +102,7 @@ def plot_pred_vs_true(table: Mapping[str, Mapping[str, Mapping]], path: Path | s
             ax.set_title(f"{source} → {target}   R²={r2:.3f}", fontsize=9)
             ax.set_xlabel(f"true {target}", fontsize=8)
             ax.set_ylabel(f"predicted {target}", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_umap(coords: np.ndarray, colour_by: Mapping[str, np.ndarray], path: Path | str, title: str = "") -> Path:
@@ -119,7 +122,7 @@ def plot_umap(coords: np.ndarray, colour_by: Mapping[str, np.ndarray], path: Pat
         ax.set_title(f"{title} coloured by {name}" if title else name, fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _draw(ax, kind: str, index: int, image_rgb: Callable, spectrum: Callable) -> None:
@@ -178,4 +181,4 @@ def plot_gallery(
             axes[r, c + 1].set_title(f"#{idx} s={sims[r, c]:.3f}{mark}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path)

@@ -239,10 +239,12 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
         bad = ~(torch.isfinite(val_loss) & torch.isfinite(train_loss)) & ~stopped
         for i in torch.nonzero(bad).flatten().tolist():  # only that configuration stops; the others go on
             diverged_at[i] = epoch
-            logger.warning("sweep: configuration %d (lr %g, tau %g, weight_decay %g) diverged at epoch %d; it keeps "
-                           "its best epoch %d and is left out of the best-configuration choice", i, configs[i].lr,
-                           configs[i].tau, configs[i].weight_decay, epoch, int(best_epoch[i]))
+            kept = f"keeps its best epoch {int(best_epoch[i])}" if best_epoch[i] >= 0 else "had no good epoch"
+            logger.warning("sweep: configuration %d (lr %g, tau %g, weight_decay %g) diverged at epoch %d; it %s "
+                           "and is left out of the best-configuration choice", i, configs[i].lr,
+                           configs[i].tau, configs[i].weight_decay, epoch, kept)
         stopped |= bad
+        logged_val_loss = val_loss
         val_loss = torch.where(stopped, torch.full_like(val_loss, math.inf), val_loss)  # NaN never reaches the scheduler
         sched.step(val_loss)
         better = (val_loss < best_loss) & ~stopped
@@ -258,7 +260,7 @@ def _train_group(configs: list[HeadConfig], data: dict, train: np.ndarray, val: 
                                    "lr": float(opt.lr[i]), "tau": float(tau[i]), "seconds": seconds})
         if base.early_stopping is not None:
             stopped |= (epoch - best_epoch) >= base.early_stopping
-        logger.info("sweep epoch %3d: val loss %s  %.2fs", epoch, " ".join(f"{v:.3f}" for v in val_loss.tolist()), seconds)
+        logger.info("sweep epoch %3d: val loss %s  %.2fs", epoch, " ".join("-" if st else f"{v:.3f}" for v, st in zip(logged_val_loss.tolist(), stopped.tolist())), seconds)
         if stopped.all():
             break
 
@@ -352,6 +354,8 @@ def _plot_sweep(results: list[dict], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from galclip.evaluate.plots import save_png
+
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -362,4 +366,4 @@ def _plot_sweep(results: list[dict], path: Path) -> None:
     ax.set_ylabel("validation InfoNCE")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path, dpi=110)

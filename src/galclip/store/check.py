@@ -19,6 +19,7 @@ def check_store(store: FeatureStore) -> dict:
         if tuple(g[name].shape) != (store.n, *tail):
             problems.append(f"array '{name}' has shape {tuple(g[name].shape)}, expected {(store.n, *tail)}")
     if store.missing_arrays():  # nothing below can be read without them
+        problems += [f"array '{a}' is missing" for a in store.missing_arrays() if f"array '{a}' is missing" not in problems]
         return {"ok": False, "problems": problems + ["the store cannot be used: extract again into a new store"],
                 "quarantine": [], "n": store.n, "n_shards": store.n_shards,
                 "n_complete": int(store.complete_mask().sum()) if COMPLETE in g else 0,
