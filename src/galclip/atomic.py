@@ -25,6 +25,15 @@ def temporary_name(path: Path, kind: str = "tmp", suffix: str = "") -> Path:
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}@{_host()}{suffix}")
 
 
+def fsync_path(path: str | Path) -> None:
+    """fsync one file or folder (a folder's fsync makes the renames inside it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write; on success fsync it if asked
@@ -36,11 +45,7 @@ def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if fsync:
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

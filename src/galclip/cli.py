@@ -365,8 +365,7 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
         if plot is not None:
             raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
         q = embed_new_pair(idx, data, targetid)[query_kind]
-        hits_in_index = np.flatnonzero(idx.rows["targetid"] == targetid)
-        pos = int(hits_in_index[0]) if hits_in_index.size else -1
+        pos = idx.find(targetid)
     else:
         pos = idx.position(targetid)
         q = np.asarray(idx.embeddings[query_kind][pos:pos + 1])
@@ -407,9 +406,7 @@ def _plot_search(idx, pos: int, neighbours: list, sims: list, query_kind: str, t
     from galclip.evaluate.plots import plot_gallery
     from galclip.store import FeatureStore
 
-    store = FeatureStore.open(idx.sidecar["store"])
-    pre = store.provenance.get("preprocessing", {}).get("image", {})
-    rows = SurveyRows(store.provenance, idx.rows["row"], int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+    rows = SurveyRows.for_store(FeatureStore.open(idx.sidecar["store"]), idx.rows["row"])
     plot_gallery(np.array([pos]), np.array([neighbours]), np.array([sims]), query_kind, target_kind,
                  rows.image_rgb, rows.spectrum, path, title=f"targetid {int(idx.rows['targetid'][pos])}")
 

@@ -12,7 +12,6 @@ swapped in whole.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ import numpy as np
 from galclip.atomic import atomic_dir
 from galclip.errors import GalclipError
 from galclip.evaluate.search import l2_normalise
+from galclip.provenance import resolve_device, sha256_file
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     import faiss
     from tqdm.auto import tqdm
 
-    from galclip.heads.train import load_heads
+    from galclip.heads.train import checkpoint_file, load_heads
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -232,13 +232,13 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
             del index
         del emb
-        heads_file = Path(heads_path) / "heads.pt" if Path(heads_path).is_dir() else Path(heads_path)
+        heads_file = checkpoint_file(heads_path)
         np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
                  redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows])
         sidecar = {
             "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
             "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
-            "heads": str(heads_file.resolve()), "heads_sha256": hashlib.sha256(heads_file.read_bytes()).hexdigest(),
+            "heads": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
             "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
         }
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
@@ -255,12 +255,18 @@ class LoadedIndex:
     rows: dict  # targetid, row, split, redshift, log_mstar: (N,) each
     embeddings: dict  # modality -> (N, 128) float32 memory map, L2-normalised
 
-    def position(self, targetid: int) -> int:
+    def find(self, targetid: int) -> int:
+        """Position of ``targetid`` in the index, or -1 when it is not indexed."""
         hit = np.flatnonzero(self.rows["targetid"] == targetid)
-        if hit.size == 0:
+        return int(hit[0]) if hit.size else -1
+
+    def position(self, targetid: int) -> int:
+        """Position of ``targetid``; an error naming the fix when it is not indexed."""
+        pos = self.find(targetid)
+        if pos < 0:
             raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({self.sidecar['n']} galaxies); "
                                "check the number, or embed a galaxy from its survey file with --data FILE")
-        return int(hit[0])
+        return pos
 
     def search(self, query_vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, 128) L2-normalised queries -> (similarities (m, k), positions (m, k))."""
@@ -305,12 +311,11 @@ def embed_new_pair(loaded: LoadedIndex, data: str | Path, targetid: int, device:
     from galclip.extract.validate import REASONS, bad_row_codes
     from galclip.data.survey import SurveyReader
     from galclip.heads.train import load_heads
-    from galclip.provenance import resolve_device
 
     heads_file = Path(loaded.sidecar["heads"])
     if not heads_file.exists():
         raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index with 'galclip index'")
-    if hashlib.sha256(heads_file.read_bytes()).hexdigest() != loaded.sidecar["heads_sha256"]:
+    if sha256_file(heads_file) != loaded.sidecar["heads_sha256"]:
         raise GalclipError(f"{loaded.path}: was built from other heads than the current {heads_file} (SHA-256 differs); "
                            "rebuild the index with 'galclip index' so new queries land in the same space")
     store = FeatureStore.open(loaded.sidecar["store"])

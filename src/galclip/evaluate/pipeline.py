@@ -29,6 +29,12 @@ class SurveyRows:
             logger.warning("survey files of the store are not readable (%s): galleries will be blank", err)
             self.reader = None
 
+    @classmethod
+    def for_store(cls, store: FeatureStore, rows: np.ndarray) -> "SurveyRows":
+        """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with."""
+        pre = store.provenance.get("preprocessing", {}).get("image", {})
+        return cls(store.provenance, rows, int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+
     def image_rgb(self, idx: np.ndarray) -> np.ndarray:
         """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""
         from galclip.extract.preprocess import preprocess_images
@@ -68,11 +74,10 @@ def evaluate_store(
     """
     import dataclasses
 
-    from galclip.heads.train import load_heads
+    from galclip.heads.train import checkpoint_file, load_heads
 
     if config.umap and config.umap_cache is None:
-        heads_dir = Path(heads_path) if Path(heads_path).is_dir() else Path(heads_path).parent
-        config = dataclasses.replace(config, umap_cache=str(heads_dir / "umap_cache"))
+        config = dataclasses.replace(config, umap_cache=str(checkpoint_file(heads_path).parent / "umap_cache"))
     t0 = time.perf_counter()
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)
@@ -85,8 +90,7 @@ def evaluate_store(
         raise GalclipError(f"{store_path}: only {int(val.sum())} validation pair(s) are readable; evaluation needs 2 or more")
     emb_i, emb_s = heads.embed(data["image_features"][val], data["spectrum_features"][val])
     history = ckpt.get("history", [])
-    pre = store.provenance.get("preprocessing", {}).get("image", {})
-    rows = SurveyRows(store.provenance, rows_all[val], int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+    rows = SurveyRows.for_store(store, rows_all[val])
     inputs = EvaluationInputs(
         targetid=data["targetid"][val], emb_image=emb_i, emb_spectrum=emb_s,
         raw_image=data["image_features"][val], raw_spectrum=data["spectrum_features"][val],

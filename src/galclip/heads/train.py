@@ -256,11 +256,15 @@ def train_heads(
     return summary
 
 
+def checkpoint_file(path: str | Path) -> Path:
+    """``heads.pt`` for a heads folder, or the file itself."""
+    path = Path(path)
+    return path / CHECKPOINT_FILE if path.is_dir() else path
+
+
 def load_heads(path: str | Path, store: FeatureStore | None = None, device: str = "cpu") -> tuple[CLIPHeads, dict]:
     """Rebuild trained heads from ``heads.pt``; refuses a store with another fingerprint."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CHECKPOINT_FILE
+    path = checkpoint_file(path)
     if not path.exists():
         raise GalclipError(f"{path}: no heads checkpoint; train one with 'galclip heads STORE OUT'")
     ckpt = read_checkpoint(path, device, "train heads with 'galclip heads STORE OUT'")

@@ -9,17 +9,14 @@ from galclip.store.feature_store import COMPAT_KEYS, COMPLETE, META_ARRAYS, Feat
 
 def check_store(store: FeatureStore) -> dict:
     """Read the store shard by shard; returns {"ok": bool, "problems": [str], "n": ..., ...}."""
-    problems: list[str] = []
     g = store.group
+    missing_arrays = store.missing_arrays()
+    problems = [f"array '{name}' is missing" for name in missing_arrays]
     for name in (*META_ARRAYS, *store.feature_arrays):
-        if name not in g:
-            problems.append(f"array '{name}' is missing")
-            continue
         tail = store.feature_arrays.get(name, ())
-        if tuple(g[name].shape) != (store.n, *tail):
+        if name in g and tuple(g[name].shape) != (store.n, *tail):
             problems.append(f"array '{name}' has shape {tuple(g[name].shape)}, expected {(store.n, *tail)}")
-    if store.missing_arrays():  # nothing below can be read without them
-        problems += [f"array '{a}' is missing" for a in store.missing_arrays() if f"array '{a}' is missing" not in problems]
+    if missing_arrays:  # nothing below can be read without them
         return {"ok": False, "problems": problems + ["the store cannot be used: extract again into a new store"],
                 "quarantine": [], "n": store.n, "n_shards": store.n_shards,
                 "n_complete": int(store.complete_mask().sum()) if COMPLETE in g else 0,
@@ -39,7 +36,8 @@ def check_store(store: FeatureStore) -> dict:
     if not np.isin(split, (0, 1)).all():
         problems.append("split holds values other than 0 (train) and 1 (validation)")
     bad_rows: dict[str, list[int]] = {}
-    quarantined = store.quarantine() != 0
+    codes = store.quarantine()
+    quarantined = codes != 0
     for shard in np.flatnonzero(complete):
         lo, hi = store.shard_rows(int(shard))
         for name in store.feature_arrays:
@@ -53,6 +51,6 @@ def check_store(store: FeatureStore) -> dict:
 
     q_rows = np.flatnonzero(quarantined)
     quarantine = [{"targetid": int(targetid[i]), "reason": REASONS.get(int(c), str(int(c)))}
-                  for i, c in zip(q_rows, store.quarantine()[q_rows])]
+                  for i, c in zip(q_rows, codes[q_rows])]
     return {"ok": not problems, "problems": problems, "quarantine": quarantine, "n": store.n, "n_shards": store.n_shards,
             "n_complete": int(complete.sum()), "arrays": sorted(store.feature_arrays), "fingerprint": store.fingerprint()}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import remove_stale_temporaries, temporary_name
+from galclip.atomic import fsync_path, remove_stale_temporaries, temporary_name
 from galclip.errors import StoreError
 
 logger = logging.getLogger(__name__)
@@ -69,26 +69,18 @@ class StoreInfo:
         return self.n_complete == self.n_shards
 
 
-def _fsync_path(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """fsync a file, or every file and folder under a folder, and the folder holding ``path``."""
     if not path.exists():
         return
     if path.is_file():
-        _fsync_path(path)
+        fsync_path(path)
     else:
         for root, _, files in os.walk(path):
             for name in files:
-                _fsync_path(os.path.join(root, name))
-            _fsync_path(root)
-    _fsync_path(path.parent)
+                fsync_path(os.path.join(root, name))
+            fsync_path(root)
+    fsync_path(path.parent)
 
 
 def _leaf_diff(old, new, prefix: str = "") -> list[str]:
@@ -148,7 +140,7 @@ class FeatureStore:
         finally:
             if tmp.exists():  # a failure half-way leaves no temporary folder behind
                 shutil.rmtree(tmp, ignore_errors=True)
-        _fsync_path(path.parent)
+        fsync_path(path.parent)
         return cls.open(path, mode="r+")
 
     @staticmethod
