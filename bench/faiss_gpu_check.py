@@ -25,7 +25,7 @@ from search import clustered  # noqa: E402  (bench/search.py)
 
 def build(spec, x: np.ndarray, gpu: bool, rng) -> tuple[object, float, str]:
     """(CPU index, build seconds, type name while building)."""
-    from galclip.evaluate.index import new_index, on_gpu_if_available, to_cpu
+    from galclip.index.build import new_index, on_gpu_if_available, to_cpu
 
     t = time.perf_counter()
     index = new_index(spec, x.shape[1])
@@ -46,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    from galclip.evaluate.index import IndexSpec, choose_spec, exact_neighbours, tune_nprobe
+    from galclip.index.build import IndexSpec, choose_spec, exact_neighbours, tune_nprobe
 
     x = clustered(args.n)
     rows = np.random.default_rng(1).choice(args.n, args.queries, replace=False)

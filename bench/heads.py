@@ -6,7 +6,7 @@
    the same N pairs: the encoders' cost per epoch is measured on a few batches and scaled to N.
 2. achieved FLOP/s of one training step (both heads, batch 512, InfoNCE, Adam) vs a plain fp32
    GEMM of this machine, for a naive step and for galclip's step.
-3. a vectorised sweep of K configurations vs K sequential runs (same epochs, same store).
+3. a sweep of K configurations (one pass over the data) vs K sequential runs (same epochs, same store).
 Writes bench/out/heads.json.
 """
 
@@ -152,7 +152,7 @@ def main() -> None:
 def part1(args, cfg, work: Path, device: torch.device, result: dict) -> None:
     """Cached-feature epoch vs the report's approach (encoders inside the loop)."""
     from galclip.config import ExtractConfig
-    from galclip.extract.run import Encoders
+    from galclip.extract.encoders import Encoders
     from galclip.heads.train import train_heads
 
     s = train_heads(work / "s.zarr", work / "h1", dataclasses.replace(cfg, epochs=3, early_stopping=None), progress=False)
@@ -193,7 +193,7 @@ def part2(cfg, device: torch.device, result: dict) -> None:
 
 
 def part3(args, cfg, work: Path, result: dict) -> None:
-    """A vectorised sweep of K configurations vs K sequential runs."""
+    """A sweep of K configurations vs K sequential runs."""
     from galclip.heads.sweep import expand_grid, run_sweep
     from galclip.heads.train import train_heads
 
@@ -206,10 +206,10 @@ def part3(args, cfg, work: Path, result: dict) -> None:
     sequential = time.perf_counter() - t
     t = time.perf_counter()
     run_sweep(work / "s.zarr", work / "sweep", base, grid)
-    vectorised = time.perf_counter() - t
+    swept = time.perf_counter() - t
     one_run = sequential / len(configs)
     result["part3"] = {"configs": len(configs), "epochs": args.sweep_epochs, "sequential_s": sequential,
-                       "sweep_s": vectorised, "speedup": sequential / vectorised, "sweep_over_one_run": vectorised / one_run}
+                       "sweep_s": swept, "speedup": sequential / swept, "sweep_over_one_run": swept / one_run}
 
 
 if __name__ == "__main__":

@@ -22,11 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 CHILD = {
-    "imports": "import faiss, torch, zarr, galclip.evaluate.index, galclip.heads.train, galclip.store",
-    "streaming": "from galclip.evaluate.index import build_indexes; build_indexes(S, H, O, batch=B)",
+    "imports": "import faiss, torch, zarr, galclip.index.build, galclip.heads.checkpoint, galclip.store",
+    "streaming": "from galclip.index.build import build_indexes; build_indexes(S, H, O, batch=B)",
     "load_all": (
-        "import faiss, numpy as np; from galclip.store import FeatureStore; from galclip.heads.train import load_heads\n"
-        "from galclip.evaluate.search import l2_normalise\n"
+        "import faiss, numpy as np; from galclip.store import FeatureStore; from galclip.heads.checkpoint import load_heads\n"
+        "from galclip.neighbours import l2_normalise\n"
         "s = FeatureStore.open(S); h, _ = load_heads(H, s); d = s.load()\n"
         "zi, zs = h.embed(d['image_features'], d['spectrum_features'])\n"
         "for z in (zi, zs):\n    ix = faiss.IndexFlatIP(128); ix.add(l2_normalise(z))"

@@ -2,7 +2,7 @@
 
     python bench/search.py [--sizes 200000,1000000,10000000] [--queries 500]
 
-* Exact search over 200k x 128 through galclip's ``LoadedIndex.search`` vs the same FAISS index
+* Exact search over 200k x 128 through galclip's ``Index.nearest`` vs the same FAISS index
   called directly (goal: within 10%).
 * For each larger size: clustered, L2-normalised 128-d vectors (a mixture of Gaussian clusters
   of varied widths — uniform noise would make IVF meaningless); the index galclip chooses for
@@ -80,7 +80,8 @@ def main() -> None:
 
     import faiss
 
-    from galclip.evaluate.index import LoadedIndex, choose_spec, exact_neighbours, new_index, tune_nprobe
+    from galclip.index.build import choose_spec, exact_neighbours, new_index, tune_nprobe
+    from galclip.index.search import Index
 
     faiss.omp_set_num_threads(faiss.omp_get_max_threads())
     result: dict = {"faiss_threads": faiss.omp_get_max_threads(), "spread": args.spread, "sizes": {}}
@@ -112,8 +113,8 @@ def main() -> None:
         row["index_qps"] = qps(lambda qq: index.search(qq, 10), q)
         row["speedup_vs_exact"] = row["index_qps"] / row["exact_qps"]
         if spec.kind == "flat":  # galclip's search wrapper vs FAISS called directly, same index
-            loaded = LoadedIndex(Path("."), {"n": n}, {"image": index}, {}, {})
-            row["galclip_qps"] = qps(lambda qq: loaded.search(qq, "image", 10), q)
+            loaded = Index(Path("."), {"n": n}, {"image": index}, {}, {})
+            row["galclip_qps"] = qps(lambda qq: loaded.nearest(qq, "image", 10), q)
             row["galclip_over_raw_faiss"] = row["galclip_qps"] / row["index_qps"]
         if args.pq and spec.kind == "ivf":
             row["ivfpq"] = ivfpq_row(x, q, truth, spec.nlist, rng)

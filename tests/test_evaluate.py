@@ -11,64 +11,14 @@ import numpy as np
 import pytest
 
 from galclip.config import EvalConfig
-from galclip.evaluate import knn as knn_mod
 from galclip.evaluate import retrieval as retrieval_mod
-from galclip.evaluate.knn import knn_regress, r2_score, split_for_knn, zero_shot_table
-from galclip.evaluate.retrieval import (
-    inmodal_neighbour_deltas,
-    median_rank,
-    partner_ranks,
-    recall_at_k,
-)
-from galclip.evaluate.search import build_index, l2_normalise, search
+from galclip.evaluate.retrieval import inmodal_neighbour_deltas, median_rank, partner_ranks, partner_recall
+from galclip.neighbours import l2_normalise
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
-# --- search -------------------------------------------------------------------------------
-
-def test_l2_normalise_unit_rows_and_zero_rows_stay_zero():
-    x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]])
-    out = l2_normalise(x)
-    assert out.dtype == np.float32 and out.shape == (3, 2)
-    assert np.all(np.isfinite(out))
-    np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
-    np.testing.assert_array_equal(out[1], [0.0, 0.0])
-    np.testing.assert_allclose(out[2], [1.0, 0.0])
-
-
-def test_search_ip_matches_numpy_brute_force():
-    rng = np.random.default_rng(0)
-    base, queries = _unit(rng, 500, 32), _unit(rng, 40, 32)
-    scores, ids = search(build_index(base, "ip"), queries, 7)
-    sims = queries.astype(np.float64) @ base.T.astype(np.float64)
-    ref = np.argsort(-sims, axis=1)[:, :7]
-    assert ids.dtype == np.int64 and scores.dtype == np.float32
-    np.testing.assert_array_equal(ids, ref)
-    np.testing.assert_allclose(scores, np.take_along_axis(sims, ref, axis=1), atol=1e-5)
-
-
-def test_search_l2_matches_numpy_brute_force():
-    rng = np.random.default_rng(1)
-    base, queries = rng.standard_normal((300, 16)), rng.standard_normal((25, 16))
-    scores, ids = search(build_index(base, "l2"), queries, 5)
-    d2 = ((queries[:, None, :] - base[None]) ** 2).sum(-1)
-    ref = np.argsort(d2, axis=1)[:, :5]
-    np.testing.assert_array_equal(ids, ref)
-    np.testing.assert_allclose(scores, np.take_along_axis(d2, ref, axis=1), rtol=1e-4)
-
-
-def test_search_rejects_bad_arguments():
-    index = build_index(np.eye(3, dtype=np.float32))
-    with pytest.raises(ValueError, match="k must be"):
-        search(index, np.eye(3), 4)
-    with pytest.raises(ValueError, match="dimension"):
-        search(index, np.ones((1, 4)), 1)
-    with pytest.raises(ValueError, match="metric"):
-        build_index(np.eye(3), "cosine")
 
 
 # --- retrieval ----------------------------------------------------------------------------
@@ -96,9 +46,9 @@ def test_partner_ranks_ties_are_pessimistic():
 
 def test_recall_and_median_rank_on_hand_built_ranks():
     ranks = np.array([1, 2, 5, 6, 10, 11, 100])
-    rec = recall_at_k(ranks)
+    rec = partner_recall(ranks)
     assert rec == {"recall@1": 1 / 7, "recall@5": 3 / 7, "recall@10": 5 / 7}
-    assert recall_at_k(ranks, ks=(100,)) == {"recall@100": 1.0}
+    assert partner_recall(ranks, ks=(100,)) == {"recall@100": 1.0}
     assert median_rank(ranks) == 6.0
     assert median_rank(np.array([1, 4])) == 2.5
 
@@ -115,91 +65,6 @@ def test_inmodal_deltas_small_for_informative_embedding():
     assert out["median_abs_delta_knn"] < 0.1 * out["median_abs_delta_random"]
     again = inmodal_neighbour_deltas(emb, y_obs, k=5, seed=0)
     assert again == out
-
-
-# --- k-NN ---------------------------------------------------------------------------------
-
-def _sklearn_knn(train_x, train_y, query_x, k):
-    from sklearn.neighbors import KNeighborsRegressor
-
-    return KNeighborsRegressor(n_neighbors=k, weights="distance").fit(train_x, train_y).predict(query_x)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_knn_regress_matches_sklearn_including_exact_duplicates(dtype):
-    rng = np.random.default_rng(4)
-    train_x = rng.standard_normal((300, 12)).astype(dtype)
-    train_y = rng.standard_normal(300)
-    # two training rows at the same point with different targets
-    train_x[7] = train_x[3]
-    query_x = np.concatenate([rng.standard_normal((40, 12)).astype(dtype),
-                              train_x[[0, 3, 150]]])  # exact duplicates of training points
-    for k in (2, 5, 16):
-        ours = knn_regress(train_x, train_y, query_x, k=k)
-        assert ours.dtype == np.float64 and ours.shape == (43,)
-        np.testing.assert_allclose(ours, _sklearn_knn(train_x, train_y, query_x, k), rtol=0, atol=1e-6)
-    # k=1: skip query 41, whose two zero-distance neighbours tie at the k-th place (sklearn
-    # documents the winner of such a tie as dependent on training order)
-    keep = np.arange(43) != 41
-    np.testing.assert_allclose(knn_regress(train_x, train_y, query_x[keep], k=1),
-                               _sklearn_knn(train_x, train_y, query_x[keep], 1), rtol=0, atol=1e-6)
-    # zero-distance rule: plain mean of the zero-distance neighbours
-    ours = knn_regress(train_x, train_y, query_x, k=16)
-    assert ours[40] == train_y[0]
-    assert ours[41] == pytest.approx((train_y[3] + train_y[7]) / 2, abs=1e-12)
-
-
-def test_knn_regress_k_equal_to_n_and_too_large():
-    rng = np.random.default_rng(5)
-    x, y, q = rng.standard_normal((10, 3)), rng.standard_normal(10), rng.standard_normal((4, 3))
-    np.testing.assert_allclose(knn_regress(x, y, q, k=10), _sklearn_knn(x, y, q, 10), atol=1e-6)
-    with pytest.raises(ValueError, match="k=11 but only 10 training rows"):
-        knn_regress(x, y, q, k=11)
-
-
-def test_knn_regress_chunked_distances(monkeypatch):
-    monkeypatch.setattr(knn_mod, "_CHUNK_BYTES", 8 * 24 * 6 * 3)  # 3 queries per chunk
-    rng = np.random.default_rng(6)
-    x, y, q = rng.standard_normal((100, 6)), rng.standard_normal(100), rng.standard_normal((20, 6))
-    np.testing.assert_allclose(knn_regress(x, y, q, k=16), _sklearn_knn(x, y, q, 16), atol=1e-6)
-
-
-def test_split_for_knn_deterministic_disjoint_complete():
-    train, test = split_for_knn(101, 0.3, seed=7)
-    train2, test2 = split_for_knn(101, 0.3, seed=7)
-    np.testing.assert_array_equal(train, train2)
-    np.testing.assert_array_equal(test, test2)
-    assert len(test) == 30 and len(train) == 71
-    np.testing.assert_array_equal(np.sort(np.r_[train, test]), np.arange(101))
-    assert not np.array_equal(split_for_knn(101, 0.3, seed=8)[1], test)
-    with pytest.raises(ValueError, match="test_fraction"):
-        split_for_knn(10, 1.0, seed=0)
-
-
-def test_r2_score_matches_sklearn():
-    from sklearn.metrics import r2_score as sk_r2
-
-    rng = np.random.default_rng(8)
-    t = rng.standard_normal(50)
-    p = t + 0.5 * rng.standard_normal(50)
-    assert r2_score(t, p) == pytest.approx(sk_r2(t, p), abs=1e-12)
-    assert math.isnan(r2_score(np.ones(5), np.ones(5)))
-
-
-def test_zero_shot_table_drops_nan_labels_and_handles_too_few():
-    rng = np.random.default_rng(9)
-    x_tr, x_te = rng.standard_normal((40, 4)), rng.standard_normal((20, 4))
-    y_tr, y_te = x_tr[:, 0].copy(), x_te[:, 0].copy()
-    y_tr[:5] = np.nan
-    y_te[:3] = np.nan
-    sparse = np.full(40, np.nan)
-    sparse[:4] = 1.0
-    table = zero_shot_table({"a": (x_tr, x_te)}, {"good": (y_tr, y_te), "sparse": (sparse, y_te)}, k=5)
-    good = table["a"]["good"]
-    assert good["pred"].shape == good["true"].shape == (17,)
-    np.testing.assert_allclose(good["pred"], _sklearn_knn(x_tr[5:], y_tr[5:], x_te[3:], 5), atol=1e-6)
-    assert good["r2"] == pytest.approx(r2_score(y_te[3:], good["pred"]))
-    assert math.isnan(table["a"]["sparse"]["r2"]) and table["a"]["sparse"]["pred"].size == 0
 
 
 # --- report and end to end -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Heads: architecture, InfoNCE against a loop implementation of eq. 1, training."""
+"""Heads: architecture, InfoNCE against a loop implementation of eq. 1, the one trainer (heads and sweep), checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.loss import info_nce
 from galclip.heads.models import CLIPHeads
-from galclip.heads.train import load_heads, train_heads
+from galclip.heads.checkpoint import load_heads
+from galclip.heads.train import train_heads
 from galclip.store import FeatureStore
 
 
@@ -70,19 +71,23 @@ def test_training_is_seeded_and_learns(tiny_store, tmp_path):
     cfg = HeadConfig(epochs=6, batch_size=16, lr=1e-3, early_stopping=None)
     a = train_heads(tiny_store, tmp_path / "a", cfg, progress=False)
     b = train_heads(tiny_store, tmp_path / "b", cfg, progress=False)
-    ha = torch.load(tmp_path / "a" / "heads.pt", weights_only=False)["history"]
-    hb = torch.load(tmp_path / "b" / "heads.pt", weights_only=False)["history"]
+    ha = torch.load(tmp_path / "a" / "heads.pt", weights_only=True)["history"]
+    hb = torch.load(tmp_path / "b" / "heads.pt", weights_only=True)["history"]
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
     assert ha[-1]["train_loss"] < ha[0]["train_loss"]
     assert a["best_val_loss"] == min(h["val_loss"] for h in ha)
     heads, ckpt = load_heads(tmp_path / "a", FeatureStore.open(tiny_store))
     assert ckpt["config"]["batch_size"] == 16 and ckpt["n_train"] + ckpt["n_val"] == 64
+    # the file everyone reads holds the weights and little else, and loads with weights_only=True
+    n_bytes = sum(t.numel() * t.element_size() for t in heads.state_dict().values())
+    assert (tmp_path / "a" / "heads.pt").stat().st_size < 1.02 * n_bytes + 100_000
+    assert torch.load(tmp_path / "a" / "heads.pt", weights_only=True)["format"] == "galclip-heads/2"
 
 
 def test_lr_schedule_is_reduce_on_plateau(tiny_store, tmp_path):
     cfg = HeadConfig(epochs=8, batch_size=16, lr=1e-2, lr_patience=0, early_stopping=None)
     train_heads(tiny_store, tmp_path / "h", cfg, progress=False)
-    hist = torch.load(tmp_path / "h" / "heads.pt", weights_only=False)["history"]
+    hist = torch.load(tmp_path / "h" / "heads.pt", weights_only=True)["history"]
     best = math.inf
     lr = 1e-2
     for h in hist:  # patience 0: every epoch that does not improve halves the rate
@@ -95,7 +100,7 @@ def test_lr_schedule_is_reduce_on_plateau(tiny_store, tmp_path):
 
 def test_heads_refuse_another_store(tiny_store, tmp_path):
     train_heads(tiny_store, tmp_path / "h", HeadConfig(epochs=1, batch_size=16), progress=False)
-    ckpt = torch.load(tmp_path / "h" / "heads.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "h" / "heads.pt", weights_only=True)
     ckpt["store_fingerprint"] = "0123456789abcdef"
     torch.save(ckpt, tmp_path / "h" / "heads.pt")
     with pytest.raises(GalclipError, match="fingerprint 0123456789abcdef"):
@@ -110,13 +115,45 @@ def test_resume_continues_exactly(sharded_store, tmp_path):
     with pytest.raises(GalclipError, match="lr was 0.001, now 0.01"):
         train_heads(sharded_store, tmp_path / "cut", HeadConfig(**{**cfg.__dict__, "lr": 1e-2}), progress=False, resume=True)
     resumed = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, resume=True)
-    a = torch.load(tmp_path / "full" / "heads.pt", weights_only=False)
-    b = torch.load(tmp_path / "cut" / "heads.pt", weights_only=False)
-    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
-    for key in ("state_dict", "last_state_dict"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
     assert full["best_epoch"] == resumed["best_epoch"]
+    again = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, resume=True)  # finished: nothing to do
+    assert again["epochs_run"] == 5 and again["finished"]
+
+
+def _assert_same_run(a_dir, b_dir) -> None:
+    """Two heads folders hold bitwise the same selected heads, last weights and history."""
+    a = torch.load(a_dir / "heads.pt", weights_only=True)
+    b = torch.load(b_dir / "heads.pt", weights_only=True)
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    for name in a["state_dict"]:
+        assert torch.equal(a["state_dict"][name], b["state_dict"][name]), name
+    sa = torch.load(a_dir / "train_state.pt", weights_only=True)
+    sb = torch.load(b_dir / "train_state.pt", weights_only=True)
+    assert sa["finished"] and sb["finished"] and sa["epoch"] == sb["epoch"]
+    for name, value in sa["runs"][0]["last_state_dict"].items():
+        assert torch.equal(value, sb["runs"][0]["last_state_dict"][name]), name
+
+
+def test_old_heads_checkpoint_is_read_and_its_run_refused_for_resume(tiny_store, tmp_path):
+    """A galclip 0.1 heads.pt (weights, optimiser and history in one file) still loads; --resume says why not."""
+    train_heads(tiny_store, tmp_path / "h", HeadConfig(epochs=1, batch_size=16), progress=False)
+    new = torch.load(tmp_path / "h" / "heads.pt", weights_only=True)
+    state = torch.load(tmp_path / "h" / "train_state.pt", weights_only=True)
+    old = {"format": "galclip-heads/1", "config": new["config"], "store_fingerprint": new["store_fingerprint"],
+           "store_path": new["store_path"], "state_dict": new["state_dict"], "best_epoch": 0, "epoch": 0,
+           "last_state_dict": state["runs"][0]["last_state_dict"], "optimizer": state["runs"][0]["optimizer"],
+           "scheduler": state["runs"][0]["scheduler"], "generator": state["generator"], "history": new["history"],
+           "finished": True, "stop_reason": "epochs", "n_train": new["n_train"], "n_val": new["n_val"]}
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "heads.pt")
+    heads, record = load_heads(tmp_path / "old", FeatureStore.open(tiny_store))
+    for name, value in heads.state_dict().items():
+        assert torch.equal(value, new["state_dict"][name]), name
+    with pytest.raises(GalclipError, match="galclip 0.1.*start without --resume"):
+        train_heads(tiny_store, tmp_path / "old", HeadConfig(epochs=1, batch_size=16), progress=False, resume=True)
+    with pytest.raises(GalclipError, match="is a training state"):
+        load_heads(tmp_path / "h" / "train_state.pt")
 
 
 def test_augmented_views_are_sampled(sharded_store, tmp_path):
@@ -143,11 +180,11 @@ def test_learnable_tau_is_clamped(tiny_store, tmp_path):
         heads.log_inv_tau.fill_(20.0)
     assert float(heads.tau().detach()) == pytest.approx(0.01)
     train_heads(tiny_store, tmp_path / "t", HeadConfig(epochs=2, batch_size=16, lr=1e-2, learn_tau=True), progress=False)
-    hist = torch.load(tmp_path / "t" / "heads.pt", weights_only=False)["history"]
+    hist = torch.load(tmp_path / "t" / "heads.pt", weights_only=True)["history"]
     assert hist[-1]["tau"] != pytest.approx(0.1) and hist[-1]["tau"] >= 0.01
 
 
-def test_vectorised_sweep_equals_separate_runs(sharded_store, tmp_path):
+def test_sweep_equals_separate_runs(sharded_store, tmp_path):
     import json
 
     from galclip.heads.sweep import parse_grid, run_sweep
@@ -161,72 +198,73 @@ def test_vectorised_sweep_equals_separate_runs(sharded_store, tmp_path):
         row = rows[i]
         cfg = HeadConfig(**{**base.__dict__, "lr": row["lr"], "tau": row["tau"], "weight_decay": row["weight_decay"]})
         train_heads(sharded_store, tmp_path / f"sep{i}", cfg, progress=False)
-        sep = torch.load(tmp_path / f"sep{i}" / "heads.pt", weights_only=False)["history"]
-        for key in ("train_loss", "val_loss", "lr"):
-            np.testing.assert_allclose([h[key] for h in histories[i]], [h[key] for h in sep], rtol=2e-5, err_msg=key)
+        sep = torch.load(tmp_path / f"sep{i}" / "heads.pt", weights_only=True)["history"]
+        for key in ("train_loss", "val_loss", "lr"):  # the same trainer: configuration k is exactly its own run
+            assert [h[key] for h in histories[i]] == [h[key] for h in sep], key
     heads, _ = load_heads(tmp_path / "sweep" / "best", FeatureStore.open(sharded_store))
     assert isinstance(heads, CLIPHeads)
 
 
-def _nan_from_call(monkeypatch, module, name: str, after: int, column: int | None = None) -> None:
-    """Make ``module.name`` (a loss) return NaN from its ``after``-th call on (only in ``column`` when stacked)."""
-    real = getattr(module, name)
+def _nan_from_call(monkeypatch, after: int, tau: float | None = None) -> None:
+    """Make the trainer's InfoNCE return NaN from its ``after``-th call on (counting, and breaking, only the
+    calls of the configuration with temperature ``tau`` when given)."""
+    import galclip.heads.trainer as trainer_module
+
+    real = info_nce
     calls = []
 
-    def loss(*args):
-        out = real(*args)
-        calls.append(1)
-        if len(calls) <= after:
+    def loss(zx, zy, t):
+        out = real(zx, zy, t)
+        if tau is not None and float(t) != pytest.approx(tau):
             return out
-        if column is None:
-            return out * float("nan")
-        mask = torch.ones_like(out)
-        mask[column] = float("nan")
-        return out * mask  # NaN gradients: that configuration's weights become NaN, as in a real divergence
+        calls.append(1)
+        return out if len(calls) <= after else out * float("nan")  # NaN gradients too, as in a real divergence
 
-    monkeypatch.setattr(module, name, loss)
+    monkeypatch.setattr(trainer_module, "info_nce", loss)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path, monkeypatch):
-    import galclip.heads.train as train_module
+    import galclip.heads.trainer as trainer_module
 
     cfg = HeadConfig(epochs=10, batch_size=16, early_stopping=None)
     calls = []
-    real = train_module.info_nce
-    monkeypatch.setattr(train_module, "info_nce", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(trainer_module, "info_nce", lambda *a: calls.append(1) or info_nce(*a))
     train_heads(tiny_store, tmp_path / "count", dataclasses.replace(cfg, epochs=1), progress=False)
     per_epoch = len(calls)  # training steps + validation batches
-    monkeypatch.setattr(train_module, "info_nce", real)
-    _nan_from_call(monkeypatch, train_module, "info_nce", after=3 * per_epoch)  # epochs 0-2 are good
+    _nan_from_call(monkeypatch, after=3 * per_epoch)  # epochs 0-2 are good
     with pytest.raises(GalclipError, match="diverged at epoch 3.*still holds the checkpoint of the last good epoch"):
         train_heads(tiny_store, tmp_path / "h", cfg, progress=False)
-    ckpt = torch.load(tmp_path / "h" / "heads.pt", weights_only=False)
-    assert ckpt["epoch"] == 2 and not ckpt["finished"] and len(ckpt["history"]) == 3
-    assert all(torch.isfinite(v).all() for v in ckpt["last_state_dict"].values())
-    heads, _ = load_heads(tmp_path / "h", FeatureStore.open(tiny_store))  # still loadable
-    assert isinstance(heads, CLIPHeads)
+    state = torch.load(tmp_path / "h" / "train_state.pt", weights_only=True)
+    assert state["epoch"] == 2 and not state["finished"] and len(state["runs"][0]["history"]) == 3
+    assert all(torch.isfinite(v).all() for v in state["runs"][0]["last_state_dict"].values())
+    heads, record = load_heads(tmp_path / "h", FeatureStore.open(tiny_store))  # the best heads so far
+    assert isinstance(heads, CLIPHeads) and not record["finished"] and record["best_epoch"] <= 2
 
 
 def test_one_diverging_configuration_does_not_stop_the_sweep(sharded_store, tmp_path, monkeypatch):
     import json
 
-    import galclip.heads.sweep as sweep_module
     from galclip.heads.sweep import parse_grid, run_sweep
 
     base = HeadConfig(epochs=4, batch_size=16, early_stopping=None, aug_prob=0.0)
-    grid = parse_grid(["lr=1e-3,1e-4"])
-    ref = run_sweep(sharded_store, tmp_path / "ref", base, grid)
+    grid = parse_grid(["tau=0.07,0.2"])
+    import galclip.heads.trainer as trainer_module
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "info_nce", lambda zx, zy, t: calls.append(float(t)) or info_nce(zx, zy, t))
+    ref = run_sweep(sharded_store, tmp_path / "ref", base, grid, progress=False)
     ref_hist = json.loads((tmp_path / "ref" / "sweep.json").read_text())["histories"]
-    _nan_from_call(monkeypatch, sweep_module, "stacked_info_nce", after=6, column=0)  # lr 1e-3 breaks at epoch 1
-    rows = run_sweep(sharded_store, tmp_path / "sweep", base, grid)
+    per_epoch = sum(t == pytest.approx(0.07) for t in calls) // base.epochs  # training steps + validation batches
+    _nan_from_call(monkeypatch, after=per_epoch, tau=0.07)  # τ 0.07 breaks in epoch 1
+    rows = run_sweep(sharded_store, tmp_path / "sweep", base, grid, progress=False)
     hist = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["histories"]
     assert rows[0]["diverged_at_epoch"] == 1 and rows[0]["epochs_run"] == 1 and rows[1]["diverged_at_epoch"] is None
-    np.testing.assert_allclose([h["val_loss"] for h in hist[1]], [h["val_loss"] for h in ref_hist[1]], rtol=1e-6)
+    assert [h["val_loss"] for h in hist[1]] == [h["val_loss"] for h in ref_hist[1]]  # the other one is untouched
     assert json.loads((tmp_path / "sweep" / "sweep.json").read_text())["best"] == 1  # a diverged one is never "best"
     assert ref[0]["diverged_at_epoch"] is None
-    _nan_from_call(monkeypatch, sweep_module, "stacked_info_nce", after=0)
+    _nan_from_call(monkeypatch, after=0)
     with pytest.raises(GalclipError, match="all 2 configurations diverged"):
-        run_sweep(sharded_store, tmp_path / "all", base, grid)
+        run_sweep(sharded_store, tmp_path / "all", base, grid, progress=False)
 
 
 @pytest.mark.slow
@@ -242,7 +280,7 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
     epochs = 24
     args = ["--epochs", str(epochs), "--batch-size", "16", "--early-stopping", "0", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    ckpt_path = tmp_path / "h" / "heads.pt"
+    state_path = tmp_path / "h" / "train_state.pt"
     rng = np.random.default_rng(7)
     kills = []
     for attempt in range(3):
@@ -252,18 +290,15 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
         target = (kills[-1] if kills else 0) + int(rng.integers(2, 6))  # kill once this epoch has been saved
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if ckpt_path.exists():
-                try:
-                    saved = torch.load(ckpt_path, weights_only=False)["epoch"]
-                except Exception:  # noqa: BLE001 - cannot happen with atomic writes; would fail below
-                    raise
+            if state_path.exists():
+                saved = torch.load(state_path, weights_only=True)["epoch"]  # atomic writes: never half a file
                 if saved >= target:
                     time.sleep(float(rng.uniform(0, 0.3)))  # mid-epoch, at a seeded moment
                     break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        kills.append(torch.load(ckpt_path, weights_only=False)["epoch"])
+        kills.append(torch.load(state_path, weights_only=True)["epoch"])
     assert kills[-1] < epochs - 1, "training finished before the last kill; raise epochs"
     done = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"),
                            *args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
@@ -271,11 +306,6 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
     ref = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "ref"),
                           *args], env=env, capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    a = torch.load(ckpt_path, weights_only=False)
-    b = torch.load(tmp_path / "ref" / "heads.pt", weights_only=False)
-    assert a["finished"] and a["epoch"] == b["epoch"] == epochs - 1
-    for key in ("state_dict", "last_state_dict"):
-        for name in b[key]:
-            assert torch.equal(a[key][name], b[key][name]), (key, name)
-    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    _assert_same_run(tmp_path / "h", tmp_path / "ref")
+    assert torch.load(state_path, weights_only=True)["epoch"] == epochs - 1
     assert not [p for p in (tmp_path / "h").iterdir() if ".tmp" in p.name]  # no half-written file left

@@ -1,4 +1,4 @@
-"""FAISS indexes over the whole store and similarity search, against numpy brute force."""
+"""The index package: FAISS indexes over the whole store, search records, embedding, against numpy brute force."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from galclip.config import HeadConfig
-from galclip.evaluate.index import (
-    build_indexes, choose_spec, exact_neighbours, load_index, new_index, recall_at_k, tune_nprobe,
-)
+from galclip.index.build import build_indexes, choose_spec, exact_neighbours, index_recall, new_index, tune_nprobe
+from galclip.index.search import open_index as load_index
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +28,14 @@ def test_exact_index_matches_brute_force(tiny_store, tiny_heads, tmp_path):
     idx = load_index(tmp_path / "idx")
     emb_i, emb_s = idx.embeddings["image"], idx.embeddings["spectrum"]
     np.testing.assert_allclose(np.linalg.norm(emb_i, axis=1), 1, rtol=1e-5)
-    sims, ids = idx.search(emb_i[:8], "spectrum", 5)
+    sims, ids = idx.nearest(emb_i[:8], "spectrum", 5)
     ref = emb_i[:8] @ emb_s.T
     np.testing.assert_array_equal(ids, np.argsort(-ref, axis=1)[:, :5])
     np.testing.assert_allclose(sims, np.sort(ref, axis=1)[:, ::-1][:, :5], rtol=1e-5, atol=1e-6)
     assert idx.position(int(idx.rows["targetid"][7])) == 7
     ivf = build_indexes(tiny_store, tiny_heads, tmp_path / "ivf", exact_max=10, recall_floor=0.9, n_queries=20)
     assert ivf["indexes"]["spectrum"]["kind"] == "ivf" and ivf["indexes"]["spectrum"]["recall@10"] >= 0.9
-    sims_ivf, ids_ivf = load_index(tmp_path / "ivf").search(emb_i[:8], "spectrum", 5)
+    sims_ivf, ids_ivf = load_index(tmp_path / "ivf").nearest(emb_i[:8], "spectrum", 5)
     np.testing.assert_array_equal(ids_ivf, ids)  # one list probed in full: exact
 
 
@@ -63,7 +62,7 @@ def test_ivf_recall_is_measured_and_tuned():
     # the recall it reports is the share of the brute-force top 10 it finds
     _, got = index.search(q, 10)
     assert recall == pytest.approx(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)]))
-    assert recall_at_k(index, truth, q) == pytest.approx(recall)
+    assert index_recall(index, truth, q) == pytest.approx(recall)
     with pytest.raises(Exception, match="floor"):
         tune_nprobe(index, truth[:, ::-1][:, :10] * 0 + len(x) + 1, q, floor=0.5)  # unreachable truth
 
@@ -95,22 +94,30 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
 
     from galclip.cli import main
     from galclip.errors import GalclipError
-    from galclip.evaluate.index import embed_new_pair
+    from galclip.index.embed import embed_new_pair
 
     heads = tmp_path / "heads"
     shutil.copytree(tiny_heads, heads)
     build_indexes(tiny_store, heads, tmp_path / "idx")
     idx = load_index(tmp_path / "idx")
     tid = int(idx.rows["targetid"][11])
-    emb = embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+    emb, survey_z = embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
     # the same pair embedded on the fly lands where the index holds it
     np.testing.assert_allclose(emb["image"][0], idx.embeddings["image"][11], atol=1e-4)
     np.testing.assert_allclose(emb["spectrum"][0], idx.embeddings["spectrum"][11], atol=1e-4)
     r = CliRunner().invoke(main, ["-q", "search", str(tmp_path / "idx"), "--data", str(tiny_mock / "survey.h5"),
                                   "--targetid", str(tid), "--query", "spectrum", "--target", "image", "-k", "3", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["query"]["source"].endswith("survey.h5")
-    ckpt = torch.load(heads / "heads.pt", weights_only=False)
+    query = json.loads(r.output)["query"]
+    assert query["source"].endswith("survey.h5")
+    # a galaxy the index does not hold: its redshift comes from the survey file (it used to be null)
+    no_11 = dict(idx.rows)
+    no_11["targetid"] = np.where(np.arange(len(idx)) == 11, -1, idx.rows["targetid"])
+    idx.rows = no_11
+    record = idx.search(tid, query="image", target="spectrum", k=3, data=tiny_mock / "survey.h5", device="cpu")
+    assert record["query"]["redshift"] == pytest.approx(survey_z) and record["query"]["log_mstar"] is None
+    assert not any(n["is_partner"] for n in record["neighbours"])
+    ckpt = torch.load(heads / "heads.pt", weights_only=True)
     ckpt["best_epoch"] = -5
     torch.save(ckpt, heads / "heads.pt")  # the heads changed after the index was built
     with pytest.raises(GalclipError, match="other heads"):
@@ -122,7 +129,7 @@ def test_streamed_exact_neighbours_match_numpy():
     x = rng.normal(size=(1000, 16)).astype(np.float32)
     q = rng.normal(size=(30, 16)).astype(np.float32)
     truth = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :11]
-    from galclip.evaluate.index import exact_neighbours_streamed
+    from galclip.index.build import exact_neighbours_streamed
 
     np.testing.assert_array_equal(exact_neighbours_streamed(x, q, 11, block=97), truth)  # blocks smaller than k too
     np.testing.assert_array_equal(exact_neighbours_streamed(x, q, 11, block=7), truth)
@@ -156,7 +163,7 @@ def test_index_build_streams_in_blocks(tiny_store, tiny_heads, tmp_path, monkeyp
 
 
 def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, monkeypatch):
-    import galclip.evaluate.index as index_module
+    import galclip.index.build as index_module
     from galclip.errors import GalclipError
 
     build_indexes(tiny_store, tiny_heads, tmp_path / "idx")

@@ -56,7 +56,7 @@ def main(verbose: int, quiet: bool) -> None:
     info      what a feature store holds, without reading bulk data
     check     validate a store: shapes, completeness, provenance, NaNs, duplicates
     heads     train the projection heads on cached features (stage two)
-    sweep     train a grid of head settings in one vectorised pass
+    sweep     train a grid of head settings in one pass over the data
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
     index     FAISS indexes over every pair (exact, or IVF with measured recall)
     search    galaxies most similar to a targetid, in-modal or cross-modal
@@ -238,13 +238,6 @@ def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob,
         raise click.BadParameter(str(err)) from err
 
 
-def _plot_history(out: Path) -> None:
-    from galclip.evaluate.plots import plot_loss_curves
-
-    history = json.loads((out / "history.json").read_text())["history"]
-    plot_loss_curves({k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")}, out / "loss_curve.png")
-
-
 @main.command()
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
@@ -259,7 +252,6 @@ def heads(store: Path, out: Path, resume: bool, allow_partial: bool, no_progress
 
     s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress, resume=resume,
                     allow_partial=allow_partial)
-    _plot_history(out)
     click.echo(f"heads: best val loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']} "
                f"({s['epochs_run']} epochs, {s['seconds']:.1f} s, {s['seconds_per_epoch']:.2f} s/epoch) "
                f"-> {out / 'heads.pt'}")
@@ -272,12 +264,14 @@ def heads(store: Path, out: Path, resume: bool, allow_partial: bool, no_progress
               help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.")
 @_head_options
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
+@click.option("--no-progress", is_flag=True)
 @user_errors
-def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, **kwargs) -> None:
-    """Train every head configuration of a grid in one vectorised pass; write OUT/sweep.csv."""
+def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, no_progress: bool, **kwargs) -> None:
+    """Train every head configuration of a grid in one pass over the data; write OUT/sweep.csv."""
     from galclip.heads.sweep import parse_grid, run_sweep
 
-    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)), allow_partial=allow_partial)
+    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)), allow_partial=allow_partial,
+                     progress=not no_progress)
     keys = [k for k in rows[0] if k not in ("spectrum_hidden", "image_hidden")] if rows else []
     click.echo("  ".join(f"{k:>12}" for k in keys))
     for row in rows:
@@ -331,7 +325,7 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, um
 def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int, batch: int,
           allow_partial: bool, no_progress: bool) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
-    from galclip.evaluate.index import build_indexes
+    from galclip.index.build import build_indexes
 
     side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
                          batch=batch, allow_partial=allow_partial, progress=not no_progress)
@@ -356,34 +350,16 @@ def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor
 @user_errors
 def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: str, k: int, as_json: bool, plot) -> None:
     """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
-    import numpy as np
+    from galclip.index.search import open_index
 
-    from galclip.evaluate.index import embed_new_pair, load_index
-
-    idx = load_index(index_dir)
-    if data is not None:
-        if plot is not None:
-            raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
-        q = embed_new_pair(idx, data, targetid)[query_kind]
-        pos = idx.find(targetid)
-    else:
-        pos = idx.position(targetid)
-        q = np.asarray(idx.embeddings[query_kind][pos:pos + 1])
-    in_modal = query_kind == target_kind
-    sims, ids = idx.search(q, target_kind, k + 1 if in_modal else k)
-    keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and not (in_modal and i == pos)][:k]
-    nan_none = lambda v: None if not np.isfinite(v) else float(v)  # noqa: E731
-    hits = [{"rank": r + 1, "similarity": float(s), "targetid": int(idx.rows["targetid"][i]),
-             "redshift": nan_none(idx.rows["redshift"][i]), "log_mstar": nan_none(idx.rows["log_mstar"][i]),
-             "is_partner": bool(i == pos)} for r, (s, i) in enumerate(keep)]
-    known = pos >= 0
-    result = {"query": {"targetid": targetid, "modality": query_kind, "source": str(data) if data else "index",
-                        "redshift": nan_none(idx.rows["redshift"][pos]) if known else None,
-                        "log_mstar": nan_none(idx.rows["log_mstar"][pos]) if known else None},
-              "target": target_kind, "neighbours": hits}
+    if data is not None and plot is not None:
+        raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
+    idx = open_index(index_dir)
+    result = idx.search(targetid, query=query_kind, target=target_kind, k=k, data=data)
     if plot is not None:
-        _plot_search(idx, pos, [i for _, i in keep], [s for s, _ in keep], query_kind, target_kind, plot)
-        result["plot"] = str(plot)
+        from galclip.evaluate.survey_rows import plot_search_result
+
+        result["plot"] = str(plot_search_result(idx, result, plot))
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -391,24 +367,12 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
     click.echo(f"query {targetid} ({query_kind}; z {fmt(result['query']['redshift'], '.4f')}, "
                f"log M* {fmt(result['query']['log_mstar'], '.2f')}) -> {target_kind}")
     click.echo(" rank  similarity            targetid  redshift  log M*")
-    for h in hits:
+    for h in result["neighbours"]:
         star = "  <- its own partner" if h["is_partner"] else ""
         click.echo(f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
                    f"{fmt(h['log_mstar'], '6.2f')}{star}")
     if plot is not None:
         click.echo(f"plot: {plot}")
-
-
-def _plot_search(idx, pos: int, neighbours: list, sims: list, query_kind: str, target_kind: str, path: Path) -> None:
-    import numpy as np
-
-    from galclip.evaluate.pipeline import SurveyRows
-    from galclip.evaluate.plots import plot_gallery
-    from galclip.store import FeatureStore
-
-    rows = SurveyRows.for_store(FeatureStore.open(idx.sidecar["store"]), idx.rows["row"])
-    plot_gallery(np.array([pos]), np.array([neighbours]), np.array([sims]), query_kind, target_kind,
-                 rows.image_rgb, rows.spectrum, path, title=f"targetid {int(idx.rows['targetid'][pos])}")
 
 
 def _echo_summary(metrics: dict) -> None:

@@ -10,47 +10,10 @@ import numpy as np
 
 from galclip.config import EvalConfig
 from galclip.evaluate.run import EvaluationInputs, run_evaluation
+from galclip.evaluate.survey_rows import SurveyRows
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
-
-
-class SurveyRows:
-    """Reads survey rows (for galleries) by store row; blank when the survey files are gone."""
-
-    def __init__(self, provenance: dict, rows: np.ndarray, crop: int, rgb: str):
-        from galclip.data.survey import SurveyReader
-
-        self.rows, self.crop, self.rgb = rows, crop, rgb
-        files = provenance.get("data", {}).get("files", [])
-        try:
-            self.reader = SurveyReader(files) if files else None
-        except Exception as err:  # noqa: BLE001 - galleries are optional; metrics do not need the pixels
-            logger.warning("survey files of the store are not readable (%s): galleries will be blank", err)
-            self.reader = None
-
-    @classmethod
-    def for_store(cls, store: FeatureStore, rows: np.ndarray) -> "SurveyRows":
-        """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with."""
-        pre = store.provenance.get("preprocessing", {}).get("image", {})
-        return cls(store.provenance, rows, int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
-
-    def image_rgb(self, idx: np.ndarray) -> np.ndarray:
-        """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""
-        from galclip.extract.preprocess import preprocess_images
-
-        if self.reader is None:
-            return np.zeros((len(idx), self.crop, self.crop, 3), np.float32)
-        imgs = np.concatenate([self.reader.read(int(r), int(r) + 1).image for r in self.rows[idx]])
-        return preprocess_images(imgs, self.crop, self.rgb).permute(0, 2, 3, 1).numpy()
-
-    def spectrum(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Validation indices (m,) -> (wave (7781,), flux (m, 7781))."""
-        from galclip.data.layout import DESI_N_BINS, desi_wavelength
-
-        if self.reader is None:
-            return desi_wavelength(), np.zeros((len(idx), DESI_N_BINS), np.float32)
-        return desi_wavelength(), np.concatenate([self.reader.read(int(r), int(r) + 1).spectrum for r in self.rows[idx]])
 
 
 def _labelled_train(data: dict[str, np.ndarray], max_rows: int = 50_000) -> dict | None:
@@ -74,7 +37,7 @@ def evaluate_store(
     """
     import dataclasses
 
-    from galclip.heads.train import checkpoint_file, load_heads
+    from galclip.heads.checkpoint import checkpoint_file, load_heads
 
     if config.umap and config.umap_cache is None:
         config = dataclasses.replace(config, umap_cache=str(checkpoint_file(heads_path).parent / "umap_cache"))

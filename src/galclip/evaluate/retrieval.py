@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from galclip.evaluate.search import build_index, search
+from galclip.neighbours import drop_self, flat_index, top_k
 
 if TYPE_CHECKING:
     import faiss
@@ -44,7 +44,7 @@ def partner_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+def partner_recall(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
     """Share of queries whose partner rank is <= k, keyed "recall@k". ranks: (n,) 1-based."""
     r = np.asarray(ranks)
     if r.size == 0:
@@ -58,18 +58,6 @@ def median_rank(ranks: np.ndarray) -> float:
     return float(np.median(r)) if r.size else float("nan")
 
 
-def drop_self(scores: np.ndarray, ids: np.ndarray, query_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Remove each query's own id from its (m, k+1) search results -> (m, k) scores, ids.
-
-    query_ids: (m,) ids of the queries in the index. A row where the query itself was not
-    returned (a duplicate outranked it) loses its last hit instead.
-    """
-    is_self = ids == np.asarray(query_ids)[:, None]
-    is_self[~is_self.any(axis=1), -1] = True
-    m, k = ids.shape[0], ids.shape[1] - 1
-    return scores[~is_self].reshape(m, k), ids[~is_self].reshape(m, k)
-
-
 def neighbour_ids(emb: np.ndarray, k: int, index: faiss.Index | None = None) -> np.ndarray:
     """Top-``k`` cosine neighbours of every row of ``emb`` (n, d), itself excluded.
 
@@ -80,7 +68,7 @@ def neighbour_ids(emb: np.ndarray, k: int, index: faiss.Index | None = None) -> 
     k = min(k, n - 1)
     if k < 1:
         return np.empty((n, 0), dtype=np.int64)
-    scores, ids = search(index if index is not None else build_index(emb, "ip"), emb, k + 1)
+    scores, ids = top_k(index if index is not None else flat_index(emb, "ip"), emb, k + 1)
     return drop_self(scores, ids, np.arange(n))[1]
 
 

@@ -14,17 +14,18 @@ import numpy as np
 
 from galclip.atomic import atomic_write_text
 from galclip.config import EvalConfig
-from galclip.evaluate.knn import split_for_knn, zero_shot_table
 from galclip.evaluate.report import write_report
-from galclip.evaluate.retrieval import (
+from galclip.heads.models import standardisation, standardise
+from galclip.evaluate.retrieval import label_deltas, median_rank, neighbour_ids, partner_ranks, partner_recall
+from galclip.neighbours import (
     drop_self,
-    label_deltas,
-    median_rank,
-    neighbour_ids,
-    partner_ranks,
-    recall_at_k,
+    embedding_sources,
+    flat_index,
+    l2_normalise,
+    top_k,
+    zero_shot_split,
+    zero_shot_table,
 )
-from galclip.evaluate.search import build_index, l2_normalise, search
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.n
             out[name] = {label: label_deltas(nbrs, y, config.seed) for label, y in labels.items()}
         else:
             ranks = partner_ranks(emb[q], emb[t])
-            out[name] = {**recall_at_k(ranks, (1, 5, 10)), "median_rank": median_rank(ranks),
+            out[name] = {**partner_recall(ranks, (1, 5, 10)), "median_rank": median_rank(ranks),
                          "chance_recall@10": min(10, n) / n, "n_queries": int(n)}
     return out
 
@@ -120,7 +121,7 @@ def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: di
     for name, (q, t) in DIRECTIONS.items():
         in_modal = q == t
         k = min(config.gallery_k, n - int(in_modal))
-        scores, ids = search(indexes[t], emb[q][queries], k + int(in_modal))
+        scores, ids = top_k(indexes[t], emb[q][queries], k + int(in_modal))
         if in_modal:
             scores, ids = drop_self(scores, ids, queries)
         figures[f"gallery_{name}"] = plot_gallery(
@@ -130,28 +131,17 @@ def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: di
 
 
 def _standardise(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """z-score rows ``train`` and ``test`` of x (n, d) with the train rows' mean and std."""
-    x = np.asarray(x, dtype=np.float64)
-    if train.size:
-        mu, sd = x[train].mean(axis=0), x[train].std(axis=0)
-    else:
-        mu, sd = np.zeros(x.shape[1]), np.ones(x.shape[1])
-    sd = np.where(sd > 0, sd, 1.0)
-    return ((x[train] - mu) / sd).astype(np.float32), ((x[test] - mu) / sd).astype(np.float32)
+    """Rows ``train`` and ``test`` of x (n, d) standardised with the train rows' statistics, as the heads do."""
+    mean, std = standardisation(np.asarray(x)[train])
+    return standardise(np.asarray(x)[train], mean, std), standardise(np.asarray(x)[test], mean, std)
 
 
 def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                config: EvalConfig) -> tuple[dict, dict]:
     """k-NN table on a seeded split of the labelled pairs; returns (table, split info)."""
-    labelled = np.flatnonzero(np.any([np.isfinite(y) for y in labels.values()], axis=0))
-    train_pos, test_pos = split_for_knn(labelled.size, config.knn_test_fraction, config.seed)
-    tr, te = labelled[train_pos], labelled[test_pos]
-    im, sp = emb["image"], emb["spectrum"]
+    tr, te = zero_shot_split(labels, config.knn_test_fraction, config.seed)
     sources = {
-        "image": (im[tr], im[te]),
-        "spectrum": (sp[tr], sp[te]),
-        "cross": (sp[tr], im[te]),  # fit on spectrum embeddings, query with images
-        "cross_sp2im": (im[tr], sp[te]),
+        **embedding_sources(emb["image"], emb["spectrum"], tr, te),
         "raw_image": _standardise(inputs.raw_image, tr, te),
         "raw_spectrum": _standardise(inputs.raw_spectrum, tr, te),
     }
@@ -170,10 +160,8 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
         if fit is not None:  # fit on the store's train split, score on the k-NN test split
             raw = {}
             for name in ("raw_image", "raw_spectrum"):
-                x_fit = np.asarray(fit[name], np.float64)
-                mu, sd = x_fit.mean(0), np.where(x_fit.std(0) > 0, x_fit.std(0), 1.0)
-                raw[name] = (((x_fit - mu) / sd).astype(np.float32),
-                             ((np.asarray(getattr(inputs, name), np.float64)[te] - mu) / sd).astype(np.float32))
+                mean, std = standardisation(fit[name])
+                raw[name] = standardise(fit[name], mean, std), standardise(np.asarray(getattr(inputs, name))[te], mean, std)
             sup_targets = {name: (np.asarray(fit[name], np.float64), y[te]) for name, y in labels.items()}
             info["supervised_fit_rows"] = int(len(fit["redshift"]))
         else:
@@ -201,7 +189,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
 
     t0 = time.perf_counter()
     emb = {"image": l2_normalise(inputs.emb_image), "spectrum": l2_normalise(inputs.emb_spectrum)}
-    indexes = {name: build_index(e, "ip") for name, e in emb.items()}
+    indexes = {name: flat_index(e, "ip") for name, e in emb.items()}
     retrieval = _retrieval(emb, indexes, labels, config)
     timings["eval_retrieval"] = time.perf_counter() - t0
 

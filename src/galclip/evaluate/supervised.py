@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from galclip.evaluate.knn import r2_score
+from galclip.neighbours import r2_score
 
 logger = logging.getLogger(__name__)
 

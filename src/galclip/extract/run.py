@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,172 +21,17 @@ from galclip.config import ExtractConfig
 from galclip.data.catalogue import join_labels
 from galclip.data.split import assign_split
 from galclip.data.survey import SurveyReader
-from galclip.extract.augment import augment_images, augment_spectra
-from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
-from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
-from galclip.errors import InputError, StoreError
-from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
-from galclip.extract.validate import REASONS, bad_row_codes
-from galclip.provenance import code_version, resolve_device, sha256_file
+from galclip.errors import InputError
+from galclip.extract.distributed import Distributed
+from galclip.extract.encoders import Encoders, feature_arrays
+from galclip.extract.provenance import build_provenance
+from galclip.extract.rows import RowRanges
+from galclip.progress import progress as progress_bar
+from galclip.provenance import resolve_device
 from galclip.store import FeatureStore
+from galclip.store.quarantine import REASONS
 
 logger = logging.getLogger(__name__)
-
-AUGMENT_VERSION = 1  # bump when the augmentation recipe changes: stores then refuse to mix
-
-
-def _weights_record(path: str | None, seed: int, kind: str) -> dict:
-    if path is None:
-        return {"source": "random", "seed": seed, "note": f"seeded random {kind} weights: NOT a pretrained encoder"}
-    return {"source": str(Path(path).resolve()), "sha256": sha256_file(path)}
-
-
-def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None,
-                     device_type: str = "cpu") -> dict:
-    """Everything needed to know what the store's features are and where they came from."""
-    return {
-        "encoders": {
-            "image": {"architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
-                      "features": "global average pool", "dim": IMAGE_FEATURE_DIM,
-                      "weights": _weights_record(config.image_weights, config.seed, "image")},
-            "spectrum": {"architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
-                         "features": "attention-weighted sum e = sum h*softmax(a)", "dim": SPECTRUM_FEATURE_DIM,
-                         "weights": _weights_record(config.spectrum_weights, config.seed, "spectrum")},
-        },
-        "preprocessing": {
-            "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
-            "spectrum": {"normalisation": "per-spectrum z-score"},
-            # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
-            "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
-            "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
-                         "seed": config.seed, "augment_version": AUGMENT_VERSION,
-                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur, extra sky noise",
-                         "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
-        },
-        "data": reader.fingerprint(),
-        "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
-        "split": {"method": "splitmix64(targetid) < val_fraction", "val_fraction": config.val_fraction},
-        "rows_per_shard": config.rows_per_shard,
-        "code_version": code_version(),
-        "torch_version": torch.__version__,
-        "config": asdict(config),
-    }
-
-
-def feature_arrays(config: ExtractConfig) -> dict[str, tuple[int, ...]]:
-    """The store's feature arrays for this configuration: name -> shape after the row axis."""
-    arrays = {"image_features": (IMAGE_FEATURE_DIM,), "spectrum_features": (SPECTRUM_FEATURE_DIM,)}
-    if config.variants:
-        arrays["image_features_aug"] = (config.variants, IMAGE_FEATURE_DIM)
-    if config.spectrum_variants:
-        arrays["spectrum_features_aug"] = (config.spectrum_variants, SPECTRUM_FEATURE_DIM)
-    return arrays
-
-
-class Encoders:
-    """Both frozen encoders on one device, with preprocessing and augmented views in front."""
-
-    def __init__(self, config: ExtractConfig, device: torch.device):
-        self.config = config
-        self.device = device
-        trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
-        self.image = trunk.to(device, memory_format=torch.channels_last)
-        self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
-        if config.compile:
-            self.image, self.spectrum_features = torch.compile(self.image), torch.compile(self.spectrum.features)
-        else:
-            self.spectrum_features = self.spectrum.features
-        self.autocast = device.type == "cuda"  # bf16 only on GPUs: ~100x slower on AVX2 CPUs
-
-    def _image_features(self, rgb: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.image(rgb.contiguous(memory_format=torch.channels_last)).float()
-
-    def _spectrum_features(self, spectra: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.spectrum_features(zscore_spectra(spectra)).float()
-
-    @torch.inference_mode()
-    def __call__(self, images_whc: torch.Tensor, spectra: torch.Tensor, targetid: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048)."""
-        cfg = self.config
-        images = images_whc.to(self.device, non_blocking=True)
-        spectra = spectra.to(self.device, non_blocking=True)
-        out = {"image_features": self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping)),
-               "spectrum_features": self._spectrum_features(spectra)}
-        if cfg.variants:
-            chw = images_to_chw(images)
-            out["image_features_aug"] = torch.stack([
-                self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
-                for v in range(cfg.variants)], dim=1)
-        if cfg.spectrum_variants:
-            out["spectrum_features_aug"] = torch.stack([
-                self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
-                for v in range(cfg.spectrum_variants)], dim=1)
-        return {k: v.cpu().numpy() for k, v in out.items()}
-
-
-class RowRanges(torch.utils.data.Dataset):
-    """Batches of survey rows for a DataLoader; each worker process opens its own HDF5 handles."""
-
-    def __init__(self, reader: SurveyReader, ranges: list[tuple[int, int, int]]):
-        self.reader, self.ranges = reader, ranges
-
-    def __len__(self) -> int:
-        return len(self.ranges)
-
-    def __getitem__(self, i: int) -> dict:
-        shard, lo, hi = self.ranges[i]
-        b = self.reader.read(lo, hi)
-        codes = bad_row_codes(b.image, b.spectrum)
-        if codes.any():  # neutral inputs for bad rows; their features are set to NaN and the rows quarantined
-            b.image[codes != 0] = 0.0
-            b.spectrum[codes != 0] = np.linspace(-1.0, 1.0, b.spectrum.shape[1], dtype=np.float32)
-        return {"shard": shard, "start": lo, "codes": codes, "image": torch.from_numpy(np.ascontiguousarray(b.image)),
-                "spectrum": torch.from_numpy(np.ascontiguousarray(b.spectrum)), "targetid": b.targetid}
-
-
-@dataclass(frozen=True)
-class Distributed:
-    """This process's place in a torchrun job (world 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, device_type: str) -> "Distributed":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1:
-            import torch.distributed as dist
-
-            if device_type == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))  # object collectives need it
-            if not dist.is_initialized():
-                dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def agree(self, error: BaseException | None) -> None:
-        """Collective: every rank learns whether any rank failed. The failing rank re-raises its own error;
-        the others raise one naming it, instead of waiting at the next collective until the timeout."""
-        if self.world > 1:
-            import torch.distributed as dist
-
-            messages: list = [None] * self.world
-            dist.all_gather_object(messages, None if error is None else str(error))
-            failed = [(r, m) for r, m in enumerate(messages) if m is not None]
-            if failed and error is None:
-                rank, message = failed[0]
-                raise StoreError(f"rank {rank} stopped the job: {message}")
-        if error is not None:
-            raise error
-
 
 def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catalogue: str | None,
                     provenance: dict, fc_state: dict | None, dist: Distributed, lock) -> FeatureStore:
@@ -249,8 +93,6 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
 
 def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool,
                     lock) -> dict:
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     reader = SurveyReader(data)
     catalogue = config.catalogue
@@ -293,8 +135,8 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     n_rows = sum(hi - lo for _, lo, hi in ranges)
-    bar = tqdm(total=n_rows, unit="pair", desc=f"extract[{dist.rank}]" if dist.world > 1 else "extract",
-               disable=not progress or dist.rank != 0, smoothing=0.1)
+    bar = progress_bar(n_rows, f"extract[{dist.rank}]" if dist.world > 1 else "extract", "pair",
+                       enabled=progress and dist.rank == 0, smoothing=0.1)
     t1 = time.perf_counter()
     pending: dict[str, list[np.ndarray]] = {}
     current = todo[0]

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# quarantine codes stored per row in the feature store (0: good)
-REASONS = {
-    1: "image has NaN/inf pixels",
-    2: "spectrum has NaN/inf values",
-    3: "spectrum is constant (e.g. all zero): it cannot be z-scored",
-    4: "image is all zero",
-}
-
 
 def bad_row_codes(images: np.ndarray, spectra: np.ndarray) -> np.ndarray:
-    """(B, 152, 152, 3), (B, L) -> (B,) uint8 quarantine codes, 0 where the row is usable."""
+    """(B, 152, 152, 3), (B, L) -> (B,) uint8 quarantine codes (``galclip.store.quarantine.REASONS``), 0 where the row is usable."""
     b = len(images)
     flat_i = images.reshape(b, -1)
     codes = np.zeros(b, np.uint8)

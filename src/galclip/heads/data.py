@@ -33,6 +33,22 @@ class FeatureSet:
         return xi.float(), self.spectrum[idx].float()
 
 
+def sample_views(gen: torch.Generator, n: int, n_views: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair of a batch: a uniform (n,) to compare with each configuration's aug_prob, and a view index (n,)."""
+    u = torch.rand(n, generator=gen)
+    view = torch.randint(n_views, (n,), generator=gen)
+    return u.to(device), view.to(device)
+
+
+def split_rows(data: dict[str, np.ndarray], store_path) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the train (split 0) and validation (split 1) pairs: (a,), (b,); at least 2 of each."""
+    train, val = np.flatnonzero(data["split"] == 0), np.flatnonzero(data["split"] == 1)
+    if len(train) < 2 or len(val) < 2:
+        raise GalclipError(f"{store_path}: needs at least 2 train and 2 validation pairs "
+                           f"(has {len(train)} and {len(val)})")
+    return train, val
+
+
 def load_features(store: FeatureStore, allow_partial: bool = False) -> dict[str, np.ndarray]:
     """Features (incl. augmented image views when stored) and metadata of the complete shards."""
     names = ["image_features", "spectrum_features"]

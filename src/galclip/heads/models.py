@@ -14,8 +14,31 @@ import torch
 from torch import nn
 
 
+CONSTANT_STD = 1e-6  # a feature whose training std is at most this is constant: it is centred, not scaled
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of training rows x (n, D) -> two (D,) float64 arrays.
+
+    Accumulated in float64; the std is the population one (ddof 0). A feature that is constant on
+    the training rows (std <= 1e-6, e.g. a ReLU channel that never fires) gets std 1, so rows
+    outside the training set that do excite it are not amplified a million-fold. The heads and
+    the evaluation's raw-feature baselines both standardise with these statistics.
+    """
+    x64 = np.asarray(x, np.float64)
+    if len(x64) == 0:
+        return np.zeros(x64.shape[1]), np.ones(x64.shape[1])
+    std = x64.std(axis=0)
+    return x64.mean(axis=0), np.where(std > CONSTANT_STD, std, 1.0)
+
+
+def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(n, D) -> (n, D) float32: (x - mean) / std, computed in float64."""
+    return ((np.asarray(x, np.float64) - mean) / std).astype(np.float32)
+
+
 class Standardise(nn.Module):
-    """(B, D) -> (B, D): (x - mean) / std with train-set statistics held as buffers."""
+    """(B, D) -> (B, D): (x - mean) / std with the training set's :func:`standardisation` held as buffers."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -23,10 +46,10 @@ class Standardise(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     def fit(self, x: np.ndarray | torch.Tensor) -> "Standardise":
-        """Set mean/std from (n, D) training features (float64 accumulation; std floor 1e-6)."""
-        x64 = torch.as_tensor(np.asarray(x, np.float64))
-        self.mean.copy_(x64.mean(0).float())
-        self.std.copy_(x64.std(0).clamp_min(1e-6).float())
+        """Set mean/std from (n, D) training features."""
+        mean, std = standardisation(np.asarray(x))
+        self.mean.copy_(torch.from_numpy(mean).float())
+        self.std.copy_(torch.from_numpy(std).float())
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from galclip.store.feature_store import COMPAT_KEYS, COMPLETE, META_ARRAYS, FeatureStore
+from galclip.store.quarantine import REASONS
 
 
 def check_store(store: FeatureStore) -> dict:
@@ -47,8 +48,6 @@ def check_store(store: FeatureStore) -> dict:
                 bad_rows.setdefault(name, []).extend(targetid[lo + bad].tolist())
     for name, ids in bad_rows.items():
         problems.append(f"'{name}': {len(ids)} row(s) with NaN/inf in complete shards, e.g. targetid {ids[:5]}")
-    from galclip.extract.validate import REASONS
-
     q_rows = np.flatnonzero(quarantined)
     quarantine = [{"targetid": int(targetid[i]), "reason": REASONS.get(int(c), str(int(c)))}
                   for i, c in zip(q_rows, codes[q_rows])]

@@ -202,9 +202,22 @@ class FeatureStore:
         return lo, min(lo + self.rows_per_shard, self.n)
 
     def read_meta(self, name: str) -> np.ndarray:
+        """One per-row metadata array (N,): targetid, split, redshift, label_redshift or label_log_mstar."""
         if name not in META_ARRAYS:
             raise KeyError(f"{name!r} is not a per-row metadata array; choose from {META_ARRAYS}")
         return self.group[name][:]
+
+    def targetids(self) -> np.ndarray:
+        """(N,) int64 targetids in store order."""
+        return self.read_meta("targetid")
+
+    def split(self) -> np.ndarray:
+        """(N,) uint8: 0 train, 1 validation."""
+        return self.read_meta("split")
+
+    def labels(self) -> dict[str, np.ndarray]:
+        """Catalogue labels, (N,) float32 each, NaN where a galaxy has none: {"redshift", "log_mstar"}."""
+        return {"redshift": self.read_meta("label_redshift"), "log_mstar": self.read_meta("label_log_mstar")}
 
     def fingerprint(self) -> str:
         """Identity of the store's content: provenance and targetids (16 hex digits)."""

@@ -1,4 +1,4 @@
-"""Similarity-search indexes over the whole store: one FAISS index per modality, chosen by size.
+"""Build the similarity-search indexes over the whole store: one FAISS index per modality, chosen by size.
 
 Up to ``exact_max`` vectors: exact ``IndexFlatIP``. Above: ``IndexIVFFlat`` (inner product)
 with nlist ≈ 4·√N lists trained on a sample, and the smallest nprobe whose recall@10 against
@@ -23,8 +23,10 @@ import numpy as np
 
 from galclip.atomic import atomic_dir
 from galclip.errors import GalclipError
-from galclip.evaluate.search import l2_normalise
-from galclip.provenance import resolve_device, sha256_file
+from galclip.heads.checkpoint import checkpoint_file, load_heads
+from galclip.neighbours import l2_normalise
+from galclip.progress import progress as progress_bar
+from galclip.provenance import sha256_file
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -88,7 +90,7 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> n
     return _knn(queries, np.ascontiguousarray(vectors, np.float32), k)[1]
 
 
-def recall_at_k(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.ndarray | None = None) -> float:
+def index_recall(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.ndarray | None = None) -> float:
     """recall@k of ``index`` against the exact top-k ids ``truth`` (m, k): share of true neighbours found.
 
     ``self_ids`` (m,): when the queries are rows of the index, each query's own row, which is left
@@ -114,7 +116,7 @@ def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,
     nprobe = 1
     while True:
         index.nprobe = min(nprobe, index.nlist)
-        recall = recall_at_k(index, truth, queries, self_ids)
+        recall = index_recall(index, truth, queries, self_ids)
         if recall >= floor:
             return index.nprobe, recall
         if index.nprobe == index.nlist:
@@ -185,9 +187,6 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     folder is built under a temporary name and swapped in whole: a crash leaves the previous index.
     """
     import faiss
-    from tqdm.auto import tqdm
-
-    from galclip.heads.train import checkpoint_file, load_heads
 
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -206,7 +205,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     with atomic_dir(out) as tmp:
         emb = {m: np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
                for m in MODALITIES}
-        with tqdm(total=n, desc="embed", unit="pair", disable=not progress) as bar:
+        with progress_bar(n, "embed", "pair", enabled=progress) as bar:
             for lo, zi, zs in embed_store(store, heads, rows, batch):
                 emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
                 bar.update(len(zi))
@@ -243,99 +242,3 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
         }
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
     return sidecar
-
-
-@dataclass
-class LoadedIndex:
-    """An index directory: sidecar, per-modality FAISS indexes, and per-row arrays."""
-
-    path: Path
-    sidecar: dict
-    indexes: dict  # modality -> FAISS index
-    rows: dict  # targetid, row, split, redshift, log_mstar: (N,) each
-    embeddings: dict  # modality -> (N, 128) float32 memory map, L2-normalised
-
-    def find(self, targetid: int) -> int:
-        """Position of ``targetid`` in the index, or -1 when it is not indexed."""
-        hit = np.flatnonzero(self.rows["targetid"] == targetid)
-        return int(hit[0]) if hit.size else -1
-
-    def position(self, targetid: int) -> int:
-        """Position of ``targetid``; an error naming the fix when it is not indexed."""
-        pos = self.find(targetid)
-        if pos < 0:
-            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({self.sidecar['n']} galaxies); "
-                               "check the number, or embed a galaxy from its survey file with --data FILE")
-        return pos
-
-    def search(self, query_vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(m, 128) L2-normalised queries -> (similarities (m, k), positions (m, k))."""
-        if target not in MODALITIES:
-            raise GalclipError(f"target must be one of {MODALITIES}, got {target!r}")
-        sims, ids = self.indexes[target].search(np.ascontiguousarray(query_vectors, np.float32), k)
-        return sims, ids
-
-
-def load_index(path: str | Path) -> LoadedIndex:
-    """Open an index directory written by ``build_indexes``."""
-    import faiss
-
-    path = Path(path)
-    if not (path / SIDECAR).exists():
-        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
-    sidecar = json.loads((path / SIDECAR).read_text())
-    if sidecar.get("format") != FORMAT:
-        raise GalclipError(f"{path}: index format {sidecar.get('format')!r}, this galclip reads {FORMAT!r}; "
-                           "rebuild it with 'galclip index'")
-    indexes = {}
-    for m, rec in sidecar["indexes"].items():
-        index = faiss.read_index(str(path / rec["file"]))
-        if rec["kind"] == "ivf":
-            faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
-        indexes[m] = index
-    with np.load(path / ROWS_FILE) as z:
-        rows = {k: z[k] for k in z.files}
-    embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
-    return LoadedIndex(path, sidecar, indexes, rows, embeddings)
-
-
-def embed_new_pair(loaded: LoadedIndex, data: str | Path, targetid: int, device: str = "auto") -> dict[str, np.ndarray]:
-    """Embed one pair of a survey file that is not (necessarily) in the store, as the index was built:
-    the store's encoders and preprocessing, then the index's heads. Returns {"image": (1, 128), "spectrum": (1, 128)},
-    L2-normalised. Refuses when the heads file no longer matches the one the index was built from."""
-    import dataclasses
-
-    from galclip.config import ExtractConfig
-    from galclip.errors import InputError
-    from galclip.extract.run import Encoders
-    from galclip.extract.validate import REASONS, bad_row_codes
-    from galclip.data.survey import SurveyReader
-    from galclip.heads.train import load_heads
-
-    heads_file = Path(loaded.sidecar["heads"])
-    if not heads_file.exists():
-        raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index with 'galclip index'")
-    if sha256_file(heads_file) != loaded.sidecar["heads_sha256"]:
-        raise GalclipError(f"{loaded.path}: was built from other heads than the current {heads_file} (SHA-256 differs); "
-                           "rebuild the index with 'galclip index' so new queries land in the same space")
-    store = FeatureStore.open(loaded.sidecar["store"])
-    known = {f.name for f in dataclasses.fields(ExtractConfig)}
-    config = ExtractConfig(**{k: v for k, v in store.provenance["config"].items() if k in known})
-    config = dataclasses.replace(config, variants=0, spectrum_variants=0, device=device)
-    with SurveyReader(data) as reader:
-        ids = reader.targetids()
-        hit = np.flatnonzero(ids == targetid)
-        if hit.size == 0:
-            raise InputError(f"{data}: no row with targetid {targetid}")
-        row = int(hit[0])
-        batch = reader.read(row, row + 1)
-        code = int(bad_row_codes(batch.image, batch.spectrum)[0])
-        if code:
-            raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
-    import torch
-
-    dev = resolve_device(device)
-    feats = Encoders(config, dev)(torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum), batch.targetid)
-    heads, _ = load_heads(heads_file, store)
-    zi, zs = heads.embed(feats["image_features"], feats["spectrum_features"])
-    return {"image": l2_normalise(zi), "spectrum": l2_normalise(zs)}

@@ -1,0 +1,65 @@
+"""Both frozen encoders on one device, with preprocessing and augmented views in front."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from galclip.config import ExtractConfig
+from galclip.extract.augment import augment_images, augment_spectra
+from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
+from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
+from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
+
+
+def feature_arrays(config: ExtractConfig) -> dict[str, tuple[int, ...]]:
+    """The store's feature arrays for this configuration: name -> shape after the row axis."""
+    arrays = {"image_features": (IMAGE_FEATURE_DIM,), "spectrum_features": (SPECTRUM_FEATURE_DIM,)}
+    if config.variants:
+        arrays["image_features_aug"] = (config.variants, IMAGE_FEATURE_DIM)
+    if config.spectrum_variants:
+        arrays["spectrum_features_aug"] = (config.spectrum_variants, SPECTRUM_FEATURE_DIM)
+    return arrays
+
+
+class Encoders:
+    """Both frozen encoders on one device, with preprocessing and augmented views in front."""
+
+    def __init__(self, config: ExtractConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
+        self.image = trunk.to(device, memory_format=torch.channels_last)
+        self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
+        if config.compile:
+            self.image, self.spectrum_features = torch.compile(self.image), torch.compile(self.spectrum.features)
+        else:
+            self.spectrum_features = self.spectrum.features
+        self.autocast = device.type == "cuda"  # bf16 only on GPUs: ~100x slower on AVX2 CPUs
+
+    def _image_features(self, rgb: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.image(rgb.contiguous(memory_format=torch.channels_last)).float()
+
+    def _spectrum_features(self, spectra: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.spectrum_features(zscore_spectra(spectra)).float()
+
+    @torch.inference_mode()
+    def __call__(self, images_whc: torch.Tensor, spectra: torch.Tensor, targetid: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048)."""
+        cfg = self.config
+        images = images_whc.to(self.device, non_blocking=True)
+        spectra = spectra.to(self.device, non_blocking=True)
+        out = {"image_features": self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping)),
+               "spectrum_features": self._spectrum_features(spectra)}
+        if cfg.variants:
+            chw = images_to_chw(images)
+            out["image_features_aug"] = torch.stack([
+                self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
+                for v in range(cfg.variants)], dim=1)
+        if cfg.spectrum_variants:
+            out["spectrum_features_aug"] = torch.stack([
+                self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
+                for v in range(cfg.spectrum_variants)], dim=1)
+        return {k: v.cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,54 @@
+"""What a store's features are and where they came from: the provenance record an extraction writes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from galclip.config import ExtractConfig
+from galclip.data.survey import SurveyReader
+from galclip.extract.image_encoder import IMAGE_FEATURE_DIM
+from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM
+from galclip.provenance import code_version, sha256_file
+
+AUGMENT_VERSION = 1  # bump when the augmentation recipe changes: stores then refuse to mix
+
+
+def _weights_record(path: str | None, seed: int, kind: str) -> dict:
+    if path is None:
+        return {"source": "random", "seed": seed, "note": f"seeded random {kind} weights: NOT a pretrained encoder"}
+    return {"source": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+
+def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None,
+                     device_type: str = "cpu") -> dict:
+    """Everything needed to know what the store's features are and where they came from."""
+    return {
+        "encoders": {
+            "image": {"architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
+                      "features": "global average pool", "dim": IMAGE_FEATURE_DIM,
+                      "weights": _weights_record(config.image_weights, config.seed, "image")},
+            "spectrum": {"architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
+                         "features": "attention-weighted sum e = sum h*softmax(a)", "dim": SPECTRUM_FEATURE_DIM,
+                         "weights": _weights_record(config.spectrum_weights, config.seed, "spectrum")},
+        },
+        "preprocessing": {
+            "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
+            "spectrum": {"normalisation": "per-spectrum z-score"},
+            # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
+            "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
+            "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
+                         "seed": config.seed, "augment_version": AUGMENT_VERSION,
+                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur, extra sky noise",
+                         "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
+        },
+        "data": reader.fingerprint(),
+        "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
+        "split": {"method": "splitmix64(targetid) < val_fraction", "val_fraction": config.val_fraction},
+        "rows_per_shard": config.rows_per_shard,
+        "code_version": code_version(),
+        "torch_version": torch.__version__,
+        "config": asdict(config),
+    }

@@ -1,0 +1,81 @@
+"""Figures shared by training and evaluation, drawn on matplotlib's Agg canvas and written atomically.
+
+Figures are ``matplotlib.figure.Figure`` objects attached to a ``FigureCanvasAgg`` explicitly, so
+pyplot and the process-wide backend are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+
+def new_figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """An Agg-backed figure (no pyplot state). Big grids pass layout=None: constrained
+    layout costs seconds on dozens of axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path: Path | str, dpi: int = 100) -> Path:
+    """Write ``fig`` as PNG atomically (a crash leaves the previous figure or none)."""
+    from galclip.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    logger.debug("wrote %s", path)
+    return path
+
+
+def plot_loss_curves(history: Mapping[str, list], path: Path | str) -> Path:
+    """Train and validation InfoNCE loss per epoch, learning rate (log) on a twin axis if given."""
+    fig = new_figure(6.5, 4.0)
+    ax = fig.add_subplot()
+    train, val = list(history.get("train_loss", [])), list(history.get("val_loss", []))
+    if train:
+        ax.plot(np.arange(1, len(train) + 1), train, label="train loss")
+    if val:
+        ax.plot(np.arange(1, len(val) + 1), val, label="validation loss")
+    if not train and not val:
+        ax.text(0.5, 0.5, "no loss history", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("InfoNCE loss")
+    lr = list(history.get("lr", []) or [])
+    if lr:
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(1, len(lr) + 1), lr, color="grey", ls="--", lw=1, label="learning rate")
+        ax2.set_yscale("log")
+        ax2.set_ylabel("learning rate")
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="upper right")
+    elif train or val:
+        ax.legend(loc="upper right")
+    ax.set_title("Projection-head training")
+    return save_png(fig, path)
+
+
+def plot_val_loss_curves(curves: Sequence[tuple[str, list[float]]], path: Path | str) -> Path:
+    """Validation InfoNCE per epoch, one line per (label, losses): the sweep's overview."""
+    fig = new_figure(7, 4.5, layout=None)
+    ax = fig.add_subplot()
+    for label, losses in curves:
+        ax.plot(losses, lw=1, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation InfoNCE")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return save_png(fig, path, dpi=110)

@@ -1,0 +1,144 @@
+"""Open an index folder and search it: by an indexed galaxy, by a pair from a survey file, or by a vector.
+
+Every search returns the same records (``galclip search --json`` prints them)::
+
+    {"query": {"targetid", "modality", "source", "redshift", "log_mstar"},
+     "target": "image" | "spectrum",
+     "neighbours": [{"rank", "similarity", "targetid", "redshift", "log_mstar", "is_partner"}, ...]}
+
+``is_partner`` marks the query galaxy's own other modality in a cross-modal search.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galclip.errors import GalclipError
+from galclip.index.build import FORMAT, MODALITIES, ROWS_FILE, SIDECAR
+from galclip.neighbours import l2_normalise
+
+logger = logging.getLogger(__name__)
+
+
+def _float_or_none(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _check_modality(name: str, value: str) -> None:
+    if value not in MODALITIES:
+        raise GalclipError(f"{name} must be one of {list(MODALITIES)}, got {value!r}")
+
+
+@dataclass
+class Index:
+    """An index folder: sidecar, per-modality FAISS indexes, and per-row arrays.
+
+    rows: targetid, row, split, redshift, log_mstar, each (N,); embeddings: modality -> (N, 128)
+    float32 memory map, L2-normalised.
+    """
+
+    path: Path
+    sidecar: dict
+    indexes: dict
+    rows: dict
+    embeddings: dict
+
+    def __len__(self) -> int:
+        return int(self.sidecar["n"])
+
+    def find(self, targetid: int) -> int:
+        """Position of ``targetid`` in the index, or -1 when it is not indexed."""
+        hit = np.flatnonzero(self.rows["targetid"] == targetid)
+        return int(hit[0]) if hit.size else -1
+
+    def position(self, targetid: int) -> int:
+        """Position of ``targetid``; an error naming the fix when it is not indexed."""
+        pos = self.find(targetid)
+        if pos < 0:
+            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({len(self)} galaxies); "
+                               "check the number, or embed a galaxy from its survey file with --data FILE")
+        return pos
+
+    def nearest(self, vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(m, 128) L2-normalised vectors -> (similarities (m, k), positions (m, k)) in ``target``'s index."""
+        _check_modality("target", target)
+        return self.indexes[target].search(np.ascontiguousarray(vectors, np.float32), k)
+
+    def search(self, targetid: int, query: str = "image", target: str = "image", k: int = 5,
+               data: str | Path | None = None, device: str = "auto") -> dict:
+        """The ``k`` galaxies nearest to galaxy ``targetid``'s ``query`` modality, in ``target``'s index.
+
+        Without ``data`` the galaxy must be indexed (an in-modal search leaves it out of its own
+        results). With ``data`` (an AstroCLIP-layout survey file) its pair is read from there and
+        embedded with the store's encoders and the index's heads first."""
+        _check_modality("query", query)
+        _check_modality("target", target)
+        if k < 1:
+            raise GalclipError(f"k must be at least 1, got {k}")
+        if data is not None:
+            from galclip.index.embed import embed_new_pair
+
+            vectors, survey_redshift = embed_new_pair(self, data, targetid, device)
+            vector, pos = vectors[query], self.find(targetid)
+            source = str(data)
+        else:
+            pos = self.position(targetid)
+            vector, survey_redshift, source = np.asarray(self.embeddings[query][pos:pos + 1]), None, "index"
+        exclude = pos if query == target else -1
+        neighbours = self._neighbours(vector, target, k, exclude=exclude, partner=pos)
+        known = pos >= 0
+        return {"query": {"targetid": int(targetid), "modality": query, "source": source,
+                          "redshift": _float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
+                          "log_mstar": _float_or_none(self.rows["log_mstar"][pos]) if known else None},
+                "target": target, "neighbours": neighbours}
+
+    def search_embedding(self, vector: np.ndarray, target: str = "image", k: int = 5) -> dict:
+        """The ``k`` galaxies nearest to a 128-d vector (normalised here) in ``target``'s index."""
+        _check_modality("target", target)
+        vector = np.asarray(vector, dtype=np.float64).reshape(1, -1)
+        d = int(self.sidecar["dim"])
+        if vector.shape[1] != d or not np.isfinite(vector).all():
+            raise GalclipError(f"the query vector must hold {d} finite numbers, got {vector.shape[1]}"
+                               + ("" if np.isfinite(vector).all() else " with NaN/inf"))
+        if k < 1:
+            raise GalclipError(f"k must be at least 1, got {k}")
+        return {"query": {"targetid": None, "modality": None, "source": "embedding", "redshift": None, "log_mstar": None},
+                "target": target, "neighbours": self._neighbours(l2_normalise(vector), target, k)}
+
+    def _neighbours(self, vector: np.ndarray, target: str, k: int, exclude: int = -1, partner: int = -1) -> list[dict]:
+        sims, ids = self.nearest(vector, target, min(len(self), k + (exclude >= 0)))
+        keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != exclude][:k]
+        return [{"rank": r + 1, "similarity": float(s), "targetid": int(self.rows["targetid"][i]),
+                 "redshift": _float_or_none(self.rows["redshift"][i]),
+                 "log_mstar": _float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
+                for r, (s, i) in enumerate(keep)]
+
+
+def open_index(path: str | Path) -> Index:
+    """Open an index folder written by ``galclip index`` (:func:`galclip.index.build.build_indexes`)."""
+    import faiss
+
+    path = Path(path)
+    if not (path / SIDECAR).exists():
+        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
+    sidecar = json.loads((path / SIDECAR).read_text())
+    if sidecar.get("format") != FORMAT:
+        raise GalclipError(f"{path}: index format {sidecar.get('format')!r}, this galclip reads {FORMAT!r}; "
+                           "rebuild it with 'galclip index'")
+    indexes = {}
+    for m, rec in sidecar["indexes"].items():
+        index = faiss.read_index(str(path / rec["file"]))
+        if rec["kind"] == "ivf":
+            faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
+        indexes[m] = index
+    with np.load(path / ROWS_FILE) as z:
+        rows = {k: z[k] for k in z.files}
+    embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
+    return Index(path, sidecar, indexes, rows, embeddings)
