@@ -181,7 +181,7 @@ def test_run_evaluation_rejects_mismatched_rows(tmp_path):
 
 @pytest.mark.slow
 def test_fit_umap_small_seeded(caplog):
-    from galclip.evaluate.embedding_map import fit_umap
+    from galclip.index.embedding_map import fit_umap
 
     rng = np.random.default_rng(10)
     x = np.r_[rng.standard_normal((30, 16)) + 5, rng.standard_normal((30, 16)) - 5]
@@ -195,7 +195,7 @@ def test_fit_umap_small_seeded(caplog):
 
 @pytest.mark.slow
 def test_umap_is_cached_by_content(tmp_path, monkeypatch):
-    import galclip.evaluate.embedding_map as em
+    import galclip.index.embedding_map as em
 
     rng = np.random.default_rng(11)
     x = np.r_[rng.standard_normal((30, 16)) + 5, rng.standard_normal((30, 16)) - 5].astype(np.float32)

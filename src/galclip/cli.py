@@ -60,7 +60,8 @@ def main(verbose: int, quiet: bool) -> None:
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
     index     FAISS indexes over every pair (exact, or IVF with measured recall)
     search    galaxies most similar to a targetid, in-modal or cross-modal
-    demo      mock -> extract -> heads -> evaluate in one go
+    serve     similarity search in the browser (a local web service over an index)
+    demo      mock -> extract -> heads -> evaluate -> index in one go
     """
     _setup_logging(-1 if quiet else verbose)
 
@@ -319,16 +320,18 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, um
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows of features read from the store at a time (memory: ~9 kB per row).")
+@click.option("--no-map", is_flag=True,
+              help="Skip the 2-d UMAP map of the image embeddings (map.npy) that 'galclip serve' draws.")
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int, batch: int,
-          allow_partial: bool, no_progress: bool) -> None:
+          no_map: bool, allow_partial: bool, no_progress: bool) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
     from galclip.index.build import build_indexes
 
     side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
-                         batch=batch, allow_partial=allow_partial, progress=not no_progress)
+                         batch=batch, allow_partial=allow_partial, progress=not no_progress, embedding_map=not no_map)
     for m, rec in side["indexes"].items():
         click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
                    + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))
@@ -375,6 +378,30 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
         click.echo(f"plot: {plot}")
 
 
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Survey file(s) or folder the thumbnails and spectra are read from [default: the files the "
+                   "index's store was extracted from]. Repeatable.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback exposes the service (it has no authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@user_errors
+def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None:
+    """Search INDEX in the browser: a local, read-only web service with a search page and a JSON API."""
+    import uvicorn
+
+    from galclip.serve.app import create_app, load_service
+
+    service = load_service(index_dir, list(data) or None)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("binding %s: anyone who can reach this machine can use the service; it has no "
+                       "authentication", host)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"galclip serve: http://{shown}:{port}/  ({len(service.index)} galaxies; Ctrl-C stops)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
 def _echo_summary(metrics: dict) -> None:
     r2 = metrics.get("zero_shot_r2", {})
     click.echo("zero-shot k-NN R²      redshift  log M*")
@@ -396,7 +423,7 @@ def _echo_summary(metrics: dict) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
 def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
-    """mock -> extract -> heads -> evaluate on a mock survey; prints where the report is."""
+    """mock -> extract -> heads -> evaluate -> index on a mock survey; prints the report and the serve command."""
     from galclip.demo import run_demo
 
     metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed)
@@ -404,6 +431,8 @@ def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
     _echo_summary(metrics)
     t = metrics["timings_s"]
     click.echo("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
+    command = sys.argv[0] if sys.argv[0].endswith("galclip") else "galclip"  # as this demo was started
+    click.echo(f"\nsearch in the browser:  {command} serve {out / 'index'}")
 
 
 if __name__ == "__main__":

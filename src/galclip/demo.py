@@ -13,16 +13,18 @@ logger = logging.getLogger(__name__)
 
 
 def run_demo(pairs: int, out: str | Path, epochs: int = 80, umap: bool = True, seed: int = 0, progress: bool = True) -> dict:
-    """Run every stage into ``out`` (data/, features.zarr, heads/, report/); returns the metrics."""
+    """Run every stage into ``out`` (data/, features.zarr, heads/, report/, index/); returns the metrics."""
     from galclip.data.mock.survey import generate_mock
     from galclip.evaluate.pipeline import evaluate_store
     from galclip.extract.run import run_extraction
     from galclip.heads.train import train_heads
+    from galclip.index.build import build_indexes
 
     out = Path(out)
-    data, store, heads, report = out / "data", out / "features.zarr", out / "heads", out / "report"
+    data, store, heads, report, index = (out / "data", out / "features.zarr", out / "heads", out / "report",
+                                         out / "index")
     timings: dict[str, float] = {}
-    for path in (data, store, heads, report):  # a demo always starts from scratch
+    for path in (data, store, heads, report, index):  # a demo always starts from scratch
         if path.exists():
             shutil.rmtree(path)
 
@@ -38,4 +40,9 @@ def run_demo(pairs: int, out: str | Path, epochs: int = 80, umap: bool = True, s
     train_heads(store, heads, HeadConfig(epochs=epochs, seed=seed), progress=progress)
     timings["heads"] = time.perf_counter() - t
 
-    return evaluate_store(store, heads, report, EvalConfig(umap=umap, seed=seed), extra_metrics={"timings_s": timings})
+    metrics = evaluate_store(store, heads, report, EvalConfig(umap=umap, seed=seed), extra_metrics={"timings_s": timings})
+
+    t = time.perf_counter()  # for 'galclip serve' and galclip.open_index; after evaluate, so metrics.json is as before
+    build_indexes(store, heads, index, seed=seed, progress=progress, embedding_map=umap)
+    metrics["timings_s"]["index"] = time.perf_counter() - t
+    return metrics

@@ -204,7 +204,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     timings["eval_figures"] = time.perf_counter() - t0
 
     if config.umap:
-        from galclip.evaluate.embedding_map import cached_umap
+        from galclip.index.embedding_map import cached_umap
 
         t0 = time.perf_counter()
         umap_info = {"max_points": config.umap_max_points, "fit_points": min(n, config.umap_max_points),

@@ -35,6 +35,7 @@ MODALITIES = ("image", "spectrum")
 SIDECAR = "index.json"
 FORMAT = "galclip-index/2"
 ROWS_FILE = "rows.npz"
+MAP_FILE = "map.npy"  # (N, 2) UMAP coordinates of the image embeddings, for the search page's map
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096)
         yield lo, l2_normalise(zi), l2_normalise(zs)
 
 
-INDEX_FILES = {SIDECAR, ROWS_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))}
+INDEX_FILES = {SIDECAR, ROWS_FILE, MAP_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))}
 
 
 def _check_out_dir(out: Path) -> None:
@@ -178,9 +179,11 @@ def _check_out_dir(out: Path) -> None:
 
 def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
                   recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 4096, seed: int = 0,
-                  allow_partial: bool = False, progress: bool = False) -> dict:
+                  allow_partial: bool = False, progress: bool = False, embedding_map: bool = False,
+                  map_max_points: int = 20000) -> dict:
     """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``image.npy``, ``spectrum.npy``
-    (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``.
+    (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``; with ``embedding_map``
+    also ``map.npy``, the (N, 2) UMAP map of the image embeddings (fitted on ``map_max_points``).
 
     Streams: features are read ``batch`` rows at a time and the embeddings go to memory-mapped files,
     so memory holds one feature block plus the FAISS indexes themselves (N x 128 x 4 bytes each). The
@@ -230,6 +233,14 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                           "recall@10": recall, "ntotal": int(index.ntotal)}
             logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
             del index
+        map_info = None
+        if embedding_map:
+            from galclip.index.embedding_map import fit_umap
+
+            t_map = time.perf_counter()
+            np.save(tmp / MAP_FILE, fit_umap(emb["image"], map_max_points, seed))
+            map_info = {"file": MAP_FILE, "of": "image", "max_points": map_max_points,
+                        "seconds": time.perf_counter() - t_map}
         del emb
         heads_file = checkpoint_file(heads_path)
         np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
@@ -238,7 +249,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
             "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
             "heads": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
-            "build_seconds": time.perf_counter() - t0, "exact_max": exact_max,
+            "build_seconds": time.perf_counter() - t0, "exact_max": exact_max, "map": map_info,
         }
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
     return sidecar

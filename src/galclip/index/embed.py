@@ -12,7 +12,7 @@ import numpy as np
 from galclip.errors import GalclipError, InputError
 from galclip.heads.checkpoint import load_heads
 from galclip.index.build import MODALITIES, embed_store
-from galclip.provenance import resolve_device, sha256_file
+from galclip.provenance import resolve_device
 from galclip.store import FeatureStore
 
 if TYPE_CHECKING:
@@ -52,12 +52,7 @@ def embed_new_pair(index: Index, data: str | Path, targetid: int, device: str = 
     from galclip.neighbours import l2_normalise
     from galclip.store.quarantine import REASONS
 
-    heads_file = Path(index.sidecar["heads"])
-    if not heads_file.exists():
-        raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index with 'galclip index'")
-    if sha256_file(heads_file) != index.sidecar["heads_sha256"]:
-        raise GalclipError(f"{index.path}: was built from other heads than the current {heads_file} (SHA-256 differs); "
-                           "rebuild the index with 'galclip index' so new queries land in the same space")
+    heads_file = index.check_heads()
     store = FeatureStore.open(index.sidecar["store"])
     known = {f.name for f in dataclasses.fields(ExtractConfig)}
     config = ExtractConfig(**{k: v for k, v in store.provenance["config"].items() if k in known})

@@ -20,10 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from galclip.errors import GalclipError
-from galclip.index.build import FORMAT, MODALITIES, ROWS_FILE, SIDECAR
+from galclip.index.build import FORMAT, MAP_FILE, MODALITIES, ROWS_FILE, SIDECAR
 from galclip.neighbours import l2_normalise
 
 logger = logging.getLogger(__name__)
+
+
+class NotIndexed(GalclipError):
+    """A targetid the index does not hold."""
 
 
 def _float_or_none(value) -> float | None:
@@ -62,9 +66,37 @@ class Index:
         """Position of ``targetid``; an error naming the fix when it is not indexed."""
         pos = self.find(targetid)
         if pos < 0:
-            raise GalclipError(f"targetid {targetid} is not in the index at {self.path} ({len(self)} galaxies); "
+            raise NotIndexed(f"targetid {targetid} is not in the index at {self.path} ({len(self)} galaxies); "
                                "check the number, or embed a galaxy from its survey file with --data FILE")
         return pos
+
+    def check_heads(self) -> Path:
+        """The heads file the index was built from; refused when it is gone or has changed since (a new
+        query embedded with other heads would land in another space)."""
+        from galclip.provenance import sha256_file
+
+        heads_file = Path(self.sidecar["heads"])
+        if not heads_file.exists():
+            raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index "
+                               "with 'galclip index'")
+        if sha256_file(heads_file) != self.sidecar["heads_sha256"]:
+            raise GalclipError(f"{self.path}: was built from other heads than the current {heads_file} (SHA-256 "
+                               "differs); rebuild the index with 'galclip index' so new queries land in the same space")
+        return heads_file
+
+    def embedding_map(self, max_points: int = 20000, seed: int = 0) -> np.ndarray:
+        """(N, 2) float32 UMAP coordinates of the image embeddings: the folder's ``map.npy`` written by
+        ``galclip index``, else fitted now (on a seeded subsample of ``max_points``, the rest transformed)."""
+        path = self.path / MAP_FILE
+        if path.exists():
+            coords = np.load(path)
+            if coords.shape == (len(self), 2):
+                return coords
+            logger.warning("%s has shape %s, expected (%d, 2): fitting the map again", path, coords.shape, len(self))
+        from galclip.index.embedding_map import fit_umap
+
+        logger.info("no %s in %s: fitting the UMAP map of %d galaxies (once)", MAP_FILE, self.path, len(self))
+        return fit_umap(np.asarray(self.embeddings["image"]), max_points, seed)
 
     def nearest(self, vectors: np.ndarray, target: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(m, 128) L2-normalised vectors -> (similarities (m, k), positions (m, k)) in ``target``'s index."""

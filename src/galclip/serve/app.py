@@ -1,0 +1,251 @@
+"""The search service: a thin HTTP layer over :class:`galclip.index.search.Index`.
+
+Each handler turns its parameters into one call of the index (or of the survey reader) and
+shapes the JSON; the search logic is the index's, so ``GET /api/search`` returns exactly the
+records ``galclip search --json`` prints, plus the zero-shot k-NN prediction from the neighbours.
+The service only reads: the index folder, the store's metadata and the survey files it was
+started with. The page and its scripts are static files of this package; nothing is fetched
+from elsewhere.
+"""
+
+import csv
+import io
+import logging
+import math
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from galclip.errors import GalclipError
+from galclip.index.search import MODALITIES, Index, NotIndexed, open_index
+from galclip.neighbours import weighted_mean
+from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+K_MAX = 100  # the most neighbours one request may ask for
+BINS_MAX = 7781  # the DESI grid itself
+LABELS = ("redshift", "log_mstar")
+Modality = Literal["image", "spectrum"]
+
+
+class EmbeddingQuery(BaseModel):
+    """The body of ``POST /api/search``."""
+
+    embedding: list[float] = Field(description="a 128-d vector in the shared space (normalised here)")
+    target: Modality = "image"
+    k: int = Field(16, ge=1, le=K_MAX)
+
+
+@dataclass
+class SearchService:
+    """What the handlers share: the index, the survey rows, the embedding map (computed once, on first use)."""
+
+    index: Index
+    galaxies: SurveyGalaxies
+    _map: dict | None = None
+    _map_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def search(self, targetid: int, query: str, target: str, k: int) -> dict:
+        """``Index.search`` records plus the k-NN prediction of the query's labels from its neighbours."""
+        result = self.index.search(targetid, query=query, target=target, k=k)
+        result["prediction"] = predict_labels(result["neighbours"])
+        return result
+
+    def search_embedding(self, vector: list[float], target: str, k: int) -> dict:
+        result = self.index.search_embedding(np.asarray(vector, dtype=np.float64), target=target, k=k)
+        result["prediction"] = predict_labels(result["neighbours"])
+        return result
+
+    def galaxy(self, targetid: int) -> dict:
+        """Indexed or not, split, catalogue labels, and where the survey stores the galaxy."""
+        pos = self.index.find(targetid)
+        in_survey = bool(self.galaxies.holds(np.array([targetid]))[0])
+        if pos < 0 and not in_survey:
+            raise NotIndexed(f"targetid {targetid} is neither in the index at {self.index.path} nor in the survey "
+                             "files; check the number")
+        rows = self.index.rows
+        return {"targetid": int(targetid), "indexed": pos >= 0, "partner_indexed": pos >= 0,
+                "split": {0: "train", 1: "validation"}.get(int(rows["split"][pos])) if pos >= 0 else None,
+                "redshift": _finite(rows["redshift"][pos]) if pos >= 0 else None,
+                "log_mstar": _finite(rows["log_mstar"][pos]) if pos >= 0 else None,
+                "survey": self.galaxies.where(targetid) if in_survey else None}
+
+    def embedding_map(self) -> dict:
+        """2-d UMAP coordinates of every indexed galaxy's image embedding with its redshift: the index's
+        ``map.npy`` when ``galclip index`` wrote one, else fitted once here (kept in memory)."""
+        with self._map_lock:
+            if self._map is None:
+                coords = self.index.embedding_map()
+                self._map = {"targetid": [str(t) for t in self.index.rows["targetid"].tolist()],
+                             "x": np.round(coords[:, 0], 4).tolist(), "y": np.round(coords[:, 1], 4).tolist(),
+                             "redshift": [_finite(z) for z in self.index.rows["redshift"]]}
+            return self._map
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def predict_labels(neighbours: list[dict]) -> dict:
+    """Zero-shot redshift and log M* of a query from its neighbours: the distance-weighted k-NN mean that
+    ``galclip evaluate`` scores (distance between unit vectors, sqrt(2 - 2 cos)), over the neighbours with
+    that label. The query's own partner is left out, so a cross-modal search does not read its own label."""
+    out: dict = {}
+    for label in LABELS:
+        usable = [n for n in neighbours if n[label] is not None and not n["is_partner"]]
+        if not usable:
+            out[label] = None
+            continue
+        dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.array([[n["similarity"] for n in usable]])))
+        out[label] = float(weighted_mean(dist, np.array([[n[label] for n in usable]]))[0])
+    out["n_neighbours"] = {label: sum(1 for n in neighbours if n[label] is not None and not n["is_partner"])
+                           for label in LABELS}
+    return out
+
+
+def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) -> tuple[list, int, str]:
+    """The survey files to read (``data``, else those the store was extracted from) and the store's
+    image crop and grz->RGB mapping."""
+    from galclip.store import FeatureStore
+
+    crop, rgb, files = 96, "lupton", []
+    try:
+        provenance = FeatureStore.open(index.sidecar["store"]).provenance
+        pre = provenance.get("preprocessing", {}).get("image", {})
+        crop, rgb = int(pre.get("centre_crop", crop)), pre.get("rgb", rgb)
+        files = provenance.get("data", {}).get("files", [])
+    except GalclipError as err:
+        if not data:
+            raise GalclipError(f"{err}; the service needs the store's survey files: pass them with --data") from err
+        logger.warning("%s; thumbnails use the default crop %d and %s colours", err, crop, rgb)
+    if data:
+        files = list(data)
+    if not files:
+        raise GalclipError(f"{index.path}: the store names no survey files; pass them with --data")
+    return files, crop, rgb
+
+
+def load_service(index_path: str | Path, data: list[str | Path] | None = None) -> SearchService:
+    """Open the index, check its heads, and map its galaxies to survey rows; refuses what ``galclip search`` refuses."""
+    index = open_index(index_path)
+    index.check_heads()
+    files, crop, rgb = survey_files_and_preprocessing(index, data)
+    galaxies = SurveyGalaxies(files, crop=crop, rgb=rgb)
+    missing = index.rows["targetid"][~galaxies.holds(index.rows["targetid"])]
+    if missing.size:
+        names = ", ".join(map(str, files))
+        raise GalclipError(f"{names}: no row with targetid {int(missing[0])} (and {missing.size - 1} more of the "
+                           f"index's {len(index)} galaxies); pass the survey files the index was built from with --data")
+    return SearchService(index, galaxies)
+
+
+def create_app(service: SearchService) -> FastAPI:
+    """The FastAPI application over one service."""
+    app = FastAPI(title="galclip search", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
+                  description="Similarity search over galclip's FAISS indexes; every parameter is checked and "
+                              "a bad one gets a 4xx answer that names it.")
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError):
+        problems = []
+        for err in exc.errors():
+            loc = list(err.get("loc", ()))
+            where = ".".join(str(p) for p in (loc[1:] if loc[:1] in (["query"], ["path"], ["body"]) else loc))
+            problems.append(f"{where or 'request'}: {err.get('msg')}" + (f" (got {err['input']!r})"
+                                                                         if "input" in err and not isinstance(err["input"], (dict, list)) else ""))
+        return JSONResponse(status_code=422, content={"error": "; ".join(problems), "detail": jsonable(exc.errors())})
+
+    @app.exception_handler(NotIndexed)
+    async def not_indexed(request: Request, exc: NotIndexed):
+        return JSONResponse(status_code=404, content={"error": str(exc)})
+
+    @app.exception_handler(UnknownGalaxy)
+    async def unknown_galaxy(request: Request, exc: UnknownGalaxy):
+        return JSONResponse(status_code=404, content={"error": str(exc)})
+
+    @app.exception_handler(GalclipError)
+    async def user_error(request: Request, exc: GalclipError):
+        return JSONResponse(status_code=422, content={"error": str(exc)})
+
+    @app.get("/api/search", summary="Neighbours of an indexed galaxy, with the k-NN prediction of its labels")
+    def search(targetid: int, query: Modality = "image", target: Modality = "image",
+               k: int = Query(16, ge=1, le=K_MAX, description=f"neighbours, 1 to {K_MAX}")) -> dict:
+        return service.search(targetid, query, target, k)
+
+    @app.post("/api/search", summary="Neighbours of any vector in the shared space")
+    def search_vector(body: EmbeddingQuery) -> dict:
+        return service.search_embedding(body.embedding, body.target, body.k)
+
+    @app.get("/api/search.csv", summary="The result table of GET /api/search as CSV")
+    def search_csv(targetid: int, query: Modality = "image", target: Modality = "image",
+                   k: int = Query(16, ge=1, le=K_MAX)) -> Response:
+        result = service.search(targetid, query, target, k)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["query_targetid", "query_modality", "target_modality", "rank", "targetid", "similarity",
+                         "redshift", "log_mstar", "is_partner"])
+        for n in result["neighbours"]:
+            writer.writerow([targetid, query, target, n["rank"], n["targetid"], f"{n['similarity']:.6f}",
+                             "" if n["redshift"] is None else n["redshift"],
+                             "" if n["log_mstar"] is None else n["log_mstar"], int(n["is_partner"])])
+        name = f"galclip-{targetid}-{query}-to-{target}-k{k}.csv"
+        return Response(buffer.getvalue(), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @app.get("/api/galaxy/{targetid}", summary="Labels, split, survey file and group of one galaxy")
+    def galaxy(targetid: int) -> dict:
+        return service.galaxy(targetid)
+
+    @app.get("/api/image/{targetid}.png", summary="The g,r,z cutout as RGB, as the store's preprocessing maps it",
+             response_class=Response)
+    def image(targetid: int) -> Response:
+        return Response(service.galaxies.image_png(targetid), media_type="image/png",
+                        headers={"Cache-Control": "max-age=3600"})
+
+    @app.get("/api/spectrum/{targetid}", summary="The spectrum on the DESI grid, averaged into bins for display")
+    def spectrum(targetid: int, bins: int = Query(400, ge=2, le=BINS_MAX)) -> dict:
+        return {"targetid": targetid, **service.galaxies.spectrum(targetid, bins)}
+
+    @app.get("/api/map", summary="2-d UMAP coordinates of every indexed galaxy with its redshift")
+    def embedding_map() -> dict:
+        return service.embedding_map()
+
+    @app.get("/api/random", summary="A random indexed galaxy")
+    def random_galaxy() -> dict:
+        rows = service.index.rows["targetid"]
+        return {"targetid": int(rows[np.random.default_rng().integers(len(rows))])}
+
+    @app.get("/api/health", summary="Liveness and what is served")
+    def health() -> dict:
+        return {"status": "ok", "galaxies": len(service.index), "modalities": list(MODALITIES),
+                "k_max": K_MAX, "index": str(service.index.path)}
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def jsonable(errors: list) -> list:
+    """Validation errors with only JSON types (pydantic may put exceptions in ``ctx``)."""
+    out = []
+    for err in errors:
+        err = dict(err)
+        if "ctx" in err:
+            err["ctx"] = {k: str(v) for k, v in err["ctx"].items()}
+        if "input" in err and not isinstance(err["input"], (str, int, float, bool, type(None))):
+            err["input"] = str(err["input"])[:200]
+        out.append(err)
+    return out

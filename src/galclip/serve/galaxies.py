@@ -1,0 +1,104 @@
+"""Pixels and fluxes of single galaxies, read on demand from the survey files by targetid.
+
+At start the map targetid -> survey row is built from the files' ``targetid`` datasets only (8
+bytes a galaxy); an image or a spectrum is then one row read from its HDF5 group. A survey is
+never loaded whole (~60 GB at DESI scale). Rendered thumbnails are kept in an LRU cache.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from galclip.data.layout import desi_wavelength
+from galclip.data.survey import SurveyReader
+from galclip.errors import GalclipError
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownGalaxy(GalclipError):
+    """A targetid that none of the files holds."""
+
+
+class SurveyGalaxies:
+    """Single rows of one or more AstroCLIP-layout survey files, by targetid (read-only)."""
+
+    def __init__(self, paths: list[str | Path], crop: int = 96, rgb: str = "lupton", cache_size: int = 4096):
+        self.reader = SurveyReader(paths)
+        ids = self.reader.targetids()  # refuses duplicate targetids with their files
+        order = np.argsort(ids, kind="stable")
+        self._sorted_ids, self._rows = ids[order], order
+        self.crop, self.rgb = crop, rgb
+        self._lock = threading.Lock()  # one HDF5 read at a time: h5py serialises them anyway
+        self._png: OrderedDict[int, bytes] = OrderedDict()
+        self._cache_size = cache_size
+
+    def __len__(self) -> int:
+        return len(self._sorted_ids)
+
+    def row(self, targetid: int) -> int:
+        """The survey row of ``targetid``; :class:`UnknownGalaxy` when no file holds it."""
+        i = int(np.searchsorted(self._sorted_ids, targetid))
+        if i >= len(self._sorted_ids) or self._sorted_ids[i] != targetid:
+            raise UnknownGalaxy(f"targetid {targetid} is not in the survey files ({len(self)} galaxies)")
+        return int(self._rows[i])
+
+    def holds(self, targetids: np.ndarray) -> np.ndarray:
+        """(n,) bool: which targetids the files hold."""
+        pos = np.clip(np.searchsorted(self._sorted_ids, targetids), 0, max(len(self._sorted_ids) - 1, 0))
+        return self._sorted_ids[pos] == targetids if len(self._sorted_ids) else np.zeros(len(targetids), bool)
+
+    def where(self, targetid: int) -> dict:
+        """{"file", "group", "row"}: where the galaxy's row is stored."""
+        row = self.row(targetid)
+        for seg in self.reader.segments:
+            if seg.offset <= row < seg.offset + seg.n_rows:
+                return {"file": str(seg.path), "group": seg.group or "/", "row": row - seg.offset}
+        raise AssertionError("row outside every segment")  # pragma: no cover - rows come from the segments
+
+    def _read(self, targetid: int):
+        row = self.row(targetid)
+        with self._lock:
+            return self.reader.read(row, row + 1)
+
+    def image_png(self, targetid: int) -> bytes:
+        """The g,r,z cutout as an RGB PNG, with the crop and grz->RGB mapping the store's preprocessing used."""
+        with self._lock:
+            cached = self._png.get(targetid)
+            if cached is not None:
+                self._png.move_to_end(targetid)
+                return cached
+        from PIL import Image
+
+        from galclip.extract.preprocess import preprocess_images
+
+        rgb = preprocess_images(self._read(targetid).image, self.crop, self.rgb)[0].permute(1, 2, 0).numpy()
+        buffer = io.BytesIO()
+        Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).save(buffer, format="PNG")
+        png = buffer.getvalue()
+        with self._lock:
+            self._png[targetid] = png
+            while len(self._png) > self._cache_size:
+                self._png.popitem(last=False)
+        return png
+
+    def spectrum(self, targetid: int, bins: int) -> dict:
+        """The spectrum on the DESI grid averaged into ``bins`` equal bins: {"wavelength", "flux"} lists."""
+        flux = self._read(targetid).spectrum[0].astype(np.float64)
+        wave = desi_wavelength()
+        edges = np.linspace(0, len(flux), bins + 1).round().astype(int)
+        counts = np.diff(edges)
+        flux_b = np.add.reduceat(flux, edges[:-1]) / counts
+        wave_b = np.add.reduceat(wave, edges[:-1]) / counts
+        finite = np.isfinite(flux_b)
+        return {"wavelength": np.round(wave_b, 2).tolist(),
+                "flux": [float(round(v, 5)) if ok else None for v, ok in zip(flux_b, finite)]}
+
+    def close(self) -> None:
+        self.reader.close()

@@ -1,0 +1,284 @@
+// galclip search page: plain JavaScript, no framework, nothing fetched but this server's own API.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const LINES = [  // rest-frame wavelengths (Å) marked on spectra at the galaxy's redshift
+  ["[OII]", 3727], ["K", 3934], ["H", 3969], ["Hδ", 4102], ["Hγ", 4340], ["Hβ", 4861], ["[OIII]", 5007],
+  ["Mg b", 5175], ["Na D", 5893], ["Hα", 6563], ["[NII]", 6583], ["[SII]", 6724],
+];
+const state = { targetid: null, query: "image", target: "image", k: 16 };
+let mapData = null;  // {targetid: [str], x: [], y: [], redshift: []} and screen coordinates
+let lastResult = null;
+
+// targetids are int64: JavaScript numbers hold 53 bits, so they are read as strings
+async function fetchJSON(url, options) {
+  const response = await fetch(url, options);
+  const text = await response.text();
+  let body;
+  try {
+    body = JSON.parse(text.replace(/"targetid":\s*(-?\d+)/g, '"targetid":"$1"'));
+  } catch (err) {
+    throw new Error(`${url}: the server answered ${response.status} ${response.statusText}`);
+  }
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function showMessage(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function fmt(value, digits) {
+  return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
+}
+
+function readURL() {
+  const params = new URLSearchParams(window.location.search);
+  if (params.get("targetid")) state.targetid = params.get("targetid").trim();
+  if (["image", "spectrum"].includes(params.get("query"))) state.query = params.get("query");
+  if (["image", "spectrum"].includes(params.get("target"))) state.target = params.get("target");
+  if (params.get("k")) state.k = params.get("k");
+  $("targetid").value = state.targetid || "";
+  $("direction").value = `${state.query}:${state.target}`;
+  $("k").value = state.k;
+}
+
+function queryString() {
+  return new URLSearchParams({ targetid: state.targetid, query: state.query, target: state.target, k: state.k }).toString();
+}
+
+async function search(push) {
+  if (!state.targetid) { showMessage("Enter a targetid (or press “random galaxy”)."); return; }
+  if (push) history.pushState({ ...state }, "", `?${queryString()}`);
+  showMessage("");
+  document.body.dataset.loading = "1";
+  try {
+    const result = await fetchJSON(`/api/search?${queryString()}`);
+    lastResult = result;
+    renderQuery(result);
+    renderGrid(result);
+    const csv = $("csv");
+    csv.href = `/api/search.csv?${queryString()}`;
+    csv.hidden = false;
+    drawMap();
+  } catch (err) {
+    showMessage(err.message);
+    $("grid").replaceChildren();
+    $("results-title").textContent = "neighbours";
+  } finally {
+    delete document.body.dataset.loading;
+  }
+}
+
+function renderQuery(result) {
+  const q = result.query;
+  const card = $("query-card");
+  card.classList.remove("empty");
+  const img = document.createElement("img");
+  img.src = `/api/image/${q.targetid}.png`;
+  img.alt = `targetid ${q.targetid}`;
+  const right = document.createElement("div");
+  right.style.flex = "1";
+  const title = document.createElement("div");
+  title.innerHTML = `<b>targetid ${q.targetid}</b> — ${q.modality} query → ${result.target} neighbours`;
+  const canvas = document.createElement("canvas");
+  canvas.width = 560; canvas.height = 200;
+  const p = result.prediction || {};
+  const facts = document.createElement("div");
+  facts.className = "facts";
+  facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">k-NN prediction</span>
+    <span>redshift</span><span id="q-z">${fmt(q.redshift, 4)}</span><span id="p-z">${fmt(p.redshift, 4)}</span>
+    <span>log M*</span><span>${fmt(q.log_mstar, 2)}</span><span id="p-m">${fmt(p.log_mstar, 2)}</span>`;
+  right.append(title, canvas, facts);
+  card.replaceChildren(img, right);
+  const z = q.redshift !== null ? q.redshift : p.redshift;
+  drawSpectrum(canvas, q.targetid, 600, z, true);
+}
+
+function renderGrid(result) {
+  $("results-title").textContent = `${result.neighbours.length} nearest by cosine similarity (${result.query.modality} → ${result.target})`;
+  const cards = result.neighbours.map((n) => {
+    const card = document.createElement("div");
+    card.className = "card" + (n.is_partner ? " partner" : "");
+    card.dataset.targetid = n.targetid;
+    card.title = "search from this galaxy";
+    const img = document.createElement("img");
+    img.src = `/api/image/${n.targetid}.png`;
+    img.alt = `targetid ${n.targetid}`;
+    img.loading = "eager";
+    const canvas = document.createElement("canvas");
+    canvas.width = 220; canvas.height = 60;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.innerHTML = `<span>#${n.rank} · ${n.similarity.toFixed(3)}</span><span>z ${fmt(n.redshift, 3)} · M* ${fmt(n.log_mstar, 2)}</span>`;
+    const tid = document.createElement("div");
+    tid.className = "tid";
+    tid.innerHTML = `${n.targetid}${n.is_partner ? ' <span class="badge">its own partner</span>' : ""}`;
+    card.append(img, canvas, meta, tid);
+    card.addEventListener("click", () => { state.targetid = n.targetid; $("targetid").value = n.targetid; search(true); });
+    drawSpectrum(canvas, n.targetid, 160, n.redshift, false);
+    return card;
+  });
+  $("grid").replaceChildren(...cards);
+}
+
+async function drawSpectrum(canvas, targetid, bins, z, marks) {
+  let s;
+  try {
+    s = await fetchJSON(`/api/spectrum/${targetid}?bins=${bins}`);
+  } catch (err) {
+    return;  // the card still shows its image and numbers
+  }
+  const ctx = canvas.getContext("2d");
+  const w = canvas.width, h = canvas.height, pad = marks ? 14 : 2;
+  const flux = s.flux.filter((v) => v !== null).sort((a, b) => a - b);
+  if (!flux.length) return;
+  const lo = flux[Math.floor(flux.length * 0.01)], hi = flux[Math.floor(flux.length * 0.995)];
+  const w0 = s.wavelength[0], w1 = s.wavelength[s.wavelength.length - 1];
+  const X = (wl) => ((wl - w0) / (w1 - w0)) * w;
+  const Y = (f) => h - pad - ((f - lo) / (hi - lo || 1)) * (h - 2 * pad);
+  ctx.clearRect(0, 0, w, h);
+  if (marks && z !== null && z !== undefined) {
+    ctx.font = "10px sans-serif";
+    ctx.fillStyle = "#b04a1f";
+    LINES.forEach(([name, rest], i) => {
+      const x = X(rest * (1 + z));
+      if (x < 0 || x > w) return;
+      ctx.strokeStyle = "rgba(176, 74, 31, 0.45)";
+      ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, h); ctx.stroke();
+      ctx.fillText(name, x + 2, 10 + (i % 2) * 10);
+    });
+  }
+  ctx.strokeStyle = "#1d3f7a";
+  ctx.lineWidth = 1;
+  ctx.beginPath();
+  let started = false;
+  s.flux.forEach((f, i) => {
+    if (f === null) { started = false; return; }
+    const x = X(s.wavelength[i]), y = Math.max(0, Math.min(h, Y(f)));
+    if (started) ctx.lineTo(x, y); else ctx.moveTo(x, y);
+    started = true;
+  });
+  ctx.stroke();
+  if (marks) {
+    ctx.fillStyle = "#667";
+    ctx.fillText(`${Math.round(w0)} Å`, 2, h - 2);
+    ctx.fillText(`${Math.round(w1)} Å`, w - 44, h - 2);
+  }
+}
+
+// ---- the embedding map -------------------------------------------------------------------------
+const STOPS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];  // viridis
+
+function colour(t) {
+  if (!Number.isFinite(t)) return [120, 120, 120];
+  t = Math.max(0, Math.min(1, t)) * (STOPS.length - 1);
+  const i = Math.min(Math.floor(t), STOPS.length - 2), f = t - i;
+  return STOPS[i].map((c, j) => Math.round(c + f * (STOPS[i + 1][j] - c)));
+}
+
+async function loadMap() {
+  try {
+    mapData = await fetchJSON("/api/map");
+  } catch (err) {
+    $("map-status").textContent = `map unavailable: ${err.message}`;
+    return;
+  }
+  const canvas = $("map"), w = canvas.width, h = canvas.height, n = mapData.x.length;
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (let i = 0; i < n; i++) {
+    x0 = Math.min(x0, mapData.x[i]); x1 = Math.max(x1, mapData.x[i]);
+    y0 = Math.min(y0, mapData.y[i]); y1 = Math.max(y1, mapData.y[i]);
+  }
+  const zs = mapData.redshift.filter((z) => z !== null).sort((a, b) => a - b);
+  const zlo = zs.length ? zs[Math.floor(zs.length * 0.02)] : 0, zhi = zs.length ? zs[Math.floor(zs.length * 0.98)] : 1;
+  mapData.sx = new Float32Array(n); mapData.sy = new Float32Array(n);
+  mapData.index = new Map();
+  const base = document.createElement("canvas");
+  base.width = w; base.height = h;
+  const bctx = base.getContext("2d");
+  const image = bctx.createImageData(w, h);
+  const dot = n < 20000 ? 3 : n < 80000 ? 2 : 1;  // dots shrink as the map fills
+  for (let i = 0; i < n; i++) {  // one ImageData pass: stays fast at 200k points
+    const sx = 6 + ((mapData.x[i] - x0) / (x1 - x0 || 1)) * (w - 12);
+    const sy = 6 + (1 - (mapData.y[i] - y0) / (y1 - y0 || 1)) * (h - 12);
+    mapData.sx[i] = sx; mapData.sy[i] = sy;
+    mapData.index.set(mapData.targetid[i], i);
+    const z = mapData.redshift[i];
+    const [r, g, b] = colour(z === null ? NaN : (z - zlo) / (zhi - zlo || 1));
+    for (let dy = 0; dy < dot; dy++) {
+      for (let dx = 0; dx < dot; dx++) {
+        const px = Math.min(w - 1, Math.round(sx) + dx), py = Math.min(h - 1, Math.round(sy) + dy);
+        const o = (py * w + px) * 4;
+        image.data[o] = r; image.data[o + 1] = g; image.data[o + 2] = b; image.data[o + 3] = 255;
+      }
+    }
+  }
+  bctx.putImageData(image, 0, 0);
+  mapData.base = base;
+  $("map-status").textContent = `${n.toLocaleString()} galaxies; redshift ${zlo.toFixed(2)} (purple) to ${zhi.toFixed(2)} (yellow). Click a point to search from it.`;
+  drawMap();
+}
+
+function drawMap() {
+  if (!mapData || !mapData.base) return;
+  const ctx = $("map").getContext("2d");
+  ctx.fillStyle = "#111";
+  ctx.fillRect(0, 0, ctx.canvas.width, ctx.canvas.height);
+  ctx.drawImage(mapData.base, 0, 0);
+  if (!lastResult) return;
+  const ring = (tid, radius, style) => {
+    const i = mapData.index.get(String(tid));
+    if (i === undefined) return;
+    ctx.strokeStyle = style; ctx.lineWidth = 2;
+    ctx.beginPath(); ctx.arc(mapData.sx[i], mapData.sy[i], radius, 0, 2 * Math.PI); ctx.stroke();
+  };
+  lastResult.neighbours.forEach((n) => ring(n.targetid, 4, "#ffffff"));
+  ring(lastResult.query.targetid, 7, "#ff3b3b");
+}
+
+$("map").addEventListener("click", (event) => {
+  if (!mapData || !mapData.sx) return;
+  const rect = event.target.getBoundingClientRect();
+  const x = (event.clientX - rect.left) * (event.target.width / rect.width);
+  const y = (event.clientY - rect.top) * (event.target.height / rect.height);
+  let best = -1, bestD = Infinity;
+  for (let i = 0; i < mapData.sx.length; i++) {
+    const d = (mapData.sx[i] - x) ** 2 + (mapData.sy[i] - y) ** 2;
+    if (d < bestD) { bestD = d; best = i; }
+  }
+  if (best < 0) return;
+  state.targetid = mapData.targetid[best];
+  $("targetid").value = state.targetid;
+  search(true);
+});
+
+// ---- the query bar and navigation ---------------------------------------------------------------
+$("query-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.targetid = $("targetid").value.trim();
+  [state.query, state.target] = $("direction").value.split(":");
+  state.k = $("k").value;
+  search(true);
+});
+
+$("random").addEventListener("click", async () => {
+  try {
+    const r = await fetchJSON("/api/random");
+    state.targetid = r.targetid;
+    $("targetid").value = r.targetid;
+    [state.query, state.target] = $("direction").value.split(":");
+    state.k = $("k").value;
+    search(true);
+  } catch (err) {
+    showMessage(err.message);
+  }
+});
+
+window.addEventListener("popstate", () => { readURL(); if (state.targetid) search(false); });
+
+readURL();
+loadMap();
+if (state.targetid) search(false);

@@ -1,0 +1,362 @@
+"""The search service: its JSON API against ``galclip search --json`` and numpy brute force, a corpus of
+bad requests, start-up refusals, read-only access, and a real browser driving the page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from galclip.config import HeadConfig
+
+ARTIFACTS = Path(os.environ.get("GALCLIP_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
+
+
+def _snapshot(*paths: Path) -> dict[str, str]:
+    out = {}
+    for root in paths:
+        for p in sorted(x for x in ([root] if root.is_file() else root.rglob("*")) if x.is_file()):
+            out[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(tiny_mock, tiny_store, tmp_path_factory):
+    """Heads and an index (with its map) over the tiny store; the service over them."""
+    from galclip.heads.train import train_heads
+    from galclip.index.build import build_indexes
+    from galclip.serve.app import load_service
+
+    root = tmp_path_factory.mktemp("serve")
+    train_heads(tiny_store, root / "heads", HeadConfig(epochs=2, batch_size=16), progress=False)
+    build_indexes(tiny_store, root / "heads", root / "index", embedding_map=True)
+    return root, load_service(root / "index")
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # starlette's TestClient notes its httpx dependency
+        from fastapi.testclient import TestClient
+    from galclip.serve.app import create_app
+
+    return TestClient(create_app(served[1]))
+
+
+def _cli_search(index: Path, *args: str) -> dict:
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+
+    result = CliRunner().invoke(main, ["-q", "search", str(index), *args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+@pytest.mark.parametrize("query,target", [("image", "image"), ("image", "spectrum"), ("spectrum", "image"),
+                                          ("spectrum", "spectrum")])
+def test_search_equals_the_cli_and_brute_force(served, client, query, target):
+    root, service = served
+    index = service.index
+    tid = int(index.rows["targetid"][9])
+    got = client.get(f"/api/search?targetid={tid}&query={query}&target={target}&k=6")
+    assert got.status_code == 200, got.text
+    body = got.json()
+    prediction = body.pop("prediction")
+    assert body == _cli_search(root / "index", "--targetid", str(tid), "--query", query, "--target", target, "-k", "6")
+    sims = np.asarray(index.embeddings[target]) @ np.asarray(index.embeddings[query][9])
+    order = [i for i in np.argsort(-sims, kind="stable") if not (query == target and i == 9)][:6]
+    assert [n["targetid"] for n in body["neighbours"]] == index.rows["targetid"][order].tolist()
+    np.testing.assert_allclose([n["similarity"] for n in body["neighbours"]], sims[order], atol=1e-5)
+    # the k-NN prediction: inverse-distance weights over unit vectors, the query's own partner left out
+    use = [n for n in body["neighbours"] if n["redshift"] is not None and not n["is_partner"]]
+    w = 1 / np.sqrt(2 - 2 * np.array([n["similarity"] for n in use]))
+    assert prediction["redshift"] == pytest.approx(np.sum(w * [n["redshift"] for n in use]) / np.sum(w))
+    assert prediction["n_neighbours"]["redshift"] == len(use)
+
+
+def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
+    _, service = served
+    index = service.index
+    vector = np.asarray(index.embeddings["spectrum"][4])
+    got = client.post("/api/search", json={"embedding": vector.tolist(), "target": "spectrum", "k": 3}).json()
+    assert got["neighbours"][0]["targetid"] == int(index.rows["targetid"][4])  # itself, nearest
+    assert got["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
+    tid = int(index.rows["targetid"][2])
+    csv_text = client.get(f"/api/search.csv?targetid={tid}&query=image&target=spectrum&k=4")
+    assert csv_text.headers["content-type"].startswith("text/csv") and "attachment" in csv_text.headers["content-disposition"]
+    rows = csv_text.text.strip().split("\n")
+    assert rows[0].startswith("query_targetid,query_modality,target_modality,rank,targetid") and len(rows) == 5
+    search = client.get(f"/api/search?targetid={tid}&query=image&target=spectrum&k=4").json()
+    assert [int(r.split(",")[4]) for r in rows[1:]] == [n["targetid"] for n in search["neighbours"]]
+    galaxy = client.get(f"/api/galaxy/{tid}").json()
+    assert galaxy["indexed"] and galaxy["partner_indexed"] and galaxy["split"] in ("train", "validation")
+    assert galaxy["survey"]["file"].endswith("survey.h5") and galaxy["survey"]["group"] != ""
+    png = client.get(f"/api/image/{tid}.png")
+    assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+    import io
+
+    assert Image.open(io.BytesIO(png.content)).size == (96, 96)  # the store's 96-pixel centre crop
+    spectrum = client.get(f"/api/spectrum/{tid}?bins=50").json()
+    assert len(spectrum["wavelength"]) == len(spectrum["flux"]) == 50
+    assert 3600 < spectrum["wavelength"][0] < spectrum["wavelength"][-1] < 9824
+    from galclip.data.survey import SurveyReader
+
+    with SurveyReader(service.galaxies.reader.files) as reader:  # the bins average the file's own fluxes
+        row = int(np.flatnonzero(reader.targetids() == tid)[0])
+        flux = reader.read(row, row + 1).spectrum[0].astype(np.float64)
+    edges = np.linspace(0, len(flux), 51).round().astype(int)
+    np.testing.assert_allclose(spectrum["flux"], [flux[a:b].mean() for a, b in zip(edges[:-1], edges[1:])], atol=1e-4)
+    emap = client.get("/api/map").json()
+    assert len(emap["x"]) == len(emap["targetid"]) == len(index) and emap["targetid"][0] == str(index.rows["targetid"][0])
+    np.testing.assert_allclose(emap["x"], np.load(served[0] / "index" / "map.npy")[:, 0], atol=1e-3)
+    assert int(client.get("/api/random").json()["targetid"]) in set(index.rows["targetid"].tolist())
+    assert client.get("/api/health").json()["status"] == "ok"
+
+
+def test_page_and_schema_are_served_offline(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "galclip" in page.text
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    from galclip.serve.app import STATIC
+
+    for f in STATIC.iterdir():  # no CDN, font or remote call anywhere in the page
+        text = f.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, f
+    assert client.get("/openapi.json").json()["info"]["title"] == "galclip search"
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+
+
+def bad_requests(tid: int) -> list[tuple[str, str, dict | str | None, int, str]]:
+    """(method, url, JSON body (a str is sent as it is), status, a piece of the message): at least 30 requests a
+    user or a script can get wrong."""
+    big = "9" * 30
+    return [
+        ("GET", "/api/search?targetid=12345", None, 404, "targetid 12345 is not in the index"),
+        ("GET", "/api/search?targetid=0", None, 404, "not in the index"),
+        ("GET", "/api/search?targetid=-5", None, 404, "not in the index"),
+        ("GET", f"/api/search?targetid={big}", None, 404, "not in the index"),
+        ("GET", "/api/search?targetid=abc", None, 422, "targetid"),
+        ("GET", "/api/search?targetid=1.5", None, 422, "targetid"),
+        ("GET", "/api/search?targetid=", None, 422, "targetid"),
+        ("GET", "/api/search", None, 422, "targetid: Field required"),
+        ("GET", f"/api/search?targetid={tid}&k=0", None, 422, "k: Input should be greater than or equal to 1"),
+        ("GET", f"/api/search?targetid={tid}&k=-3", None, 422, "k:"),
+        ("GET", f"/api/search?targetid={tid}&k=101", None, 422, "k: Input should be less than or equal to 100"),
+        ("GET", f"/api/search?targetid={tid}&k=ten", None, 422, "k:"),
+        ("GET", f"/api/search?targetid={tid}&query=radio", None, 422, "query: Input should be 'image' or 'spectrum'"),
+        ("GET", f"/api/search?targetid={tid}&target=IMAGE", None, 422, "target:"),
+        ("GET", f"/api/search?targetid={tid}&target=", None, 422, "target:"),
+        ("GET", "/api/search.csv?targetid=12345", None, 404, "not in the index"),
+        ("GET", f"/api/search.csv?targetid={tid}&k=1000", None, 422, "k:"),
+        ("GET", "/api/search.csv?targetid=x", None, 422, "targetid"),
+        ("POST", "/api/search", {"embedding": [0.1] * 5}, 422, "128 finite numbers, got 5"),
+        ("POST", "/api/search", {"embedding": []}, 422, "128 finite numbers, got 0"),
+        ("POST", "/api/search", {"embedding": [0.1] * 127 + ["NaN"]}, 422, "NaN"),
+        ("POST", "/api/search", '{"embedding": [' + "0.1, " * 127 + "Infinity]}", 422, "NaN/inf"),
+        ("POST", "/api/search", {"embedding": ["a"] * 128}, 422, "embedding.0"),
+        ("POST", "/api/search", {"target": "image"}, 422, "embedding: Field required"),
+        ("POST", "/api/search", {"embedding": [0.1] * 128, "k": 0}, 422, "k:"),
+        ("POST", "/api/search", {"embedding": [0.1] * 128, "target": "sound"}, 422, "target:"),
+        ("POST", "/api/search", "not json", 422, "JSON"),
+        ("GET", "/api/galaxy/12345", None, 404, "targetid 12345 is neither in the index"),
+        ("GET", "/api/galaxy/abc", None, 422, "targetid"),
+        ("GET", "/api/image/12345.png", None, 404, "targetid 12345 is not in the survey files"),
+        ("GET", "/api/image/abc.png", None, 422, "targetid"),
+        ("GET", "/api/spectrum/12345", None, 404, "not in the survey files"),
+        ("GET", f"/api/spectrum/{tid}?bins=1", None, 422, "bins:"),
+        ("GET", f"/api/spectrum/{tid}?bins=100000", None, 422, "bins:"),
+        ("GET", "/static/../app.py", None, 404, ""),
+        ("GET", "/static/%2e%2e/app.py", None, 404, ""),
+        ("GET", "/static/..%2f..%2fpyproject.toml", None, 404, ""),
+        ("GET", "/static/%2e%2e%2f%2e%2e%2fheads%2fcheckpoint.py", None, 404, ""),
+        ("GET", "/static/nothing.js", None, 404, ""),
+        ("GET", "/api/nothing", None, 404, ""),
+        ("DELETE", "/api/search", None, 405, ""),
+    ]
+
+
+def test_bad_requests_get_4xx_with_a_message_and_change_nothing(served, client):
+    root, service = served
+    tid = int(service.index.rows["targetid"][1])
+    before = client.get(f"/api/search?targetid={tid}&query=spectrum&target=image&k=5").json()
+    cases = bad_requests(tid)
+    assert len(cases) >= 30
+    for method, url, body, status, message in cases:
+        if isinstance(body, str):
+            response = client.request(method, url, content=body.encode(), headers={"content-type": "application/json"})
+        else:
+            response = client.request(method, url, json=body)
+        assert response.status_code == status, (method, url, response.status_code, response.text[:300])
+        assert response.status_code != 500
+        if message:
+            assert message in response.json()["error"], (url, response.json())
+    assert client.get(f"/api/search?targetid={tid}&query=spectrum&target=image&k=5").json() == before
+
+
+def test_start_up_refuses_changed_heads_and_survey_files_without_the_galaxies(served, tmp_path):
+    import torch
+
+    from galclip.data.mock.survey import generate_mock
+    from galclip.config import MockConfig
+    from galclip.errors import GalclipError
+    from galclip.index.build import build_indexes
+    from galclip.serve.app import load_service
+
+    root, service = served
+    shutil.copytree(root / "heads", tmp_path / "heads")
+    build_indexes(service.index.sidecar["store"], tmp_path / "heads", tmp_path / "index")
+    record = torch.load(tmp_path / "heads" / "heads.pt", weights_only=True)
+    record["best_epoch"] += 1
+    torch.save(record, tmp_path / "heads" / "heads.pt")  # retrained after the index was built
+    with pytest.raises(GalclipError, match="was built from other heads.*rebuild the index"):
+        load_service(tmp_path / "index")
+    generate_mock(MockConfig(pairs=16, seed=11, batch_size=16, n_groups=1), tmp_path / "other")
+    with pytest.raises(GalclipError, match="no row with targetid .* pass the survey files the index was built from"):
+        load_service(root / "index", [tmp_path / "other" / "survey.h5"])
+
+
+def test_the_service_only_reads(served, client, tiny_mock, tiny_store):
+    root, service = served
+    before = _snapshot(root / "index", tiny_store, tiny_mock)
+    tid = int(service.index.rows["targetid"][3])
+    for url in (f"/api/search?targetid={tid}&k=5", f"/api/image/{tid}.png", f"/api/spectrum/{tid}", "/api/map",
+                f"/api/galaxy/{tid}", f"/api/search.csv?targetid={tid}"):
+        assert client.get(url).status_code == 200
+    assert _snapshot(root / "index", tiny_store, tiny_mock) == before
+
+
+# ---- a real server and a real browser ---------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(served):
+    """uvicorn serving the app on 127.0.0.1 in a thread, as 'galclip serve' runs it."""
+    import uvicorn
+
+    from galclip.serve.app import create_app
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(served[1]), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}", served[1]
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium through chromium-driver; a browser that cannot start fails the tests."""
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must never download a browser or a driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    assert binary and driver_path, "install Debian's chromium and chromium-driver ('make test' does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+
+
+def _wait(predicate, timeout: float = 20.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("the page did not get there in time")
+
+
+def _loaded_cards(driver) -> int:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#grid .card img'))"
+        ".filter(i => i.complete && i.naturalWidth > 0).length")
+
+
+@pytest.mark.browser
+def test_browser_search_click_map_share_and_errors(live_server, browser):
+    from selenium.webdriver.common.by import By
+
+    url, service = live_server
+    tid = str(int(service.index.rows["targetid"][6]))
+    browser.get(url + "/")
+    _wait(lambda: "galaxies" in browser.find_element(By.ID, "map-status").text)
+    # search by targetid from the query bar
+    box = browser.find_element(By.ID, "targetid")
+    box.clear()
+    box.send_keys(tid)
+    browser.find_element(By.ID, "k").clear()
+    browser.find_element(By.ID, "k").send_keys("5")
+    browser.find_element(By.ID, "go").click()
+    _wait(lambda: _loaded_cards(browser) == 5)
+    assert f"targetid {tid}" in browser.find_element(By.ID, "query-card").text
+    assert browser.execute_script("return document.querySelector('#query-card img').naturalWidth") > 0
+    assert f"targetid={tid}" in browser.current_url
+    browser.save_screenshot(str(ARTIFACTS / "serve_search.png"))
+    # a click on a result searches from it, and the URL says so
+    first = browser.find_elements(By.CSS_SELECTOR, "#grid .card")[0]
+    clicked = first.get_attribute("data-targetid")
+    first.click()
+    _wait(lambda: f"targetid={clicked}" in browser.current_url)
+    _wait(lambda: f"targetid {clicked}" in browser.find_element(By.ID, "query-card").text and _loaded_cards(browser) == 5)
+    # back returns to the first search
+    browser.back()
+    _wait(lambda: f"targetid {tid}" in browser.find_element(By.ID, "query-card").text)
+    # a click on the map searches from the galaxy nearest to the click
+    emap = np.load(Path(service.index.path) / "map.npy")
+    target_i = 20
+    script = """
+      const c = document.getElementById('map'); const r = c.getBoundingClientRect();
+      const i = arguments[0];
+      const x = r.left + window.mapProbe(i)[0] * r.width / c.width, y = r.top + window.mapProbe(i)[1] * r.height / c.height;
+      c.dispatchEvent(new MouseEvent('click', {clientX: x, clientY: y, bubbles: true}));"""
+    browser.execute_script("window.mapProbe = (i) => [mapData.sx[i], mapData.sy[i]];")
+    browser.execute_script(script, target_i)
+    want = str(int(service.index.rows["targetid"][target_i]))
+    near = [str(int(t)) for t, (x, y) in zip(service.index.rows["targetid"], emap) if np.allclose((x, y), emap[target_i])]
+    _wait(lambda: any(f"targetid={w}" in browser.current_url for w in [want, *near]))
+    _wait(lambda: _loaded_cards(browser) == 5)
+    browser.save_screenshot(str(ARTIFACTS / "serve_map_click.png"))
+    # a shared URL reproduces the search: direction and k included
+    other = str(int(service.index.rows["targetid"][11]))
+    browser.get(f"{url}/?targetid={other}&query=spectrum&target=image&k=7")
+    _wait(lambda: _loaded_cards(browser) == 7)
+    assert browser.find_element(By.ID, "direction").get_attribute("value") == "spectrum:image"
+    assert "spectrum → image" in browser.find_element(By.ID, "results-title").text
+    assert browser.find_element(By.ID, "csv").get_attribute("href").endswith(
+        f"/api/search.csv?targetid={other}&query=spectrum&target=image&k=7")
+    # an unknown targetid shows a clear message, not a blank page
+    browser.get(f"{url}/?targetid=12345&query=image&target=image&k=5")
+    message = _wait(lambda: browser.find_element(By.ID, "message").text)
+    assert "targetid 12345 is not in the index" in message
+    assert browser.find_element(By.ID, "map-status").text  # the rest of the page is still there
+    browser.save_screenshot(str(ARTIFACTS / "serve_unknown_targetid.png"))
