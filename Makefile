@@ -1,8 +1,10 @@
-# galclip: two commands on a fresh machine — `make demo` and `make test`.
+# galclip: two commands on a fresh machine — `make demo` and `make test` (on a CUDA machine: `make demo GPU=1`).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
-STAMP   = $(VENV)/.galclip-installed
+GPU    ?= 0
+# GPU=1: the same pinned environment with faiss-gpu 1.15.1 in place of faiss-cpu (torch in the lock is a CUDA build)
+STAMP   = $(VENV)/.galclip-installed$(if $(filter 1,$(GPU)),-gpu,)
 TEST_STAMP = $(VENV)/.galclip-test-installed
 DEMO_PAIRS ?= 4000
 DEMO_OUT   ?= galclip-demo
@@ -13,9 +15,19 @@ install: $(STAMP)
 
 # Everything pinned in requirements.lock (torch==2.14.1, torchvision==0.29.1, zarr 3, faiss-cpu,
 # umap-learn, kcorrect ...), then galclip itself in editable mode.
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-gpu.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(GPU),1)
+	grep -v '^faiss-cpu==' requirements.lock > $(VENV)/requirements-gpu.txt
+	grep -v '^#' requirements-gpu.lock >> $(VENV)/requirements-gpu.txt
+	$(PY) -m pip uninstall --quiet -y faiss-cpu || true
+	$(PY) -m pip install --quiet -r $(VENV)/requirements-gpu.txt
+	rm -f $(VENV)/.galclip-installed
+else
+	$(PY) -m pip uninstall --quiet -y faiss-gpu 2>/dev/null || true
 	$(PY) -m pip install --quiet -r requirements.lock
+	rm -f $(VENV)/.galclip-installed-gpu
+endif
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,18 +34,11 @@ CHILD = {
 
 
 def peak_rss_mb(code: str, store: Path, heads: Path, out: Path, batch: int) -> tuple[float, float]:
-    """Run ``code`` in a fresh interpreter after the imports: (peak RSS above the post-import RSS in MB, seconds).
+    """Run ``code`` in a fresh interpreter after the imports: (peak RSS above the post-import RSS in MB, seconds)."""
+    from rss import measured  # bench/rss.py
 
-    The kernel's high-water mark (VmHWM) is reset after the imports (``/proc/self/clear_refs``), so the
-    import-time peak of the CUDA-enabled torch build does not hide the build's own memory."""
-    prog = (f"import time; {CHILD['imports']}\nS, H, O, B = {str(store)!r}, {str(heads)!r}, {str(out)!r}, {batch}\n"
-            "def kb(key):\n    return int(next(l for l in open('/proc/self/status') if l.startswith(key)).split()[1])\n"
-            "open('/proc/self/clear_refs', 'w').write('5'); base = kb('VmRSS'); t = time.perf_counter()\n"
-            f"{code}\n"
-            "print((kb('VmHWM') - base) / 1024, time.perf_counter() - t)")
-    done = subprocess.run([sys.executable, "-c", prog], capture_output=True, text=True, check=True)
-    rss, seconds = done.stdout.split()[-2:]
-    return float(rss), float(seconds)
+    m = measured(CHILD["imports"], code, {"S": str(store), "H": str(heads), "O": str(out), "B": batch})
+    return m["peak_rss_mb"], m["seconds"]
 
 
 def main() -> None:

@@ -117,14 +117,15 @@ def _package_of(path: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else rel.name
 
 
-# What each stage may import: data -> extract -> store <- heads <- index / evaluate <- cli.
+# What each stage may import: data -> extract -> store <- heads <- index <- evaluate / serve <- cli.
 FORBIDDEN = {
     "data": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli"),
     "store": ("galclip.extract", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.data"),
     "extract": ("galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli"),
     "heads": ("galclip.extract", "galclip.index", "galclip.evaluate", "galclip.cli"),
     "index": ("galclip.evaluate", "galclip.cli", "galclip.extract.run"),
-    "evaluate": ("galclip.cli", "galclip.extract.run"),
+    "evaluate": ("galclip.cli", "galclip.extract.run", "galclip.serve"),
+    "serve": ("galclip.cli", "galclip.extract.run", "galclip.evaluate", "galclip.heads.trainer", "galclip.heads.sweep"),
 }
 
 

@@ -4,7 +4,7 @@ The corpus: every broken input a user can hand galclip, generated here, run thro
 builds its broken file(s) from the tiny mock, runs one command as a user would, and checks the three
 promises: a non-zero exit, a message naming the file, the row (targetid) where there is one, and the
 fix; and nothing that was already written (store, heads checkpoint, index) changed or left
-half-written. ``pytest -s tests/test_cli.py -k corpus`` prints every message."""
+half-written. ``pytest -s tests/test_cli.py -k bad_input`` prints every message."""
 
 from __future__ import annotations
 

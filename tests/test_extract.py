@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -292,6 +293,33 @@ def test_torchrun_two_ranks_match_one(tiny_mock, sharded_store, tmp_path):
     assert "rank 0/2" in done.stdout and "rank 1/2" in done.stdout
     _assert_same_store(store, sharded_store)
     assert FeatureStore.open(store).info().complete
+
+
+def test_slurm_script_runs_its_torchrun_command_with_two_local_ranks(tiny_mock, sharded_store, tmp_path):
+    """scripts/extract.sbatch as SLURM would start it on one node with two ranks (srun stood in by a shim that
+    runs its command): the store equals a one-process extraction, bit for bit."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "extract.sbatch"
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    (shims / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (shims / "srun").chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_NNODES="1",
+               SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="localhost", HEAD_NODE="127.0.0.1", RDZV_PORT=str(port),
+               NPROC_PER_NODE="2", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    store = tmp_path / "slurm.zarr"
+    done = subprocess.run(["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 node(s) x 2 rank(s), rendezvous 127.0.0.1" in done.stdout
+    _assert_same_store(store, sharded_store)
+    again = subprocess.run(["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
+                           capture_output=True, text=True, env=env, timeout=300)  # resubmitted: nothing left to do
+    assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
+    usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
+    assert usage.returncode == 2 and "usage: sbatch scripts/extract.sbatch DATA STORE" in usage.stderr
 
 
 def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_path):

@@ -156,15 +156,37 @@ def test_old_heads_checkpoint_is_read_and_its_run_refused_for_resume(tiny_store,
         load_heads(tmp_path / "h" / "train_state.pt")
 
 
-def test_augmented_views_are_sampled(sharded_store, tmp_path):
-    from galclip.heads.data import load_features, to_device
+def test_training_data_is_read_shard_by_shard_into_fp16(sharded_store):
+    from galclip.heads.data import load_training_data
+    from galclip.heads.models import standardisation
 
-    data = load_features(FeatureStore.open(sharded_store))
-    fs = to_device(data, np.arange(10), torch.device("cpu"), with_aug=True)
+    store = FeatureStore.open(sharded_store)
+    data = load_training_data(store)
+    full = store.load(features=("image_features", "spectrum_features", "image_features_aug"))
+    train, val = full["split"] == 0, full["split"] == 1
+    assert data.train.image.dtype == torch.float16 and data.train.image_aug.shape == (int(train.sum()), 1, 2048)
+    np.testing.assert_array_equal(data.train.image.numpy(), full["image_features"][train].astype(np.float16))
+    np.testing.assert_array_equal(data.train.image_aug.numpy(), full["image_features_aug"][train].astype(np.float16))
+    np.testing.assert_array_equal(data.val.spectrum.numpy(), full["spectrum_features"][val].astype(np.float16))
+    np.testing.assert_array_equal(data.val_rows, np.flatnonzero(store.require_complete() & (store.split() == 1)))
+    np.testing.assert_array_equal(data.val_labels["redshift"], full["label_redshift"][val])
+    # the standardisation merged over 4 shards equals the one computed over all train rows at once
+    for name, key in (("image", "image_features"), ("spectrum", "spectrum_features")):
+        for got, want in zip(data.stats[name], standardisation(full[key][train])):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert load_training_data(store, with_aug=False).train.image_aug is None
+
+
+def test_augmented_views_are_sampled(sharded_store, tmp_path):
+    from galclip.heads.data import load_training_data
+
+    data = load_training_data(FeatureStore.open(sharded_store))
+    full = FeatureStore.open(sharded_store).load(features=("image_features", "image_features_aug"))
+    train = np.flatnonzero(full["split"] == 0)
     idx = torch.tensor([3, 7])
-    xi, _ = fs.batch(idx, torch.tensor([True, False]), torch.tensor([0, 0]))
-    np.testing.assert_array_equal(xi[0].numpy(), data["image_features_aug"][3, 0].astype(np.float16).astype(np.float32))
-    np.testing.assert_array_equal(xi[1].numpy(), data["image_features"][7].astype(np.float16).astype(np.float32))
+    xi, _ = data.train.batch(idx, torch.tensor([True, False]), torch.tensor([0, 0]))
+    np.testing.assert_array_equal(xi[0].numpy(), full["image_features_aug"][train[3], 0].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(xi[1].numpy(), full["image_features"][train[7]].astype(np.float16).astype(np.float32))
     base = HeadConfig(epochs=2, batch_size=16, early_stopping=None)
     clean = train_heads(sharded_store, tmp_path / "p0", HeadConfig(**{**base.__dict__, "aug_prob": 0.0}), progress=False)
     mixed = train_heads(sharded_store, tmp_path / "p1", HeadConfig(**{**base.__dict__, "aug_prob": 1.0}), progress=False)

@@ -16,14 +16,14 @@ from galclip.store import FeatureStore
 logger = logging.getLogger(__name__)
 
 
-def _labelled_train(data: dict[str, np.ndarray], max_rows: int = 50_000) -> dict | None:
-    """The store's labelled train pairs (at most ``max_rows``, evenly spaced) for the supervised reference."""
-    rows = np.flatnonzero((data["split"] == 0) & np.isfinite(data["label_redshift"]) & np.isfinite(data["label_log_mstar"]))
+def _labelled_train_rows(readable: np.ndarray, split: np.ndarray, labels: dict[str, np.ndarray],
+                         max_rows: int = 50_000) -> np.ndarray | None:
+    """Store rows (m,) of the labelled train pairs (at most ``max_rows``, evenly spaced) on which the
+    supervised reference is fitted; None with fewer than 20."""
+    rows = np.flatnonzero(readable & (split == 0) & np.isfinite(labels["redshift"]) & np.isfinite(labels["log_mstar"]))
     if rows.size < 20:
         return None
-    rows = rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
-    return {"raw_image": data["image_features"][rows], "raw_spectrum": data["spectrum_features"][rows],
-            "redshift": data["label_redshift"][rows], "log_mstar": data["label_log_mstar"][rows]}
+    return rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
 
 
 def evaluate_store(
@@ -44,23 +44,32 @@ def evaluate_store(
     t0 = time.perf_counter()
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)
-    data = store.load(allow_partial=allow_partial)
-    rows_all = np.flatnonzero(store.require_complete(allow_partial))
-    val = data["split"] == 1
-    if val.sum() < 2:
+    readable = store.require_complete(allow_partial)
+    split, labels = store.split(), store.labels()
+    val_rows = np.flatnonzero(readable & (split == 1))
+    if len(val_rows) < 2:
         from galclip.errors import GalclipError
 
-        raise GalclipError(f"{store_path}: only {int(val.sum())} validation pair(s) are readable; evaluation needs 2 or more")
-    emb_i, emb_s = heads.embed(data["image_features"][val], data["spectrum_features"][val])
+        raise GalclipError(f"{store_path}: only {len(val_rows)} validation pair(s) are readable; evaluation needs 2 or more")
+    fit_rows = _labelled_train_rows(readable, split, labels)
+    # only the rows evaluation uses are read, shard by shard: the validation pairs and the reference's sample
+    wanted = val_rows if fit_rows is None else np.union1d(val_rows, fit_rows)
+    feats = store.read_rows(wanted, ("image_features", "spectrum_features"))
+    at = lambda rows: np.searchsorted(wanted, rows)  # noqa: E731 - store rows -> positions in ``feats``
+    raw_image, raw_spectrum = feats["image_features"][at(val_rows)], feats["spectrum_features"][at(val_rows)]
+    emb_i, emb_s = heads.embed(raw_image, raw_spectrum)
     history = ckpt.get("history", [])
-    rows = SurveyRows.for_store(store, rows_all[val])
+    rows = SurveyRows.for_store(store, val_rows)
+    supervised = None if fit_rows is None else {
+        "raw_image": feats["image_features"][at(fit_rows)], "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
+        "redshift": labels["redshift"][fit_rows], "log_mstar": labels["log_mstar"][fit_rows]}
     inputs = EvaluationInputs(
-        targetid=data["targetid"][val], emb_image=emb_i, emb_spectrum=emb_s,
-        raw_image=data["image_features"][val], raw_spectrum=data["spectrum_features"][val],
-        redshift=data["label_redshift"][val], log_mstar=data["label_log_mstar"][val],
+        targetid=store.targetids()[val_rows], emb_image=emb_i, emb_spectrum=emb_s,
+        raw_image=raw_image, raw_spectrum=raw_spectrum,
+        redshift=labels["redshift"][val_rows], log_mstar=labels["log_mstar"][val_rows],
         image_rgb=rows.image_rgb, spectrum=rows.spectrum,
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
-        supervised_train=_labelled_train(data),
+        supervised_train=supervised,
     )
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)

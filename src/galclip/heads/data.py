@@ -40,34 +40,72 @@ def sample_views(gen: torch.Generator, n: int, n_views: int, device: torch.devic
     return u.to(device), view.to(device)
 
 
-def split_rows(data: dict[str, np.ndarray], store_path) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the train (split 0) and validation (split 1) pairs: (a,), (b,); at least 2 of each."""
-    train, val = np.flatnonzero(data["split"] == 0), np.flatnonzero(data["split"] == 1)
-    if len(train) < 2 or len(val) < 2:
-        raise GalclipError(f"{store_path}: needs at least 2 train and 2 validation pairs "
-                           f"(has {len(train)} and {len(val)})")
-    return train, val
+@dataclass
+class TrainingData:
+    """A store's train and validation pairs, as the trainer holds them.
+
+    train / val: fp16 FeatureSets (train with the augmented image views when asked for);
+    val_rows (b,): the validation pairs' store rows; val_labels: {"redshift", "log_mstar"} (b,) each;
+    stats: the train split's standardisation {"image": (mean, std), "spectrum": (mean, std)}, float64.
+    """
+
+    train: FeatureSet
+    val: FeatureSet
+    val_rows: np.ndarray
+    val_labels: dict[str, np.ndarray]
+    stats: dict[str, tuple[np.ndarray, np.ndarray]]
+
+    @property
+    def n_views(self) -> int:
+        return 0 if self.train.image_aug is None else int(self.train.image_aug.shape[1])
+
+    def to(self, device: torch.device) -> "TrainingData":
+        move = lambda fs: FeatureSet(*(None if t is None else t.to(device) for t in (fs.image, fs.spectrum, fs.image_aug)))  # noqa: E731
+        return TrainingData(move(self.train), move(self.val), self.val_rows, self.val_labels, self.stats)
 
 
-def load_features(store: FeatureStore, allow_partial: bool = False) -> dict[str, np.ndarray]:
-    """Features (incl. augmented image views when stored) and metadata of the complete shards."""
-    names = ["image_features", "spectrum_features"]
-    if "image_features_aug" in store.feature_arrays:
-        names.append("image_features_aug")
-    data = store.load(allow_partial=allow_partial, features=tuple(names))
-    bad = ~(np.isfinite(data["image_features"]).all(1) & np.isfinite(data["spectrum_features"]).all(1))
-    if bad.any():
-        raise GalclipError(
-            f"{store.path}: {int(bad.sum())} rows have non-finite features, e.g. targetid "
-            f"{data['targetid'][bad][:5].tolist()}; re-run extraction or check those inputs ('galclip check')"
-        )
-    return data
+def load_training_data(store: FeatureStore, allow_partial: bool = False, with_aug: bool = True) -> TrainingData:
+    """Read the store shard by shard into the trainer's arrays: fp16 train and validation features (and the
+    train pairs' augmented views when ``with_aug`` and stored), and the train split's standardisation.
 
+    Memory: the fp16 train arrays, the validation arrays, and one shard; nothing is held twice."""
+    from galclip.heads.models import RunningMoments
 
-def to_device(data: dict[str, np.ndarray], rows: np.ndarray, device: torch.device, with_aug: bool) -> FeatureSet:
-    """Rows of the in-memory arrays as an fp16 FeatureSet on ``device``."""
-    def t(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a[rows]), dtype=torch.float16, device=device)
-
-    aug = t(data["image_features_aug"]) if with_aug and "image_features_aug" in data else None
-    return FeatureSet(t(data["image_features"]), t(data["spectrum_features"]), aug)
+    rows = store.require_complete(allow_partial)
+    split = store.split()
+    train_mask, val_mask = rows & (split == 0), rows & (split == 1)
+    n_train, n_val = int(train_mask.sum()), int(val_mask.sum())
+    if n_train < 2 or n_val < 2:
+        raise GalclipError(f"{store.path}: needs at least 2 train and 2 validation pairs (has {n_train} and {n_val})")
+    aug = with_aug and "image_features_aug" in store.feature_arrays
+    names = ("targetid", "image_features", "spectrum_features", *(("image_features_aug",) if aug else ()))
+    dims = {name: tuple(store.group[name].shape[1:]) for name in names}
+    train = {name: np.empty((n_train, *dims[name]), np.float16) for name in names[1:]}
+    val = {name: np.empty((n_val, *dims[name]), np.float16) for name in names[1:3]}
+    moments = {"image": RunningMoments(dims["image_features"][0]), "spectrum": RunningMoments(dims["spectrum_features"][0])}
+    at_train = at_val = 0
+    for lo, keep, block in store.iter_shards(names, rows):
+        image, spectrum = block["image_features"], block["spectrum_features"]
+        bad = ~(np.isfinite(image).all(1) & np.isfinite(spectrum).all(1))
+        if bad.any():
+            raise GalclipError(
+                f"{store.path}: {int(bad.sum())} rows have non-finite features, e.g. targetid "
+                f"{block['targetid'][bad][:5].tolist()}; re-run extraction or check those inputs ('galclip check')"
+            )
+        is_train = split[lo:lo + len(keep)][keep] == 0
+        t, v = int(is_train.sum()), int((~is_train).sum())
+        for name in names[1:]:
+            train[name][at_train:at_train + t] = block[name][is_train]
+        moments["image"].update(image[is_train])
+        moments["spectrum"].update(spectrum[is_train])
+        val["image_features"][at_val:at_val + v] = image[~is_train]
+        val["spectrum_features"][at_val:at_val + v] = spectrum[~is_train]
+        at_train, at_val = at_train + t, at_val + v
+    fp16 = torch.from_numpy  # already fp16: no copy
+    val_set = FeatureSet(fp16(val["image_features"]), fp16(val["spectrum_features"]), None)
+    val_rows = np.flatnonzero(val_mask)
+    labels = {"redshift": store.read_meta("label_redshift")[val_rows], "log_mstar": store.read_meta("label_log_mstar")[val_rows]}
+    return TrainingData(FeatureSet(fp16(train["image_features"]), fp16(train["spectrum_features"]),
+                                   fp16(train["image_features_aug"]) if aug else None),
+                        val_set, val_rows, labels,
+                        {name: m.standardisation() for name, m in moments.items()})

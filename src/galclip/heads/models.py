@@ -17,19 +17,43 @@ from torch import nn
 CONSTANT_STD = 1e-6  # a feature whose training std is at most this is constant: it is centred, not scaled
 
 
-def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and std of training rows x (n, D) -> two (D,) float64 arrays.
+class RunningMoments:
+    """Per-feature count, mean and sum of squared deviations over row blocks (D,) float64, merged exactly
+    as Chan et al. (1979) do, so statistics of a store can be gathered one shard at a time."""
 
-    Accumulated in float64; the std is the population one (ddof 0). A feature that is constant on
-    the training rows (std <= 1e-6, e.g. a ReLU channel that never fires) gets std 1, so rows
-    outside the training set that do excite it are not amplified a million-fold. The heads and
-    the evaluation's raw-feature baselines both standardise with these statistics.
-    """
-    x64 = np.asarray(x, np.float64)
-    if len(x64) == 0:
-        return np.zeros(x64.shape[1]), np.ones(x64.shape[1])
-    std = x64.std(axis=0)
-    return x64.mean(axis=0), np.where(std > CONSTANT_STD, std, 1.0)
+    def __init__(self, dim: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
+
+    def update(self, x: np.ndarray) -> "RunningMoments":
+        """Add rows x (b, D)."""
+        x64 = np.asarray(x, np.float64)
+        b = len(x64)
+        if b == 0:
+            return self
+        mean_b = x64.mean(axis=0)
+        m2_b = ((x64 - mean_b) ** 2).sum(axis=0)
+        n = self.n + b
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (b / n)
+        self.m2 = self.m2 + m2_b + delta**2 * (self.n * b / n)
+        self.n = n
+        return self
+
+    def standardisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) (D,) float64 with the population std; a feature constant on these rows (std <= 1e-6,
+        e.g. a ReLU channel that never fires) gets std 1, so rows elsewhere that do excite it are not
+        amplified a million-fold. The heads and the evaluation's raw-feature baselines both use it."""
+        if self.n == 0:
+            return np.zeros_like(self.mean), np.ones_like(self.mean)
+        std = np.sqrt(self.m2 / self.n)
+        return self.mean.copy(), np.where(std > CONSTANT_STD, std, 1.0)
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and std of training rows x (n, D) -> two (D,) float64 arrays (see
+    :meth:`RunningMoments.standardisation`)."""
+    x = np.asarray(x)
+    return RunningMoments(x.shape[1]).update(x).standardisation()
 
 
 def standardise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -47,9 +71,12 @@ class Standardise(nn.Module):
 
     def fit(self, x: np.ndarray | torch.Tensor) -> "Standardise":
         """Set mean/std from (n, D) training features."""
-        mean, std = standardisation(np.asarray(x))
-        self.mean.copy_(torch.from_numpy(mean).float())
-        self.std.copy_(torch.from_numpy(std).float())
+        return self.set(*standardisation(np.asarray(x)))
+
+    def set(self, mean: np.ndarray, std: np.ndarray) -> "Standardise":
+        """Set the buffers from (D,) statistics (float64 in, float32 held)."""
+        self.mean.copy_(torch.from_numpy(np.asarray(mean)).float())
+        self.std.copy_(torch.from_numpy(np.asarray(std)).float())
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

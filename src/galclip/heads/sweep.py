@@ -23,7 +23,7 @@ from galclip.atomic import atomic_path
 from galclip.config import EvalConfig, HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import HEADS_FILE, heads_record, save_heads
-from galclip.heads.data import load_features, split_rows
+from galclip.heads.data import load_training_data
 from galclip.heads.train import stored_fc_state, write_json_atomic
 from galclip.heads.trainer import TrainResult, train_configurations
 from galclip.neighbours import embedding_sources, l2_normalise, zero_shot_split, zero_shot_table
@@ -60,13 +60,13 @@ def expand_grid(base: HeadConfig, grid: dict[str, list]) -> list[HeadConfig]:
         raise GalclipError(f"--grid: {err}") from err
 
 
-def zero_shot_cross_r2(result: TrainResult, data: dict[str, np.ndarray], val: np.ndarray,
+def zero_shot_cross_r2(result: TrainResult, val_features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                        config: EvalConfig = EvalConfig()) -> dict[str, float]:
     """The report's cross-modal zero-shot R² of trained heads: {"redshift": r2, "log_mstar": r2}.
 
-    The validation pairs are embedded and split exactly as ``galclip evaluate`` does with ``config``."""
-    zi, zs = result.heads.embed(data["image_features"][val], data["spectrum_features"][val])
-    labels = {"redshift": data["label_redshift"][val], "log_mstar": data["label_log_mstar"][val]}
+    The validation pairs' stored features (``val_features``: image_features (b, 2048), spectrum_features
+    (b, 256)) are embedded and split exactly as ``galclip evaluate`` does with ``config``."""
+    zi, zs = result.heads.embed(val_features["image_features"], val_features["spectrum_features"])
     train, test = zero_shot_split(labels, config.knn_test_fraction, config.seed)
     cross = {"cross": embedding_sources(l2_normalise(zi), l2_normalise(zs), train, test)["cross"]}
     table = zero_shot_table(cross, {name: (y[train], y[test]) for name, y in labels.items()}, config.k)
@@ -86,8 +86,7 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     configs = expand_grid(base, grid)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
-    data = load_features(store, allow_partial)
-    train, val = split_rows(data, store_path)
+    data = load_training_data(store, allow_partial, with_aug=any(c.aug_prob > 0 for c in configs))
     device = resolve_device(base.device)
     fc_state = stored_fc_state(store)
     groups: dict[tuple, list[int]] = {}
@@ -96,8 +95,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     by_index: dict[int, TrainResult] = {}
     for sizes, members in groups.items():
         logger.info("sweep: %d configuration(s) with widths %s, trained together", len(members), sizes[:2])
-        trained, _ = train_configurations([configs[i] for i in members], data, train, val, device, fingerprint,
-                                          fc_state, progress=progress, desc="sweep")
+        trained, _ = train_configurations([configs[i] for i in members], data, device, fingerprint, fc_state,
+                                          progress=progress, desc="sweep")
         by_index.update(zip(members, trained))
     results = [by_index[i] for i in range(len(configs))]  # in grid order
     elapsed = time.perf_counter() - t0
@@ -105,11 +104,12 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         raise GalclipError(f"sweep: all {len(results)} configurations diverged; nothing was written to {out}. "
                            "Lower the learning rates or raise the temperatures of the grid")
 
+    val_features = store.read_rows(data.val_rows, ("image_features", "spectrum_features"))  # as evaluate reads them
     rows = []
     for r in results:
         row = {name: getattr(r.config, name) for name in SWEEPABLE}
         row["spectrum_hidden"] = "x".join(map(str, row["spectrum_hidden"]))
-        r2 = zero_shot_cross_r2(r, data, val) if r.best_epoch >= 0 else {"redshift": math.nan, "log_mstar": math.nan}
+        r2 = zero_shot_cross_r2(r, val_features, data.val_labels) if r.best_epoch >= 0 else {"redshift": math.nan, "log_mstar": math.nan}
         row.update({"best_val_loss": r.best_val_loss, "final_val_loss": r.history[-1]["val_loss"] if r.history else math.nan,
                     "best_epoch": r.best_epoch, "epochs_run": len(r.history),
                     "r2_cross_redshift": r2["redshift"], "r2_cross_log_mstar": r2["log_mstar"],
@@ -131,7 +131,7 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     best = results[best_i]
     save_heads(heads_record(best.heads, best.config, fingerprint, store_path, best_epoch=best.best_epoch,
                             best_val_loss=best.best_val_loss, history=best.history, finished=True, stop_reason="sweep",
-                            n_train=len(train), n_val=len(val), image_head_init=best.image_head_init),
+                            n_train=len(data.train), n_val=len(data.val), image_head_init=best.image_head_init),
                out / "best" / HEADS_FILE)
     logger.info("sweep: %d configurations in %.1f s; best %s (val loss %.4f)", len(rows), elapsed, rows[best_i],
                 best.best_val_loss)

@@ -20,7 +20,7 @@ from galclip.atomic import atomic_write_text
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import HEADS_FILE, STATE_FILE, heads_record, save_heads
-from galclip.heads.data import load_features, split_rows
+from galclip.heads.data import load_training_data
 from galclip.heads.trainer import train_configurations
 from galclip.provenance import resolve_device
 from galclip.store import FeatureStore
@@ -57,17 +57,17 @@ def train_heads(
     out.mkdir(parents=True, exist_ok=True)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
-    data = load_features(store, allow_partial)
-    train, val = split_rows(data, store_path)
+    data = load_training_data(store, allow_partial, with_aug=config.aug_prob > 0)
+    n_train, n_val = len(data.train), len(data.val)
     device = resolve_device(config.device)
     state_path = out / STATE_FILE
     (result,), finished = train_configurations(
-        [config], data, train, val, device, fingerprint, fc_state if fc_state is not None else stored_fc_state(store),
+        [config], data, device, fingerprint, fc_state if fc_state is not None else stored_fc_state(store),
         state_path=state_path, resume=resume, stop_after=stop_after, progress=progress)
     record = heads_record(result.heads, config, fingerprint, store_path, best_epoch=result.best_epoch,
                           best_val_loss=result.best_val_loss, history=result.history,
                           finished=finished and result.diverged is None,
-                          stop_reason=result.stop_reason, n_train=len(train), n_val=len(val),
+                          stop_reason=result.stop_reason, n_train=n_train, n_val=n_val,
                           image_head_init=result.image_head_init)
     if result.diverged is not None:
         d = result.diverged
@@ -85,10 +85,10 @@ def train_heads(
     summary = {
         "epochs_run": len(result.history), "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
         "final_train_loss": result.history[-1]["train_loss"], "stop_reason": result.stop_reason,
-        "finished": finished, "seconds": time.perf_counter() - t0, "n_train": len(train), "n_val": len(val),
+        "finished": finished, "seconds": time.perf_counter() - t0, "n_train": n_train, "n_val": n_val,
         "store_fingerprint": fingerprint, "config": asdict(config), "device": str(device),
         "image_head_init": result.image_head_init,
-        "augmented_views": int(data["image_features_aug"].shape[1]) if config.aug_prob > 0 and "image_features_aug" in data else 0,
+        "augmented_views": data.n_views,
         "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])),
     }
     if not finished:

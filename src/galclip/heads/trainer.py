@@ -30,7 +30,7 @@ import torch
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import STATE_FORMAT, read_train_state, save_atomic
-from galclip.heads.data import FeatureSet, sample_views, to_device
+from galclip.heads.data import FeatureSet, TrainingData, sample_views
 from galclip.heads.loss import info_nce
 from galclip.heads.models import CLIPHeads, Standardise
 from galclip.progress import progress as progress_bar
@@ -144,17 +144,15 @@ def _train_epoch(runs: list[ConfigRun], norm_i, norm_s, feats: FeatureSet, batch
             xi_aug = norm_i(feats.image_aug[idx, view].float())
             for p in aug_probs.unique().tolist():  # configurations with the same aug_prob share their input
                 inputs[p] = torch.where((u < p)[:, None], xi_aug, xi_clean)
-        losses = []
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # never on CPU
-            for run in runs:
-                xi = inputs.get(run.config.aug_prob, xi_clean)
+        for run, total in zip(runs, totals):  # configurations share no parameter: one step each, in turn
+            xi = inputs.get(run.config.aug_prob, xi_clean)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):  # never on CPU
                 zi, zs = run.heads.image.proj(xi), run.heads.spectrum.proj(xs)
-                losses.append(info_nce(zi.float(), zs.float(), run.heads.tau()))
-        for run in runs:
+            loss = info_nce(zi.float(), zs.float(), run.heads.tau())
             run.optimizer.zero_grad(set_to_none=True)
-        torch.stack(losses).sum().backward()  # configurations share no parameter: each gets its own gradient
-        for run, loss, total in zip(runs, losses, totals):
+            loss.backward()
             run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)  # frees its gradients and graph before the next configuration's
             total += loss.detach() * len(idx)
         seen += len(idx)
     return [float(t) / max(seen, 1) for t in totals]
@@ -205,17 +203,16 @@ def _restore(runs: list[ConfigRun], state: dict, gen: torch.Generator) -> int:
 
 
 def train_configurations(
-    configs: list[HeadConfig], data: dict[str, np.ndarray], train: np.ndarray, val: np.ndarray, device: torch.device,
-    fingerprint: str, fc_state: dict[str, torch.Tensor] | None = None, state_path: Path | None = None,
-    resume: bool = False, stop_after: int | None = None, progress: bool = True, desc: str = "heads",
+    configs: list[HeadConfig], data: TrainingData, device: torch.device, fingerprint: str,
+    fc_state: dict[str, torch.Tensor] | None = None, state_path: Path | None = None, resume: bool = False,
+    stop_after: int | None = None, progress: bool = True, desc: str = "heads",
 ) -> tuple[list[TrainResult], bool]:
     """Train K configurations that share layer widths, batch size, epochs and schedule shape.
 
-    ``data`` holds the store's rows (``load_features``); ``train`` (a,) and ``val`` (b,) are positions in it.
-    ``fc_state`` (the Stein projection MLP) starts image heads of widths 2048 -> 2048 -> 128.
-    With ``state_path`` the resume state is written there after every epoch; ``resume`` continues from it
-    exactly. ``stop_after`` ends this session after that many epochs. Returns (one result per configuration,
-    whether every configuration has finished).
+    ``data`` holds the store's splits (``load_training_data``). ``fc_state`` (the Stein projection MLP)
+    starts image heads of widths 2048 -> 2048 -> 128. With ``state_path`` the resume state is written
+    there after every epoch; ``resume`` continues from it exactly. ``stop_after`` ends this session after
+    that many epochs. Returns (one result per configuration, whether every configuration has finished).
     """
     _check_group(configs)
     base = configs[0]
@@ -223,20 +220,23 @@ def train_configurations(
         fc_state = None
     norms = (Standardise(base.image_sizes[0]), Standardise(base.spectrum_sizes[0])) if base.standardise else \
         (torch.nn.Identity(), torch.nn.Identity())
-    if base.standardise:  # fitted once on the training pairs, the same statistics in every configuration
-        norms[0].fit(data["image_features"][train])
-        norms[1].fit(data["spectrum_features"][train])
+    if base.standardise:  # the train split's statistics, the same in every configuration
+        norms[0].set(*data.stats["image"])
+        norms[1].set(*data.stats["spectrum"])
     runs = [_new_run(cfg, norms, fc_state, device) for cfg in configs]
     if fc_state is not None:
         logger.info("image head initialised from the Stein checkpoint's projection MLP")
     norm_i, norm_s = runs[0].heads.image.norm, runs[0].heads.spectrum.norm
-    use_aug = base.aug_prob > 0 and "image_features_aug" in data
-    tr_set, va_set = to_device(data, train, device, with_aug=use_aug), to_device(data, val, device, with_aug=False)
+    use_aug = base.aug_prob > 0 and data.train.image_aug is not None
+    on_device = data.to(device)
+    tr_set = on_device.train if use_aug else FeatureSet(on_device.train.image, on_device.train.spectrum, None)
+    va_set = on_device.val
     n_views = tr_set.image_aug.shape[1] if tr_set.image_aug is not None else 0
+    n_train, n_val = len(tr_set), len(va_set)
     gen = torch.Generator().manual_seed(base.seed)
     start = 0
     if resume:
-        state = read_train_state(state_path, configs, fingerprint, len(train), len(val), device.type)
+        state = read_train_state(state_path, configs, fingerprint, n_train, n_val, device.type)
         start = _restore(runs, state, gen)
         if state["finished"]:
             logger.info("%s: this run already finished; nothing to do", state_path)
@@ -275,7 +275,7 @@ def train_configurations(
         if all(r.diverged for r in runs):
             break  # nothing good to save beyond the last epoch's state
         if state_path is not None:
-            save_atomic(_state(runs, epoch, gen, fingerprint, len(train), len(val), device), state_path)
+            save_atomic(_state(runs, epoch, gen, fingerprint, n_train, n_val, device), state_path)
         if stop_after is not None and epochs_this_session >= stop_after and any(r.active for r in runs):
             logger.info("stopping after %d epochs as asked; continue with resume", epochs_this_session)
             break

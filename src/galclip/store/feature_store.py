@@ -286,8 +286,40 @@ class FeatureStore:
             logger.info("%s: leaving out %d quarantined row(s)", self.path, int((rows & quarantined).sum()))
         return rows & ~quarantined
 
+    def iter_shards(self, names: tuple[str, ...], rows: np.ndarray | None = None):
+        """Stream feature or metadata arrays shard by shard: yield (lo, keep, arrays) per complete shard that
+        holds a wanted row, where ``keep`` (hi - lo,) bool marks the wanted rows of [lo, hi) and ``arrays``
+        maps each name to its block of the kept rows. ``rows`` (N,) bool picks rows (default: every readable
+        row, ``require_complete(allow_partial=True)``). Memory: one shard of each array at a time."""
+        unknown = [n for n in names if n not in self.feature_arrays and n not in META_ARRAYS]
+        if unknown:
+            raise StoreError(f"{self.path}: no array {unknown}; it holds {sorted(self.feature_arrays)}")
+        wanted = self.require_complete(allow_partial=True) if rows is None else np.asarray(rows, bool)
+        complete = self.complete_mask()
+        for shard in np.flatnonzero(complete):  # never decode chunks of shards still being written
+            lo, hi = self.shard_rows(int(shard))
+            keep = wanted[lo:hi]
+            if keep.any():
+                yield lo, keep, {name: self.group[name][lo:hi][keep] for name in names}
+
+    def read_rows(self, rows: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """Arrays ``names`` at the store rows ``rows`` (m,) sorted, unique, in complete shards: name -> (m, ...).
+        Read shard by shard, so memory holds the result and one shard."""
+        mask = np.zeros(self.n, bool)
+        mask[rows] = True
+        if not self.complete_mask()[np.asarray(rows) // self.rows_per_shard].all():
+            raise StoreError(f"{self.path}: some of the requested rows are in incomplete shards")
+        out = {name: np.empty((len(rows), *self.group[name].shape[1:]), self.group[name].dtype) for name in names}
+        at = 0
+        for _, keep, arrays in self.iter_shards(names, mask):
+            n = int(keep.sum())
+            for name, block in arrays.items():
+                out[name][at:at + n] = block
+            at += n
+        return out
+
     def load(self, allow_partial: bool = False, features: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """Per-row arrays of the complete shards, in memory: name -> (n_rows, ...).
+        """Per-row arrays of the readable rows, in memory: name -> (n_rows, ...).
 
         ``features`` picks feature arrays (default: the two base arrays); metadata always comes.
         """
@@ -296,17 +328,7 @@ class FeatureStore:
         unknown = [f for f in names if f not in self.feature_arrays]
         if unknown:
             raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
-        complete = self.complete_mask()
-        if complete.all():
-            return {name: self.group[name][:][rows] for name in (*META_ARRAYS, *names)}
-        out: dict[str, list[np.ndarray]] = {name: [] for name in (*META_ARRAYS, *names)}
-        for shard in np.flatnonzero(complete):  # never decode chunks of shards still being written
-            lo, hi = self.shard_rows(int(shard))
-            keep = rows[lo:hi]
-            for name in out:
-                out[name].append(self.group[name][lo:hi][keep])
-        return {name: np.concatenate(parts) if parts else np.zeros((0, *self.group[name].shape[1:]), self.group[name].dtype)
-                for name, parts in out.items()}
+        return self.read_rows(np.flatnonzero(rows), (*META_ARRAYS, *names))
 
     def moco_fc(self) -> dict[str, np.ndarray] | None:
         """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""
