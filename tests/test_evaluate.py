@@ -70,7 +70,8 @@ def test_inmodal_deltas_small_for_informative_embedding():
 # --- report and end to end -----------------------------------------------------------------
 
 def test_write_report_is_one_self_contained_file(tmp_path):
-    from galclip.evaluate.plots import plot_loss_curves, plot_umap
+    from galclip.evaluate.plots import plot_umap
+    from galclip.figures import plot_loss_curves
     from galclip.evaluate.report import write_report
 
     figs_dir = tmp_path / "figs"

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 from galclip.figures import new_figure as _new_figure
-from galclip.figures import plot_loss_curves, save_png  # noqa: F401 - the report's figures include the loss curves
+from galclip.figures import save_png
 
 logger = logging.getLogger(__name__)
 

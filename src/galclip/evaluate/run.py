@@ -179,7 +179,8 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     Embeddings are L2-normalised (eq. 5) and searched with exact FAISS inner product.
     Returns the metrics as written to ``out_dir / "metrics.json"`` (NaN -> None).
     """
-    from galclip.evaluate.plots import plot_loss_curves, plot_pred_vs_true, plot_umap
+    from galclip.evaluate.plots import plot_pred_vs_true, plot_umap
+    from galclip.figures import plot_loss_curves
 
     n = _check_inputs(inputs)
     out_dir = Path(out_dir)

@@ -24,11 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from galclip.config import HeadConfig
-from galclip.errors import GalclipError
 from galclip.heads.checkpoint import STATE_FORMAT, read_train_state, save_atomic
 from galclip.heads.data import FeatureSet, TrainingData, sample_views
 from galclip.heads.loss import info_nce
