@@ -44,6 +44,23 @@ def test_partner_ranks_ties_are_pessimistic():
     np.testing.assert_array_equal(partner_ranks(q, q), np.full(6, 6))
 
 
+def test_a_nan_partner_score_is_never_a_hit():
+    from galclip.evaluate.retrieval import non_finite_partners
+
+    rng = np.random.default_rng(5)
+    q = _unit(rng, 20, 8)
+    t = q.copy()  # every partner is its own nearest: rank 1
+    q[3] = np.nan  # a NaN query
+    t[7] = np.nan  # a NaN partner
+    t[5, 0] = abs(t[5, 0]) + 0.1
+    q[5] = 0.0
+    q[5, 0] = np.inf  # an infinite partner score
+    ranks = partner_ranks(q, t)
+    assert ranks[3] == ranks[5] == ranks[7] == 21 and non_finite_partners(ranks) == 3
+    assert partner_recall(ranks, (1, 10, 20)) == {"recall@1": 17 / 20, "recall@10": 17 / 20, "recall@20": 17 / 20}
+    assert non_finite_partners(partner_ranks(t[:3], t[:3])) == 0
+
+
 def test_recall_and_median_rank_on_hand_built_ranks():
     ranks = np.array([1, 2, 5, 6, 10, 11, 100])
     rec = partner_recall(ranks)

@@ -243,6 +243,50 @@ def test_augmented_views_are_deterministic_per_targetid():
     torch.testing.assert_close(augment_spectra(spectra, ids, 0), augment_spectra(spectra, ids, 0), rtol=0, atol=0)
 
 
+def _stein_extra_blur(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Stein et al.'s GaussianBlur, transcribed: per band a true and a final σ (px) from numpy's lognormal
+    with their fits, the blur sqrt(max(final² - true², 0)) handed to skimage as sigma. (n, 3)."""
+    shape = np.array([0.2109966, 0.3008485, 0.3471172])
+    loc = np.array([1.0807153, 1.2394326, 1.1928363])
+    scale = np.array([1.3153171, 0.9164757, 0.8233702])
+    true = rng.lognormal(np.log(scale), shape, (n, 3)) + loc
+    final = rng.lognormal(np.log(scale), shape, (n, 3)) + loc
+    extra = final**2 - true**2
+    extra[extra < 0] = 0
+    return np.sqrt(extra)
+
+
+def test_psf_blur_is_sigma_in_pixels_as_stein_draws_it():
+    from galclip.data.split import targetid_uniform
+    from galclip.extract.augment import psf_blur_sigma_px
+
+    n = 200_000
+    ours = psf_blur_sigma_px(*(np.stack([targetid_uniform(np.arange(n), salt=s + 3 * j) for j in range(3)], 1)
+                               for s in (101, 202)))
+    stein = _stein_extra_blur(np.random.default_rng(0), n)
+    for band, want in enumerate((1.15, 1.10, 1.09)):  # mean of the non-zero extra σ, px
+        got, ref = ours[:, band][ours[:, band] > 0], stein[:, band][stein[:, band] > 0]
+        assert got.mean() == pytest.approx(want, abs=0.02) and ref.mean() == pytest.approx(want, abs=0.02)
+        assert (ours[:, band] > 0).mean() == pytest.approx((stein[:, band] > 0).mean(), abs=0.01)  # about half
+        np.testing.assert_allclose(np.quantile(got, [0.1, 0.5, 0.9]), np.quantile(ref, [0.1, 0.5, 0.9]), atol=0.03)
+
+
+def test_blurred_point_source_has_the_drawn_second_moment():
+    from galclip.extract.augment import _gaussian_blur_fft
+
+    point = torch.zeros(1, 3, 96, 96, dtype=torch.float64)
+    point[..., 48, 48] = 1.0
+    sigma = torch.tensor([[0.8, 1.5, 2.5]], dtype=torch.float64)
+    out = _gaussian_blur_fft(point, sigma)[0]
+    y = torch.arange(96, dtype=torch.float64) - 48
+    for band in range(3):
+        img = out[band] / out[band].sum()
+        var_x = float((img.sum(0) * y**2).sum())  # second moment along each axis: σ² of the drawn blur
+        var_y = float((img.sum(1) * y**2).sum())
+        assert var_x == pytest.approx(float(sigma[0, band]) ** 2, rel=1e-3)
+        assert var_y == pytest.approx(float(sigma[0, band]) ** 2, rel=1e-3)
+
+
 def test_variant_arrays_in_store(sharded_store):
     store = FeatureStore.open(sharded_store)
     assert store.feature_arrays["image_features_aug"] == (1, 2048) and store.n_shards == 4

@@ -24,8 +24,10 @@ def partner_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
     queries, targets: (n, d), already L2-normalised (eq. 5), so s_ij = q_i . t_j is the
     cosine similarity. rank_i = 1 + #{j != i : s_ij >= s_ii}: ties are counted
     PESSIMISTICALLY (a collapsed embedding gets rank n, not 1). The partner score is read
-    from the same similarity block as the others, so it is compared bit-for-bit.
-    Computed in row chunks of at most ~64 MB of float32 similarities. Returns (n,) int64.
+    from the same similarity block as the others, so it is compared bit-for-bit. A query whose
+    partner score is NaN or infinite is never a hit: it gets rank n + 1 (count those with
+    :func:`non_finite_partners`). Computed in row chunks of at most ~64 MB of float32
+    similarities. Returns (n,) int64.
     """
     q = np.ascontiguousarray(queries, dtype=np.float32)
     t = np.ascontiguousarray(targets, dtype=np.float32)
@@ -40,8 +42,14 @@ def partner_ranks(queries: np.ndarray, targets: np.ndarray) -> np.ndarray:
         local = np.arange(stop - start)
         own = sims[local, start + local]
         # ">=" counts the partner itself once, which supplies the "1 +".
-        ranks[start:stop] = np.count_nonzero(sims >= own[:, None], axis=1)
+        ranks[start:stop] = np.where(np.isfinite(own), np.count_nonzero(sims >= own[:, None], axis=1), n + 1)
     return ranks
+
+
+def non_finite_partners(ranks: np.ndarray) -> int:
+    """How many queries of :func:`partner_ranks` had a NaN or infinite partner score (rank n + 1)."""
+    r = np.asarray(ranks)
+    return int(np.count_nonzero(r > len(r)))
 
 
 def partner_recall(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:

@@ -16,7 +16,14 @@ from galclip.atomic import atomic_write_text
 from galclip.config import EvalConfig
 from galclip.evaluate.report import write_report
 from galclip.heads.models import standardisation, standardise
-from galclip.evaluate.retrieval import label_deltas, median_rank, neighbour_ids, partner_ranks, partner_recall
+from galclip.evaluate.retrieval import (
+    label_deltas,
+    median_rank,
+    neighbour_ids,
+    non_finite_partners,
+    partner_ranks,
+    partner_recall,
+)
 from galclip.neighbours import (
     drop_self,
     embedding_sources,
@@ -104,6 +111,11 @@ def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.n
             ranks = partner_ranks(emb[q], emb[t])
             out[name] = {**partner_recall(ranks, (1, 5, 10)), "median_rank": median_rank(ranks),
                          "chance_recall@10": min(10, n) / n, "n_queries": int(n)}
+            bad = non_finite_partners(ranks)
+            if bad:  # only then, so metrics.json of a healthy run keeps its keys
+                out[name]["non_finite_partner_scores"] = bad
+                logger.warning("%s: %d of %d queries have a NaN/inf partner similarity; counted as misses",
+                               name, bad, n)
     return out
 
 

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from galclip.data.split import targetid_uniform
 
 JITTER_PX = 7
-# DECaLS log-normal fits (shape, loc, scale) of PSF FWHM (arcsec) and per-pixel noise, g r z (Stein et al.)
+# DECaLS log-normal fits (scipy's shape, loc, scale), g r z, as Stein et al.'s GaussianBlur and GaussianNoise
+# use them: the PSF's Gaussian sigma already in PIXELS (their sigma = psf_size / 0.262 / 2.3548, fitted to the
+# sweep catalogues; the draws go straight to skimage's gaussian as sigma), and the per-pixel noise in nanomaggies.
 PSF_SHAPE, PSF_LOC, PSF_SCALE = (0.2109966, 0.3008485, 0.3471172), (1.0807153, 1.2394326, 1.1928363), (1.3153171, 0.9164757, 0.8233702)
 NOISE_SHAPE, NOISE_LOC, NOISE_SCALE = (0.2264926, 0.2431146, 0.1334844), (-0.0006735, -0.0023663, -0.0143416), (0.0037602, 0.0067417, 0.0260779)
-PIXEL_ARCSEC = 0.262
-FWHM_TO_SIGMA = 1 / 2.3548
 
 
 def _uniforms(targetid: np.ndarray, variant: int, seed: int, n: int) -> np.ndarray:
@@ -45,6 +45,12 @@ def _extra_sigma(u_true: np.ndarray, u_final: np.ndarray, shape, loc, scale) -> 
     """sqrt(max(0, final² - true²)) for per-band levels drawn from one log-normal: (B, 3)."""
     true, final = _lognormal(u_true, shape, loc, scale), _lognormal(u_final, shape, loc, scale)
     return np.sqrt(np.clip(final**2 - true**2, 0.0, None))
+
+
+def psf_blur_sigma_px(u_true: np.ndarray, u_final: np.ndarray) -> np.ndarray:
+    """Extra PSF blur per band in pixels, (B, 3) uniforms twice -> (B, 3): a "true" and a "final" σ drawn from
+    the DECaLS fits, and the blur that turns one into the other, sqrt(max(σ_final² - σ_true², 0))."""
+    return _extra_sigma(u_true, u_final, PSF_SHAPE, PSF_LOC, PSF_SCALE)
 
 
 def _gaussian_blur_fft(x: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
@@ -82,8 +88,7 @@ def augment_images(images_chw: torch.Tensor, targetid: np.ndarray, variant: int,
     grid = F.affine_grid(theta, [b, 3, crop, crop], align_corners=False)
     x = F.grid_sample(images_chw, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
-    blur_fwhm = _extra_sigma(u[:, 5:8], u[:, 8:11], PSF_SHAPE, PSF_LOC, PSF_SCALE)  # arcsec
-    x = _gaussian_blur_fft(x, torch.as_tensor(blur_fwhm * FWHM_TO_SIGMA / PIXEL_ARCSEC, dtype=dt, device=dev))
+    x = _gaussian_blur_fft(x, torch.as_tensor(psf_blur_sigma_px(u[:, 5:8], u[:, 8:11]), dtype=dt, device=dev))
     noise_sigma = _extra_sigma(u[:, 11:14], u[:, 14:17], NOISE_SHAPE, NOISE_LOC, NOISE_SCALE)
     noise_seeds = (u[:, 17] * 2**62).astype(np.int64)
     noise = torch.stack([

@@ -13,7 +13,7 @@ from galclip.extract.image_encoder import IMAGE_FEATURE_DIM
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM
 from galclip.provenance import code_version, sha256_file
 
-AUGMENT_VERSION = 1  # bump when the augmentation recipe changes: stores then refuse to mix
+AUGMENT_VERSION = 2  # bump when the augmentation recipe changes: stores then refuse to mix (2: PSF blur σ in pixels)
 
 
 def _weights_record(path: str | None, seed: int, kind: str) -> dict:
@@ -41,7 +41,7 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
             "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
             "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
                          "seed": config.seed, "augment_version": AUGMENT_VERSION,
-                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur, extra sky noise",
+                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur (sigma in px), extra sky noise",
                          "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
         },
         "data": reader.fingerprint(),
