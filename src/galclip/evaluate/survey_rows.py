@@ -19,11 +19,10 @@ logger = logging.getLogger(__name__)
 class SurveyRows:
     """Reads survey rows (for galleries) by store row; blank when the survey files are gone."""
 
-    def __init__(self, provenance: dict, rows: np.ndarray, crop: int, rgb: str):
+    def __init__(self, files: list[str], rows: np.ndarray, crop: int, rgb: str):
         from galclip.data.survey import SurveyReader
 
         self.rows, self.crop, self.rgb = rows, crop, rgb
-        files = provenance.get("data", {}).get("files", [])
         try:
             self.reader = SurveyReader(files) if files else None
         except Exception as err:  # noqa: BLE001 - galleries are optional; metrics do not need the pixels
@@ -33,8 +32,7 @@ class SurveyRows:
     @classmethod
     def for_store(cls, store: FeatureStore, rows: np.ndarray) -> "SurveyRows":
         """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with."""
-        pre = store.provenance.get("preprocessing", {}).get("image", {})
-        return cls(store.provenance, rows, int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton"))
+        return cls(store.survey_files(), rows, *store.image_display())
 
     def image_rgb(self, idx: np.ndarray) -> np.ndarray:
         """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""

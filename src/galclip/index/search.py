@@ -30,7 +30,8 @@ class NotIndexed(GalclipError):
     """A targetid the index does not hold."""
 
 
-def _float_or_none(value) -> float | None:
+def float_or_none(value) -> float | None:
+    """A finite float, or None for NaN/inf (JSON has no NaN)."""
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -127,8 +128,8 @@ class Index:
         neighbours = self._neighbours(vector, target, k, exclude=exclude, partner=pos)
         known = pos >= 0
         return {"query": {"targetid": int(targetid), "modality": query, "source": source,
-                          "redshift": _float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
-                          "log_mstar": _float_or_none(self.rows["log_mstar"][pos]) if known else None},
+                          "redshift": float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
+                          "log_mstar": float_or_none(self.rows["log_mstar"][pos]) if known else None},
                 "target": target, "neighbours": neighbours}
 
     def search_embedding(self, vector: np.ndarray, target: str = "image", k: int = 5) -> dict:
@@ -148,8 +149,8 @@ class Index:
         sims, ids = self.nearest(vector, target, min(len(self), k + (exclude >= 0)))
         keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != exclude][:k]
         return [{"rank": r + 1, "similarity": float(s), "targetid": int(self.rows["targetid"][i]),
-                 "redshift": _float_or_none(self.rows["redshift"][i]),
-                 "log_mstar": _float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
+                 "redshift": float_or_none(self.rows["redshift"][i]),
+                 "log_mstar": float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
                 for r, (s, i) in enumerate(keep)]
 
 

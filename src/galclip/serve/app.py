@@ -11,7 +11,6 @@ from elsewhere.
 import csv
 import io
 import logging
-import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from galclip.errors import GalclipError
-from galclip.index.search import MODALITIES, Index, NotIndexed, open_index
+from galclip.index.search import MODALITIES, Index, NotIndexed, float_or_none, open_index
 from galclip.neighbours import weighted_mean
 from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 
@@ -76,8 +75,8 @@ class SearchService:
         rows = self.index.rows
         return {"targetid": int(targetid), "indexed": pos >= 0, "partner_indexed": pos >= 0,
                 "split": {0: "train", 1: "validation"}.get(int(rows["split"][pos])) if pos >= 0 else None,
-                "redshift": _finite(rows["redshift"][pos]) if pos >= 0 else None,
-                "log_mstar": _finite(rows["log_mstar"][pos]) if pos >= 0 else None,
+                "redshift": float_or_none(rows["redshift"][pos]) if pos >= 0 else None,
+                "log_mstar": float_or_none(rows["log_mstar"][pos]) if pos >= 0 else None,
                 "survey": self.galaxies.where(targetid) if in_survey else None}
 
     def embedding_map(self) -> dict:
@@ -88,29 +87,23 @@ class SearchService:
                 coords = self.index.embedding_map()
                 self._map = {"targetid": [str(t) for t in self.index.rows["targetid"].tolist()],
                              "x": np.round(coords[:, 0], 4).tolist(), "y": np.round(coords[:, 1], 4).tolist(),
-                             "redshift": [_finite(z) for z in self.index.rows["redshift"]]}
+                             "redshift": [float_or_none(z) for z in self.index.rows["redshift"]]}
             return self._map
-
-
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def predict_labels(neighbours: list[dict]) -> dict:
     """Zero-shot redshift and log M* of a query from its neighbours: the distance-weighted k-NN mean that
     ``galclip evaluate`` scores (distance between unit vectors, sqrt(2 - 2 cos)), over the neighbours with
     that label. The query's own partner is left out, so a cross-modal search does not read its own label."""
-    out: dict = {}
+    out: dict = {"n_neighbours": {}}
     for label in LABELS:
         usable = [n for n in neighbours if n[label] is not None and not n["is_partner"]]
+        out["n_neighbours"][label] = len(usable)
         if not usable:
             out[label] = None
             continue
         dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.array([[n["similarity"] for n in usable]])))
         out[label] = float(weighted_mean(dist, np.array([[n[label] for n in usable]]))[0])
-    out["n_neighbours"] = {label: sum(1 for n in neighbours if n[label] is not None and not n["is_partner"])
-                           for label in LABELS}
     return out
 
 
@@ -121,10 +114,8 @@ def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) 
 
     crop, rgb, files = 96, "lupton", []
     try:
-        provenance = FeatureStore.open(index.sidecar["store"]).provenance
-        pre = provenance.get("preprocessing", {}).get("image", {})
-        crop, rgb = int(pre.get("centre_crop", crop)), pre.get("rgb", rgb)
-        files = provenance.get("data", {}).get("files", [])
+        store = FeatureStore.open(index.sidecar["store"])
+        (crop, rgb), files = store.image_display(), store.survey_files()
     except GalclipError as err:
         if not data:
             raise GalclipError(f"{err}; the service needs the store's survey files: pass them with --data") from err

@@ -219,6 +219,16 @@ class FeatureStore:
         """Catalogue labels, (N,) float32 each, NaN where a galaxy has none: {"redshift", "log_mstar"}."""
         return {"redshift": self.read_meta("label_redshift"), "log_mstar": self.read_meta("label_log_mstar")}
 
+    def survey_files(self) -> list[str]:
+        """The survey files the store was extracted from, as its provenance records them (may be empty)."""
+        return list((self.provenance.get("data") or {}).get("files", []))
+
+    def image_display(self) -> tuple[int, str]:
+        """(centre crop in pixels, grz->RGB mapping) of the store's image preprocessing: how its galaxies
+        are drawn. Defaults (96, "lupton") where the provenance records none."""
+        pre = (self.provenance.get("preprocessing") or {}).get("image", {})
+        return int(pre.get("centre_crop", 96)), pre.get("rgb", "lupton")
+
     def fingerprint(self) -> str:
         """Identity of the store's content: provenance and targetids (16 hex digits)."""
         h = hashlib.sha256(json.dumps({k: self.provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
