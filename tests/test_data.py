@@ -107,3 +107,32 @@ def test_catalogue_empty_after_cuts(tmp_path):
             f[k] = v
     with pytest.raises(InputError, match="no catalogue row passes the cuts"):
         join_labels(np.arange(3), tmp_path / "c.h5")
+
+
+def test_reader_single_modality_files_and_pairs_that_disagree(tmp_path):
+    """Image-only and spectrum-only groups read with require=(); a pair file whose arrays disagree, a file with
+    neither modality, and groups that share no modality are refused by name."""
+    with h5py.File(tmp_path / "spec.h5", "w") as f:
+        f["spectrum"] = np.ones((3, 7781, 1), np.float32)
+        f["targetid"] = np.arange(3)
+    with SurveyReader(tmp_path / "spec.h5", require=()) as reader:
+        batch = reader.read(0, 3)
+        assert reader.modalities == ("spectrum",) and batch.image is None and batch.spectrum.shape == (3, 7781)
+        assert np.isnan(reader.redshifts()).all()
+    _write_survey(tmp_path / "pairs.h5")
+    with h5py.File(tmp_path / "pairs.h5", "a") as f:
+        del f["0/spectrum"]
+        f["0/spectrum"] = np.zeros((5, 7781, 1), np.float32)
+    with pytest.raises(InputError, match=r"pairs.h5:0: dataset 'spectrum' has 5 rows but 'targetid' has 4"):
+        SurveyReader(tmp_path / "pairs.h5", require=())
+    with h5py.File(tmp_path / "none.h5", "w") as f:
+        f["targetid"] = np.arange(3)
+    with pytest.raises(InputError, match="none.h5:/: holds neither 'image' nor 'spectrum'"):
+        SurveyReader(tmp_path / "none.h5", require=())
+    with h5py.File(tmp_path / "mixed.h5", "w") as f:
+        f["0/image"] = np.zeros((2, 152, 152, 3), np.float32)
+        f["0/targetid"] = np.arange(2)
+        f["1/spectrum"] = np.ones((2, 7781, 1), np.float32)
+        f["1/targetid"] = np.arange(2, 4)
+    with pytest.raises(InputError, match="no modality is held by every group"):
+        SurveyReader(tmp_path / "mixed.h5", require=())

@@ -22,6 +22,11 @@ class MockConfig:
     redshift_stretch: float = 2.0  # SDSS main-sample z scaled towards DESI BGS depths
     z_max: float = 0.6
     batch_size: int = 256
+    modality: str = "both"  # "image" or "spectrum": single-modality files, as for galaxies to predict
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("both", "image", "spectrum"):
+            raise ValueError(f"modality must be 'both', 'image' or 'spectrum', got {self.modality!r}")
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,12 @@ class ExtractConfig:
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
     compile: bool = False  # torch.compile the encoders
     bad_rows: str = "fail"  # "fail": stop at the first bad input row; "skip": quarantine it and go on
+    modalities: tuple[str, ...] = ("image", "spectrum")  # one alone: galclip predict's single-modality stores
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if not self.modalities or any(m not in ("image", "spectrum") for m in self.modalities):
+            raise ValueError(f"modalities must be 'image', 'spectrum' or both, got {self.modalities!r}")
         if self.rgb is not None and self.rgb not in RGB_MAPPINGS:
             raise ValueError(f"rgb must be one of {RGB_MAPPINGS}, got {self.rgb!r}")
         if self.batch_size < 1 or self.rows_per_shard < 1:

@@ -35,12 +35,12 @@ class Segment:
 class SurveyBatch:
     """Rows ``[start, stop)`` of the survey.
 
-    image (n, 152, 152, 3) float32, spectrum (n, 7781) float32, redshift (n,) float32,
-    targetid (n,) int64.
+    image (n, 152, 152, 3) float32, spectrum (n, 7781) float32, redshift (n,) float32 (NaN where a
+    file has none), targetid (n,) int64. A modality the files do not hold is None.
     """
 
-    image: np.ndarray
-    spectrum: np.ndarray
+    image: np.ndarray | None
+    spectrum: np.ndarray | None
     redshift: np.ndarray
     targetid: np.ndarray
 
@@ -63,38 +63,52 @@ def _resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_segment(path: Path, name: str, node: h5py.Group) -> int:
+MODALITY_DATASETS = {"image": "image", "spectrum": "spectrum"}
+
+
+def _check_segment(path: Path, name: str, node: h5py.Group) -> tuple[int, tuple[str, ...]]:
+    """Check one group: (rows, modalities it holds). A group holds 'targetid' and 'image', 'spectrum' or
+    both; every dataset it holds must have one row per targetid."""
     label = f"{path}:{name or '/'}"
-    missing = [d for d in SURVEY_DATASETS if d not in node]
-    if missing:
-        raise InputError(
-            f"{label}: missing dataset(s) {missing}; an AstroCLIP survey group needs {list(SURVEY_DATASETS)}"
-        )
+    if "targetid" not in node:
+        raise InputError(f"{label}: missing dataset(s) ['targetid']; an AstroCLIP survey group needs "
+                         f"{list(SURVEY_DATASETS)} ('image' or 'spectrum' alone for single-modality galaxies)")
+    modalities = tuple(m for m in MODALITY_DATASETS if m in node)
+    if not modalities:
+        raise InputError(f"{label}: holds neither 'image' nor 'spectrum' (only {sorted(node.keys())}); a survey "
+                         "group needs the (152, 152, 3) g,r,z images, the (7781, 1) spectra, or both")
     n = node["targetid"].shape[0]
-    for d in SURVEY_DATASETS:
+    for d in (*modalities, *(["redshift"] if "redshift" in node else [])):
         if node[d].shape[0] != n:
             raise InputError(f"{label}: dataset '{d}' has {node[d].shape[0]} rows but 'targetid' has {n}")
-    img = node["image"].shape[1:]
-    if img != IMAGE_SHAPE:
-        hint = ""
-        if sorted(img) == sorted(IMAGE_SHAPE):
-            hint = " (bands first? AstroCLIP stores images as (152, 152, 3) g,r,z: transpose them)"
-        raise InputError(f"{label}: 'image' rows have shape {img}, expected {IMAGE_SHAPE}{hint}")
-    spec = node["spectrum"].shape[1:]
-    if spec not in (SPECTRUM_SHAPE, SPECTRUM_SHAPE[:1]):
-        raise InputError(
-            f"{label}: 'spectrum' rows have shape {spec}, expected {SPECTRUM_SHAPE} "
-            "(the DESI 7781-bin grid, 3600-9824 Å); resample the spectra onto that grid"
-        )
-    return n
+    if "image" in modalities:
+        img = node["image"].shape[1:]
+        if img != IMAGE_SHAPE:
+            hint = ""
+            if sorted(img) == sorted(IMAGE_SHAPE):
+                hint = " (bands first? AstroCLIP stores images as (152, 152, 3) g,r,z: transpose them)"
+            raise InputError(f"{label}: 'image' rows have shape {img}, expected {IMAGE_SHAPE}{hint}")
+    if "spectrum" in modalities:
+        spec = node["spectrum"].shape[1:]
+        if spec not in (SPECTRUM_SHAPE, SPECTRUM_SHAPE[:1]):
+            raise InputError(
+                f"{label}: 'spectrum' rows have shape {spec}, expected {SPECTRUM_SHAPE} "
+                "(the DESI 7781-bin grid, 3600-9824 Å); resample the spectra onto that grid"
+            )
+    return n, modalities
 
 
 class SurveyReader:
-    """Lists and reads the pairs of one or more AstroCLIP-layout survey files."""
+    """Lists and reads the galaxies of one or more AstroCLIP-layout survey files.
 
-    def __init__(self, paths: str | Path | Sequence[str | Path]):
+    ``require``: the modalities every group must hold, ("image", "spectrum") for pairs (extraction,
+    training); ``()`` accepts single-modality files, and ``modalities`` then says what every group holds.
+    """
+
+    def __init__(self, paths: str | Path | Sequence[str | Path], require: Sequence[str] = ("image", "spectrum")):
         self.files = _resolve_paths(paths)
         segments: list[Segment] = []
+        held: set[str] = set(MODALITY_DATASETS)
         offset = 0
         for path in self.files:
             try:
@@ -108,11 +122,22 @@ class SurveyReader:
                 if not names:
                     raise InputError(f"{path}: no survey groups or datasets found")
                 for name in names:
-                    n = _check_segment(path, name, f[name] if name else f)
+                    n, modalities = _check_segment(path, name, f[name] if name else f)
+                    lacking = [m for m in require if m not in modalities]
+                    if lacking:
+                        raise InputError(
+                            f"{path}:{name or '/'}: missing dataset(s) {lacking}; it holds only {list(modalities)}. "
+                            "Extraction and training need image-spectrum pairs; for galaxies with only an image or "
+                            "only a spectrum use 'galclip predict'")
+                    held &= set(modalities)
                     segments.append(Segment(str(path), name, n, offset))
                     offset += n
         self.segments: tuple[Segment, ...] = tuple(segments)
         self.n_rows = offset
+        if segments and not held:
+            raise InputError(f"{', '.join(map(str, self.files))}: no modality is held by every group (some hold only "
+                             "images, others only spectra); predict them in separate runs, one file set per modality")
+        self.modalities: tuple[str, ...] = tuple(m for m in MODALITY_DATASETS if m in held)
         if offset == 0:
             raise InputError(f"{', '.join(map(str, self.files))}: no galaxies (every image/spectrum/targetid group "
                              "has 0 rows); point galclip at the survey file(s) that hold the pairs")
@@ -145,8 +170,12 @@ class SurveyReader:
         return ids
 
     def redshifts(self) -> np.ndarray:
-        """Survey (DESI) redshifts in survey order: (n_rows,) float32."""
-        return np.concatenate([self._node(s)["redshift"][:].astype(np.float32) for s in self.segments])
+        """Survey (DESI) redshifts in survey order: (n_rows,) float32, NaN for groups without them."""
+        return np.concatenate([self._redshift(s, 0, s.n_rows) for s in self.segments])
+
+    def _redshift(self, seg: Segment, a: int, b: int) -> np.ndarray:
+        node = self._node(seg)
+        return node["redshift"][a:b].astype(np.float32, copy=False) if "redshift" in node else np.full(b - a, np.nan, np.float32)
 
     def _node(self, seg: Segment) -> h5py.Group:
         handle = self._handles.get(seg.path)
@@ -164,9 +193,10 @@ class SurveyReader:
                 a, b = lo - seg.offset, hi - seg.offset
                 parts.append(
                     SurveyBatch(
-                        image=node["image"][a:b].astype(np.float32, copy=False),
-                        spectrum=node["spectrum"][a:b].reshape(b - a, -1).astype(np.float32, copy=False),
-                        redshift=node["redshift"][a:b].astype(np.float32, copy=False),
+                        image=node["image"][a:b].astype(np.float32, copy=False) if "image" in self.modalities else None,
+                        spectrum=(node["spectrum"][a:b].reshape(b - a, -1).astype(np.float32, copy=False)
+                                  if "spectrum" in self.modalities else None),
+                        redshift=self._redshift(seg, a, b),
                         targetid=node["targetid"][a:b].astype(np.int64, copy=False),
                     )
                 )
@@ -174,7 +204,8 @@ class SurveyReader:
             raise IndexError(f"rows [{start}, {stop}) are outside the survey's {self.n_rows} rows")
         if len(parts) == 1:
             return parts[0]
-        return SurveyBatch(*(np.concatenate([getattr(p, k) for p in parts]) for k in SurveyBatch.__dataclass_fields__))
+        return SurveyBatch(*(None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
+                             for k in SurveyBatch.__dataclass_fields__))
 
     def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, SurveyBatch]]:
         """Yield ``(first_row, batch)`` over rows ``[start, stop)`` in order; the last batch may be short."""

@@ -14,27 +14,30 @@ from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectru
 
 def feature_arrays(config: ExtractConfig) -> dict[str, tuple[int, ...]]:
     """The store's feature arrays for this configuration: name -> shape after the row axis."""
-    arrays = {"image_features": (IMAGE_FEATURE_DIM,), "spectrum_features": (SPECTRUM_FEATURE_DIM,)}
-    if config.variants:
+    arrays = {f"{m}_features": (dim,) for m, dim in (("image", IMAGE_FEATURE_DIM), ("spectrum", SPECTRUM_FEATURE_DIM))
+              if m in config.modalities}
+    if config.variants and "image" in config.modalities:
         arrays["image_features_aug"] = (config.variants, IMAGE_FEATURE_DIM)
-    if config.spectrum_variants:
+    if config.spectrum_variants and "spectrum" in config.modalities:
         arrays["spectrum_features_aug"] = (config.spectrum_variants, SPECTRUM_FEATURE_DIM)
     return arrays
 
 
 class Encoders:
-    """Both frozen encoders on one device, with preprocessing and augmented views in front."""
+    """The frozen encoders of ``config.modalities`` on one device, with preprocessing and augmented views in front."""
 
     def __init__(self, config: ExtractConfig, device: torch.device):
         self.config = config
         self.device = device
-        trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
-        self.image = trunk.to(device, memory_format=torch.channels_last)
-        self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
-        if config.compile:
-            self.image, self.spectrum_features = torch.compile(self.image), torch.compile(self.spectrum.features)
-        else:
-            self.spectrum_features = self.spectrum.features
+        self.fc_state = None
+        if "image" in config.modalities:
+            trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
+            self.image = trunk.to(device, memory_format=torch.channels_last)
+            if config.compile:
+                self.image = torch.compile(self.image)
+        if "spectrum" in config.modalities:
+            self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
+            self.spectrum_features = torch.compile(self.spectrum.features) if config.compile else self.spectrum.features
         self.autocast = device.type == "cuda"  # bf16 only on GPUs: ~100x slower on AVX2 CPUs
 
     def _image_features(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -46,19 +49,24 @@ class Encoders:
             return self.spectrum_features(zscore_spectra(spectra)).float()
 
     @torch.inference_mode()
-    def __call__(self, images_whc: torch.Tensor, spectra: torch.Tensor, targetid: np.ndarray) -> dict[str, np.ndarray]:
-        """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048)."""
+    def __call__(self, images_whc: torch.Tensor | None, spectra: torch.Tensor | None,
+                 targetid: np.ndarray) -> dict[str, np.ndarray]:
+        """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048); only the
+        modalities of ``config.modalities`` are encoded (the other input may be None)."""
         cfg = self.config
-        images = images_whc.to(self.device, non_blocking=True)
-        spectra = spectra.to(self.device, non_blocking=True)
-        out = {"image_features": self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping)),
-               "spectrum_features": self._spectrum_features(spectra)}
-        if cfg.variants:
+        out = {}
+        if "image" in cfg.modalities:
+            images = images_whc.to(self.device, non_blocking=True)
+            out["image_features"] = self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping))
+        if "spectrum" in cfg.modalities:
+            spectra = spectra.to(self.device, non_blocking=True)
+            out["spectrum_features"] = self._spectrum_features(spectra)
+        if cfg.variants and "image" in cfg.modalities:
             chw = images_to_chw(images)
             out["image_features_aug"] = torch.stack([
                 self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
                 for v in range(cfg.variants)], dim=1)
-        if cfg.spectrum_variants:
+        if cfg.spectrum_variants and "spectrum" in cfg.modalities:
             out["spectrum_features_aug"] = torch.stack([
                 self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
                 for v in range(cfg.spectrum_variants)], dim=1)

@@ -16,7 +16,8 @@ from galclip.provenance import code_version, sha256_file
 AUGMENT_VERSION = 2  # bump when the augmentation recipe changes: stores then refuse to mix (2: PSF blur σ in pixels)
 
 
-def _weights_record(path: str | None, seed: int, kind: str) -> dict:
+def weights_record(path: str | None, seed: int, kind: str) -> dict:
+    """How the ``kind`` encoder's weights are identified: the checkpoint's path and SHA-256, or the seed of random ones."""
     if path is None:
         return {"source": "random", "seed": seed, "note": f"seeded random {kind} weights: NOT a pretrained encoder"}
     return {"source": str(Path(path).resolve()), "sha256": sha256_file(path)}
@@ -24,19 +25,24 @@ def _weights_record(path: str | None, seed: int, kind: str) -> dict:
 
 def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None,
                      device_type: str = "cpu") -> dict:
-    """Everything needed to know what the store's features are and where they came from."""
+    """Everything needed to know what the store's features are and where they came from. A single-modality
+    store (``config.modalities``, as ``galclip predict`` writes) records only its own encoder and preprocessing."""
+    encoders = {
+        "image": {"architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
+                  "features": "global average pool", "dim": IMAGE_FEATURE_DIM,
+                  "weights": weights_record(config.image_weights, config.seed, "image")},
+        "spectrum": {"architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
+                     "features": "attention-weighted sum e = sum h*softmax(a)", "dim": SPECTRUM_FEATURE_DIM,
+                     "weights": weights_record(config.spectrum_weights, config.seed, "spectrum")},
+    }
+    preprocessing = {
+        "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
+        "spectrum": {"normalisation": "per-spectrum z-score"},
+    }
     return {
-        "encoders": {
-            "image": {"architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
-                      "features": "global average pool", "dim": IMAGE_FEATURE_DIM,
-                      "weights": _weights_record(config.image_weights, config.seed, "image")},
-            "spectrum": {"architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
-                         "features": "attention-weighted sum e = sum h*softmax(a)", "dim": SPECTRUM_FEATURE_DIM,
-                         "weights": _weights_record(config.spectrum_weights, config.seed, "spectrum")},
-        },
+        "encoders": {m: encoders[m] for m in config.modalities},
         "preprocessing": {
-            "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
-            "spectrum": {"normalisation": "per-spectrum z-score"},
+            **{m: preprocessing[m] for m in config.modalities},
             # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
             "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
             "variants": {"image": config.variants, "spectrum": config.spectrum_variants,

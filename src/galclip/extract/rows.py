@@ -23,7 +23,10 @@ class RowRanges(torch.utils.data.Dataset):
         b = self.reader.read(lo, hi)
         codes = bad_row_codes(b.image, b.spectrum)
         if codes.any():  # neutral inputs for bad rows; their features are set to NaN and the rows quarantined
-            b.image[codes != 0] = 0.0
-            b.spectrum[codes != 0] = np.linspace(-1.0, 1.0, b.spectrum.shape[1], dtype=np.float32)
-        return {"shard": shard, "start": lo, "codes": codes, "image": torch.from_numpy(np.ascontiguousarray(b.image)),
-                "spectrum": torch.from_numpy(np.ascontiguousarray(b.spectrum)), "targetid": b.targetid}
+            if b.image is not None:
+                b.image[codes != 0] = 0.0
+            if b.spectrum is not None:
+                b.spectrum[codes != 0] = np.linspace(-1.0, 1.0, b.spectrum.shape[1], dtype=np.float32)
+        tensor = lambda a: None if a is None else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        return {"shard": shard, "start": lo, "codes": codes, "image": tensor(b.image), "spectrum": tensor(b.spectrum),
+                "targetid": b.targetid}

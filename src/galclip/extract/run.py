@@ -63,7 +63,8 @@ def _create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catal
         labels = join_labels(targetid, catalogue)
         label_z, label_m = labels.redshift, labels.log_mstar
     else:
-        logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
+        log = logger.warning if len(config.modalities) == 2 else logger.info
+        log("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
         label_z = label_m = np.full(len(targetid), np.nan, np.float32)
     meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
             "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
@@ -94,9 +95,10 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
 def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool,
                     lock) -> dict:
     t0 = time.perf_counter()
-    reader = SurveyReader(data)
+    reader = SurveyReader(data, require=config.modalities)
     catalogue = config.catalogue
-    if catalogue is None and isinstance(data, (str, Path)) and Path(data).is_dir() and (Path(data) / "provabgs.h5").exists():
+    pairs = len(config.modalities) == 2  # galaxies to predict (one modality) are extracted without labels
+    if pairs and catalogue is None and isinstance(data, (str, Path)) and Path(data).is_dir() and (Path(data) / "provabgs.h5").exists():
         catalogue = str(Path(data) / "provabgs.h5")
         logger.info("using the catalogue found beside the survey: %s", catalogue)
     device = resolve_device(config.device)
@@ -119,7 +121,7 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
         return {"pairs": store.n, "pairs_extracted": 0, "shards_written": 0, "shards_skipped": int(complete.sum()),
                 "seconds": time.perf_counter() - t0, "pairs_per_s": 0.0, "store": str(store_path),
                 "already_complete": bool(complete.all()), "rank": dist.rank, "world_size": dist.world}
-    for kind in ("image", "spectrum"):
+    for kind in config.modalities:
         if provenance["encoders"][kind]["weights"]["source"] == "random" and dist.rank == 0:
             logger.warning("no %s checkpoint given: using seeded RANDOM %s-encoder weights (recorded in the store)", kind, kind)
 

@@ -148,15 +148,19 @@ class CLIPHeads(nn.Module):
     @torch.no_grad()
     def embed(self, image_features: np.ndarray, spectrum_features: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2048), (N, 256) -> two (N, 128) float32 embeddings (not normalised)."""
+        return (self.embed_modality("image", image_features, batch_size),
+                self.embed_modality("spectrum", spectrum_features, batch_size))
+
+    def embed_modality(self, modality: str, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
+        """One modality's features (N, 2048) for "image" or (N, 256) for "spectrum" -> (N, 128) float32
+        embeddings (not normalised)."""
+        head = {"image": self.image, "spectrum": self.spectrum}[modality]
         was_training = self.training
         self.eval()
         device = next(self.parameters()).device
-        out_i, out_s = [], []
-        for lo in range(0, len(image_features), batch_size):
-            xi = torch.as_tensor(image_features[lo:lo + batch_size], dtype=torch.float32, device=device)
-            xs = torch.as_tensor(spectrum_features[lo:lo + batch_size], dtype=torch.float32, device=device)
-            out_i.append(self.image(xi).cpu())
-            out_s.append(self.spectrum(xs).cpu())
+        out = []
+        with torch.no_grad():
+            for lo in range(0, len(features), batch_size):
+                out.append(head(torch.as_tensor(features[lo:lo + batch_size], dtype=torch.float32, device=device)).cpu())
         self.train(was_training)
-        empty = torch.zeros(0, self.image.sizes[-1])
-        return (torch.cat(out_i) if out_i else empty).numpy(), (torch.cat(out_s) if out_s else empty).numpy()
+        return (torch.cat(out) if out else torch.zeros(0, head.sizes[-1])).numpy()

@@ -83,12 +83,12 @@ def _fsync_tree(path: Path) -> None:
     fsync_path(path.parent)
 
 
-def _leaf_diff(old, new, prefix: str = "") -> list[str]:
+def leaf_diff(old, new, prefix: str = "") -> list[str]:
     """Paths and values where two JSON-like trees differ, e.g. 'encoders.image.weights.sha256: a -> b'."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
         for key in sorted(set(old) | set(new), key=str):
-            out += _leaf_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
+            out += leaf_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
     if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
         return [f"{prefix}: store has {json.dumps(old)[:120]}, this run has {json.dumps(new)[:120]}"]
@@ -251,7 +251,7 @@ class FeatureStore:
         """Refuse to resume with other encoders, preprocessing or data: name the difference."""
         diffs = []
         for key in COMPAT_KEYS:
-            diffs += _leaf_diff(self.provenance.get(key), provenance.get(key), key)
+            diffs += leaf_diff(self.provenance.get(key), provenance.get(key), key)
         if diffs:
             raise StoreError(
                 f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "

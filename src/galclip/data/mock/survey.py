@@ -2,7 +2,9 @@
 
 ``generate_mock`` streams batches of galaxies drawn from the fitted SDSS population
 (``population``) into ``survey.h5`` (groups "0".."9") and writes ``provabgs.h5``. The
-catalogue's labels are the truth used to make each galaxy.
+catalogue's labels are the truth used to make each galaxy. With ``modality="image"`` the groups
+hold only images and targetids (galaxies nobody has a spectrum of, to predict); with "spectrum",
+only spectra, redshifts and targetids.
 """
 
 from __future__ import annotations
@@ -130,9 +132,11 @@ def generate_mock(
         for g in range(n_groups):
             m = int(bounds[g + 1] - bounds[g])
             grp = f.create_group(str(g))
-            grp.create_dataset("image", (m, *IMAGE_SHAPE), np.float32, chunks=(min(m, 16), *IMAGE_SHAPE))
-            grp.create_dataset("spectrum", (m, DESI_N_BINS, 1), np.float32, chunks=(min(m, 64), DESI_N_BINS, 1))
-            grp.create_dataset("redshift", data=np.zeros(m, np.float32))
+            if config.modality in ("both", "image"):
+                grp.create_dataset("image", (m, *IMAGE_SHAPE), np.float32, chunks=(min(m, 16), *IMAGE_SHAPE))
+            if config.modality in ("both", "spectrum"):
+                grp.create_dataset("spectrum", (m, DESI_N_BINS, 1), np.float32, chunks=(min(m, 64), DESI_N_BINS, 1))
+                grp.create_dataset("redshift", data=np.zeros(m, np.float32))
             grp.create_dataset("targetid", data=targetid[bounds[g]:bounds[g + 1]])
             groups.append(grp)
         for lo in range(0, n, config.batch_size):
@@ -146,14 +150,16 @@ def generate_mock(
                 a, b = max(lo, bounds[g]), min(hi, bounds[g + 1])
                 if a < b:
                     sl = slice(a - bounds[g], b - bounds[g])
-                    groups[g]["image"][sl] = image_whc[a - lo:b - lo]
-                    groups[g]["spectrum"][sl] = batch.spectrum[a - lo:b - lo, :, None]
-                    groups[g]["redshift"][sl] = batch.z[a - lo:b - lo].astype(np.float32)
+                    if "image" in groups[g]:
+                        groups[g]["image"][sl] = image_whc[a - lo:b - lo]
+                    if "spectrum" in groups[g]:
+                        groups[g]["spectrum"][sl] = batch.spectrum[a - lo:b - lo, :, None]
+                        groups[g]["redshift"][sl] = batch.z[a - lo:b - lo].astype(np.float32)
             if progress is not None:
                 progress(hi - lo)
     _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
     elapsed = time.perf_counter() - t0
-    summary = {"pairs": n, "seconds": elapsed, "pairs_per_s": n / elapsed,
+    summary = {"pairs": n, "modality": config.modality, "seconds": elapsed, "pairs_per_s": n / elapsed,
                "survey": str(out / SURVEY_FILE), "catalogue": str(out / CATALOGUE_FILE)}
     logger.info("mock survey: %d pairs in %.1f s (%.0f pairs/s) -> %s", n, elapsed, n / elapsed, out)
     return summary
