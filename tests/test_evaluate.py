@@ -174,6 +174,66 @@ def test_run_evaluation_end_to_end(tmp_path):
     assert html.count("data:image/png;base64,") == len(expected)
 
 
+def test_photo_z_measures_and_the_photometry_baseline(tmp_path):
+    """Every zero-shot source gets the photo-z measures beside R²; the photometry baseline equals sklearn's
+    distance-weighted k-NN on the standardised r, g-r, r-z; the report names the winner."""
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from galclip.evaluate.run import run_evaluation
+    from galclip.neighbours import zero_shot_split
+    from galclip.photoz import redshift_metrics
+
+    inputs = _synthetic_inputs()
+    rng = np.random.default_rng(1)
+    z = np.nan_to_num(inputs.redshift, nan=0.3)
+    r = 17 + 4 * z + 0.05 * rng.standard_normal(120)
+    inputs.photometry = np.c_[r, 0.8 + 1.5 * z, 0.4 + z + 0.05 * rng.standard_normal(120)]
+    config = dataclasses.replace(EvalConfig(), umap=False, k=8, supervised=False)
+    metrics = run_evaluation(inputs, config, tmp_path)
+    tr, te = zero_shot_split(inputs.labels(), config.knn_test_fraction, config.seed)
+    x = inputs.photometry
+    mean, std = x[tr].mean(0), x[tr].std(0)
+    fit = np.isfinite(inputs.redshift[tr])
+    ask = np.isfinite(inputs.redshift[te])
+    sk = KNeighborsRegressor(n_neighbors=8, weights="distance").fit(((x[tr] - mean) / std)[fit], inputs.redshift[tr][fit])
+    pred = sk.predict(((x[te] - mean) / std)[ask])
+    truth = inputs.redshift[te][ask]
+    expected = 1 - np.sum((truth - pred) ** 2) / np.sum((truth - truth.mean()) ** 2)
+    assert metrics["zero_shot_r2"]["photometry"]["redshift"] == pytest.approx(expected, rel=1e-4)
+    photoz = metrics["zero_shot_photoz"]["photometry"]["redshift"]
+    reference = redshift_metrics(truth, pred)
+    for key in ("sigma_nmad", "outlier_fraction", "bias"):
+        assert photoz[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-9)
+    assert 0 <= photoz["coverage"] <= 1 and photoz["n"] == ask.sum()
+    assert set(metrics["zero_shot_photoz"]) == set(metrics["zero_shot_r2"])
+    ranking = metrics["zero_shot_best"]["redshift"]["ranking"]
+    assert [v for _, v in ranking] == sorted((v for _, v in ranking), reverse=True)
+    assert metrics["zero_shot_best"]["redshift"]["best"] == ranking[0][0]
+    assert "Which source wins" in (tmp_path / "report.html").read_text()
+
+
+def test_photoz_measures_match_loops():
+    from galclip.photoz import mass_metrics, redshift_metrics
+
+    rng = np.random.default_rng(3)
+    t = rng.uniform(0.05, 0.6, 201)
+    p = t + 0.03 * (1 + t) * rng.standard_normal(201)
+    p[:9] += 0.5  # outliers
+    lo, hi = p - 0.04, p + 0.04
+    m = redshift_metrics(t, p, lo, hi)
+    dz = [(b - a) / (1 + a) for a, b in zip(t, p)]
+    med = sorted(dz)[100]
+    assert m["bias"] == pytest.approx(med)
+    assert m["sigma_nmad"] == pytest.approx(1.4826 * sorted(abs(x - med) for x in dz)[100])
+    assert m["outlier_fraction"] == pytest.approx(sum(abs(x) > 0.15 for x in dz) / 201)
+    assert m["coverage"] == pytest.approx(sum(a <= b <= c for a, b, c in zip(lo, t, hi)) / 201)
+    mm = mass_metrics(t * 10, p * 10)
+    d = [10 * (b - a) for a, b in zip(t, p)]
+    assert mm["bias_dex"] == pytest.approx(sorted(d)[100]) and mm["scatter_std_dex"] == pytest.approx(np.std(d))
+    nan = redshift_metrics(np.r_[t, np.nan], np.r_[p, 0.1])
+    assert nan["n"] == 201 and nan["sigma_nmad"] == pytest.approx(m["sigma_nmad"])
+
+
 def test_run_evaluation_too_few_labels_records_null(tmp_path):
     from galclip.evaluate.run import run_evaluation
 

@@ -181,3 +181,32 @@ def test_drop_self_removes_the_query_or_the_last_hit():
     s, i = drop_self(scores, ids, np.array([1, 9]))
     np.testing.assert_array_equal(i, [[4, 2], [0, 3]])
     np.testing.assert_array_equal(s, scores[[[0], [1]], [[0, 2], [0, 1]]])
+
+
+def test_weighted_quantile_matches_numpy_row_by_row():
+    from galclip.neighbours import weighted_quantile
+
+    rng = np.random.default_rng(4)
+    values = np.round(rng.normal(size=(40, 16)), 1)  # rounded: ties
+    weights = rng.random((40, 16))
+    weights[0] = 0.0
+    weights[1, :8] = 0.0
+    for q in (0.0, 0.16, 0.5, 0.84, 1.0):
+        got = weighted_quantile(values, weights, q)
+        assert np.isnan(got[0])
+        for i in range(1, 40):
+            assert got[i] == np.quantile(values[i], q, weights=weights[i], method="inverted_cdf"), (q, i)
+
+
+def test_knn_interval_brackets_the_mean_and_uses_distance_weights():
+    from galclip.neighbours import knn_interval, knn_neighbours, weighted_mean
+
+    rng = np.random.default_rng(5)
+    train, y, query = rng.normal(size=(300, 6)), rng.normal(size=300), rng.normal(size=(50, 6))
+    dist, idx = knn_neighbours(train, query, 16)
+    mean, lo, hi = knn_interval(dist, y[idx])
+    np.testing.assert_array_equal(mean, weighted_mean(dist, y[idx]))
+    assert (lo <= hi).all() and (y[idx].min(1) <= lo).all() and (hi <= y[idx].max(1)).all()
+    dist[0, 3] = 0.0  # an exact match carries all the weight
+    mean, lo, hi = knn_interval(dist, y[idx])
+    assert mean[0] == lo[0] == hi[0] == y[idx][0, 3]

@@ -118,36 +118,96 @@ def knn_neighbours(train_x: np.ndarray, query_x: np.ndarray, k: int) -> tuple[np
 
     train_x: (n, d), query_x: (m, d) -> distances (m, k) float64 and training indices (m, k) int64.
     """
-    tx = np.asarray(train_x, dtype=np.float64)
-    qx = np.asarray(query_x, dtype=np.float64)
-    if tx.ndim != 2 or qx.ndim != 2 or tx.shape[1] != qx.shape[1]:
-        raise ValueError(f"train_x and query_x must be (n, d) and (m, d), got {tx.shape} and {qx.shape}")
-    n = tx.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k-NN needs 1 <= k <= n_train: k={k} but only {n} training rows")
-    if qx.shape[0] == 0:
-        return np.empty((0, k), np.float64), np.empty((0, k), np.int64)
-    n_cand = min(n, k + _EXTRA_CANDIDATES)
-    _, cand = top_k(flat_index(tx, "l2"), qx, n_cand)  # (m, n_cand)
-    dist = np.empty(cand.shape, dtype=np.float64)
-    rows = max(1, _CHUNK_BYTES // (8 * n_cand * tx.shape[1]))
-    for start in range(0, qx.shape[0], rows):  # exact float64 distances, ~64 MB at a time
-        sl = slice(start, start + rows)
-        dist[sl] = np.sqrt(np.sum((qx[sl, None, :] - tx[cand[sl]]) ** 2, axis=2))
-    order = np.lexsort((cand, dist))[:, :k]  # by distance, then by training index
-    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(cand, order, axis=1)
+    return NeighbourSearch(train_x).query(query_x, k)
+
+
+class NeighbourSearch:
+    """Exact Euclidean k-NN over a fixed training set (n, d): built once, queried block by block.
+
+    FAISS exact L2 search proposes k + 8 candidates per query, whose distances are recomputed in
+    float64 and re-ranked; exact distance ties go to the lower training index."""
+
+    def __init__(self, train_x: np.ndarray):
+        self.train = np.asarray(train_x, dtype=np.float64)
+        if self.train.ndim != 2:
+            raise ValueError(f"train_x must be a 2-d (n, d) array, got shape {self.train.shape}")
+        self.index = flat_index(self.train, "l2")
+
+    def __len__(self) -> int:
+        return self.train.shape[0]
+
+    def query(self, query_x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """query_x (m, d) -> distances (m, k) float64 and training indices (m, k) int64, nearest first."""
+        tx = self.train
+        qx = np.asarray(query_x, dtype=np.float64)
+        if qx.ndim != 2 or tx.shape[1] != qx.shape[1]:
+            raise ValueError(f"train_x and query_x must be (n, d) and (m, d), got {tx.shape} and {qx.shape}")
+        n = tx.shape[0]
+        if not 1 <= k <= n:
+            raise ValueError(f"k-NN needs 1 <= k <= n_train: k={k} but only {n} training rows")
+        if qx.shape[0] == 0:
+            return np.empty((0, k), np.float64), np.empty((0, k), np.int64)
+        n_cand = min(n, k + _EXTRA_CANDIDATES)
+        _, cand = top_k(self.index, qx, n_cand)  # (m, n_cand)
+        dist = np.empty(cand.shape, dtype=np.float64)
+        rows = max(1, _CHUNK_BYTES // (8 * n_cand * tx.shape[1]))
+        for start in range(0, qx.shape[0], rows):  # exact float64 distances, ~64 MB at a time
+            sl = slice(start, start + rows)
+            dist[sl] = np.sqrt(np.sum((qx[sl, None, :] - tx[cand[sl]]) ** 2, axis=2))
+        order = np.lexsort((cand, dist))[:, :k]  # by distance, then by training index
+        return np.take_along_axis(dist, order, axis=1), np.take_along_axis(cand, order, axis=1)
+
+
+def idw_weights(nn_dist: np.ndarray) -> np.ndarray:
+    """Inverse-distance weights (m, k) of (m, k) neighbour distances, sklearn's ``weights="distance"``:
+    a row with neighbours at distance 0 weighs those neighbours 1 and the rest 0."""
+    zero = nn_dist == 0
+    with np.errstate(divide="ignore"):
+        weights = 1.0 / np.asarray(nn_dist, dtype=np.float64)
+    has_zero = zero.any(axis=1)
+    weights[has_zero] = zero[has_zero]
+    return weights
 
 
 def weighted_mean(nn_dist: np.ndarray, nn_y: np.ndarray) -> np.ndarray:
     """Inverse-distance-weighted mean per row: (m, k) distances and targets -> (m,) float64.
 
     A row with neighbours at distance 0 gets the plain mean of those neighbours' targets."""
-    zero = nn_dist == 0
-    with np.errstate(divide="ignore"):
-        weights = 1.0 / nn_dist
-    has_zero = zero.any(axis=1)
-    weights[has_zero] = zero[has_zero]
+    weights = idw_weights(nn_dist)
     return np.sum(weights * nn_y, axis=1) / np.sum(weights, axis=1)
+
+
+def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
+    """Per-row weighted ``q`` quantile, inverted-CDF rule: (m, k) values and weights -> (m,) float64.
+
+    The smallest value whose share of the row's total weight at or below it reaches q (numpy's
+    ``quantile(..., weights=..., method="inverted_cdf")`` row by row). Rows of zero total weight give NaN."""
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q}")
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if v.shape[0] == 0:
+        return np.empty(0)
+    order = np.argsort(v, axis=1, kind="stable")
+    v, w = np.take_along_axis(v, order, 1), np.take_along_axis(w, order, 1)
+    total = w.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cdf = np.cumsum(w, axis=1) / total
+    # guard float round-off in the cumulative sum at the top of the distribution
+    at = np.minimum(np.argmax(cdf >= q - 1e-12, axis=1), v.shape[1] - 1)
+    out = v[np.arange(v.shape[0]), at]
+    out[~(total[:, 0] > 0)] = np.nan
+    return out
+
+
+def knn_interval(nn_dist: np.ndarray, nn_y: np.ndarray, lower: float = 0.16,
+                 upper: float = 0.84) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distance-weighted k-NN estimate and its interval: (m, k) distances and neighbour targets ->
+    (mean, lo, hi), each (m,) float64; lo and hi are the neighbours' weighted ``lower`` and ``upper`` quantiles
+    (the 16th and 84th percentiles by default, ±1σ for a Gaussian)."""
+    weights = idw_weights(nn_dist)
+    mean = np.sum(weights * nn_y, axis=1) / np.sum(weights, axis=1)
+    return mean, weighted_quantile(nn_y, weights, lower), weighted_quantile(nn_y, weights, upper)
 
 
 def split_for_knn(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +266,8 @@ def zero_shot_table(
 
     sources[name] = (train_x (n, d), query_x (m, d)); targets[name] = (train_y (n,), test_y (m,)).
     Rows whose label is not finite are dropped (from the fit or from the queries) per target.
-    Returns table[source][target] = {"r2": float, "pred": (m',), "true": (m',)}. A target with
+    Returns table[source][target] = {"r2": float, "pred": (m',), "true": (m',), "lo": (m',), "hi": (m',)},
+    lo and hi the neighbours' weighted 16th and 84th percentiles (``knn_interval``). A target with
     fewer than k + 1 labelled fit rows (or no labelled query) has r2 NaN and empty arrays for every
     source, with one warning per call naming the targets.
     """
@@ -223,10 +284,12 @@ def zero_shot_table(
             if len(train_y) != len(train_x) or len(test_y) != len(query_x):
                 raise ValueError(f"source {s_name!r} and target {t_name!r} have different row counts")
             if t_name in too_few:
-                table[s_name][t_name] = {"r2": float("nan"), "pred": np.empty(0), "true": np.empty(0)}
+                table[s_name][t_name] = {"r2": float("nan"), "pred": np.empty(0), "true": np.empty(0),
+                                         "lo": np.empty(0), "hi": np.empty(0)}
                 continue
             fit, ask = np.isfinite(train_y), np.isfinite(test_y)
-            pred = knn_regress(np.asarray(train_x)[fit], train_y[fit], np.asarray(query_x)[ask], k)
+            nn_dist, nn_idx = knn_neighbours(np.asarray(train_x)[fit], np.asarray(query_x)[ask], k)
+            pred, lo, hi = knn_interval(nn_dist, train_y[fit][nn_idx])
             true = test_y[ask]
-            table[s_name][t_name] = {"r2": r2_score(true, pred), "pred": pred, "true": true}
+            table[s_name][t_name] = {"r2": r2_score(true, pred), "pred": pred, "true": true, "lo": lo, "hi": hi}
     return table

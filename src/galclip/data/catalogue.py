@@ -72,8 +72,9 @@ def apply_cuts(columns: dict[str, np.ndarray]) -> np.ndarray:
     return keep
 
 
-def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
-    """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts."""
+def join_columns(targetid: np.ndarray, path: str | Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Labels]:
+    """Catalogue columns ``names`` for survey rows (n,) int64, after the cuts: (name -> (n,) float64, NaN where a
+    galaxy has no row, and the match counts as :class:`Labels` with the redshift and log M* labels)."""
     columns = read_catalogue(path)
     keep = apply_cuts(columns)
     cat_ids = np.asarray(columns["TARGETID"]).astype(np.int64)[keep]
@@ -91,22 +92,38 @@ def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
         )
     order = np.argsort(cat_ids)
     sorted_ids = cat_ids[order]
-    pos = np.searchsorted(sorted_ids, targetid)
-    pos = np.clip(pos, 0, len(sorted_ids) - 1)
+    pos = np.clip(np.searchsorted(sorted_ids, targetid), 0, len(sorted_ids) - 1)
     hit = sorted_ids[pos] == targetid
-    z = np.full(len(targetid), np.nan, np.float32)
-    m = np.full(len(targetid), np.nan, np.float32)
-    z[hit] = np.asarray(columns["Z_HP"])[keep][order][pos[hit]]
-    m[hit] = np.asarray(columns["PROVABGS_LOGMSTAR_BF"])[keep][order][pos[hit]]
-    labels = Labels(z, m, len(keep), int(keep.sum()), int(hit.sum()))
+
+    def joined(name: str, dtype) -> np.ndarray:
+        out = np.full(len(targetid), np.nan, dtype)
+        out[hit] = np.asarray(columns[name])[keep][order][pos[hit]]
+        return out
+
+    labels = Labels(joined("Z_HP", np.float32), joined("PROVABGS_LOGMSTAR_BF", np.float32), len(keep),
+                    int(keep.sum()), int(hit.sum()))
     if labels.n_matched == 0 and len(targetid):
         raise InputError(
             f"{path}: none of the {len(targetid)} survey targetids (e.g. {int(targetid[0])}) is among its "
             f"{labels.n_after_cuts} rows after the cuts (e.g. TARGETID {int(cat_ids[0])}); is this the catalogue "
             "of this survey? Pass the matching PROVABGS file, or leave out --catalogue to extract without labels"
         )
+    return {name: joined(name, np.float64) for name in names}, labels
+
+
+def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
+    """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts."""
+    _, labels = join_columns(targetid, path, ())
     logger.info(
         "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs",
         path, labels.n_catalogue, labels.n_after_cuts, labels.n_matched, len(targetid),
     )
     return labels
+
+
+def photometry_features(targetid: np.ndarray, path: str | Path) -> np.ndarray:
+    """The classic photo-z inputs of survey rows (n,): (n, 3) float64 r, g - r, r - z from the catalogue's
+    MAG_G, MAG_R, MAG_Z after the cuts; NaN rows where a galaxy has no catalogue row."""
+    mags, _ = join_columns(targetid, path, ("MAG_G", "MAG_R", "MAG_Z"))
+    g, r, z = mags["MAG_G"], mags["MAG_R"], mags["MAG_Z"]
+    return np.stack([r, g - r, r - z], axis=1)

@@ -26,6 +26,23 @@ def _labelled_train_rows(readable: np.ndarray, split: np.ndarray, labels: dict[s
     return rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
 
 
+def _photometry(store: FeatureStore, targetid: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """(n, 3) r, g - r, r - z of the evaluated pairs from the catalogue the store was labelled with, and a note
+    saying where they came from (or why the photometry baseline is left out)."""
+    from galclip.data.catalogue import photometry_features
+    from galclip.errors import GalclipError
+
+    path = store.provenance.get("catalogue")
+    if not path:
+        return None, "left out: the store was extracted without a catalogue"
+    if not Path(path).exists():
+        return None, f"left out: the store's catalogue {path} is not here"
+    try:
+        return photometry_features(targetid, path), f"r, g-r, r-z from {path}"
+    except GalclipError as err:
+        return None, f"left out: {err}"
+
+
 def evaluate_store(
     store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
     extra_metrics: dict | None = None, allow_partial: bool = False,
@@ -63,17 +80,19 @@ def evaluate_store(
     supervised = None if fit_rows is None else {
         "raw_image": feats["image_features"][at(fit_rows)], "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
         "redshift": labels["redshift"][fit_rows], "log_mstar": labels["log_mstar"][fit_rows]}
+    photometry, photometry_note = _photometry(store, store.targetids()[val_rows])
     inputs = EvaluationInputs(
         targetid=store.targetids()[val_rows], emb_image=emb_i, emb_spectrum=emb_s,
         raw_image=raw_image, raw_spectrum=raw_spectrum,
         redshift=labels["redshift"][val_rows], log_mstar=labels["log_mstar"][val_rows],
         image_rgb=rows.image_rgb, spectrum=rows.spectrum,
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
-        supervised_train=supervised,
+        supervised_train=supervised, photometry=photometry,
     )
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)
     extra["store_fingerprint"] = store.fingerprint()
+    extra["photometry_baseline"] = photometry_note
     extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
                       "config": ckpt.get("config")}
     extra["encoders"] = {k: v.get("weights", {}).get("source") for k, v in store.provenance.get("encoders", {}).items()}

@@ -13,7 +13,9 @@ from galclip.atomic import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-ZERO_SHOT_SOURCES = ("image", "spectrum", "cross", "cross_sp2im", "raw_image", "raw_spectrum")
+ZERO_SHOT_SOURCES = ("image", "spectrum", "cross", "cross_sp2im", "raw_image", "raw_spectrum", "photometry")
+PHOTOZ_COLUMNS = {"redshift": ("sigma_nmad", "outlier_fraction", "bias", "coverage", "n"),
+                  "log_mstar": ("scatter_nmad_dex", "bias_dex", "coverage", "n")}
 ZERO_SHOT_TARGETS = ("redshift", "log_mstar")
 CROSS_DIRECTIONS = ("im2sp", "sp2im")
 CROSS_COLUMNS = ("recall@1", "recall@5", "recall@10", "median_rank", "chance_recall@10")
@@ -83,6 +85,22 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
         parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
     parts.append(_table("Zero-shot k-NN R²", [s for s in ZERO_SHOT_SOURCES if s in zs] or list(zs),
                         list(ZERO_SHOT_TARGETS), zs))
+    best = metrics.get("zero_shot_best") or {}
+    if best:
+        lines = []
+        for target, entry in best.items():
+            ranking = ", ".join(f"{html.escape(s)} {_fmt(v)}" for s, v in entry["ranking"])
+            lines.append(f"<li><b>{html.escape(target)}</b>: best zero-shot source by R² is "
+                         f"<b>{html.escape(entry['best'])}</b> (ranking: {ranking})</li>")
+        parts.append("<h2>Which source wins</h2><ul>" + "".join(lines) + "</ul>\n")
+    photoz = metrics.get("zero_shot_photoz") or {}
+    for target, columns in PHOTOZ_COLUMNS.items():
+        cells = {s: row.get(target) or {} for s, row in photoz.items()}
+        if cells:
+            title = ("Zero-shot redshift, the photo-z measures (Δz/(1+z); coverage of the 16th-84th percentile "
+                     "interval, calibrated: 0.68)" if target == "redshift" else
+                     "Zero-shot log M*, scatter and bias in dex (coverage calibrated: 0.68)")
+            parts.append(_table(title, [s for s in ZERO_SHOT_SOURCES if s in cells] or list(cells), list(columns), cells))
     other_k = sorted(k for k in metrics if k.startswith("zero_shot_r2_k"))
     for key in other_k:
         table = metrics.get(key) or {}
@@ -103,7 +121,8 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
     if timings:
         parts.append(_table("Timings (s)", list(timings), ["seconds"],
                             {k: {"seconds": v} for k, v in timings.items()}))
-    shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", *other_k, *summary}
+    shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", "zero_shot_photoz", "zero_shot_best",
+             *other_k, *summary}
     other = _flat({k: v for k, v in metrics.items() if k not in shown})
     if other:
         parts.append(_table("Other", list(other), ["value"], {k: {"value": v} for k, v in other.items()}))

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import atomic_write_text
+from galclip.atomic import atomic_write_text, json_ready
 from galclip.config import EvalConfig
 from galclip.evaluate.report import write_report
 from galclip.heads.models import standardisation, standardise
+from galclip.photoz import label_metrics
 from galclip.evaluate.retrieval import (
     label_deltas,
     median_rank,
@@ -59,6 +60,8 @@ class EvaluationInputs:
     # optional: the store's labelled TRAIN pairs, on which the supervised reference is fitted
     # ({"raw_image": (n, 2048), "raw_spectrum": (n, 256), "redshift": (n,), "log_mstar": (n,)})
     supervised_train: dict | None = None
+    # optional: the classic photo-z baseline's inputs, (n, 3) r, g - r, r - z from the catalogue (NaN without a row)
+    photometry: np.ndarray | None = None
 
     def labels(self) -> dict[str, np.ndarray]:
         return {"redshift": np.asarray(self.redshift, dtype=np.float64),
@@ -79,23 +82,6 @@ def _check_inputs(inputs: EvaluationInputs) -> int:
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 validation pairs, got {n}")
     return n
-
-
-def _jsonable(obj: object) -> object:
-    """Nested numpy/python values -> plain JSON types, NaN and inf -> None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.ndarray],
@@ -157,10 +143,20 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
         "raw_image": _standardise(inputs.raw_image, tr, te),
         "raw_spectrum": _standardise(inputs.raw_spectrum, tr, te),
     }
+    if inputs.photometry is not None:
+        phot = np.asarray(inputs.photometry, np.float64)
+        if np.isfinite(phot[np.concatenate([tr, te])]).all():
+            sources["photometry"] = _standardise(phot, tr, te)
+        else:
+            logger.warning("the photometry baseline is left out: some labelled pairs have no catalogue magnitudes")
     targets = {name: (y[tr], y[te]) for name, y in labels.items()}
     table = zero_shot_table(sources, targets, config.k)
     info = {"k": config.k, "weights": "distance", "n_train": int(tr.size), "n_test": int(te.size),
-            "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()}}
+            "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()},
+            "baselines": {"raw_image": "k-NN on the standardised frozen image features (2048-d)",
+                          "raw_spectrum": "k-NN on the standardised frozen spectrum features (256-d)",
+                          **({"photometry": "k-NN on the catalogue's r, g-r, r-z (standardised): the classic "
+                              "photo-z baseline"} if "photometry" in sources else {})}}
     info["r2_other_k"] = {
         f"k{k}": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in zero_shot_table(sources, targets, k).items()}
         for k in config.extra_k if k != config.k
@@ -182,6 +178,23 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
             info["supervised_fit_rows"] = int(tr.size)
         info["supervised_r2"] = supervised_table(raw, sup_targets, config.seed)
     return table, info
+
+
+def photoz_table(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """The photo-z field's measures (``galclip.photoz``) of every cell of a zero-shot table, beside its R²."""
+    return {s: {t: label_metrics(t, cell["true"], cell["pred"], cell["lo"], cell["hi"]) for t, cell in row.items()}
+            for s, row in table.items()}
+
+
+def best_sources(r2: dict[str, dict[str, float]]) -> dict[str, dict]:
+    """Per target, the zero-shot sources ranked by R² (best first): {"ranking": [(source, r2), ...], "best": source}."""
+    out = {}
+    for target in LABELS:
+        ranked = sorted(((s, row[target]) for s, row in r2.items() if row.get(target) is not None
+                         and math.isfinite(row[target])), key=lambda item: -item[1])
+        if ranked:
+            out[target] = {"best": ranked[0][0], "ranking": [[s, v] for s, v in ranked]}
+    return out
 
 
 def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
@@ -234,6 +247,8 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
         **({"umap": umap_info} if config.umap else {}),
         "n_labelled": int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum()),
         "zero_shot_r2": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in table.items()},
+        "zero_shot_photoz": photoz_table(table),
+        "zero_shot_best": best_sources({s: {t: cell["r2"] for t, cell in row.items()} for s, row in table.items()}),
         **{f"zero_shot_r2_{k}": t for k, t in knn_info.pop("r2_other_k").items()},
         **({"supervised_r2": knn_info.pop("supervised_r2")} if "supervised_r2" in knn_info else {}),
         "zero_shot": knn_info,
@@ -247,7 +262,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     if started is not None:  # the caller's whole evaluation, from its own start (time.perf_counter())
         metrics["timings_s"]["evaluate"] = time.perf_counter() - started
     metrics.update(extra)
-    metrics = _jsonable(metrics)
+    metrics = json_ready(metrics)
     atomic_write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", out_dir / "metrics.json")
     write_report(metrics, figures, out_dir / "report.html")
 
