@@ -117,15 +117,20 @@ def _package_of(path: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else rel.name
 
 
-# What each stage may import: data -> extract -> store <- heads <- index <- evaluate / serve <- cli.
+# What each stage may import: data -> extract -> store <- heads <- index <- evaluate / serve / predict <- cli.
 FORBIDDEN = {
-    "data": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli"),
-    "store": ("galclip.extract", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.data"),
-    "extract": ("galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli"),
-    "heads": ("galclip.extract", "galclip.index", "galclip.evaluate", "galclip.cli"),
-    "index": ("galclip.evaluate", "galclip.cli", "galclip.extract.run"),
-    "evaluate": ("galclip.cli", "galclip.extract.run", "galclip.serve"),
-    "serve": ("galclip.cli", "galclip.extract.run", "galclip.evaluate", "galclip.heads.trainer", "galclip.heads.sweep"),
+    "data": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli",
+             "galclip.predict"),
+    "store": ("galclip.extract", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.data",
+              "galclip.predict"),
+    "extract": ("galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.predict"),
+    "heads": ("galclip.extract", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.predict"),
+    "index": ("galclip.evaluate", "galclip.cli", "galclip.extract.run", "galclip.predict"),
+    "evaluate": ("galclip.cli", "galclip.extract.run", "galclip.serve", "galclip.predict"),
+    "serve": ("galclip.cli", "galclip.extract.run", "galclip.evaluate", "galclip.heads.trainer", "galclip.heads.sweep",
+              "galclip.predict"),
+    # predict is an extraction of one modality plus a search: it runs the extraction loop, like the orchestrators
+    "predict": ("galclip.cli", "galclip.evaluate", "galclip.serve", "galclip.heads.trainer", "galclip.heads.sweep"),
 }
 
 
@@ -137,7 +142,7 @@ def test_arrows_run_one_way():
         for banned in FORBIDDEN.get(package, ()):
             if any(name == banned or name.startswith(banned + ".") for name in imports):
                 broken.append(f"{path.relative_to(PACKAGE)} imports {banned}")
-        orchestrator = package in ("cli", "demo")  # only these two run stage after stage
+        orchestrator = package in ("cli", "demo", "predict")  # only these run the extraction loop
         if package != "extract" and not orchestrator and any(n.startswith("galclip.extract.run") for n in imports):
             broken.append(f"{path.relative_to(PACKAGE)} imports the extraction run loop")
     assert not broken, broken

@@ -60,8 +60,9 @@ def main(verbose: int, quiet: bool) -> None:
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
     index     FAISS indexes over every pair (exact, or IVF with measured recall)
     search    galaxies most similar to a targetid, in-modal or cross-modal
+    predict   zero-shot redshift and stellar-mass catalogue for image-only (or spectrum-only) galaxies
     serve     similarity search in the browser (a local web service over an index)
-    demo      mock -> extract -> heads -> evaluate -> index in one go
+    demo      mock -> extract -> heads -> evaluate -> index -> predict in one go
     """
     _setup_logging(-1 if quiet else verbose)
 
@@ -72,14 +73,19 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--labelled-fraction", type=click.FloatRange(0, 1), default=0.85, show_default=True,
               help="Share of pairs with a PROVABGS-like catalogue row.")
+@click.option("--modality", type=click.Choice(["both", "image", "spectrum"]), default="both", show_default=True,
+              help="'image' or 'spectrum': write only that modality (galaxies to predict with 'galclip predict'); "
+                   "provabgs.h5 still holds their true labels.")
 @user_errors
-def mock(pairs: int, out: Path, seed: int, labelled_fraction: float) -> None:
+def mock(pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str) -> None:
     """Write a physically grounded mock survey (survey.h5 + provabgs.h5) into OUT."""
     from galclip.config import MockConfig
     from galclip.data.mock.survey import generate_mock
 
-    summary = generate_mock(MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction), out)
-    click.echo(f"mock survey: {summary['pairs']} pairs ({summary['pairs_per_s']:.0f} pairs/s) -> {out}")
+    summary = generate_mock(MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction,
+                                       modality=modality), out)
+    what = "pairs" if modality == "both" else f"{modality}-only galaxies"
+    click.echo(f"mock survey: {summary['pairs']} {what} ({summary['pairs_per_s']:.0f}/s) -> {out}")
 
 
 def _extract_options(func):
@@ -402,13 +408,76 @@ def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
 
 
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--modality", type=click.Choice(["image", "spectrum", "auto"]), default="auto", show_default=True,
+              help="Predict from the images or the spectra; auto: whichever INPUT holds (images when both).")
+@click.option("-k", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Neighbours among the labelled reference galaxies.")
+@click.option("--format", "fmt", type=click.Choice(["fits", "csv"]), default=None,
+              help="Catalogue format [default: csv for OUT ending .csv, else fits].")
+@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None,
+              help="True labels (PROVABGS-layout catalogue, or a feature store): also score the catalogue.")
+@click.option("--reference", type=click.Choice(["train", "all"]), default="train", show_default=True,
+              help="Reference galaxies: the labelled training split of INDEX's store, or every labelled galaxy.")
+@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Feature store for INPUT's features (resumable) [default: OUT's stem + .features.zarr].")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for metrics.json (and the truth report) [default: OUT's stem + _report].")
+@click.option("--image-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The Stein checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).")
+@click.option("--spectrum-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The Spender checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--rows-per-shard", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA].")
+@click.option("--bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="On a NaN/inf/blank input row: stop, or write it with NaN predictions and go on.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--no-progress", is_flag=True)
+@user_errors
+def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int, fmt, truth, reference: str, work,
+            report_dir, image_weights, spectrum_weights, batch_size, rows_per_shard, workers, bad_rows, device,
+            no_progress) -> None:
+    """Zero-shot redshift and stellar-mass catalogue OUT for the galaxies in INPUT (survey files holding only
+    images, only spectra, or both; or a feature store), from their nearest labelled neighbours in INDEX.
+
+    Many GPUs or nodes: torchrun --nproc-per-node P -m galclip predict INDEX INPUT OUT ...
+    """
+    from galclip.predict.run import predict_catalogue
+
+    m = predict_catalogue(index_dir, input_path, out, modality=modality, k=k, fmt=fmt, truth=truth,
+                          reference=reference, work=work, report_dir=report_dir, image_weights=image_weights,
+                          spectrum_weights=spectrum_weights, device=device, batch_size=batch_size,
+                          rows_per_shard=rows_per_shard, num_workers=workers, bad_rows=bad_rows,
+                          progress=not no_progress)
+    if "catalogue" not in m:  # a torchrun rank other than 0: it extracted its shards, rank 0 writes the catalogue
+        return
+    click.echo(f"catalogue: {m['n_galaxies']} galaxies from their {m['modality']}s ({m['n_predicted']} predicted, "
+               f"{m['n_ood']} flagged out of distribution) -> {out}")
+    t = m.get("truth")
+    if t:
+        z, ms = t["redshift"], t["log_mstar"]
+        f = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
+        click.echo(f"  redshift  σ_NMAD {f(z['sigma_nmad'], '.4f')}  η {f(z['outlier_fraction'], '.3f')}  "
+                   f"bias {f(z['bias'], '+.4f')}  coverage {f(z.get('coverage'), '.2f')} (n {z['n']})")
+        click.echo(f"  log M*    scatter {f(ms['scatter_nmad_dex'], '.3f')} dex  bias {f(ms['bias_dex'], '+.3f')} dex  "
+                   f"coverage {f(ms.get('coverage'), '.2f')} (n {ms['n']})")
+        click.echo(f"report:  {Path(m['metrics_file']).parent / 'report.html'}")
+    click.echo(f"metrics: {m['metrics_file']}")
+
+
 def _echo_summary(metrics: dict) -> None:
     r2 = metrics.get("zero_shot_r2", {})
     click.echo("zero-shot k-NN R²      redshift  log M*")
-    for src in ("image", "spectrum", "cross", "raw_image", "raw_spectrum"):
+    for src in ("image", "spectrum", "cross", "raw_image", "raw_spectrum", "photometry"):
         row = r2.get(src, {})
         fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
         click.echo(f"  {src:<20} {fmt(row.get('redshift'))}  {fmt(row.get('log_mstar'))}")
+    for target, entry in (metrics.get("zero_shot_best") or {}).items():
+        click.echo(f"  best for {target}: {entry['best']}")
     for d in ("im2sp", "sp2im"):
         r = metrics.get("retrieval", {}).get(d, {})
         if r:
@@ -423,7 +492,7 @@ def _echo_summary(metrics: dict) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @user_errors
 def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
-    """mock -> extract -> heads -> evaluate -> index on a mock survey; prints the report and the serve command."""
+    """mock -> extract -> heads -> evaluate -> index -> predict on a mock survey; prints the report and the serve command."""
     from galclip.demo import run_demo
 
     metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed)
@@ -431,6 +500,12 @@ def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
     _echo_summary(metrics)
     t = metrics["timings_s"]
     click.echo("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
+    pred = metrics.get("predict")
+    if pred:
+        z = pred["truth"]["redshift"]
+        click.echo(f"\nzero-shot catalogue of {pred['n_galaxies']} image-only galaxies: {pred['catalogue']}\n"
+                   f"  redshift σ_NMAD {z['sigma_nmad']:.4f}, outliers η {z['outlier_fraction']:.3f}, coverage "
+                   f"{z['coverage']:.2f}; report {Path(pred['metrics_file']).parent / 'report.html'}")
     command = sys.argv[0] if sys.argv[0].endswith("galclip") else "galclip"  # as this demo was started
     click.echo(f"\nsearch in the browser:  {command} serve {out / 'index'}")
 

@@ -79,3 +79,51 @@ def plot_val_loss_curves(curves: Sequence[tuple[str, list[float]]], path: Path |
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return save_png(fig, path, dpi=110)
+
+
+def plot_photoz(panels: Mapping[str, Mapping[str, np.ndarray]], path: Path | str, title: str = "") -> Path:
+    """Predicted against true, one panel per label: panels[label] = {"true", "pred", "lo", "hi"} (n,) each, and
+    optionally "outlier" (n,) bool, drawn in red. Error bars are the [lo, hi] intervals (up to 2000 drawn)."""
+    names = {"redshift": "redshift z", "log_mstar": "log M* [dex]"}
+    fig = new_figure(5.2 * len(panels), 4.8)
+    for ax, (label, a) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        true, pred = np.asarray(a["true"]), np.asarray(a["pred"])
+        if true.size:
+            outlier = np.asarray(a.get("outlier", np.zeros(true.size, bool)))
+            show = np.random.default_rng(0).permutation(true.size)[:2000]
+            yerr = np.abs(np.vstack([pred[show] - a["lo"][show], a["hi"][show] - pred[show]]))
+            ax.errorbar(true[show], pred[show], yerr=yerr, fmt="none", ecolor="0.8", elinewidth=0.6, zorder=1)
+            ax.scatter(true[~outlier], pred[~outlier], s=6, alpha=0.6, color="C0", zorder=2, label="galaxies")
+            if outlier.any():
+                ax.scatter(true[outlier], pred[outlier], s=14, color="C3", zorder=3,
+                           label=f"outliers ({int(outlier.sum())}: |Δz|/(1+z) > 0.15)")
+            lo, hi = float(np.nanmin([true.min(), pred.min()])), float(np.nanmax([true.max(), pred.max()]))
+            ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, zorder=4)
+            if label == "redshift":
+                grid = np.linspace(lo, hi, 50)
+                for sign in (1, -1):
+                    ax.plot(grid, grid + sign * 0.15 * (1 + grid), color="C3", lw=0.6, ls="--", zorder=4)
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_xlabel(f"true {names.get(label, label)}")
+        ax.set_ylabel(f"predicted {names.get(label, label)}")
+    if title:
+        fig.suptitle(title)
+    return save_png(fig, path)
+
+
+def plot_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path | str) -> Path:
+    """Calibration of the intervals: the share of truths inside the neighbours' central interval against its
+    nominal probability, one line per label (curves[label] = {"nominal": [...], "empirical": [...]})."""
+    fig = new_figure(5.0, 4.6)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="k", lw=0.8, label="calibrated")
+    for label, curve in curves.items():
+        if curve.get("empirical") is not None:
+            ax.plot(curve["nominal"], curve["empirical"], marker="o", label=label)
+    ax.axvline(0.68, color="0.7", lw=0.6, ls=":")
+    ax.set_xlabel("nominal probability of the central interval")
+    ax.set_ylabel("share of true values inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left", fontsize=8)
+    return save_png(fig, path)

@@ -1,0 +1,1 @@
+"""Zero-shot catalogues for galaxies with only an image (or only a spectrum): ``galclip predict``."""

@@ -1,0 +1,267 @@
+"""``galclip predict``: a zero-shot redshift and stellar-mass catalogue for galaxies with one modality.
+
+1. The frozen encoder of that modality runs over the input survey files, with the weights and
+   preprocessing of the store behind the index (checked through provenance), into a
+   single-modality feature store: extract's own machinery, so batches, atomic shards, resume
+   after kill -9 and torchrun ranks come with it. A feature store as input skips this step.
+2. The index's heads embed the features; each galaxy's k nearest labelled reference galaxies
+   (the index's training split by default, never the galaxies being predicted) give the
+   distance-weighted k-NN estimate ``galclip evaluate`` scores, with the neighbours' weighted 16th
+   and 84th percentiles as the interval.
+3. The catalogue is streamed to a temporary file and renamed into place; with ``truth`` the
+   photo-z measures, two plots and a report page are written beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from galclip.atomic import atomic_path, atomic_write_text, json_ready
+from galclip.config import ExtractConfig
+from galclip.errors import InputError
+from galclip.neighbours import knn_interval, l2_normalise
+from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
+from galclip.predict.reference import Reference, cosine_from_distance, load_reference
+from galclip.predict.truth import TruthAccumulator, load_truth
+from galclip.progress import progress as progress_bar
+from galclip.provenance import sha256_file
+from galclip.store import FeatureStore
+from galclip.store.feature_store import leaf_diff
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("image", "spectrum")
+
+
+def default_work_store(out: Path) -> Path:
+    """Where the input's features are extracted: beside the catalogue, ``<stem>.features.zarr``."""
+    return out.with_name(out.stem + ".features.zarr")
+
+
+def default_report_dir(out: Path) -> Path:
+    """Where metrics.json (and, with truth, the report) go: ``<stem>_report/`` beside the catalogue."""
+    return out.with_name(out.stem + "_report")
+
+
+def _is_store(path: Path) -> bool:
+    return (Path(path) / "zarr.json").exists()
+
+
+def choose_modality(held: tuple[str, ...], requested: str, where: str) -> str:
+    """The modality to predict from: ``requested``, or with "auto" the one the input holds (image when both)."""
+    if requested == "auto":
+        if not held:
+            raise InputError(f"{where}: holds neither images nor spectra (image_features/spectrum_features); nothing to "
+                             "predict from")
+        if len(held) > 1:
+            logger.info("%s holds both modalities: predicting from the images (--modality spectrum for the spectra)", where)
+        return "image" if "image" in held else held[0]
+    if requested not in MODALITIES:
+        raise InputError(f"--modality must be image, spectrum or auto, got {requested!r}")
+    if requested not in held:
+        plural = {"image": "images", "spectrum": "spectra"}
+        raise InputError(f"{where}: holds no {plural[requested]} (only {[plural[m] for m in held]}); pass --modality "
+                         f"{held[0] if held else 'auto'} or another input")
+    return requested
+
+
+def encoder_identity(provenance: dict, modality: str) -> dict:
+    """What makes two stores' ``modality`` features the same: the encoder (weights by SHA-256, wherever the file
+    lies) and its preprocessing."""
+    enc = dict((provenance.get("encoders") or {}).get(modality) or {})
+    weights = dict(enc.get("weights") or {})
+    if "sha256" in weights:
+        weights.pop("source", None)
+    enc["weights"] = weights
+    return {"encoders": {modality: enc},
+            "preprocessing": {modality: (provenance.get("preprocessing") or {}).get(modality)}}
+
+
+def check_same_encoder(reference: dict, other: dict, modality: str, what: str, behind: str) -> None:
+    """Refuse features made otherwise than the reference store's: name each differing field."""
+    diffs = leaf_diff(encoder_identity(reference, modality), encoder_identity(other, modality))
+    if diffs:
+        raise InputError(
+            f"{what}: its {modality} features would not come from the encoder behind {behind}:\n  "
+            + "\n  ".join(d.replace("store has", "index's store has").replace("this run has", "this input has")
+                          for d in diffs)
+            + f"\nPredict with the weights and preprocessing the index was built from (--{modality}-weights PATH to "
+            "point at a moved checkpoint)")
+
+
+def extraction_config(reference: FeatureStore, modality: str, weights: str | None, **overrides) -> ExtractConfig:
+    """The reference store's extraction settings for one modality, without augmented views; ``weights`` replaces
+    the recorded checkpoint path (checked by SHA-256 before anything runs)."""
+    known = {f.name for f in dataclasses.fields(ExtractConfig)}
+    recorded = {k: v for k, v in reference.provenance.get("config", {}).items() if k in known}
+    config = ExtractConfig(**{**recorded, "variants": 0, "spectrum_variants": 0, "modalities": (modality,),
+                              "catalogue": None, **overrides})
+    key = f"{modality}_weights"
+    path = weights or getattr(config, key)
+    if path is not None and not Path(path).exists():
+        raise InputError(f"{path}: the {modality} weights the index's store {reference.path} was extracted with are "
+                         f"not here; pass --{modality}-weights PATH (checked against their SHA-256)")
+    return dataclasses.replace(config, **{key: path})
+
+
+def _planned_provenance(config: ExtractConfig, reader) -> dict:
+    """The provenance the extraction of ``config`` will record (the weights hashed now, before anything runs)."""
+    from galclip.extract.provenance import build_provenance
+
+    return build_provenance(config, reader, None)
+
+
+def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | Path, modality: str = "auto",
+                      k: int = 16, fmt: str | None = None, truth: str | Path | None = None, reference: str = "train",
+                      work: str | Path | None = None, report_dir: str | Path | None = None,
+                      image_weights: str | None = None, spectrum_weights: str | None = None, device: str = "auto",
+                      batch_size: int = 64, rows_per_shard: int = 256, num_workers: int | None = None,
+                      bad_rows: str = "fail", block: int = 4096, seed: int = 0, progress: bool = True) -> dict:
+    """Write the zero-shot catalogue of every galaxy in ``input_path`` (survey files, or a feature store) to ``out``.
+
+    Returns the run's metrics, also written to ``report_dir/metrics.json`` (default ``<stem>_report/``).
+    Under torchrun every rank extracts its shards; rank 0 alone writes the catalogue."""
+    from galclip.extract.run import run_extraction
+    from galclip.heads.checkpoint import load_heads
+    from galclip.index.search import open_index
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    fmt = format_for(out, fmt)
+    check_output(out)
+    if k < 1:
+        raise InputError(f"-k must be at least 1, got {k}")
+    index = open_index(index_dir)
+    heads_file = index.check_heads()
+    ref_store = FeatureStore.open(index.sidecar["store"])
+    input_path = Path(input_path)
+    timings: dict[str, float] = {}
+    extraction = None
+
+    # every check runs before anything is written: input, encoder, truth, reference set, k
+    config = None
+    if _is_store(input_path):
+        store = FeatureStore.open(input_path)
+        held = tuple(m for m in MODALITIES if f"{m}_features" in store.feature_arrays)
+        modality = choose_modality(held, modality, str(input_path))
+        check_same_encoder(ref_store.provenance, store.provenance, modality, str(input_path), str(index_dir))
+        targetid = store.targetids()
+    else:
+        from galclip.data.survey import SurveyReader
+
+        with SurveyReader(input_path, require=()) as reader:
+            modality = choose_modality(reader.modalities, modality, str(input_path))
+            config = extraction_config(
+                ref_store, modality, image_weights if modality == "image" else spectrum_weights, device=device,
+                batch_size=batch_size, rows_per_shard=rows_per_shard, num_workers=num_workers, bad_rows=bad_rows)
+            check_same_encoder(ref_store.provenance, _planned_provenance(config, reader), modality,
+                               str(input_path), str(index_dir))
+            targetid = reader.targetids()
+    truth_labels = load_truth(truth, targetid) if truth is not None else None
+    ref = load_reference(index, modality, targetid, reference, seed)
+    if k > len(ref):
+        raise InputError(f"-k {k} is larger than the {len(ref)} labelled reference galaxies of {index_dir} "
+                         f"({ref.selection} selection); choose -k {len(ref)} or fewer")
+
+    if config is not None:
+        work = Path(work) if work is not None else default_work_store(out)
+        t = time.perf_counter()
+        extraction = run_extraction(input_path, work, config, progress=progress)
+        timings["extract"] = time.perf_counter() - t
+        if extraction.get("rank", 0) != 0:
+            return {"rank": extraction["rank"], "extraction": extraction}
+        store = FeatureStore.open(work)
+    readable = store.require_complete()
+    heads, _ = load_heads(heads_file, ref_store)
+    header = _header(index, heads_file, ref_store, store, modality, k, ref)
+    metrics_dir = Path(report_dir) if report_dir is not None else default_report_dir(out)
+
+    t = time.perf_counter()
+    accumulate = TruthAccumulator(truth_labels) if truth_labels is not None else None
+    n_ood = n_pred = 0
+    with atomic_path(out) as tmp:
+        writer = CatalogueWriter(tmp, fmt, store.n, header)
+        try:
+            with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
+                for lo, rows in _predictions(store, heads, ref, modality, k, readable, block, accumulate):
+                    writer.write(rows)
+                    n_ood += int(rows["OOD"].sum())
+                    n_pred += int((rows["N_NEIGHBOURS"] > 0).sum())
+                    bar.update(len(rows))
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+    timings["embed_knn"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    metrics = {
+        "catalogue": str(out), "format": fmt, "modality": modality, "k": k, "n_galaxies": store.n,
+        "n_predicted": n_pred, "n_quarantined": store.n - int(readable.sum()), "n_ood": n_ood,
+        "ood_threshold": ref.ood_threshold,
+        "reference": {"selection": ref.selection, "n": len(ref), "n_excluded": ref.n_excluded,
+                      "index": str(Path(index_dir).resolve())},
+        "input": str(input_path), "features": str(store.path), "header": header,
+        "timings_s": timings, "galaxies_per_s": store.n / max(timings["total"], 1e-9), "extraction": extraction,
+    }
+    if accumulate is not None:
+        from galclip.predict.report import write_truth_report
+
+        metrics["truth"] = {"source": str(truth), **accumulate.metrics()}
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n", metrics_dir / "metrics.json")
+    metrics["metrics_file"] = str(metrics_dir / "metrics.json")
+    logger.info("catalogue of %d galaxies (%d predicted, %d flagged out of distribution) -> %s", store.n, n_pred,
+                n_ood, out)
+    return metrics
+
+
+def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: int, readable: np.ndarray,
+                 block: int, accumulate):
+    """Yield (first row, catalogue rows) per block of the store, in store order: the k-NN estimates of the readable
+    rows, NaN rows for quarantined inputs. Memory: one block of features and its neighbours."""
+    name = f"{modality}_features"
+    targetid = store.targetids()
+    for lo in range(0, store.n, block):
+        hi = min(lo + block, store.n)
+        rows = empty_rows(hi - lo)
+        rows["TARGETID"] = targetid[lo:hi]
+        keep = readable[lo:hi]
+        if keep.any():
+            feats = store.group[name][lo:hi][keep]
+            emb = l2_normalise(heads.embed_modality(modality, feats))
+            nn_dist, nn_idx = ref.search.query(emb, k)
+            z, z_lo, z_hi = knn_interval(nn_dist, ref.redshift[nn_idx])
+            m, m_lo, m_hi = knn_interval(nn_dist, ref.log_mstar[nn_idx])
+            sim = cosine_from_distance(nn_dist[:, 0])
+            sel = np.flatnonzero(keep)
+            for col, value in (("Z_PRED", z), ("Z_LO", z_lo), ("Z_HI", z_hi), ("LOGMSTAR_PRED", m),
+                               ("LOGMSTAR_LO", m_lo), ("LOGMSTAR_HI", m_hi), ("SIM_TOP1", sim)):
+                rows[col][sel] = value
+            rows["N_NEIGHBOURS"][sel] = k
+            rows["OOD"][sel] = sim < ref.ood_threshold
+            if accumulate is not None:
+                accumulate.add(lo + sel, nn_dist, {"redshift": ref.redshift[nn_idx], "log_mstar": ref.log_mstar[nn_idx]},
+                               {"redshift": (z, z_lo, z_hi), "log_mstar": (m, m_lo, m_hi)})
+        yield lo, rows
+
+
+def _header(index, heads_file: Path, ref_store: FeatureStore, store: FeatureStore, modality: str, k: int,
+            ref: Reference) -> dict[str, object]:
+    """The catalogue's provenance: FITS keywords (8 characters at most) -> values."""
+    from galclip.provenance import code_version
+
+    return {
+        "GCVERS": str(code_version())[:60], "MODALITY": modality, "KNN_K": k, "KNN_WGT": "inverse distance",
+        "INTERVAL": "weighted 16th-84th percentile", "REFSET": ref.selection, "NREF": len(ref),
+        "OODTHR": float(ref.ood_threshold), "OODPCT": 1.0,
+        "INDEXSHA": sha256_file(Path(index.path) / "index.json")[:16], "HEADSSHA": index.sidecar["heads_sha256"][:16],
+        "STOREFP": ref_store.fingerprint(), "INPUTFP": store.fingerprint(),
+    }
