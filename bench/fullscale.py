@@ -41,7 +41,7 @@ IMPORTS = "import faiss, numpy as np, torch, zarr, galclip.heads.train, galclip.
 
 def write_store(path: Path, template: Path, n: int, variants: int, rows_per_shard: int = 256, seed: int = 0) -> dict:
     """A complete store of ``n`` pairs shaped like ``template``'s features (see the module docstring)."""
-    from galclip.data.split import assign_split
+    from galclip.split import assign_split
     from galclip.progress import progress
     from galclip.store import FeatureStore
 

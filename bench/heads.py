@@ -73,7 +73,7 @@ def time_steps(heads, xi, xs, opt, steps: int, device, cast: bool) -> float:
 
 def synthetic_store(path: Path, n: int, seed: int = 0) -> None:
     """A complete store of n pairs with correlated random features (no encoders needed)."""
-    from galclip.data.split import assign_split
+    from galclip.split import assign_split
     from galclip.store import FeatureStore
 
     rng = np.random.default_rng(seed)

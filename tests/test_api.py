@@ -74,7 +74,7 @@ def test_api_matches_the_cli_records(demo_layout):
     assert [n["targetid"] for n in by_vector["neighbours"]] == [n["targetid"] for n in record["neighbours"]]
     brute = np.argsort(-(index.embeddings["image"] @ z[5]))[:4]
     assert [n["targetid"] for n in record["neighbours"]] == store.targetids()[brute].tolist()
-    assert set(store.labels()) == {"redshift", "log_mstar"} and set(np.unique(store.split())) <= {0, 1}
+    assert set(store.labels()) == {"redshift", "log_mstar"} and set(np.unique(store.split())) <= {0, 1, 2}
 
 
 def test_api_refuses_bad_arguments(demo_layout):

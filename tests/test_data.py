@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from galclip.data.catalogue import apply_cuts, join_labels, read_catalogue
-from galclip.data.split import assign_split, targetid_uniform
+from galclip.split import assign_split, targetid_uniform
 from galclip.data.survey import SurveyReader
 from galclip.errors import InputError
 
@@ -16,7 +16,10 @@ def test_split_depends_only_on_targetid():
     rng = np.random.default_rng(0)
     ids = 39627000000000000 + rng.choice(10**9, 100_000, replace=False)
     split = assign_split(ids, 0.1)
-    assert abs(split.mean() - 0.1) < 0.005
+    for code in (1, 2):  # test, selection
+        assert abs((split == code).mean() - 0.1) < 0.005
+    # the test split is exactly the validation split of galclip 0.1/0.2 (hash < 0.1)
+    np.testing.assert_array_equal(split == 1, targetid_uniform(ids) < 0.1)
     perm = rng.permutation(len(ids))
     np.testing.assert_array_equal(assign_split(ids[perm], 0.1), split[perm])  # order-free
     grown = np.concatenate([ids, 39628000000000000 + np.arange(5000)])

@@ -55,6 +55,22 @@ def test_rgb_mapping_matches_reference(variant):
         np.testing.assert_allclose(got[i], _rgb_reference(img[i], variant), atol=1e-6)
 
 
+def test_stein_orientation_is_what_his_loader_fed_the_network():
+    """ssl-legacysurvey's DecalsDataset reads a (C, H, W) cutout, np.swapaxes(im, 0, 2), then ToTensor; the
+    AstroCLIP file stores that swapped (W, H, C) array. On a non-symmetric image, galclip's "stein" tensor equals
+    that chain's and its "survey" tensor is the cutout itself."""
+    from torchvision import transforms
+
+    rng = np.random.default_rng(0)
+    cutout_chw = rng.random((3, 152, 152)).astype(np.float32)
+    cutout_chw[:, 10:20, 100:140] += 5.0  # a bar: not symmetric under transposition
+    stored_whc = np.swapaxes(cutout_chw, 0, 2)  # the AstroCLIP row (as the loader's swapaxes makes it)
+    loader = transforms.ToTensor()(np.swapaxes(cutout_chw, 0, 2))
+    assert not torch.equal(loader, torch.from_numpy(cutout_chw))  # the two orientations differ here
+    np.testing.assert_array_equal(images_to_chw(stored_whc[None], "stein")[0].numpy(), loader.numpy())
+    np.testing.assert_array_equal(images_to_chw(stored_whc[None], "survey")[0].numpy(), cutout_chw)
+
+
 def test_image_layout_and_crop():
     whc = np.arange(2 * 152 * 152 * 3, dtype=np.float32).reshape(2, 152, 152, 3)
     chw = images_to_chw(whc)
@@ -257,7 +273,7 @@ def _stein_extra_blur(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def test_psf_blur_is_sigma_in_pixels_as_stein_draws_it():
-    from galclip.data.split import targetid_uniform
+    from galclip.split import targetid_uniform
     from galclip.extract.augment import psf_blur_sigma_px
 
     n = 200_000
@@ -380,6 +396,7 @@ def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_p
                    progress=False)
     store = FeatureStore.open(tmp_path / "s.zarr")
     assert store.provenance["preprocessing"]["image"]["rgb"] == "stein"
+    assert store.provenance["preprocessing"]["image"]["orientation"] == "stein"
     assert store.provenance["encoders"]["image"]["weights"]["sha256"] == sha256_file(tmp_path / "stein.ckpt")
     np.testing.assert_array_equal(store.moco_fc()["0.weight"], src.fc[0].weight.detach().numpy())
     summary = train_heads(tmp_path / "s.zarr", tmp_path / "heads", HeadConfig(epochs=1, batch_size=16), progress=False)

@@ -77,7 +77,8 @@ def test_training_is_seeded_and_learns(tiny_store, tmp_path):
     assert ha[-1]["train_loss"] < ha[0]["train_loss"]
     assert a["best_val_loss"] == min(h["val_loss"] for h in ha)
     heads, ckpt = load_heads(tmp_path / "a", FeatureStore.open(tiny_store))
-    assert ckpt["config"]["batch_size"] == 16 and ckpt["n_train"] + ckpt["n_val"] == 64
+    n_test = int((FeatureStore.open(tiny_store).split() == 1).sum())  # "val" is the selection split; test is apart
+    assert ckpt["config"]["batch_size"] == 16 and ckpt["n_train"] + ckpt["n_val"] + n_test == 64 and n_test > 0
     # the file everyone reads holds the weights and little else, and loads with weights_only=True
     n_bytes = sum(t.numel() * t.element_size() for t in heads.state_dict().values())
     assert (tmp_path / "a" / "heads.pt").stat().st_size < 1.02 * n_bytes + 100_000
@@ -156,31 +157,56 @@ def test_old_heads_checkpoint_is_read_and_its_run_refused_for_resume(tiny_store,
         load_heads(tmp_path / "h" / "train_state.pt")
 
 
-def test_training_data_is_read_shard_by_shard_into_fp16(sharded_store):
+def test_training_data_is_read_shard_by_shard_standardised_then_fp16(sharded_store):
+    """Train and selection pairs, standardised in float32 with the train split's statistics *before* the cast to
+    fp16: bit for bit what the heads' own Standardise layer (used at evaluation and indexing) gives, in fp16."""
     from galclip.heads.data import load_training_data
-    from galclip.heads.models import standardisation
+    from galclip.heads.models import Standardise, standardisation
 
     store = FeatureStore.open(sharded_store)
     data = load_training_data(store)
     full = store.load(features=("image_features", "spectrum_features", "image_features_aug"))
-    train, val = full["split"] == 0, full["split"] == 1
-    assert data.train.image.dtype == torch.float16 and data.train.image_aug.shape == (int(train.sum()), 1, 2048)
-    np.testing.assert_array_equal(data.train.image.numpy(), full["image_features"][train].astype(np.float16))
-    np.testing.assert_array_equal(data.train.image_aug.numpy(), full["image_features_aug"][train].astype(np.float16))
-    np.testing.assert_array_equal(data.val.spectrum.numpy(), full["spectrum_features"][val].astype(np.float16))
-    np.testing.assert_array_equal(data.val_rows, np.flatnonzero(store.require_complete() & (store.split() == 1)))
-    np.testing.assert_array_equal(data.val_labels["redshift"], full["label_redshift"][val])
+    train, selection, test = full["split"] == 0, full["split"] == 2, full["split"] == 1
+    assert data.standardised and data.train.image.dtype == torch.float16
+    assert data.train.image_aug.shape == (int(train.sum()), 1, 2048) and len(data.val) == int(selection.sum())
+    norm = {name: Standardise(full[key].shape[1]).set(*data.stats[name])
+            for name, key in (("image", "image_features"), ("spectrum", "spectrum_features"))}
+    as_evaluated = lambda name, x: norm[name](torch.from_numpy(x)).half().numpy()  # noqa: E731
+    np.testing.assert_array_equal(data.train.image.numpy(), as_evaluated("image", full["image_features"][train]))
+    np.testing.assert_array_equal(data.train.image_aug.numpy()[:, 0],
+                                  as_evaluated("image", full["image_features_aug"][train][:, 0]))
+    np.testing.assert_array_equal(data.val.spectrum.numpy(), as_evaluated("spectrum", full["spectrum_features"][selection]))
+    np.testing.assert_array_equal(data.test_rows, np.flatnonzero(store.require_complete() & (store.split() == 1)))
+    np.testing.assert_array_equal(data.test_labels["redshift"], full["label_redshift"][test])
     # the standardisation merged over 4 shards equals the one computed over all train rows at once
     for name, key in (("image", "image_features"), ("spectrum", "spectrum_features")):
         for got, want in zip(data.stats[name], standardisation(full[key][train])):
             np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert load_training_data(store, with_aug=False).train.image_aug is None
+    raw = load_training_data(store, with_aug=False, standardise=False)
+    assert raw.train.image_aug is None and not raw.standardised
+    np.testing.assert_array_equal(raw.train.image.numpy(), full["image_features"][train].astype(np.float16))
+
+
+def test_fp16_after_standardising_is_closer_than_before():
+    """A near-constant channel (std just above the floor) standardised after an fp16 cast is off by many σ;
+    standardised first, it is within fp16's relative precision of the float32 value evaluation sees."""
+    from galclip.heads.data import to_fp16
+
+    rng = np.random.default_rng(0)
+    x = (1000.0 + 1e-3 * rng.standard_normal((256, 4))).astype(np.float32)
+    mean, std = x.astype(np.float64).mean(0), x.astype(np.float64).std(0)
+    exact = ((x - mean.astype(np.float32)) / std.astype(np.float32)).astype(np.float64)
+    after = to_fp16(x, (mean, std)).astype(np.float64)
+    before = (x.astype(np.float16).astype(np.float32) - mean.astype(np.float32)) / std.astype(np.float32)
+    assert np.max(np.abs(after - exact)) <= 2e-3 * np.max(np.abs(exact))
+    assert np.corrcoef(after[:, 0], exact[:, 0])[0, 1] > 0.9999
+    assert (np.ptp(before, axis=0) == 0).all() and np.max(np.abs(before - exact)) > 1  # cast first: all of it lost
 
 
 def test_augmented_views_are_sampled(sharded_store, tmp_path):
     from galclip.heads.data import load_training_data
 
-    data = load_training_data(FeatureStore.open(sharded_store))
+    data = load_training_data(FeatureStore.open(sharded_store), standardise=False)  # raw fp16, to compare with
     full = FeatureStore.open(sharded_store).load(features=("image_features", "image_features_aug"))
     train = np.flatnonzero(full["split"] == 0)
     idx = torch.tensor([3, 7])

@@ -100,7 +100,7 @@ def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
     search = client.get(f"/api/search?targetid={tid}&query=image&target=spectrum&k=4").json()
     assert [int(r.split(",")[4]) for r in rows[1:]] == [n["targetid"] for n in search["neighbours"]]
     galaxy = client.get(f"/api/galaxy/{tid}").json()
-    assert galaxy["indexed"] and galaxy["partner_indexed"] and galaxy["split"] in ("train", "validation")
+    assert galaxy["indexed"] and galaxy["partner_indexed"] and galaxy["split"] in ("train", "selection", "test")
     assert galaxy["survey"]["file"].endswith("survey.h5") and galaxy["survey"]["group"] != ""
     png = client.get(f"/api/image/{tid}.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"

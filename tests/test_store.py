@@ -37,7 +37,11 @@ def test_store_round_trip_and_completeness(tmp_path):
     np.testing.assert_array_equal(data["image_features"], np.concatenate([parts[s]["image_features"] for s in range(3)]))
     np.testing.assert_array_equal(data["label_log_mstar"], _meta(10)["label_log_mstar"].astype(np.float32))
     info = FeatureStore.open(tmp_path / "s.zarr").info()
-    assert info.complete and (info.n_train, info.n_val, info.n_labelled) == (9, 1, 0)
+    from galclip.split import assign_split
+
+    codes = assign_split(np.arange(10) + 10)  # the splits come from the targetids, whatever the array holds
+    assert info.complete and info.n_labelled == 0
+    assert (info.n_train, info.n_selection, info.n_test) == tuple(int((codes == c).sum()) for c in (0, 2, 1))
     assert info.arrays["image_features"] == ((10, 2048), "float32")
 
 
@@ -86,3 +90,25 @@ def test_check_reports_incomplete_shards_nan_rows_and_duplicates(tmp_path):
     assert "1 of 3 shards are incomplete" in text and "duplicate targetid" in text and "targetid [12]" in text
     r = CliRunner().invoke(main, ["check", str(tmp_path / "s.zarr")])
     assert r.exit_code == 1 and "PROBLEM" in r.output
+
+
+def test_a_store_written_before_the_selection_split_gets_it_from_its_targetids(tmp_path):
+    """A galclip 0.2 store (codes 0 train / 1 validation, provenance val_fraction) needs no re-extraction: its
+    validation pairs are the test split, and a selection split is carved out of its train pairs."""
+    from galclip.split import targetid_uniform
+
+    n = 4000
+    meta = _meta(n)
+    meta["targetid"] = 39627000000000000 + np.random.default_rng(1).choice(10**9, n, replace=False)
+    u = targetid_uniform(meta["targetid"])
+    meta["split"] = (u < 0.1).astype(np.uint8)  # how galclip 0.2 wrote it
+    prov = {"encoders": {}, "preprocessing": {"image": {"rgb": "lupton"}}, "data": {}, "rows_per_shard": 256,
+            "split": {"method": "splitmix64(targetid) < val_fraction", "val_fraction": 0.1}}
+    store = FeatureStore.create(tmp_path / "old.zarr", meta, prov, rows_per_shard=256)
+    split = store.split()
+    np.testing.assert_array_equal(split == 1, meta["split"] == 1)  # the old validation pairs are the test split
+    np.testing.assert_array_equal(split == 2, (u >= 0.1) & (u < 0.2))
+    assert abs((split == 2).mean() - 0.1) < 0.02 and store.info().n_selection == int((split == 2).sum())
+    assert store.provenance["preprocessing"]["image"]["orientation"] == "survey"  # what 0.2 fed the encoder
+    fingerprint = store.fingerprint()
+    assert FeatureStore.open(tmp_path / "old.zarr").fingerprint() == fingerprint  # defaults do not change it

@@ -96,6 +96,10 @@ def _extract_options(func):
                      help="Official Spender .pt checkpoint (default: seeded random weights)."),
         click.option("--catalogue", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="PROVABGS-layout catalogue for labels (default: DATA/provabgs.h5 if present)."),
+        click.option("--orientation", type=click.Choice(["survey", "stein"]), default=None,
+                     help="Image orientation fed to the encoder [default: stein with --image-weights (what Stein et "
+                          "al.'s loader fed the network: the stored (W,H,C) array read as (H,W,C)), else survey "
+                          "(the cutout's own (C,H,W))]."),
         click.option("--rgb", type=click.Choice(["lupton", "stein"]), default=None,
                      help="grz->RGB mapping [default: stein with --image-weights (the variant those weights were "
                           "trained with), else lupton]."),
@@ -126,7 +130,7 @@ def _extract_options(func):
 @_extract_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @user_errors
-def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, rgb, variants, spectrum_variants,
+def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, orientation, rgb, variants, spectrum_variants,
             batch_size, rows_per_shard, workers, compile_, bad_rows, device, seed, no_progress) -> None:
     """Run the frozen encoders over every pair in DATA and write features into STORE (resumable).
 
@@ -135,7 +139,8 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
     from galclip.config import ExtractConfig
     from galclip.extract.run import run_extraction
 
-    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, variants=variants,
+    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, orientation=orientation,
+                        variants=variants,
                         spectrum_variants=spectrum_variants, batch_size=batch_size, rows_per_shard=rows_per_shard,
                         num_workers=workers, compile=compile_, bad_rows=bad_rows, seed=seed, device=device,
                         catalogue=catalogue)
@@ -165,7 +170,8 @@ def info(store: Path, as_json: bool) -> None:
         return
     click.echo(f"store        {inf.path}")
     click.echo(f"fingerprint  {inf.fingerprint}")
-    click.echo(f"pairs        {inf.n} (train {inf.n_train}, validation {inf.n_val}, labelled {inf.n_labelled})")
+    click.echo(f"pairs        {inf.n} (train {inf.n_train}, selection {inf.n_selection}, test {inf.n_test}, "
+               f"labelled {inf.n_labelled})")
     click.echo(f"shards       {inf.n_complete}/{inf.n_shards} complete ({inf.rows_per_shard} rows each)"
                + ("" if inf.complete else "  <- INCOMPLETE: re-run the same 'galclip extract' to finish"))
     for name, (shape, dtype) in inf.arrays.items():
@@ -220,7 +226,7 @@ def _head_options(func):
         click.option("--spectrum-hidden", default="x".join(map(str, d.spectrum_hidden)), show_default=True,
                      help="Spectrum-head hidden widths, e.g. 256x128x128."),
         click.option("--early-stopping", type=click.IntRange(min=0), default=d.early_stopping, show_default=True,
-                     help="Stop after this many epochs without validation improvement (0: never)."),
+                     help="Stop after this many epochs without improvement on the selection split (0: never)."),
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--device", default=d.device, show_default=True),
     ]
@@ -294,7 +300,7 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
 @click.option("--k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
 @click.option("--umap-max-points", type=click.IntRange(min=4), default=20000, show_default=True,
-              help="UMAP is fitted on a seeded subsample of this many validation pairs; the rest are transformed.")
+              help="UMAP is fitted on a seeded subsample of this many test pairs; the rest are transformed.")
 @click.option("--umap-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of cached UMAP coordinates (default: HEADS/umap_cache).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -302,7 +308,7 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
 @user_errors
 def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, umap_max_points: int, umap_cache,
              seed: int, allow_partial: bool) -> None:
-    """Evaluate HEADS on STORE's validation pairs; write OUT/report.html and OUT/metrics.json."""
+    """Evaluate HEADS on STORE's test pairs (never used to fit or choose them); write OUT/report.html and OUT/metrics.json."""
     from galclip.config import EvalConfig
     from galclip.evaluate.pipeline import evaluate_store
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 RGB_MAPPINGS = ("lupton", "stein")
+ORIENTATIONS = ("survey", "stein")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class ExtractConfig:
     image_weights: str | None = None  # Stein et al. MoCo-v2 Lightning .ckpt
     spectrum_weights: str | None = None  # official Spender .pt
     rgb: str | None = None  # "lupton" | "stein"; None: "stein" with Stein weights, else "lupton"
+    orientation: str | None = None  # "survey" | "stein"; None: "stein" with Stein weights, else "survey"
     crop: int = 96
     batch_size: int = 64
     variants: int = 0  # augmented image views per galaxy, stored as (N, K, 2048)
@@ -43,7 +45,8 @@ class ExtractConfig:
     seed: int = 0  # seeds random weights (no checkpoint) and the augmented views
     device: str = "auto"
     catalogue: str | None = None  # PROVABGS-layout catalogue for labels
-    val_fraction: float = 0.1
+    test_fraction: float = 0.1  # the test split: hash(targetid) < 0.1, the seed's 10% of pairs
+    selection_fraction: float = 0.1  # the selection split (LR schedule, early stopping, best epoch): the next 10%
     rows_per_shard: int = 256
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
     compile: bool = False  # torch.compile the encoders
@@ -54,6 +57,8 @@ class ExtractConfig:
         object.__setattr__(self, "modalities", tuple(self.modalities))
         if not self.modalities or any(m not in ("image", "spectrum") for m in self.modalities):
             raise ValueError(f"modalities must be 'image', 'spectrum' or both, got {self.modalities!r}")
+        if self.orientation is not None and self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
         if self.rgb is not None and self.rgb not in RGB_MAPPINGS:
             raise ValueError(f"rgb must be one of {RGB_MAPPINGS}, got {self.rgb!r}")
         if self.batch_size < 1 or self.rows_per_shard < 1:
@@ -62,6 +67,15 @@ class ExtractConfig:
             raise ValueError("variants must be >= 0")
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
+
+    @property
+    def image_orientation(self) -> str:
+        """How the stored (W, H, C) cutout becomes the encoder's (C, ., .) tensor: "stein" is what Stein et al.'s
+        training loader fed the network (swapaxes then ToTensor: (C, W, H)), so it goes with the Stein weights;
+        "survey" is the cutout's own (C, H, W) orientation."""
+        if self.orientation is not None:
+            return self.orientation
+        return "stein" if self.image_weights else "survey"
 
     @property
     def rgb_mapping(self) -> str:
@@ -120,7 +134,7 @@ class EvalConfig:
     k: int = 16  # k-NN neighbours (report: 16, distance weights)
     extra_k: tuple[int, ...] = (64,)  # also reported: k = 64 as the AstroCLIP MNRAS paper uses
     supervised: bool = True  # MLP on the raw features as the supervised upper reference
-    knn_test_fraction: float = 0.5  # share of the labelled validation set held out for k-NN
+    knn_test_fraction: float = 0.5  # share of the labelled test split queried by the k-NN (the other half is fitted)
     seed: int = 0
     n_gallery_queries: int = 3
     gallery_k: int = 5

@@ -1,4 +1,4 @@
-"""Evaluate trained heads on a feature store: embed the validation pairs, then ``run_evaluation``."""
+"""Evaluate trained heads on a feature store: embed the test pairs, then ``run_evaluation``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 from galclip.config import EvalConfig
 from galclip.evaluate.run import EvaluationInputs, run_evaluation
 from galclip.evaluate.survey_rows import SurveyRows
+from galclip.split import SELECTION, TEST, TRAIN, split_fractions
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,7 @@ def _labelled_train_rows(readable: np.ndarray, split: np.ndarray, labels: dict[s
                          max_rows: int = 50_000) -> np.ndarray | None:
     """Store rows (m,) of the labelled train pairs (at most ``max_rows``, evenly spaced) on which the
     supervised reference is fitted; None with fewer than 20."""
-    rows = np.flatnonzero(readable & (split == 0) & np.isfinite(labels["redshift"]) & np.isfinite(labels["log_mstar"]))
+    rows = np.flatnonzero(readable & (split == TRAIN) & np.isfinite(labels["redshift"]) & np.isfinite(labels["log_mstar"]))
     if rows.size < 20:
         return None
     return rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
@@ -47,7 +48,8 @@ def evaluate_store(
     store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
     extra_metrics: dict | None = None, allow_partial: bool = False,
 ) -> dict:
-    """Embed the store's validation pairs with the heads and write the report; returns metrics.
+    """Embed the store's test pairs (``galclip.split``: never used to fit or choose the heads) with the heads and
+    write the report; returns metrics.
 
     ``timings_s.evaluate`` is this call's wall time; other ``extra_metrics`` are merged as given.
     UMAP coordinates are cached in ``config.umap_cache``, by default ``umap_cache/`` beside the heads.
@@ -63,13 +65,13 @@ def evaluate_store(
     heads, ckpt = load_heads(heads_path, store)
     readable = store.require_complete(allow_partial)
     split, labels = store.split(), store.labels()
-    val_rows = np.flatnonzero(readable & (split == 1))
+    val_rows = np.flatnonzero(readable & (split == TEST))
     if len(val_rows) < 2:
         from galclip.errors import GalclipError
 
-        raise GalclipError(f"{store_path}: only {len(val_rows)} validation pair(s) are readable; evaluation needs 2 or more")
+        raise GalclipError(f"{store_path}: only {len(val_rows)} test pair(s) are readable; evaluation needs 2 or more")
     fit_rows = _labelled_train_rows(readable, split, labels)
-    # only the rows evaluation uses are read, shard by shard: the validation pairs and the reference's sample
+    # only the rows evaluation uses are read, shard by shard: the test pairs and the reference's sample
     wanted = val_rows if fit_rows is None else np.union1d(val_rows, fit_rows)
     feats = store.read_rows(wanted, ("image_features", "spectrum_features"))
     at = lambda rows: np.searchsorted(wanted, rows)  # noqa: E731 - store rows -> positions in ``feats``
@@ -92,6 +94,17 @@ def evaluate_store(
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)
     extra["store_fingerprint"] = store.fingerprint()
+    test_fraction, selection_fraction = split_fractions(store.provenance)
+    extra["splits"] = {
+        "every_number_from": "test",
+        "test": {"rule": f"u < {test_fraction}", "n": int((split == TEST).sum()), "readable": int(len(val_rows)),
+                 "used_for": "every number of this report; the zero-shot k-NN runs on seeded halves of it"},
+        "selection": {"rule": f"{test_fraction} <= u < {test_fraction + selection_fraction}",
+                      "n": int((split == SELECTION).sum()),
+                      "used_for": "the learning-rate schedule, early stopping, the best epoch, the sweep's choice"},
+        "train": {"rule": f"u >= {test_fraction + selection_fraction}", "n": int((split == TRAIN).sum()),
+                  "used_for": "fitting the heads, the supervised reference"},
+        "u": "SplitMix64 hash of the targetid mapped to [0, 1)"}
     extra["photometry_baseline"] = photometry_note
     extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
                       "config": ckpt.get("config")}

@@ -80,6 +80,12 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
     ret = metrics.get("retrieval", {}) or {}
     parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>galclip evaluation</title>"
              f"<style>{_CSS}</style></head><body>\n<h1>galclip evaluation</h1>\n"]
+    splits = metrics.get("splits") or {}
+    if splits:
+        parts.append(f"<p><b>Every number below comes from the {html.escape(str(splits.get('every_number_from')))} "
+                     "split</b>, which never fitted nor chose the heads.</p>\n")
+        rows = {name: v for name, v in splits.items() if isinstance(v, Mapping)}
+        parts.append(_table("Splits (pure functions of the targetid)", list(rows), ["rule", "n", "used_for"], rows))
     summary = {k: metrics[k] for k in ("n_pairs", "n_eval", "n_labelled") if k in metrics}
     if summary:
         parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
@@ -122,6 +128,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
         parts.append(_table("Timings (s)", list(timings), ["seconds"],
                             {k: {"seconds": v} for k, v in timings.items()}))
     shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", "zero_shot_photoz", "zero_shot_best",
+             "splits",
              *other_k, *summary}
     other = _flat({k: v for k, v in metrics.items() if k not in shown})
     if other:

@@ -45,7 +45,7 @@ DIRECTIONS = {"im2im": ("image", "image"), "sp2sp": ("spectrum", "spectrum"),
 
 @dataclass
 class EvaluationInputs:
-    """Everything evaluation needs for n validation pairs."""
+    """Everything evaluation needs for n test pairs."""
 
     targetid: np.ndarray  # (n,) int64
     emb_image: np.ndarray  # (n, 128) float32 head outputs, not yet normalised
@@ -80,7 +80,7 @@ def _check_inputs(inputs: EvaluationInputs) -> int:
         raise ValueError(f"image and spectrum embeddings differ in dimension: "
                          f"{np.shape(inputs.emb_image)} vs {np.shape(inputs.emb_spectrum)}")
     if n < 2:
-        raise ValueError(f"evaluation needs at least 2 validation pairs, got {n}")
+        raise ValueError(f"evaluation needs at least 2 test pairs, got {n}")
     return n
 
 
@@ -151,7 +151,8 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
             logger.warning("the photometry baseline is left out: some labelled pairs have no catalogue magnitudes")
     targets = {name: (y[tr], y[te]) for name, y in labels.items()}
     table = zero_shot_table(sources, targets, config.k)
-    info = {"k": config.k, "weights": "distance", "n_train": int(tr.size), "n_test": int(te.size),
+    info = {"k": config.k, "weights": "distance", "split": "seeded halves (fit, query) of the labelled test pairs",
+            "n_train": int(tr.size), "n_test": int(te.size),
             "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()},
             "baselines": {"raw_image": "k-NN on the standardised frozen image features (2048-d)",
                           "raw_spectrum": "k-NN on the standardised frozen spectrum features (256-d)",
@@ -199,7 +200,7 @@ def best_sources(r2: dict[str, dict[str, float]]) -> dict[str, dict]:
 
 def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
                    extra_metrics: dict | None = None, started: float | None = None) -> dict:
-    """Evaluate one set of validation embeddings; write figures, metrics.json, report.html.
+    """Evaluate one set of test-split embeddings; write figures, metrics.json, report.html.
 
     Embeddings are L2-normalised (eq. 5) and searched with exact FAISS inner product.
     Returns the metrics as written to ``out_dir / "metrics.json"`` (NaN -> None).

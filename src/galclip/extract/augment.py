@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from galclip.data.split import targetid_uniform
+from galclip.split import targetid_uniform
 
 JITTER_PX = 7
 # DECaLS log-normal fits (scipy's shape, loc, scale), g r z, as Stein et al.'s GaussianBlur and GaussianNoise

@@ -57,12 +57,13 @@ class Encoders:
         out = {}
         if "image" in cfg.modalities:
             images = images_whc.to(self.device, non_blocking=True)
-            out["image_features"] = self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping))
+            out["image_features"] = self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping,
+                                                                                  cfg.image_orientation))
         if "spectrum" in cfg.modalities:
             spectra = spectra.to(self.device, non_blocking=True)
             out["spectrum_features"] = self._spectrum_features(spectra)
         if cfg.variants and "image" in cfg.modalities:
-            chw = images_to_chw(images)
+            chw = images_to_chw(images, cfg.image_orientation)
             out["image_features_aug"] = torch.stack([
                 self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
                 for v in range(cfg.variants)], dim=1)

@@ -1,6 +1,9 @@
 """Encoder input preprocessing, batched in torch so it runs wherever the encoders run.
 
-Images: AstroCLIP (W, H, C) g,r,z flux -> (C, H, W), centre crop 152 -> 96, then the Legacy
+Images: AstroCLIP (W, H, C) g,r,z flux -> (C, H, W) (the survey cutout's orientation), or (C, W, H)
+as Stein et al.'s training loader fed its network (``np.swapaxes`` of the survey's (C, H, W)
+cutout, then torchvision's ``ToTensor``, which reads its input as (H, W, C): the AstroCLIP rows
+*are* that swapped array), centre crop 152 -> 96, then the Legacy
 Survey grz -> RGB arcsinh mapping (Lupton et al. 2004 form as used by the survey viewer), or
 the variant the Stein et al. (2021) model was trained with. Spectra: per-spectrum Z-score
 (report §3.1), which, unlike Spender's own rest-frame median normalisation, does not need the
@@ -18,10 +21,19 @@ RGB_M = 0.03
 RGB_Q = 20.0
 
 
-def images_to_chw(images_whc: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """AstroCLIP storage order (B, W, H, 3) g,r,z -> (B, 3, H, W) g,r,z float32."""
+ORIENTATIONS = ("survey", "stein")
+
+
+def images_to_chw(images_whc: np.ndarray | torch.Tensor, orientation: str = "survey") -> torch.Tensor:
+    """AstroCLIP storage order (B, W, H, 3) g,r,z -> bands first, float32: (B, 3, H, W) for "survey" (the
+    cutout's own orientation), (B, 3, W, H) for "stein" (what ``ToTensor`` makes of the stored array, as Stein
+    et al.'s loader fed the network: the survey image transposed)."""
     x = torch.as_tensor(images_whc, dtype=torch.float32)
-    return x.permute(0, 3, 2, 1)
+    if orientation == "survey":
+        return x.permute(0, 3, 2, 1)
+    if orientation == "stein":
+        return x.permute(0, 3, 1, 2)
+    raise ValueError(f"unknown orientation {orientation!r}; choose one of {ORIENTATIONS}")
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -52,9 +64,10 @@ def grz_to_rgb(x: torch.Tensor, variant: str = "lupton") -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def preprocess_images(images_whc: np.ndarray | torch.Tensor, crop: int, variant: str) -> torch.Tensor:
+def preprocess_images(images_whc: np.ndarray | torch.Tensor, crop: int, variant: str,
+                      orientation: str = "survey") -> torch.Tensor:
     """Survey cutouts (B, 152, 152, 3) -> encoder input (B, 3, crop, crop) RGB in [0, 1]."""
-    return grz_to_rgb(centre_crop(images_to_chw(images_whc), crop), variant)
+    return grz_to_rgb(centre_crop(images_to_chw(images_whc, orientation), crop), variant)
 
 
 def zscore_spectra(spectra: np.ndarray | torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

@@ -36,7 +36,8 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
                      "weights": weights_record(config.spectrum_weights, config.seed, "spectrum")},
     }
     preprocessing = {
-        "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping},
+        "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping,
+                  "orientation": config.image_orientation},
         "spectrum": {"normalisation": "per-spectrum z-score"},
     }
     return {
@@ -52,9 +53,24 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
         },
         "data": reader.fingerprint(),
         "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
-        "split": {"method": "splitmix64(targetid) < val_fraction", "val_fraction": config.val_fraction},
+        "split": {"method": "u = splitmix64(targetid) in [0, 1): test u < test_fraction, selection u < test_fraction "
+                            "+ selection_fraction, train the rest", "test_fraction": config.test_fraction,
+                  "selection_fraction": config.selection_fraction},
         "rows_per_shard": config.rows_per_shard,
         "code_version": code_version(),
         "torch_version": torch.__version__,
         "config": asdict(config),
     }
+
+
+def config_from_provenance(provenance: dict, **overrides) -> ExtractConfig:
+    """The extraction settings a store recorded, as an :class:`ExtractConfig` (fields later versions added take what
+    the store did: its recorded image orientation), with ``overrides`` applied."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(ExtractConfig)}
+    recorded = {k: v for k, v in (provenance.get("config") or {}).items() if k in known}
+    image = (provenance.get("preprocessing") or {}).get("image") or {}
+    if "orientation" in image:
+        recorded["orientation"] = image["orientation"]
+    return ExtractConfig(**{**recorded, **overrides})

@@ -19,7 +19,7 @@ import torch
 
 from galclip.config import ExtractConfig
 from galclip.data.catalogue import join_labels
-from galclip.data.split import assign_split
+from galclip.split import assign_split
 from galclip.data.survey import SurveyReader
 from galclip.errors import InputError
 from galclip.extract.distributed import Distributed
@@ -66,7 +66,7 @@ def _create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catal
         log = logger.warning if len(config.modalities) == 2 else logger.info
         log("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
         label_z = label_m = np.full(len(targetid), np.nan, np.float32)
-    meta = {"targetid": targetid, "split": assign_split(targetid, config.val_fraction),
+    meta = {"targetid": targetid, "split": assign_split(targetid, config.test_fraction, config.selection_fraction),
             "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
     fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
     FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)

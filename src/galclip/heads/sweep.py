@@ -2,9 +2,9 @@
 
 Configurations with the same layer widths train together in one pass over the data (see
 :mod:`galclip.heads.trainer`), so each reproduces its separate ``galclip heads`` run while the
-batches are gathered once. Each is scored by validation InfoNCE and by the report's zero-shot
-measure: cross-modal k-NN R² (spectrum embeddings fitted, image embeddings queried) on the
-report's split of the validation pairs.
+batches are gathered once. Each is chosen by its InfoNCE on the selection split ("val" in the
+column names) and scored by the report's zero-shot measure: cross-modal k-NN R² (spectrum
+embeddings fitted, image embeddings queried) on the report's halves of the test split.
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ def expand_grid(base: HeadConfig, grid: dict[str, list]) -> list[HeadConfig]:
         raise GalclipError(f"--grid: {err}") from err
 
 
-def zero_shot_cross_r2(result: TrainResult, val_features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
+def zero_shot_cross_r2(result: TrainResult, test_features: dict[str, np.ndarray], labels: dict[str, np.ndarray],
                        config: EvalConfig = EvalConfig()) -> dict[str, float]:
     """The report's cross-modal zero-shot R² of trained heads: {"redshift": r2, "log_mstar": r2}.
 
-    The validation pairs' stored features (``val_features``: image_features (b, 2048), spectrum_features
+    The test pairs' stored features (``test_features``: image_features (b, 2048), spectrum_features
     (b, 256)) are embedded and split exactly as ``galclip evaluate`` does with ``config``."""
-    zi, zs = result.heads.embed(val_features["image_features"], val_features["spectrum_features"])
+    zi, zs = result.heads.embed(test_features["image_features"], test_features["spectrum_features"])
     train, test = zero_shot_split(labels, config.knn_test_fraction, config.seed)
     cross = {"cross": embedding_sources(l2_normalise(zi), l2_normalise(zs), train, test)["cross"]}
     table = zero_shot_table(cross, {name: (y[train], y[test]) for name, y in labels.items()}, config.k)
@@ -86,7 +86,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     configs = expand_grid(base, grid)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
-    data = load_training_data(store, allow_partial, with_aug=any(c.aug_prob > 0 for c in configs))
+    data = load_training_data(store, allow_partial, with_aug=any(c.aug_prob > 0 for c in configs),
+                              standardise=base.standardise)
     device = resolve_device(base.device)
     fc_state = stored_fc_state(store)
     groups: dict[tuple, list[int]] = {}
@@ -104,12 +105,12 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         raise GalclipError(f"sweep: all {len(results)} configurations diverged; nothing was written to {out}. "
                            "Lower the learning rates or raise the temperatures of the grid")
 
-    val_features = store.read_rows(data.val_rows, ("image_features", "spectrum_features"))  # as evaluate reads them
+    test_features = store.read_rows(data.test_rows, ("image_features", "spectrum_features"))  # as evaluate reads them
     rows = []
     for r in results:
         row = {name: getattr(r.config, name) for name in SWEEPABLE}
         row["spectrum_hidden"] = "x".join(map(str, row["spectrum_hidden"]))
-        r2 = zero_shot_cross_r2(r, val_features, data.val_labels) if r.best_epoch >= 0 else {"redshift": math.nan, "log_mstar": math.nan}
+        r2 = zero_shot_cross_r2(r, test_features, data.test_labels) if r.best_epoch >= 0 else {"redshift": math.nan, "log_mstar": math.nan}
         row.update({"best_val_loss": r.best_val_loss, "final_val_loss": r.history[-1]["val_loss"] if r.history else math.nan,
                     "best_epoch": r.best_epoch, "epochs_run": len(r.history),
                     "r2_cross_redshift": r2["redshift"], "r2_cross_log_mstar": r2["log_mstar"],

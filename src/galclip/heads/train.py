@@ -57,7 +57,7 @@ def train_heads(
     out.mkdir(parents=True, exist_ok=True)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
-    data = load_training_data(store, allow_partial, with_aug=config.aug_prob > 0)
+    data = load_training_data(store, allow_partial, with_aug=config.aug_prob > 0, standardise=config.standardise)
     n_train, n_val = len(data.train), len(data.val)
     device = resolve_device(config.device)
     state_path = out / STATE_FILE

@@ -1,8 +1,9 @@
 """The one head trainer: K configurations trained together on the same batches.
 
 The report's recipe for each configuration: batch 512, Adam, ReduceLROnPlateau(factor 0.5,
-patience 5) on the validation loss, 80 epochs. Features live on the training device in fp16
-and are cast per batch; each step may swap a pair's clean image features for one of its stored
+patience 5) on the validation loss, 80 epochs; the "validation" pairs are the *selection* split
+(``galclip.split``), never the test pairs every reported number comes from. Features are
+standardised in float32, live on the training device in fp16 and are cast per batch; each step may swap a pair's clean image features for one of its stored
 augmented views (``aug_prob``), so augmentation costs nothing. Per configuration the heads kept
 are those of the epoch with the lowest validation loss; a configuration stops after
 ``early_stopping`` epochs without improvement, or when its loss stops being finite (it keeps its
@@ -225,6 +226,8 @@ def train_configurations(
     if fc_state is not None:
         logger.info("image head initialised from the Stein checkpoint's projection MLP")
     norm_i, norm_s = runs[0].heads.image.norm, runs[0].heads.spectrum.norm
+    if data.standardised:  # the features were standardised in float32 before the fp16 cast; the heads keep the
+        norm_i = norm_s = torch.nn.Identity()  # statistics as buffers, to standardise raw features at inference
     use_aug = base.aug_prob > 0 and data.train.image_aug is not None
     on_device = data.to(device)
     tr_set = on_device.train if use_aug else FeatureSet(on_device.train.image, on_device.train.spectrum, None)

@@ -243,7 +243,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                         "seconds": time.perf_counter() - t_map}
         del emb
         heads_file = checkpoint_file(heads_path)
-        np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.read_meta("split")[rows],
+        np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.split()[rows],
                  redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows])
         sidecar = {
             "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,

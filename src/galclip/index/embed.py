@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,7 +44,7 @@ def embed_new_pair(index: Index, data: str | Path, targetid: int, device: str = 
     Refuses when the heads file no longer matches the one the index was built from."""
     import torch
 
-    from galclip.config import ExtractConfig
+    from galclip.extract.provenance import config_from_provenance
     from galclip.data.survey import SurveyReader
     from galclip.extract.encoders import Encoders
     from galclip.extract.validate import bad_row_codes
@@ -54,9 +53,7 @@ def embed_new_pair(index: Index, data: str | Path, targetid: int, device: str = 
 
     heads_file = index.check_heads()
     store = FeatureStore.open(index.sidecar["store"])
-    known = {f.name for f in dataclasses.fields(ExtractConfig)}
-    config = ExtractConfig(**{k: v for k, v in store.provenance["config"].items() if k in known})
-    config = dataclasses.replace(config, variants=0, spectrum_variants=0, device=device)
+    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
     with SurveyReader(data) as reader:
         hit = np.flatnonzero(reader.targetids() == targetid)
         if hit.size == 0:

@@ -31,6 +31,7 @@ from galclip.predict.reference import Reference, cosine_from_distance, load_refe
 from galclip.predict.truth import TruthAccumulator, load_truth
 from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
+from galclip.split import TEST
 from galclip.store import FeatureStore
 from galclip.store.feature_store import leaf_diff
 
@@ -98,10 +99,10 @@ def check_same_encoder(reference: dict, other: dict, modality: str, what: str, b
 def extraction_config(reference: FeatureStore, modality: str, weights: str | None, **overrides) -> ExtractConfig:
     """The reference store's extraction settings for one modality, without augmented views; ``weights`` replaces
     the recorded checkpoint path (checked by SHA-256 before anything runs)."""
-    known = {f.name for f in dataclasses.fields(ExtractConfig)}
-    recorded = {k: v for k, v in reference.provenance.get("config", {}).items() if k in known}
-    config = ExtractConfig(**{**recorded, "variants": 0, "spectrum_variants": 0, "modalities": (modality,),
-                              "catalogue": None, **overrides})
+    from galclip.extract.provenance import config_from_provenance
+
+    config = config_from_provenance(reference.provenance, variants=0, spectrum_variants=0, modalities=(modality,),
+                                    catalogue=None, **overrides)
     key = f"{modality}_weights"
     path = weights or getattr(config, key)
     if path is not None and not Path(path).exists():
@@ -163,7 +164,13 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
             check_same_encoder(ref_store.provenance, _planned_provenance(config, reader), modality,
                                str(input_path), str(index_dir))
             targetid = reader.targetids()
-    truth_labels = load_truth(truth, targetid) if truth is not None else None
+    truth_labels, n_seen = None, 0
+    if truth is not None:  # galaxies that fitted or chose the heads are not scored: only new ones and the test split
+        truth_labels = load_truth(truth, targetid)
+        seen = np.isin(targetid, index.rows["targetid"][index.rows["split"] != TEST])
+        n_seen = int(seen.sum())
+        for y in truth_labels.values():
+            y[seen] = np.nan
     ref = load_reference(index, modality, targetid, reference, seed)
     if k > len(ref):
         raise InputError(f"-k {k} is larger than the {len(ref)} labelled reference galaxies of {index_dir} "
@@ -212,7 +219,8 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     if accumulate is not None:
         from galclip.predict.report import write_truth_report
 
-        metrics["truth"] = {"source": str(truth), **accumulate.metrics()}
+        metrics["truth"] = {"source": str(truth), "scored": "galaxies outside the index's store and those of its test "
+                            "split", "n_left_out_seen_in_training": n_seen, **accumulate.metrics()}
         metrics_dir.mkdir(parents=True, exist_ok=True)
         metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
     metrics_dir.mkdir(parents=True, exist_ok=True)

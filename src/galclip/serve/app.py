@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from galclip.errors import GalclipError
 from galclip.index.search import MODALITIES, Index, NotIndexed, float_or_none, open_index
 from galclip.neighbours import weighted_mean
+from galclip.split import SPLIT_NAMES
 from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SearchService:
                              "files; check the number")
         rows = self.index.rows
         return {"targetid": int(targetid), "indexed": pos >= 0, "partner_indexed": pos >= 0,
-                "split": {0: "train", 1: "validation"}.get(int(rows["split"][pos])) if pos >= 0 else None,
+                "split": SPLIT_NAMES.get(int(rows["split"][pos])) if pos >= 0 else None,
                 "redshift": float_or_none(rows["redshift"][pos]) if pos >= 0 else None,
                 "log_mstar": float_or_none(rows["log_mstar"][pos]) if pos >= 0 else None,
                 "survey": self.galaxies.where(targetid) if in_survey else None}

@@ -34,8 +34,8 @@ def check_store(store: FeatureStore) -> dict:
     if (counts > 1).any():
         problems.append(f"{int((counts > 1).sum())} duplicate targetid(s), e.g. {uniq[counts > 1][:5].tolist()}")
     split = g["split"][:]
-    if not np.isin(split, (0, 1)).all():
-        problems.append("split holds values other than 0 (train) and 1 (validation)")
+    if not np.isin(split, (0, 1, 2)).all():
+        problems.append("split holds values other than 0 (train), 1 (test) and 2 (selection)")
     bad_rows: dict[str, list[int]] = {}
     codes = store.quarantine()
     quarantined = codes != 0

@@ -3,7 +3,7 @@
 Layout (one Zarr group)::
 
     targetid          (N,)        int64    survey order
-    split             (N,)        uint8    0 train, 1 validation (hash of targetid)
+    split             (N,)        uint8    0 train, 1 test, 2 selection (hash of targetid; galclip.split)
     redshift          (N,)        float32  survey (DESI) redshift
     label_redshift    (N,)        float32  catalogue Z_HP after cuts, NaN if none
     label_log_mstar   (N,)        float32  catalogue PROVABGS_LOGMSTAR_BF after cuts, NaN if none
@@ -23,6 +23,7 @@ The group attribute ``galclip`` holds the format version, sizes and provenance.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -55,7 +56,8 @@ class StoreInfo:
     path: str
     n: int
     n_train: int
-    n_val: int
+    n_selection: int
+    n_test: int
     n_labelled: int
     rows_per_shard: int
     n_shards: int
@@ -95,6 +97,15 @@ def leaf_diff(old, new, prefix: str = "") -> list[str]:
     return []
 
 
+def _with_defaults(provenance: dict) -> dict:
+    """Provenance with the fields later galclip versions added, filled with what older ones did: image
+    orientation "survey" (galclip 0.1/0.2 fed the cutout's own (C, H, W))."""
+    image = (provenance.get("preprocessing") or {}).get("image")
+    if isinstance(image, dict) and "orientation" not in image:
+        image["orientation"] = "survey"
+    return provenance
+
+
 class FeatureStore:
     """A feature store on local disk. Create with ``create``, open with ``open``."""
 
@@ -108,7 +119,8 @@ class FeatureStore:
         self.n: int = int(meta["n"])
         self.rows_per_shard: int = int(meta["rows_per_shard"])
         self.n_shards: int = int(meta["n_shards"])
-        self.provenance: dict = meta["provenance"]
+        self._recorded_provenance: dict = meta["provenance"]  # as written: the fingerprint hashes it
+        self.provenance: dict = _with_defaults(copy.deepcopy(meta["provenance"]))
         self.feature_arrays: dict[str, tuple[int, ...]] = {
             k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()}
 
@@ -212,8 +224,11 @@ class FeatureStore:
         return self.read_meta("targetid")
 
     def split(self) -> np.ndarray:
-        """(N,) uint8: 0 train, 1 validation."""
-        return self.read_meta("split")
+        """(N,) uint8: 0 train, 1 test, 2 selection, computed from the targetids (a pure function of each), so a
+        store written before the selection split existed (codes 0/1) gets it without re-extraction."""
+        from galclip.split import assign_split, split_fractions
+
+        return assign_split(self.targetids(), *split_fractions(self.provenance))
 
     def labels(self) -> dict[str, np.ndarray]:
         """Catalogue labels, (N,) float32 each, NaN where a galaxy has none: {"redshift", "log_mstar"}."""
@@ -231,17 +246,18 @@ class FeatureStore:
 
     def fingerprint(self) -> str:
         """Identity of the store's content: provenance and targetids (16 hex digits)."""
-        h = hashlib.sha256(json.dumps({k: self.provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps({k: self._recorded_provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
         h.update(np.ascontiguousarray(self.group["targetid"][:]).tobytes())
         return h.hexdigest()[:16]
 
     def info(self) -> StoreInfo:
-        split = self.group["split"][:]
+        split = self.split()
         labelled = np.isfinite(self.group["label_redshift"][:]) & np.isfinite(self.group["label_log_mstar"][:])
         arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
                   for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name in self.group}
         return StoreInfo(
-            path=str(self.path), n=self.n, n_train=int((split == 0).sum()), n_val=int((split == 1).sum()),
+            path=str(self.path), n=self.n, n_train=int((split == 0).sum()),
+            n_selection=int((split == 2).sum()), n_test=int((split == 1).sum()),
             n_labelled=int(labelled.sum()), rows_per_shard=self.rows_per_shard, n_shards=self.n_shards,
             n_complete=int(self.complete_mask().sum()), arrays=arrays, provenance=self.provenance,
             fingerprint=self.fingerprint(),
