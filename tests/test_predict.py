@@ -212,8 +212,9 @@ def test_feature_store_input_gives_the_same_catalogue(reference_index, predicted
 
 
 def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_path):
-    """The encoder runs with the reference store's weights and preprocessing: an image-only copy of 20 of its
-    galaxies gets the features the store holds for them."""
+    """The encoder runs with the reference store's weights and preprocessing: an image-only copy of 12 of its
+    galaxies gets the features the store holds for them; they are left out of the reference set, and only those of
+    the test split are scored against the store's labels."""
     from galclip.store import FeatureStore
 
     src = tiny_mock / "survey.h5"
@@ -222,8 +223,14 @@ def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_pa
         g.create_dataset("image", data=first["image"][:12])
         g.create_dataset("targetid", data=first["targetid"][:12])
     out = tmp_path / "subset.csv"
-    done = _predict(reference_index["index"], tmp_path / "subset.h5", out, "-k", K, "--batch-size", "32")
+    done = _predict(reference_index["index"], tmp_path / "subset.h5", out, "-k", K, "--batch-size", "32",
+                    "--truth", reference_index["store"])
     assert done.returncode == 0, done.stderr
+    # galaxies that fitted or chose the heads (train and selection splits) are not scored against the truth
+    split = FeatureStore.open(reference_index["store"]).split()[:12]
+    truth = json.loads((tmp_path / "subset_report" / "metrics.json").read_text())["truth"]
+    assert truth["n_left_out_seen_in_training"] == int((split != 1).sum()) > 0
+    assert truth["redshift"]["n"] <= int((split == 1).sum())
     ref = FeatureStore.open(reference_index["store"])
     mine = FeatureStore.open(tmp_path / "subset.features.zarr")
     np.testing.assert_allclose(mine.group["image_features"][:], ref.group["image_features"][:12], rtol=1e-5, atol=1e-5)
