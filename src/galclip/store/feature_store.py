@@ -19,6 +19,12 @@ Rows are grouped in shards of ``rows_per_shard`` rows; a shard is exactly one ch
 per-row array, so a writer that owns a shard owns whole chunks and never shares one with
 another writer. A shard is flagged complete only after its chunk files are fsync'ed.
 The group attribute ``galclip`` holds the format version, sizes and provenance.
+
+Integrity (format 2): every chunk is Zstd-compressed and then carries a CRC-32C (Zarr v3's
+``crc32c`` codec), so any flipped bit in a chunk fails to decode instead of decoding into other
+numbers; the group attribute ``galclip_sha256`` is the SHA-256 of the ``galclip`` attribute and
+``galclip.metadata_sha256`` holds the SHA-256 of every array's ``zarr.json``, checked whenever the
+store is opened. Format 1 stores (no checksums) stay readable; ``galclip check`` says so.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from galclip.atomic import fsync_path, remove_stale_temporaries, temporary_name
-from galclip.errors import StoreError
+from galclip.errors import DamagedDataError, StoreError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CRC-32C on every chunk, SHA-256 of the metadata
+READABLE_FORMATS = (1, 2)
 META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
 BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
@@ -97,6 +104,48 @@ def leaf_diff(old, new, prefix: str = "") -> list[str]:
     return []
 
 
+def _codecs() -> list:
+    """Bytes-to-bytes codecs of every array galclip writes: Zstd (level 0, Zarr's default), then a CRC-32C."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0), Crc32cCodec()]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _canonical_sha256(value) -> str:
+    """SHA-256 of a JSON value written canonically (sorted keys, no spaces), as it reads back from zarr.json."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def metadata_problems(path: Path, meta: dict, recorded: str | None) -> list[str]:
+    """What differs from the metadata a format-2 store was written with: the ``galclip`` attribute against its
+    SHA-256, and every array's zarr.json against the SHA-256 recorded at creation (empty when intact)."""
+    if recorded is None or _canonical_sha256(meta) != recorded:
+        return [f"{path}/zarr.json: the store's attributes do not match their SHA-256 (damaged)"]
+    problems = []
+    for rel, digest in (meta.get("metadata_sha256") or {}).items():
+        file = path / rel
+        if not file.exists():
+            problems.append(f"{file}: array metadata is missing")
+        elif _sha256(file) != digest:
+            problems.append(f"{file}: array metadata does not match its SHA-256 (damaged)")
+    return problems
+
+
+METADATA_FIX = ("the store's metadata cannot be trusted: restore the store from a copy, or extract again into a new "
+                "store ('galclip check' lists what is damaged)")
+
+
+def _verify_metadata(path: Path, meta: dict, recorded: str | None) -> None:
+    """Refuse a format-2 store whose metadata differs from what was written (see ``metadata_problems``)."""
+    problems = metadata_problems(path, meta, recorded)
+    if problems:
+        raise DamagedDataError(f"{problems[0]}; {METADATA_FIX}")
+
+
 def _with_defaults(provenance: dict) -> dict:
     """Provenance with the fields later galclip versions added, filled with what older ones did: image
     orientation "survey" (galclip 0.1/0.2 fed the cutout's own (C, H, W))."""
@@ -109,20 +158,30 @@ def _with_defaults(provenance: dict) -> dict:
 class FeatureStore:
     """A feature store on local disk. Create with ``create``, open with ``open``."""
 
-    def __init__(self, path: Path, group, mode: str):
+    def __init__(self, path: Path, group, mode: str, verify: bool = True):
         self.path = path
         self.group = group
         self.mode = mode
-        meta = dict(group.attrs.get("galclip", {}))
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{path}: not a galclip feature store (format {meta.get('format_version')!r})")
-        self.n: int = int(meta["n"])
-        self.rows_per_shard: int = int(meta["rows_per_shard"])
-        self.n_shards: int = int(meta["n_shards"])
-        self._recorded_provenance: dict = meta["provenance"]  # as written: the fingerprint hashes it
-        self.provenance: dict = _with_defaults(copy.deepcopy(meta["provenance"]))
-        self.feature_arrays: dict[str, tuple[int, ...]] = {
-            k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()}
+        meta = group.attrs.get("galclip", {})
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        if meta.get("format_version") not in READABLE_FORMATS:
+            raise StoreError(f"{path}: not a galclip feature store (format {meta.get('format_version')!r}; its "
+                             "zarr.json may be damaged)")
+        self.format_version: int = int(meta["format_version"])
+        self._complete = None
+        if self.format_version >= 2 and verify:
+            _verify_metadata(path, meta, group.attrs.get("galclip_sha256"))
+        try:
+            self.n: int = int(meta["n"])
+            self.rows_per_shard: int = int(meta["rows_per_shard"])
+            self.n_shards: int = int(meta["n_shards"])
+            self._recorded_provenance: dict = meta["provenance"]  # as written: the fingerprint hashes it
+            self.provenance: dict = _with_defaults(copy.deepcopy(meta["provenance"]))
+            self.feature_arrays: dict[str, tuple[int, ...]] = {
+                k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise DamagedDataError(f"{path}/zarr.json: the store's attributes are damaged ({type(err).__name__}: "
+                                   f"{err}); {METADATA_FIX}") from err
 
     # ---- creation / opening -------------------------------------------------
     @classmethod
@@ -164,21 +223,27 @@ class FeatureStore:
         dtypes = {"targetid": "int64", "split": "uint8"}
         for name in META_ARRAYS:
             arr = group.create_array(name, shape=(n,), chunks=(rows_per_shard,), dtype=dtypes.get(name, "float32"),
-                                     fill_value=0 if name in dtypes else np.nan)
+                                     fill_value=0 if name in dtypes else np.nan, compressors=_codecs(),
+                                     config={"write_empty_chunks": True})
             arr[:] = np.asarray(meta[name]).astype(dtypes.get(name, "float32"))
         feature_arrays = dict(feature_arrays or BASE_FEATURES)
         for name, tail in feature_arrays.items():
-            group.create_array(name, shape=(n, *tail), chunks=(rows_per_shard, *tail), dtype="float32", fill_value=np.nan)
-        group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0)
-        group.create_array(QUARANTINE, shape=(n,), chunks=(rows_per_shard,), dtype="uint8", fill_value=0)
+            group.create_array(name, shape=(n, *tail), chunks=(rows_per_shard, *tail), dtype="float32",
+                               fill_value=np.nan, compressors=_codecs())
+        group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=_codecs())
+        group.create_array(QUARANTINE, shape=(n,), chunks=(rows_per_shard,), dtype="uint8", fill_value=0,
+                           compressors=_codecs())
         if moco_fc:
             fc = group.create_group(MOCO_FC)
             for key, value in moco_fc.items():
-                fc.create_array(key, shape=value.shape, dtype="float32")[...] = np.asarray(value, np.float32)
-        group.attrs["galclip"] = {
-            "format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
-            "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
-        }
+                fc.create_array(key, shape=value.shape, dtype="float32",
+                                compressors=_codecs())[...] = np.asarray(value, np.float32)
+        meta = {"format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
+                "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
+                "metadata_sha256": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("zarr.json"))
+                                    if p.parent != tmp}}
+        group.attrs["galclip"] = meta
+        group.attrs["galclip_sha256"] = _canonical_sha256(group.attrs["galclip"])
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r", validate: bool = True) -> "FeatureStore":
@@ -193,12 +258,23 @@ class FeatureStore:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
         except Exception as err:  # noqa: BLE001 - unreadable metadata is a damaged store, whatever zarr raises
             raise StoreError(f"{path}: unreadable store metadata ({err}); re-extract into a new store") from err
-        store = cls(path, group, mode)
-        missing = store.missing_arrays()
+        store = cls(path, group, mode, verify=validate)
+        try:
+            missing = store.missing_arrays()
+        except (ValueError, KeyError, TypeError) as err:  # array metadata that does not parse (format 1: no hashes)
+            raise DamagedDataError(f"{path}: array metadata unreadable ({type(err).__name__}: {err}); "
+                                   f"{METADATA_FIX}") from err
         if validate and missing:
             raise StoreError(f"{path}: damaged store, array(s) {missing} are missing; 'galclip check {path}' lists "
                              "every problem. It cannot be repaired in place: extract again into a new store")
         return store
+
+    def metadata_problems(self) -> list[str]:
+        """Damaged metadata of a format-2 store (empty when intact, and for format 1, which records no hashes)."""
+        if self.format_version < 2:
+            return []
+        return metadata_problems(self.path, dict(self.group.attrs.get("galclip", {})),
+                                 self.group.attrs.get("galclip_sha256"))
 
     def missing_arrays(self) -> list[str]:
         """Names of the arrays every store has (metadata, features, completion flags) that are absent."""
@@ -206,8 +282,12 @@ class FeatureStore:
 
     # ---- metadata ---------------------------------------------------------------
     def complete_mask(self) -> np.ndarray:
-        """(S,) bool: which shards are written and flushed."""
-        return self.group[COMPLETE][:].astype(bool)
+        """(S,) bool: which shards are written and flushed (read from disk each time)."""
+        self._complete = self.read_whole(COMPLETE).astype(bool)
+        return self._complete.copy()
+
+    def _complete_cached(self) -> np.ndarray:
+        return self._complete if getattr(self, "_complete", None) is not None else self.complete_mask()
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         lo = shard * self.rows_per_shard
@@ -217,7 +297,22 @@ class FeatureStore:
         """One per-row metadata array (N,): targetid, split, redshift, label_redshift or label_log_mstar."""
         if name not in META_ARRAYS:
             raise KeyError(f"{name!r} is not a per-row metadata array; choose from {META_ARRAYS}")
-        return self.group[name][:]
+        return self.read_whole(name)
+
+    def read_whole(self, name: str) -> np.ndarray:
+        """A whole small array (metadata, completion flags, quarantine codes), checked like ``read``."""
+        try:
+            return self.group[name][:]
+        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            n_chunks = -(-self.group[name].shape[0] // self.group[name].chunks[0])
+            size = self.group[name].chunks[0]
+            bad = next((c for c in range(n_chunks) if not _decodes(self.group[name], c * size, (c + 1) * size)), 0)
+            if name == COMPLETE:
+                raise DamagedDataError(
+                    f"{self.path}: array '{name}' (the completion flag of shard {bad}) is damaged "
+                    f"({type(err).__name__}: {err}). Run 'galclip check {self.path} --repair', then the same "
+                    "'galclip extract'") from err
+            raise self.damaged(name, bad, f"{type(err).__name__}: {err}") from err
 
     def targetids(self) -> np.ndarray:
         """(N,) int64 targetids in store order."""
@@ -247,12 +342,12 @@ class FeatureStore:
     def fingerprint(self) -> str:
         """Identity of the store's content: provenance and targetids (16 hex digits)."""
         h = hashlib.sha256(json.dumps({k: self._recorded_provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
-        h.update(np.ascontiguousarray(self.group["targetid"][:]).tobytes())
+        h.update(np.ascontiguousarray(self.read_whole("targetid")).tobytes())
         return h.hexdigest()[:16]
 
     def info(self) -> StoreInfo:
         split = self.split()
-        labelled = np.isfinite(self.group["label_redshift"][:]) & np.isfinite(self.group["label_log_mstar"][:])
+        labelled = np.isfinite(self.read_whole("label_redshift")) & np.isfinite(self.read_whole("label_log_mstar"))
         arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
                   for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name in self.group}
         return StoreInfo(
@@ -278,22 +373,71 @@ class FeatureStore:
     def write_shard(self, shard: int, features: dict[str, np.ndarray], quarantine: np.ndarray | None = None) -> None:
         """Write every feature array of one shard (and its rows' quarantine codes), flush, then flag it complete."""
         lo, hi = self.shard_rows(shard)
+        self._complete = None
         if quarantine is not None and QUARANTINE in self.group:
-            self.group[QUARANTINE][lo:hi] = np.asarray(quarantine, np.uint8)
+            self._writable(QUARANTINE)[lo:hi] = np.asarray(quarantine, np.uint8)
             _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
         for name, tail in self.feature_arrays.items():
             data = np.asarray(features[name], np.float32)
             if data.shape != (hi - lo, *tail):
                 raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, *tail)}")
-            self.group[name][lo:hi] = data
+            self._writable(name)[lo:hi] = data
             _fsync_tree(self.path / name / "c" / str(shard))
-        self.group[COMPLETE][shard] = 1
+        self._writable(COMPLETE)[shard] = 1
+        _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+
+    def _writable(self, name: str):
+        """Array ``name`` for writing: every chunk is written, even one that is all fill value (a NaN shard of
+        quarantined rows), so a complete shard always has its chunk files and a missing one is damage."""
+        return self.group[name].with_config({"write_empty_chunks": True})
+
+    def mark_incomplete(self, shard: int) -> None:
+        """Clear shard ``shard``'s completion flag (flushed): the next extraction with the same settings writes it
+        again (``galclip check --repair``)."""
+        self._complete = None
+        self._writable(COMPLETE)[shard] = 0
         _fsync_tree(self.path / COMPLETE / "c" / str(shard))
 
     # ---- reading --------------------------------------------------------------
+    def chunk_file(self, name: str, shard: int) -> Path:
+        """The file of shard ``shard`` of per-row array ``name`` (its one chunk along the row axis)."""
+        ndim = len(self.group[name].shape) if name in self.group else 1
+        return self.path / name / "c" / str(shard) / Path(*(["0"] * (ndim - 1)))
+
+    def read(self, name: str, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of per-row array ``name``. A chunk that fails its checksum, does not decode, or is missing
+        from a complete shard raises :class:`DamagedDataError` naming the array, shard, rows and targetids, and
+        the repair."""
+        first, last = lo // self.rows_per_shard, max(lo, hi - 1) // self.rows_per_shard
+        if self.format_version >= 2:  # every chunk of a complete shard was written (write_empty_chunks)
+            done = self._complete_cached()
+            for shard in range(first, last + 1):
+                if done[shard] and not self.chunk_file(name, shard).exists():
+                    raise self.damaged(name, shard, "its chunk file is missing")
+        try:
+            return self.group[name][lo:hi]
+        except (ValueError, RuntimeError, OSError, KeyError) as err:  # checksum mismatch, Zstd error, bad frame
+            shard = next((s for s in range(first, last + 1)
+                          if not _decodes(self.group[name], *self.shard_rows(s))), first)
+            raise self.damaged(name, shard, f"{type(err).__name__}: {err}") from err
+
+    def damaged(self, name: str, shard: int, why: str) -> DamagedDataError:
+        """The error for a damaged chunk: array, shard, rows, targetids (when readable) and the repair."""
+        lo, hi = self.shard_rows(shard)
+        ids = ""
+        if name != "targetid":
+            try:
+                t = self.group["targetid"][lo:hi]
+                ids = f", targetids {int(t.min())}..{int(t.max())}"
+            except Exception:  # noqa: BLE001 - the targetids may be damaged too
+                ids = ""
+        return DamagedDataError(
+            f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}). Run "
+            f"'galclip check {self.path} --repair', then the same 'galclip extract' to re-extract that shard")
+
     def quarantine(self) -> np.ndarray:
         """(N,) uint8: 0 for usable rows, else the reason code of a skipped bad input row."""
-        return self.group[QUARANTINE][:] if QUARANTINE in self.group else np.zeros(self.n, np.uint8)
+        return self.read_whole(QUARANTINE) if QUARANTINE in self.group else np.zeros(self.n, np.uint8)
 
     def require_complete(self, allow_partial: bool = False) -> np.ndarray:
         """(N,) bool rows readable: in complete shards and not quarantined.
@@ -326,7 +470,7 @@ class FeatureStore:
             lo, hi = self.shard_rows(int(shard))
             keep = wanted[lo:hi]
             if keep.any():
-                yield lo, keep, {name: self.group[name][lo:hi][keep] for name in names}
+                yield lo, keep, {name: self.read(name, lo, hi)[keep] for name in names}
 
     def read_rows(self, rows: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Arrays ``names`` at the store rows ``rows`` (m,) sorted, unique, in complete shards: name -> (m, ...).
@@ -361,4 +505,16 @@ class FeatureStore:
         if MOCO_FC not in self.group:
             return None
         fc = self.group[MOCO_FC]
-        return {key: fc[key][...] for key in ("0.weight", "0.bias", "2.weight", "2.bias")}
+        try:
+            return {key: fc[key][...] for key in ("0.weight", "0.bias", "2.weight", "2.bias")}
+        except (ValueError, RuntimeError, OSError, KeyError) as err:
+            raise DamagedDataError(f"{self.path}/{MOCO_FC}: the stored projection MLP is damaged ({err}); extract "
+                                   "again into a new store") from err
+
+
+def _decodes(array, lo: int, hi: int) -> bool:
+    try:
+        array[lo:hi]
+        return True
+    except Exception:  # noqa: BLE001 - any decode failure marks this chunk as the damaged one
+        return False
