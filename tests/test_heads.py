@@ -101,9 +101,16 @@ def test_lr_schedule_is_reduce_on_plateau(tiny_store, tmp_path):
 
 def test_heads_refuse_another_store(tiny_store, tmp_path):
     train_heads(tiny_store, tmp_path / "h", HeadConfig(epochs=1, batch_size=16), progress=False)
+    from galclip.errors import DamagedDataError
+    from galclip.heads.checkpoint import save_heads
+
     ckpt = torch.load(tmp_path / "h" / "heads.pt", weights_only=True)
     ckpt["store_fingerprint"] = "0123456789abcdef"
-    torch.save(ckpt, tmp_path / "h" / "heads.pt")
+    torch.save(ckpt, tmp_path / "h" / "heads.pt")  # edited without its hash: that is damage
+    with pytest.raises(DamagedDataError, match="do not match their SHA-256"):
+        load_heads(tmp_path / "h", FeatureStore.open(tiny_store))
+    ckpt.pop("content_sha256")
+    save_heads(ckpt, tmp_path / "h" / "heads.pt")  # intact heads of another store
     with pytest.raises(GalclipError, match="fingerprint 0123456789abcdef"):
         load_heads(tmp_path / "h", FeatureStore.open(tiny_store))
 

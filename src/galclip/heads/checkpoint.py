@@ -9,11 +9,15 @@ fingerprint and the loss history; its size is about the parameters' bytes. It is
 per configuration the last weights, the optimiser and scheduler state and the best weights so far,
 plus the shared batch generator and the history. Nothing but the trainer reads it.
 
-Both are written atomically (temporary file, fsync, rename).
+Both are written atomically (temporary file, fsync, rename). ``heads.pt`` carries
+``content_sha256``, a SHA-256 of every tensor's bytes and every other field, checked on load, so a
+flipped bit anywhere in it is refused rather than loaded as other weights.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +26,7 @@ import torch
 
 from galclip.atomic import atomic_path
 from galclip.config import HeadConfig
-from galclip.errors import GalclipError
+from galclip.errors import DamagedDataError, GalclipError
 from galclip.heads.models import CLIPHeads
 
 logger = logging.getLogger(__name__)
@@ -69,9 +73,23 @@ def heads_record(heads: CLIPHeads, config: HeadConfig, store_fingerprint: str, s
             "store_path": str(Path(store_path).resolve()), "state_dict": state, **summary}
 
 
+def content_sha256(record: dict) -> str:
+    """SHA-256 of a heads record without its ``content_sha256``: every tensor (name, dtype, shape, bytes, in name
+    order) and the canonical JSON of every other field."""
+    h = hashlib.sha256()
+    state = record.get("state_dict") or {}
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    rest = {k: v for k, v in record.items() if k not in ("state_dict", "content_sha256")}
+    h.update(json.dumps(rest, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def save_heads(record: dict, path: str | Path) -> Path:
-    """Write a :func:`heads_record` to ``path`` atomically."""
-    save_atomic(record, Path(path))
+    """Write a :func:`heads_record` to ``path`` atomically, with its ``content_sha256``."""
+    save_atomic({**record, "content_sha256": content_sha256(record)}, Path(path))
     return Path(path)
 
 
@@ -92,6 +110,9 @@ def load_heads(path: str | Path, store=None, device: str = "cpu") -> tuple[CLIPH
         raise GalclipError(f"{path}: not a galclip heads checkpoint (format {fmt!r}); {RETRAIN}")
     if fmt == OLD_HEADS_FORMAT:
         logger.info("%s: a galclip 0.1 checkpoint; reading its selected weights", path)
+    if "content_sha256" in record and content_sha256(record) != record["content_sha256"]:
+        raise DamagedDataError(f"{path}: the heads do not match their SHA-256 (the file is damaged); {RETRAIN}, or "
+                               "restore the file from a copy")
     if store is not None and record["store_fingerprint"] != store.fingerprint():
         raise GalclipError(
             f"{path}: these heads were trained on a store with fingerprint {record['store_fingerprint']} "
