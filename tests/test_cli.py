@@ -278,15 +278,13 @@ def resume_corrupt_state(c: Ctx) -> list[str]:
 
 def index_from_other_heads(c: Ctx) -> list[str]:
     shutil.copytree(c.heads, c.tmp / "heads")
-    shutil.copytree(c.index, c.tmp / "index")
-    import json
+    shutil.copytree(c.index, c.tmp / "index")  # beside the heads, as the index finds them (relative path)
+    from galclip.heads.checkpoint import save_heads
 
-    side = json.loads((c.tmp / "index" / "index.json").read_text())
-    side["heads"] = str((c.tmp / "heads" / "heads.pt").resolve())
-    (c.tmp / "index" / "index.json").write_text(json.dumps(side))
     ckpt = torch.load(c.tmp / "heads" / "heads.pt", weights_only=True)
+    ckpt.pop("content_sha256")
     ckpt["best_epoch"] += 1  # the heads were retrained after the index was built
-    torch.save(ckpt, c.tmp / "heads" / "heads.pt")
+    save_heads(ckpt, c.tmp / "heads" / "heads.pt")
     with h5py.File(c.mock / "survey.h5", "r") as f:
         c.tid = int(f["0"]["targetid"][0])
     return ["search", str(c.tmp / "index"), "--data", str(c.mock / "survey.h5"), "--targetid", str(c.tid)]

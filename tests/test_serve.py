@@ -217,7 +217,7 @@ def test_start_up_refuses_changed_heads_and_survey_files_without_the_galaxies(se
 
     root, service = served
     shutil.copytree(root / "heads", tmp_path / "heads")
-    build_indexes(service.index.sidecar["store"], tmp_path / "heads", tmp_path / "index")
+    build_indexes(service.index.store_path(), tmp_path / "heads", tmp_path / "index")
     record = torch.load(tmp_path / "heads" / "heads.pt", weights_only=True)
     record["best_epoch"] += 1
     torch.save(record, tmp_path / "heads" / "heads.pt")  # retrained after the index was built
@@ -226,6 +226,37 @@ def test_start_up_refuses_changed_heads_and_survey_files_without_the_galaxies(se
     generate_mock(MockConfig(pairs=16, seed=11, batch_size=16, n_groups=1), tmp_path / "other")
     with pytest.raises(GalclipError, match="no row with targetid .* pass the survey files the index was built from"):
         load_service(root / "index", [tmp_path / "other" / "survey.h5"])
+
+
+def test_damage_is_refused_at_start_and_answered_503_while_serving(served, tiny_mock, tmp_path):
+    """The service checks every index file's SHA-256 when it starts; a survey file damaged while it runs gets 503
+    with a message naming the file and galaxy, and what is intact is still served."""
+    import warnings
+
+    from galclip.errors import DamagedDataError
+    from galclip.serve.app import create_app, load_service
+
+    root, service = served
+    shutil.copytree(root / "index", tmp_path / "index")
+    data = bytearray((tmp_path / "index" / "map.npy").read_bytes())
+    data[-3] ^= 0x01  # same size: only the hash can tell
+    (tmp_path / "index" / "map.npy").write_bytes(bytes(data))
+    with pytest.raises(DamagedDataError, match="map.npy: its SHA-256 differs.*galclip index"):
+        load_service(tmp_path / "index")
+    shutil.copy(tiny_mock / "survey.h5", tmp_path / "survey.h5")
+    fresh = load_service(root / "index", [tmp_path / "survey.h5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    client = TestClient(create_app(fresh))
+    last = int(fresh.index.rows["targetid"][-1])
+    first = int(fresh.index.rows["targetid"][0])
+    with open(tmp_path / "survey.h5", "r+b") as f:  # the end of the file (the last group's rows) is lost
+        f.truncate((tmp_path / "survey.h5").stat().st_size // 2)
+    damaged = client.get(f"/api/image/{last}.png")
+    assert damaged.status_code == 503 and "cannot be read" in damaged.json()["error"]
+    assert str(last) in damaged.json()["error"]
+    assert client.get("/api/search", params={"targetid": first, "k": 3}).status_code == 200
 
 
 def test_the_service_only_reads(served, client, tiny_mock, tiny_store):

@@ -8,13 +8,21 @@ that cannot reach the floor is refused. Vectors are the heads' embeddings, L2-no
 ``.npy`` files, so neither the store nor the embeddings have to fit in memory. The index folder
 (FAISS files, embeddings, per-row arrays, JSON sidecar) is built under a temporary name and
 swapped in whole.
+
+The sidecar ``index.json`` (format 3) records the size and SHA-256 of every other file in the
+folder and its own SHA-256 (``sidecar_sha256``, over its canonical JSON without that field), and
+the store and heads paths relative to the folder (beside the absolute ones) with the store's
+fingerprint and the heads' SHA-256, so a folder that moves still finds them, or names the one it
+cannot find.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +41,8 @@ logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "spectrum")
 SIDECAR = "index.json"
-FORMAT = "galclip-index/2"
+FORMAT = "galclip-index/3"  # 3: file sizes and SHA-256s, its own SHA-256, relative paths
+READABLE_FORMATS = ("galclip-index/2", FORMAT)
 ROWS_FILE = "rows.npz"
 MAP_FILE = "map.npy"  # (N, 2) UMAP coordinates of the image embeddings, for the search page's map
 
@@ -153,7 +162,7 @@ def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096)
     for lo in range(0, len(rows), batch):
         sel = rows[lo:lo + batch]
         a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
-        fi, fs = store.group["image_features"][a:b], store.group["spectrum_features"][a:b]
+        fi, fs = store.read("image_features", a, b), store.read("spectrum_features", a, b)
         if b - a != len(sel):  # rows left out (quarantined, incomplete shards): pick the rest
             fi, fs = fi[sel - a], fs[sel - a]
         zi, zs = heads.embed(fi, fs)
@@ -247,9 +256,19 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                  redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows])
         sidecar = {
             "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
-            "store": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
-            "heads": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
+            "store": os.path.relpath(Path(store_path).resolve(), out.resolve()),
+            "store_absolute": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
+            "heads": os.path.relpath(heads_file.resolve(), out.resolve()),
+            "heads_absolute": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
             "build_seconds": time.perf_counter() - t0, "exact_max": exact_max, "map": map_info,
+            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())},
         }
+        sidecar["sidecar_sha256"] = sidecar_sha256(sidecar)
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
     return sidecar
+
+
+def sidecar_sha256(sidecar: dict) -> str:
+    """SHA-256 of the sidecar's canonical JSON without its own ``sidecar_sha256``."""
+    body = {k: v for k, v in sidecar.items() if k != "sidecar_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

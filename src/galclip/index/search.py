@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.errors import GalclipError
-from galclip.index.build import FORMAT, MAP_FILE, MODALITIES, ROWS_FILE, SIDECAR
+from galclip.errors import DamagedDataError, GalclipError
+from galclip.index.build import FORMAT, MAP_FILE, MODALITIES, READABLE_FORMATS, ROWS_FILE, SIDECAR, sidecar_sha256
 from galclip.neighbours import l2_normalise
 
 logger = logging.getLogger(__name__)
@@ -71,19 +71,50 @@ class Index:
                                "check the number, or embed a galaxy from its survey file with --data FILE")
         return pos
 
+    def _candidates(self, part: str) -> list[Path]:
+        """Where ``part`` ("store" or "heads") may be: relative to the folder (format 3), then the absolute path."""
+        recorded = Path(self.sidecar[part])
+        out = [recorded] if recorded.is_absolute() else [(self.path / recorded).resolve()]
+        absolute = self.sidecar.get(f"{part}_absolute")
+        if absolute and Path(absolute) not in out:
+            out.append(Path(absolute))
+        return out
+
     def check_heads(self) -> Path:
-        """The heads file the index was built from; refused when it is gone or has changed since (a new
-        query embedded with other heads would land in another space)."""
+        """The heads file the index was built from, found beside the folder or where it was, and identified by its
+        SHA-256 (the first of the two places that holds a heads file decides); refused when it is gone or has changed
+        since (a new query embedded with other heads would land in another space)."""
         from galclip.provenance import sha256_file
 
-        heads_file = Path(self.sidecar["heads"])
-        if not heads_file.exists():
-            raise GalclipError(f"{heads_file}: the heads this index was built from are gone; rebuild the index "
-                               "with 'galclip index'")
-        if sha256_file(heads_file) != self.sidecar["heads_sha256"]:
-            raise GalclipError(f"{self.path}: was built from other heads than the current {heads_file} (SHA-256 "
+        tried = self._candidates("heads")
+        found = [p for p in tried if p.exists()]
+        # the first heads file found decides: heads retrained beside the index make it stale even when the
+        # originals still sit at the old absolute path
+        if found and sha256_file(found[0]) == self.sidecar["heads_sha256"]:
+            return found[0]
+        if found:
+            raise GalclipError(f"{self.path}: was built from other heads than the current {found[0]} (SHA-256 "
                                "differs); rebuild the index with 'galclip index' so new queries land in the same space")
-        return heads_file
+        raise GalclipError(f"{self.path}: the heads it was built from (SHA-256 {self.sidecar['heads_sha256'][:16]}) "
+                           f"are not at {' nor '.join(map(str, tried))}; put them back there, or rebuild the index "
+                           "with 'galclip index'")
+
+    def store_path(self) -> Path:
+        """The feature store the index was built from, found beside the folder or where it was, and identified by
+        its fingerprint; an error naming both places when it is in neither."""
+        from galclip.store import FeatureStore
+
+        tried = self._candidates("store")
+        for path in tried:
+            if (path / "zarr.json").exists():
+                try:
+                    if FeatureStore.open(path).fingerprint() == self.sidecar["store_fingerprint"]:
+                        return path
+                except GalclipError:
+                    continue
+        raise GalclipError(f"{self.path}: the feature store it was built from (fingerprint "
+                           f"{self.sidecar['store_fingerprint']}) is not at {' nor '.join(map(str, tried))}; put it "
+                           "back there (the index finds it relative to its own folder too), or rebuild the index")
 
     def embedding_map(self, max_points: int = 20000, seed: int = 0) -> np.ndarray:
         """(N, 2) float32 UMAP coordinates of the image embeddings: the folder's ``map.npy`` written by
@@ -154,24 +185,64 @@ class Index:
                 for r, (s, i) in enumerate(keep)]
 
 
-def open_index(path: str | Path) -> Index:
-    """Open an index folder written by ``galclip index`` (:func:`galclip.index.build.build_indexes`)."""
+def verify_index_files(path: Path, sidecar: dict, hashes: bool) -> list[str]:
+    """What differs from the files the index recorded (format 3): sizes always, SHA-256s when ``hashes``; empty
+    when intact. Format 2 folders record neither and give no problems."""
+    from galclip.provenance import sha256_file
+
+    problems = []
+    for name, rec in (sidecar.get("files") or {}).items():
+        file = path / name
+        if not file.exists():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size != rec["bytes"]:
+            problems.append(f"{file}: {file.stat().st_size} bytes, index.json records {rec['bytes']}")
+        elif hashes and sha256_file(file) != rec["sha256"]:
+            problems.append(f"{file}: its SHA-256 differs from the one index.json records (damaged)")
+    return problems
+
+
+def read_sidecar(path: Path) -> dict:
+    """The index folder's ``index.json``, checked against its own SHA-256 (format 3)."""
+    if not (path / SIDECAR).exists():
+        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
+    fix = "rebuild the index with 'galclip index'"
+    try:
+        sidecar = json.loads((path / SIDECAR).read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedDataError(f"{path / SIDECAR}: not readable JSON ({err}): the index is damaged; {fix}") from err
+    if not isinstance(sidecar, dict) or sidecar.get("format") not in READABLE_FORMATS:
+        fmt = sidecar.get("format") if isinstance(sidecar, dict) else None
+        raise GalclipError(f"{path}: index format {fmt!r}, this galclip reads {FORMAT!r}; {fix}")
+    if sidecar["format"] == FORMAT and sidecar.get("sidecar_sha256") != sidecar_sha256(sidecar):
+        raise DamagedDataError(f"{path / SIDECAR}: does not match its own SHA-256 (damaged); {fix}")
+    return sidecar
+
+
+def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
+    """Open an index folder written by ``galclip index`` (:func:`galclip.index.build.build_indexes`).
+
+    Every file's size is checked against ``index.json`` each time, and its SHA-256 with ``verify_hashes`` (the
+    search service does so at start, ``galclip check INDEX`` always); a mismatch refuses to load."""
     import faiss
 
     path = Path(path)
-    if not (path / SIDECAR).exists():
-        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
-    sidecar = json.loads((path / SIDECAR).read_text())
-    if sidecar.get("format") != FORMAT:
-        raise GalclipError(f"{path}: index format {sidecar.get('format')!r}, this galclip reads {FORMAT!r}; "
-                           "rebuild it with 'galclip index'")
+    sidecar = read_sidecar(path)
+    problems = verify_index_files(path, sidecar, verify_hashes)
+    if problems:
+        raise DamagedDataError(f"{problems[0]}: the index is damaged; rebuild it with 'galclip index'"
+                               + (f" ({len(problems) - 1} more file(s) differ)" if len(problems) > 1 else ""))
     indexes = {}
-    for m, rec in sidecar["indexes"].items():
-        index = faiss.read_index(str(path / rec["file"]))
-        if rec["kind"] == "ivf":
-            faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
-        indexes[m] = index
-    with np.load(path / ROWS_FILE) as z:
-        rows = {k: z[k] for k in z.files}
-    embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
+    try:
+        for m, rec in sidecar["indexes"].items():
+            index = faiss.read_index(str(path / rec["file"]))
+            if rec["kind"] == "ivf":
+                faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
+            indexes[m] = index
+        with np.load(path / ROWS_FILE) as z:
+            rows = {k: z[k] for k in z.files}
+        embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
+    except (RuntimeError, ValueError, OSError, KeyError) as err:  # a format-2 folder has no hashes to catch damage
+        raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); rebuild the "
+                               "index with 'galclip index'") from err
     return Index(path, sidecar, indexes, rows, embeddings)

@@ -140,7 +140,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         raise InputError(f"-k must be at least 1, got {k}")
     index = open_index(index_dir)
     heads_file = index.check_heads()
-    ref_store = FeatureStore.open(index.sidecar["store"])
+    ref_store = FeatureStore.open(index.store_path())
     input_path = Path(input_path)
     timings: dict[str, float] = {}
     extraction = None
@@ -243,7 +243,7 @@ def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: i
         rows["TARGETID"] = targetid[lo:hi]
         keep = readable[lo:hi]
         if keep.any():
-            feats = store.group[name][lo:hi][keep]
+            feats = store.read(name, lo, hi)[keep]
             emb = l2_normalise(heads.embed_modality(modality, feats))
             nn_dist, nn_idx = ref.search.query(emb, k)
             z, z_lo, z_hi = knn_interval(nn_dist, ref.redshift[nn_idx])

@@ -23,7 +23,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from galclip.errors import GalclipError
+from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.search import MODALITIES, Index, NotIndexed, float_or_none, open_index
 from galclip.neighbours import weighted_mean
 from galclip.split import SPLIT_NAMES
@@ -115,7 +115,7 @@ def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) 
 
     crop, rgb, files = 96, "lupton", []
     try:
-        store = FeatureStore.open(index.sidecar["store"])
+        store = FeatureStore.open(index.store_path())
         (crop, rgb), files = store.image_display(), store.survey_files()
     except GalclipError as err:
         if not data:
@@ -130,7 +130,7 @@ def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) 
 
 def load_service(index_path: str | Path, data: list[str | Path] | None = None) -> SearchService:
     """Open the index, check its heads, and map its galaxies to survey rows; refuses what ``galclip search`` refuses."""
-    index = open_index(index_path)
+    index = open_index(index_path, verify_hashes=True)  # every file against its SHA-256, once, at start
     index.check_heads()
     files, crop, rgb = survey_files_and_preprocessing(index, data)
     galaxies = SurveyGalaxies(files, crop=crop, rgb=rgb)
@@ -164,6 +164,11 @@ def create_app(service: SearchService) -> FastAPI:
     @app.exception_handler(UnknownGalaxy)
     async def unknown_galaxy(request: Request, exc: UnknownGalaxy):
         return JSONResponse(status_code=404, content={"error": str(exc)})
+
+    @app.exception_handler(DamagedDataError)
+    async def damaged(request: Request, exc: DamagedDataError):  # the data on disk, not the request: 503, go on
+        logger.error("%s", exc)
+        return JSONResponse(status_code=503, content={"error": str(exc)})
 
     @app.exception_handler(GalclipError)
     async def user_error(request: Request, exc: GalclipError):

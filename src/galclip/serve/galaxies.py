@@ -63,9 +63,15 @@ class SurveyGalaxies:
         raise AssertionError("row outside every segment")  # pragma: no cover - rows come from the segments
 
     def _read(self, targetid: int):
+        from galclip.errors import DamagedDataError
+
         row = self.row(targetid)
         with self._lock:
-            return self.reader.read(row, row + 1)
+            try:
+                return self.reader.read(row, row + 1)
+            except (OSError, RuntimeError, ValueError) as err:  # a damaged or truncated survey file
+                raise DamagedDataError(f"{self.reader.locate(row)}: targetid {targetid} cannot be read ({err}); the "
+                                       "survey file is damaged: restore it from a copy") from err
 
     def image_png(self, targetid: int) -> bytes:
         """The g,r,z cutout as an RGB PNG, with the crop and grz->RGB mapping the store's preprocessing used."""
