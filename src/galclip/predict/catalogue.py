@@ -15,11 +15,17 @@ The FITS file is a primary HDU and one BINTABLE whose header records the provena
 ``GALCLIP = 'catalogue'`` marks the file as galclip's); rows are streamed to disk in blocks, so
 memory does not grow with the catalogue. The CSV starts with ``# galclip catalogue`` and the
 same provenance as ``# KEY = value`` lines.
+
+Integrity: the FITS primary header's ``GCSHA256`` is the SHA-256 of the whole file with that
+value read as 64 zeros; the CSV ends with ``# SHA256 = ...`` over every byte before that line.
+Both are computed while streaming and checked by ``read_catalogue`` and ``galclip check``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,6 +52,9 @@ ROW_DTYPE = np.dtype([(name, dtype) for name, dtype, _, _ in COLUMNS])
 FITS_DTYPE = np.dtype([(name, "S1" if dtype == "?" else ">" + dtype) for name, dtype, _, _ in COLUMNS])
 _FITS_BLOCK = 2880
 _CSV_MARK = "# galclip catalogue"
+_SHA_KEY = "GCSHA256"
+_ZEROS = "0" * 64
+_CSV_SHA = "# SHA256 = "
 
 
 def format_for(path: Path, requested: str | None) -> str:
@@ -98,14 +107,19 @@ class CatalogueWriter:
     def __init__(self, path: Path, fmt: str, n_rows: int, header: dict[str, object]):
         self.path, self.fmt, self.n_rows, self.header = Path(path), fmt, int(n_rows), header
         self.written = 0
+        self._sha = hashlib.sha256()
         self._file: BinaryIO = open(self.path, "wb")
         if fmt == "fits":
-            self._file.write(self._fits_headers())
+            self._emit(self._fits_headers())
         else:
             lines = [f"{_CSV_MARK} {FORMAT}"] + [f"# {k} = {v}" for k, v in header.items()]
             lines += [f"# {name} [{unit}]" for name, _, _, unit in COLUMNS if unit]
             lines.append(",".join(ROW_DTYPE.names))
-            self._file.write(("\n".join(lines) + "\n").encode())
+            self._emit(("\n".join(lines) + "\n").encode())
+
+    def _emit(self, data: bytes) -> None:
+        self._sha.update(data)
+        self._file.write(data)
 
     def _fits_headers(self) -> bytes:
         from astropy.io import fits
@@ -114,6 +128,7 @@ class CatalogueWriter:
         cols = [fits.Column(name=name, format=tform, unit=unit or None) for name, _, tform, unit in COLUMNS]
         table = fits.BinTableHDU.from_columns(cols, nrows=0, name="CATALOGUE")
         table.header["NAXIS2"] = self.n_rows
+        primary.header[_SHA_KEY] = _ZEROS  # the SHA-256 of this file with this value as zeros, filled in at close
         for hdr in (primary.header, table.header):
             hdr["GALCLIP"] = ("catalogue", FORMAT)
             for key, value in self.header.items():
@@ -131,13 +146,13 @@ class CatalogueWriter:
             out = np.empty(len(rows), FITS_DTYPE)
             for name, dtype, _, _ in COLUMNS:
                 out[name] = np.where(rows[name], b"T", b"F") if dtype == "?" else rows[name]
-            self._file.write(out.tobytes())
+            self._emit(out.tobytes())
         else:
             lines = [",".join([str(int(r["TARGETID"]))]
                               + [_csv_number(r[name]) for name in ROW_DTYPE.names[1:-2]]
                               + [str(int(r["N_NEIGHBOURS"])), "1" if r["OOD"] else "0"]) for r in rows]
             if lines:
-                self._file.write(("\n".join(lines) + "\n").encode())
+                self._emit(("\n".join(lines) + "\n").encode())
         self.written += len(rows)
 
     def close(self) -> None:
@@ -147,7 +162,13 @@ class CatalogueWriter:
             raise ValueError(f"catalogue {self.path}: {self.written} rows written, {self.n_rows} announced")
         if self.fmt == "fits":
             size = self.written * FITS_DTYPE.itemsize
-            self._file.write(b"\0" * (-size % _FITS_BLOCK))
+            self._emit(b"\0" * (-size % _FITS_BLOCK))
+            self._file.seek(_sha_offset(self.path))
+            self._file.write(self._sha.hexdigest().encode())
+        else:
+            self._file.write(f"{_CSV_SHA}{self._sha.hexdigest()}\n".encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
 
     def abort(self) -> None:
@@ -159,16 +180,69 @@ def _csv_number(value: float) -> str:
     return "nan" if not math.isfinite(value) else f"{value:.9g}"
 
 
-def read_catalogue(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """A galclip catalogue back in memory: ((n,) rows of ``ROW_DTYPE``, header keyword -> value)."""
+def _sha_offset(path: Path) -> int:
+    """Byte offset of the GCSHA256 value (64 hex digits) in a FITS catalogue's primary header."""
+    with open(path, "rb") as f:
+        head = f.read(_FITS_BLOCK)
+    for i in range(0, len(head), 80):
+        if head[i:i + 8].decode("ascii", "replace").rstrip() == _SHA_KEY:
+            at = head.find(b"'", i, i + 80)
+            if at >= 0:
+                return at + 1
+    raise ValueError(f"{path}: no {_SHA_KEY} card")
+
+
+def catalogue_problems(path: Path) -> list[str]:
+    """What is wrong with a galclip catalogue's bytes: its recorded SHA-256 against the file's (empty when intact).
+    Streams the file."""
     path = Path(path)
     if not is_galclip_catalogue(path):
-        raise InputError(f"{path}: not a galclip catalogue")
+        return [f"{path}: not a galclip catalogue (no GALCLIP mark: damaged, or another file)"]
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        if f.read(len(_CSV_MARK)).decode(errors="replace") == _CSV_MARK:
+            f.seek(0)
+            recorded, last = None, b""
+            for line in f:
+                if line.startswith(_CSV_SHA.encode()):
+                    recorded = line[len(_CSV_SHA):].strip().decode(errors="replace")
+                    last = line
+                    break
+                sha.update(line)
+            if recorded is None or f.read(1) or not last.endswith(b"\n"):
+                return [f"{path}: its closing '# SHA256 = ...' line is missing or damaged (or the file was cut)"]
+        else:
+            try:
+                at = _sha_offset(path)
+            except ValueError:
+                return [f"{path}: its {_SHA_KEY} card is missing or damaged"]
+            f.seek(0)
+            head = bytearray(f.read(_FITS_BLOCK))
+            recorded = head[at:at + 64].decode("ascii", "replace")
+            head[at:at + 64] = _ZEROS.encode()
+            sha.update(bytes(head))
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+    if sha.hexdigest() != recorded:
+        return [f"{path}: its bytes do not match the SHA-256 it records (damaged)"]
+    return []
+
+
+def read_catalogue(path: Path) -> tuple[np.ndarray, dict[str, str]]:
+    """A galclip catalogue back in memory, verified: ((n,) rows of ``ROW_DTYPE``, header keyword -> value)."""
+    from galclip.errors import DamagedDataError
+
+    path = Path(path)
+    problems = catalogue_problems(path)
+    if problems:
+        raise DamagedDataError(f"{problems[0]}; write it again with 'galclip predict'")
     with open(path, "rb") as f:
         first = f.read(len(_CSV_MARK))
     if first.decode(errors="replace") == _CSV_MARK:
         header, names, body = {}, None, []
         for line in path.read_text().splitlines():
+            if line.startswith(_CSV_SHA):
+                continue
             if line.startswith("# ") and " = " in line:
                 key, value = line[2:].split(" = ", 1)
                 header[key] = value
