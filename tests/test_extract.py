@@ -324,7 +324,7 @@ def test_kill_minus_9_then_resume_is_bitwise_identical(tiny_mock, sharded_store,
     for attempt in range(5):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         before, deadline = n_complete(), time.time() + 120
-        at = time.time() + rng.uniform(1.0, 6.0) if attempt % 2 == 0 else None  # random moment, or after a shard
+        at = time.time() + rng.uniform(0.5, 3.0) if attempt % 2 == 0 else None  # random moment, or after a shard
         while proc.poll() is None and time.time() < deadline:
             if (at is not None and time.time() >= at) or (at is None and n_complete() > before):
                 os.kill(proc.pid, signal.SIGKILL)

@@ -26,7 +26,8 @@ def _setup_logging(verbose: int) -> None:
 
 
 def user_errors(func):
-    """Turn galclip's user-facing errors into a clean message and exit status 1."""
+    """Turn galclip's user-facing errors, and the OS's write faults (no space, permission denied, read-only, I/O
+    error), into a one-line message and exit status 1."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -34,11 +35,18 @@ def user_errors(func):
 
         from galclip.errors import GalclipError
 
+        from galclip.integrity import os_fault, os_fault_message
+
         try:
             with logging_redirect_tqdm():  # log lines print above progress bars, not through them
                 return func(*args, **kwargs)
         except GalclipError as err:
             raise click.ClickException(str(err)) from err
+        except Exception as err:  # noqa: BLE001 - a full disk or a read-only folder is the machine's, not a bug
+            fault = os_fault(err)
+            if fault is None:
+                raise
+            raise click.ClickException(os_fault_message(fault)) from err
 
     return wrapper
 
@@ -54,7 +62,7 @@ def main(verbose: int, quiet: bool) -> None:
     mock      write a mock survey in the AstroCLIP HDF5 + PROVABGS layouts
     extract   frozen encoders over every pair -> Zarr feature store (stage one)
     info      what a feature store holds, without reading bulk data
-    check     validate a store: shapes, completeness, provenance, NaNs, duplicates
+    check     verify a store, index, heads or catalogue: checksums, completeness, NaNs (--repair)
     heads     train the projection heads on cached features (stage two)
     sweep     train a grid of head settings in one pass over the data
     evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
@@ -185,24 +193,28 @@ def info(store: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
+@click.argument("path", metavar="PATH", type=click.Path(exists=True, path_type=Path))
+@click.option("--repair", is_flag=True,
+              help="Store: mark the shards of damaged chunks incomplete, so the same 'galclip extract' re-extracts them.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
-def check(store: Path, as_json: bool) -> None:
-    """Validate a feature STORE: shapes, completeness, provenance, NaN/inf rows, duplicate targetids."""
-    from galclip.store import FeatureStore
-    from galclip.store.check import check_store
+def check(path: Path, repair: bool, as_json: bool) -> None:
+    """Verify a feature store, an index folder, a heads file or folder, or a catalogue: every chunk's checksum and
+    every file's SHA-256, naming what is damaged; exit 1 when anything is."""
+    from galclip.integrity import check_path
 
-    result = check_store(FeatureStore.open(store, validate=False))
+    result = check_path(path, repair=repair)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"{store}: {result['n']} pairs, {result['n_complete']}/{result['n_shards']} shards complete, "
-                   f"arrays {', '.join(result['arrays'])}")
+        for line in result["lines"]:
+            click.echo(line)
         for problem in result["problems"]:
             click.echo(f"  PROBLEM: {problem}")
-        for q in result["quarantine"][:20]:
+        for q in result.get("quarantine", [])[:20]:
             click.echo(f"  quarantined: targetid {q['targetid']}: {q['reason']}")
+        if result.get("repair"):
+            click.echo(result["repair"])
         click.echo("OK" if result["ok"] else f"{len(result['problems'])} problem(s)")
     if not result["ok"]:
         sys.exit(1)

@@ -1,0 +1,295 @@
+"""Integrity end to end: a seeded corpus of single-bit flips over every kind of file galclip writes (each one
+detected, or proven harmless), damaged chunks named by every reader, check --repair then extract back to the
+same bytes, a real ENOSPC on a small tmpfs, and permission / read-only faults at the write call."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from galclip.cli import main
+from galclip.config import ExtractConfig, HeadConfig, MockConfig
+from galclip.store import FeatureStore
+
+from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
+
+
+@pytest.fixture(scope="module")
+def artefacts(tiny_mock, tmp_path_factory) -> dict[str, Path]:
+    """One of everything galclip writes: a store (4 shards), heads, an index, and FITS and CSV catalogues."""
+    from galclip.data.mock.survey import generate_mock
+    from galclip.extract.run import run_extraction
+    from galclip.heads.train import train_heads
+    from galclip.index.build import build_indexes
+    from galclip.predict.run import predict_catalogue
+
+    root = tmp_path_factory.mktemp("artefacts")
+    run_extraction(tiny_mock, root / "store.zarr", ExtractConfig(rows_per_shard=16, batch_size=32), progress=False)
+    train_heads(root / "store.zarr", root / "heads", HeadConfig(epochs=1, batch_size=16, image_hidden=64),
+                progress=False)
+    build_indexes(root / "store.zarr", root / "heads", root / "index")
+    generate_mock(MockConfig(pairs=12, seed=8, batch_size=12, n_groups=1, modality="image"), root / "new")
+    for fmt in ("fits", "csv"):
+        predict_catalogue(root / "index", root / "new", root / f"cat.{fmt}", k=4, progress=False,
+                          work=root / "new.features.zarr")
+    return {"store": root / "store.zarr", "heads": root / "heads", "index": root / "index",
+            "fits": root / "cat.fits", "csv": root / "cat.csv", "root": root}
+
+
+def _check(path: Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["-q", "check", str(path)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+def _same_meaning(kind: str, file: Path, original: bytes, artefacts: dict) -> bool:
+    """A flip that ``check`` let through must leave what galclip reads unchanged."""
+    if file.name.endswith(".json"):
+        try:
+            return json.loads(file.read_bytes()) == json.loads(original)
+        except ValueError:
+            return False
+    if kind == "heads":
+        from galclip.heads.checkpoint import load_heads
+
+        now = load_heads(file)[1]
+        file_bytes = file.read_bytes()
+        file.write_bytes(original)
+        then = load_heads(file)[1]
+        file.write_bytes(file_bytes)
+        same = all(torch.equal(now["state_dict"][k], then["state_dict"][k]) for k in then["state_dict"])
+        return same and {k: v for k, v in now.items() if k != "state_dict"} == \
+            {k: v for k, v in then.items() if k != "state_dict"}
+    return False
+
+
+def test_fault_injection_corpus_every_flip_detected_or_harmless(artefacts):
+    """At least 200 seeded single-bit flips over store chunks and zarr.json files, index files and index.json,
+    the heads weights and both catalogue formats. Zero silent."""
+    root = artefacts["root"]
+    kinds = {
+        "store chunk": [p for p in artefacts["store"].rglob("*") if p.is_file() and "/c/" in str(p)],
+        "store zarr.json": sorted(artefacts["store"].rglob("zarr.json")),
+        "index file": [p for p in artefacts["index"].iterdir() if p.name != "index.json"],
+        "index.json": [artefacts["index"] / "index.json"],
+        "heads": [artefacts["heads"] / "heads.pt"],
+        "catalogue fits": [artefacts["fits"]],
+        "catalogue csv": [artefacts["csv"]],
+    }
+    target = {"store chunk": "store", "store zarr.json": "store", "index file": "index", "index.json": "index",
+              "heads": "heads", "catalogue fits": "fits", "catalogue csv": "csv"}
+    rng = np.random.default_rng(2024)
+    counts = {kind: {"flips": 0, "detected": 0, "harmless": 0, "silent": 0} for kind in kinds}
+    silent = []
+    for i in range(30 * len(kinds)):
+        kind = list(kinds)[i % len(kinds)]
+        file = kinds[kind][int(rng.integers(len(kinds[kind])))]
+        original = file.read_bytes()
+        offset, bit = int(rng.integers(len(original))), int(rng.integers(8))
+        damaged = bytearray(original)
+        damaged[offset] ^= 1 << bit
+        file.write_bytes(bytes(damaged))
+        try:
+            code, output = _check(artefacts[target[kind]])
+            counts[kind]["flips"] += 1
+            if code == 1:
+                counts[kind]["detected"] += 1
+            elif _same_meaning(target[kind], file, original, artefacts):
+                counts[kind]["harmless"] += 1
+            else:
+                counts[kind]["silent"] += 1
+                silent.append((kind, str(file.relative_to(root)), offset, bit))
+        finally:
+            file.write_bytes(original)
+    print("\nfault-injection corpus:", json.dumps(counts, indent=1))
+    assert sum(c["flips"] for c in counts.values()) >= 200
+    assert not silent, silent
+    for path in ("store", "index", "heads", "fits", "csv"):  # everything restored: all verify again
+        assert _check(artefacts[path])[0] == 0
+
+
+def _flip(file: Path, offset: int = 200) -> bytes:
+    original = file.read_bytes()
+    damaged = bytearray(original)
+    damaged[min(offset, len(damaged) - 1)] ^= 0x04
+    file.write_bytes(bytes(damaged))
+    return original
+
+
+def test_every_reader_names_the_damaged_chunk_and_the_repair(artefacts, tmp_path):
+    """heads, sweep, evaluate, index and predict stop on a damaged chunk with one message naming the array and the
+    shard and saying 'galclip check STORE --repair' then 'galclip extract'; search refuses a damaged index file."""
+    store = tmp_path / "store.zarr"
+    shutil.copytree(artefacts["store"], store)
+    _flip(store / "image_features" / "c" / "2" / "0")
+    heads = artefacts["heads"]
+    runs = {
+        "heads": ["heads", store, tmp_path / "h", "--epochs", "1", "--batch-size", "16", "--no-progress"],
+        "sweep": ["sweep", store, tmp_path / "s", "--grid", "lr=1e-4,3e-4", "--epochs", "1", "--batch-size", "16",
+                  "--no-progress"],
+        "evaluate": ["evaluate", store, heads, tmp_path / "e", "--no-umap", "--k", "2"],
+        "index": ["index", store, heads, tmp_path / "i", "--no-progress"],
+    }
+    for name, args in runs.items():
+        result = CliRunner().invoke(main, ["-q", *map(str, args)])
+        assert result.exit_code == 1, (name, result.output)
+        assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+        text = result.output
+        assert "array 'image_features', shard 2" in text and f"galclip check {store} --repair" in text, (name, text)
+        assert "galclip extract" in text
+    new = tmp_path / "new.features.zarr"  # predict's input: a store of new galaxies, damaged
+    shutil.copytree(artefacts["root"] / "new.features.zarr", new)
+    _flip(new / "image_features" / "c" / "0" / "0")
+    result = CliRunner().invoke(main, ["-q", "predict", str(artefacts["index"]), str(new), str(tmp_path / "p.fits"),
+                                       "-k", "2", "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "array 'image_features', shard 0" in result.output and f"galclip check {new} --repair" in result.output
+    assert not (tmp_path / "p.fits").exists()
+    index = tmp_path / "index"
+    shutil.copytree(artefacts["index"], index)
+    _flip(index / "image.npy", 300)
+    result = CliRunner().invoke(main, ["-q", "check", str(index)])
+    assert result.exit_code == 1 and "image.npy" in result.output and "rebuild" in result.output
+    (index / "image.npy").write_bytes((index / "image.npy").read_bytes() + b"x")  # a size mismatch too
+    result = CliRunner().invoke(main, ["-q", "search", str(index), "--targetid", "1"])
+    assert result.exit_code == 1 and "image.npy" in result.output and "galclip index" in result.output
+
+
+def test_repair_round_trip_is_bitwise(tiny_mock, sharded_store, tmp_path):
+    """Flip bits in two shards -> check names both -> check --repair -> the same extract -> bitwise equal."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(sharded_store, store)
+    _flip(store / "image_features" / "c" / "1" / "0")
+    _flip(store / "spectrum_features" / "c" / "3" / "0", 50)
+    result = CliRunner().invoke(main, ["-q", "check", str(store)])
+    assert result.exit_code == 1
+    assert "array 'image_features', shard 1 (rows 16-31" in result.output
+    assert "array 'spectrum_features', shard 3 (rows 48-63" in result.output
+    result = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"])
+    assert "marked 2 shard(s) incomplete [1, 3]" in result.output
+    assert "bitwise identical" in result.output
+    done = subprocess.run([sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(store),
+                           *EXTRACT_ARGS], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "extracted 32 pairs" in done.stdout  # only the two repaired shards
+    _assert_same_tree(store, sharded_store)
+    assert CliRunner().invoke(main, ["-q", "check", str(store)]).exit_code == 0
+
+
+def _assert_same_tree(a: Path, b: Path) -> None:
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for rel in files_a:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_a_real_enospc_on_a_small_tmpfs_then_resume_is_bitwise(tiny_mock, sharded_store, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs")
+    try:
+        cmd = [sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(mnt / "s.zarr"), *EXTRACT_ARGS]
+        full = subprocess.run(cmd, capture_output=True, text=True)
+        assert full.returncode == 1, full.stderr
+        assert "no space left on the device" in full.stderr and "free space and re-run the same command" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert not [p for p in mnt.rglob("*") if ".tmp-" in p.name]
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mnt)], check=True)
+        again = subprocess.run(cmd, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        _assert_same_tree(mnt / "s.zarr", sharded_store)
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_permission_and_read_only_faults_at_the_write_call(tiny_mock, sharded_store, tmp_path, monkeypatch, code):
+    """The third shard's write fails with EACCES / EROFS: one line naming the path and the fix, exit 1, the two
+    shards before it kept; the same command afterwards gives the uninterrupted store."""
+    store = tmp_path / "s.zarr"
+    real = FeatureStore.write_shard
+    calls = {"n": 0}
+
+    def failing(self, shard, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(code, os.strerror(code), str(self.path / "image_features" / "c" / str(shard) / "0"))
+        return real(self, shard, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_shard", failing)
+    result = CliRunner().invoke(main, ["-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"{store}/image_features/c/2/0: " in result.output and "re-run the same command" in result.output
+    assert ("permission denied" if code == errno.EACCES else "read-only file system") in result.output
+    assert int(FeatureStore.open(store).complete_mask().sum()) == 2
+    monkeypatch.setattr(FeatureStore, "write_shard", real)
+    result = CliRunner().invoke(main, ["-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS])
+    assert result.exit_code == 0, result.output
+    _assert_same_tree(store, sharded_store)
+
+
+def test_an_older_store_is_readable_and_check_says_it_has_no_checksums(tmp_path):
+    from galclip.store.feature_store import FORMAT_VERSION
+
+    import zarr
+
+    n = 8
+    meta = {"targetid": np.arange(n) + 5, "split": np.zeros(n, np.uint8), "redshift": np.zeros(n),
+            "label_redshift": np.full(n, np.nan), "label_log_mstar": np.full(n, np.nan)}
+    store = FeatureStore.create(tmp_path / "old.zarr", meta, {"encoders": {}, "preprocessing": {}, "data": {},
+                                                              "rows_per_shard": 4}, rows_per_shard=4)
+    feats = {"image_features": np.ones((4, 2048), np.float32), "spectrum_features": np.ones((4, 256), np.float32)}
+    store.write_shard(0, feats)
+    store.write_shard(1, feats)
+    group = zarr.open_group(str(tmp_path / "old.zarr"), mode="r+")
+    attrs = dict(group.attrs["galclip"])
+    attrs["format_version"] = 1  # what galclip 0.2 wrote (no hashes are checked for it)
+    group.attrs["galclip"] = attrs
+    assert FORMAT_VERSION == 2
+    assert FeatureStore.open(tmp_path / "old.zarr").load()["image_features"].shape == (8, 2048)
+    result = CliRunner().invoke(main, ["-q", "check", str(tmp_path / "old.zarr")])
+    assert result.exit_code == 0 and "carry no checksums" in result.output
+
+
+def test_a_moved_index_folder_finds_its_parts_or_names_the_missing_one(artefacts, tmp_path):
+    """Store and heads are recorded relative to the index folder: move all three together and search still works;
+    move the index alone and it still finds them where they were; take the store away and it is named."""
+    from galclip.index.search import open_index
+
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("store.zarr", "heads", "index"):
+        shutil.copytree(artefacts["root"] / name, moved / name)
+    index = open_index(moved / "index")
+    assert index.store_path() == (moved / "store.zarr").resolve()
+    assert index.check_heads() == (moved / "heads" / "heads.pt").resolve()
+    alone = tmp_path / "alone" / "index"
+    shutil.copytree(artefacts["index"], alone)
+    assert open_index(alone).store_path() == artefacts["store"].resolve()  # found where it was
+    shutil.rmtree(moved / "store.zarr")
+    sidecar = json.loads((moved / "index" / "index.json").read_text())
+    sidecar_abs = Path(sidecar["store_absolute"])
+    hidden = sidecar_abs.with_name("hidden.zarr")
+    sidecar_abs.rename(hidden)
+    try:
+        from galclip.errors import GalclipError
+
+        with pytest.raises(GalclipError, match=r"the feature store it was built from \(fingerprint .*\) is not at"):
+            open_index(moved / "index").store_path()
+    finally:
+        hidden.rename(sidecar_abs)
