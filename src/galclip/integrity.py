@@ -71,9 +71,9 @@ def _check_store(path: Path, repair: bool) -> dict:
                f"'galclip extract DATA {path}' to re-extract only those: extraction is deterministic, so the store "
                "will be bitwise identical to an uninterrupted run")
         if done["unrepairable"]:
-            msg += (f". Not repairable in place: {len(done['unrepairable'])} damaged chunk(s) of the per-row metadata "
-                    f"(e.g. '{done['unrepairable'][0]['array']}'), written once at creation: extract again into a new "
-                    "store")
+            msg += (f". Not repairable in place: {len(done['unrepairable'])} damaged chunk(s) of data written once, "
+                    f"at creation (e.g. '{done['unrepairable'][0]['array']}'): restore the store from a copy, or extract "
+                    "again into a new store")
         result["repair"] = msg
         result["repaired_shards"] = done["shards"]
     elif repair:

@@ -9,6 +9,8 @@ from galclip.store.feature_store import (
     COMPAT_KEYS,
     COMPLETE,
     META_ARRAYS,
+    MOCO_FC,
+    MOCO_FC_KEYS,
     QUARANTINE,
     FeatureStore,
     _decodes,
@@ -36,6 +38,18 @@ def _damaged_chunks(store: FeatureStore, complete: np.ndarray, targetid: np.ndar
                 ids = [int(targetid[lo:hi].min()), int(targetid[lo:hi].max())] if targetid is not None else None
                 found.append({"array": name, "shard": shard, "rows": [lo, hi - 1], "targetids": ids, "why": why,
                               "repairable": not is_meta})
+    if MOCO_FC in g:  # the image checkpoint's projection MLP: written once, at creation
+        for key in MOCO_FC_KEYS:
+            why = None
+            if key not in g[MOCO_FC]:
+                why = "array missing"
+            elif store.format_version >= 2 and not store.moco_fc_chunk(key).exists():
+                why = "chunk file missing"
+            elif not _decodes_whole(g[MOCO_FC][key]):
+                why = "fails its checksum or does not decode"
+            if why:
+                found.append({"array": f"{MOCO_FC}/{key}", "shard": None, "rows": None, "targetids": None,
+                              "why": why, "repairable": False})
     n_flags = g[COMPLETE].shape[0] if COMPLETE in g else 0
     for shard in range(n_flags):
         if not _decodes(g[COMPLETE], shard, shard + 1):
@@ -45,7 +59,17 @@ def _damaged_chunks(store: FeatureStore, complete: np.ndarray, targetid: np.ndar
     return found
 
 
+def _decodes_whole(array) -> bool:
+    try:
+        array[...]
+        return True
+    except Exception:  # noqa: BLE001 - any decode failure is damage
+        return False
+
+
 def describe(record: dict) -> str:
+    if record["shard"] is None:
+        return f"array '{record['array']}': {record['why']}"
     ids = f", targetids {record['targetids'][0]}..{record['targetids'][1]}" if record["targetids"] else ""
     return (f"array '{record['array']}', shard {record['shard']} (rows {record['rows'][0]}-{record['rows'][1]}{ids}): "
             f"{record['why']}")

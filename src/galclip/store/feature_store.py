@@ -52,6 +52,7 @@ BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
 QUARANTINE = "quarantine"
 MOCO_FC = "moco_fc"
+MOCO_FC_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
 
@@ -236,8 +237,8 @@ class FeatureStore:
         if moco_fc:
             fc = group.create_group(MOCO_FC)
             for key, value in moco_fc.items():
-                fc.create_array(key, shape=value.shape, dtype="float32",
-                                compressors=_codecs())[...] = np.asarray(value, np.float32)
+                fc.create_array(key, shape=value.shape, dtype="float32", compressors=_codecs(),
+                                config={"write_empty_chunks": True})[...] = np.asarray(value, np.float32)
         meta = {"format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
                 "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
                 "metadata_sha256": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("zarr.json"))
@@ -300,7 +301,14 @@ class FeatureStore:
         return self.read_whole(name)
 
     def read_whole(self, name: str) -> np.ndarray:
-        """A whole small array (metadata, completion flags, quarantine codes), checked like ``read``."""
+        """A whole small array (metadata, completion flags, quarantine codes), checked like ``read``: in a format-2
+        store every metadata chunk, and the quarantine chunk of every complete shard, must exist (a missing one
+        would read back as fill values)."""
+        if self.format_version >= 2 and name in (*META_ARRAYS, QUARANTINE):
+            done = self._complete_cached() if name == QUARANTINE else np.ones(self.n_shards, bool)
+            for shard in np.flatnonzero(done):
+                if not self.chunk_file(name, int(shard)).exists():
+                    raise self.damaged(name, int(shard), "its chunk file is missing")
         try:
             return self.group[name][:]
         except (ValueError, RuntimeError, OSError, KeyError) as err:
@@ -374,6 +382,8 @@ class FeatureStore:
         """Write every feature array of one shard (and its rows' quarantine codes), flush, then flag it complete."""
         lo, hi = self.shard_rows(shard)
         self._complete = None
+        if quarantine is None and self.format_version >= 2:  # every chunk of a complete shard exists (format 2)
+            quarantine = np.zeros(hi - lo, np.uint8)
         if quarantine is not None and QUARANTINE in self.group:
             self._writable(QUARANTINE)[lo:hi] = np.asarray(quarantine, np.uint8)
             _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
@@ -389,6 +399,8 @@ class FeatureStore:
     def _writable(self, name: str):
         """Array ``name`` for writing: every chunk is written, even one that is all fill value (a NaN shard of
         quarantined rows), so a complete shard always has its chunk files and a missing one is damage."""
+        if self.format_version < 2:  # format 1 wrote no all-fill chunks: a resumed old store stays as it was
+            return self.group[name]
         return self.group[name].with_config({"write_empty_chunks": True})
 
     def mark_incomplete(self, shard: int) -> None:
@@ -431,6 +443,11 @@ class FeatureStore:
                 ids = f", targetids {int(t.min())}..{int(t.max())}"
             except Exception:  # noqa: BLE001 - the targetids may be damaged too
                 ids = ""
+        if name in META_ARRAYS:  # written once when the store is created: re-extracting a shard cannot redo it
+            return DamagedDataError(
+                f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}); the "
+                "per-row metadata is written once, when the store is created, so it cannot be repaired in place: "
+                "restore the store from a copy, or extract again into a new store")
         return DamagedDataError(
             f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}). Run "
             f"'galclip check {self.path} --repair', then the same 'galclip extract' to re-extract that shard")
@@ -500,13 +517,22 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
         return self.read_rows(np.flatnonzero(rows), (*META_ARRAYS, *names))
 
+    def moco_fc_chunk(self, key: str) -> Path:
+        """The one chunk file of the stored projection MLP's array ``key`` (0.weight, 0.bias, 2.weight, 2.bias)."""
+        ndim = len(self.group[MOCO_FC][key].shape)
+        return self.path / MOCO_FC / key / "c" / Path(*(["0"] * ndim))
+
     def moco_fc(self) -> dict[str, np.ndarray] | None:
         """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""
         if MOCO_FC not in self.group:
             return None
         fc = self.group[MOCO_FC]
         try:
-            return {key: fc[key][...] for key in ("0.weight", "0.bias", "2.weight", "2.bias")}
+            if self.format_version >= 2:
+                missing = [key for key in MOCO_FC_KEYS if not self.moco_fc_chunk(key).exists()]
+                if missing:
+                    raise ValueError(f"chunk file of {missing} missing")
+            return {key: fc[key][...] for key in MOCO_FC_KEYS}
         except (ValueError, RuntimeError, OSError, KeyError) as err:
             raise DamagedDataError(f"{self.path}/{MOCO_FC}: the stored projection MLP is damaged ({err}); extract "
                                    "again into a new store") from err
