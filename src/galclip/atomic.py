@@ -35,6 +35,35 @@ def fsync_path(path: str | Path) -> None:
 
 
 @contextmanager
+def naming_os_errors(path: str | Path) -> Iterator[None]:
+    """Give an OSError raised inside (a failed write: no space, read-only, ...) ``path`` as its filename when it
+    names none, so the one-line fault message says where."""
+    import errno
+
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS):
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+        raise
+
+
+def preallocate(path: str | Path) -> None:
+    """Reserve every byte of the (sparse) file at ``path`` on disk now: a full disk raises ENOSPC here instead of
+    killing the process with SIGBUS when a memory map of it is written. File systems without fallocate skip it."""
+    import errno
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write; on success fsync it if asked
     and rename it over ``path``; on failure remove it."""

@@ -17,6 +17,7 @@ flipped bit anywhere in it is refused rather than loaded as other weights.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 from dataclasses import asdict
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from galclip.atomic import atomic_path
+from galclip.atomic import atomic_path, naming_os_errors
 from galclip.config import HeadConfig
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.heads.models import CLIPHeads
@@ -40,9 +41,13 @@ RETRAIN = "train heads with 'galclip heads STORE OUT'"
 
 
 def save_atomic(obj: object, path: Path) -> None:
-    """torch.save through a temporary file in the same folder, fsync'ed, then renamed over ``path``."""
-    with atomic_path(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+    """torch.save through a temporary file in the same folder, fsync'ed, then renamed over ``path``. Serialised in
+    memory first and written by Python, so a full disk is an OSError naming the file (torch.save's own writer says
+    only 'unexpected pos')."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with naming_os_errors(path), atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def checkpoint_file(path: str | Path) -> Path:
