@@ -293,3 +293,91 @@ def test_a_moved_index_folder_finds_its_parts_or_names_the_missing_one(artefacts
             open_index(moved / "index").store_path()
     finally:
         hidden.rename(sidecar_abs)
+
+
+def _small_tmpfs(path: Path, size: str) -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode != 0:
+        pytest.skip("this machine cannot mount a tmpfs")
+    return path
+
+
+@pytest.mark.parametrize("size", ["8k", "100k"])
+def test_heads_and_index_onto_a_full_disk_say_so_in_one_line(artefacts, tmp_path, size):
+    """heads and index onto a tiny tmpfs (8k: the first write fails; 100k: the index's embeddings fit and its
+    FAISS file does not): the memory-mapped embeddings (a SIGBUS once), faiss.write_index and the heads'
+    torch.save (a bare RuntimeError once) all end in the one-line message, exit 1, and leave no temporaries."""
+    mnt = _small_tmpfs(tmp_path / "small", size)
+    try:
+        runs = {"heads": ["heads", artefacts["store"], mnt / "h", "--epochs", "1", "--batch-size", "16",
+                          "--image-hidden", "64", "--no-progress"],
+                "index": ["index", artefacts["store"], artefacts["heads"], mnt / "i", "--no-progress"]}
+        for name, args in runs.items():
+            run = subprocess.run([sys.executable, "-m", "galclip", "-q", *map(str, args)], capture_output=True,
+                                 text=True)
+            assert run.returncode == 1, (name, run.returncode, run.stderr)
+            assert "no space left on the device" in run.stderr and "free space and re-run" in run.stderr, run.stderr
+            assert "Traceback" not in run.stderr, run.stderr
+            assert not [p for p in mnt.rglob("*") if ".tmp-" in p.name or ".old-" in p.name], name
+            assert not (mnt / "i").exists()  # the index folder appears whole or not at all
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_damaged_metadata_and_projection_mlp_are_named_never_read_as_fill(artefacts, tmp_path):
+    """A missing metadata chunk would read back as fill values (NaN labels): every reader refuses it instead, and
+    the message says it cannot be repaired in place. The stored Stein projection MLP is checked by check and by
+    its reader."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(artefacts["store"], store)
+    (store / "label_redshift" / "c" / "1").unlink()
+    for args in (["info", store], ["evaluate", store, artefacts["heads"], tmp_path / "e", "--no-umap", "--k", "2"],
+                 ["check", store]):
+        result = CliRunner().invoke(main, ["-q", *map(str, args)])
+        assert result.exit_code == 1 and "Traceback" not in result.output, (args[0], result.output)
+        assert "'label_redshift', shard 1" in result.output, (args[0], result.output)
+    result = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"])
+    assert "Not repairable in place" in result.output and "new store" in result.output
+    with pytest.raises(Exception, match="written once, when the store is created"):
+        FeatureStore.open(store).read_meta("label_redshift")
+
+    rng = np.random.default_rng(0)
+    fc = {"0.weight": rng.standard_normal((8, 8), np.float32), "0.bias": np.zeros(8, np.float32),
+          "2.weight": rng.standard_normal((4, 8), np.float32), "2.bias": np.zeros(4, np.float32)}
+    meta = {"targetid": np.arange(4, dtype=np.int64), "split": np.zeros(4, np.uint8),
+            "redshift": np.zeros(4, np.float32), "label_redshift": np.zeros(4, np.float32),
+            "label_log_mstar": np.zeros(4, np.float32)}
+    path = tmp_path / "fc.zarr"
+    s = FeatureStore.create(path, meta, {"encoders": {}, "preprocessing": {}, "data": {}}, 4, moco_fc=fc)
+    assert (path / "moco_fc" / "0.bias" / "c" / "0").exists()  # an all-zero bias is written all the same
+    for key, value in s.moco_fc().items():
+        np.testing.assert_array_equal(value, fc[key])
+    _flip(path / "moco_fc" / "0.weight" / "c" / "0" / "0", 40)
+    code, output = _check(path)
+    assert code == 1 and "moco_fc/0.weight" in output
+    with pytest.raises(Exception, match="projection MLP is damaged"):
+        FeatureStore.open(path).moco_fc()
+
+
+def test_predict_verifies_the_index_hashes_and_search_never_tracebacks(artefacts, tmp_path):
+    """A same-size flip inside image.npy changes predict's catalogue: predict checks every SHA-256 and refuses.
+    A damaged rows.npz or .npy header (which plain search, checking sizes only, opens) is a message, not a
+    traceback."""
+    index = tmp_path / "index"
+    shutil.copytree(artefacts["index"], index)
+    original = _flip(index / "image.npy", 300)
+    result = CliRunner().invoke(main, ["-q", "predict", str(index), str(artefacts["root"] / "new.features.zarr"),
+                                       str(tmp_path / "p.fits"), "-k", "2", "--no-progress"])
+    assert result.exit_code == 1 and "image.npy" in result.output and "galclip index" in result.output
+    assert not (tmp_path / "p.fits").exists()
+    (index / "image.npy").write_bytes(original)
+    tid = str(int(np.load(index / "rows.npz")["targetid"][0]))
+    for name, offset in (("rows.npz", 200), ("spectrum.npy", 30)):
+        before = _flip(index / name, offset)
+        result = CliRunner().invoke(main, ["-q", "search", str(index), "--targetid", tid])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (name, result.output)
+        assert "Traceback" not in result.output and "galclip index" in result.output, (name, result.output)
+        (index / name).write_bytes(before)
+    assert CliRunner().invoke(main, ["-q", "search", str(index), "--targetid", tid]).exit_code == 0
