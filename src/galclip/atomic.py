@@ -63,18 +63,39 @@ def preallocate(path: str | Path) -> None:
         os.close(fd)
 
 
+def reserve_space(tmp: str | Path, n_bytes: int, final: str | Path) -> None:
+    """Allocate ``n_bytes`` for the temporary file ``tmp`` now, before a writer that crashes on a full disk rather
+    than reporting it (HDF5 can segfault) truncates and fills it: a full disk or quota is an OSError naming
+    ``final`` here. File systems without fallocate compare the free space instead."""
+    import errno
+
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, max(1, int(n_bytes)))
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise OSError(err.errno, err.strerror, str(final)) from err
+        if shutil.disk_usage(Path(tmp).parent).free < n_bytes:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from err
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path, fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix) to write; on success fsync it if asked
-    and rename it over ``path``; on failure remove it."""
+    and rename it over ``path``; on failure remove it. A write that fails on a full disk or a read-only file
+    system names ``path``."""
+    given = path
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = temporary_name(path, suffix=path.suffix)
     try:
-        yield tmp
-        if fsync:
-            fsync_path(tmp)
+        with naming_os_errors(given):
+            yield tmp
+            if fsync:
+                fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -136,7 +157,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path`` to fill; on success swap it in place of ``path``
     (the previous folder is moved aside, then removed); on failure remove it. A crash leaves the previous
     folder (or, killed in the instant between two renames, ``.NAME.old-…``, which the next writer puts
-    back), never a mix of old and new files. A symlinked ``path`` is resolved: its target is swapped."""
+    back), never a mix of old and new files. A symlinked ``path`` is resolved: its target is swapped. A write
+    inside that fails on a full disk or a read-only file system names ``path``."""
+    given = path
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
@@ -145,7 +168,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        yield tmp
+        with naming_os_errors(given):
+            yield tmp
         old = temporary_name(path, "old")
         moved = path.exists()
         if moved:

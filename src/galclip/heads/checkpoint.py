@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from galclip.atomic import atomic_path, naming_os_errors
+from galclip.atomic import atomic_path
 from galclip.config import HeadConfig
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.heads.models import CLIPHeads
@@ -46,7 +46,7 @@ def save_atomic(obj: object, path: Path) -> None:
     only 'unexpected pos')."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    with naming_os_errors(path), atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, fsync=True) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getbuffer())
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import atomic_dir, naming_os_errors, preallocate
+from galclip.atomic import atomic_dir, preallocate
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
 from galclip.neighbours import l2_normalise
@@ -214,12 +214,11 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     records = {}
-    with naming_os_errors(out), atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:  # a failed write names the index folder ``out``
         emb = {}
         for m in MODALITIES:
             emb[m] = np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
             preallocate(tmp / f"{m}.npy")  # a full disk is an ENOSPC now, not a SIGBUS in the memory map later
-        # a failed write names the index folder ``out`` (its temporary is removed on the way out)
         with progress_bar(n, "embed", "pair", enabled=progress) as bar:
             for lo, zi, zs in embed_store(store, heads, rows, batch):
                 emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs

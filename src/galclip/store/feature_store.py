@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import fsync_path, remove_stale_temporaries, temporary_name
+from galclip.atomic import fsync_path, naming_os_errors, remove_stale_temporaries, temporary_name
 from galclip.errors import DamagedDataError, StoreError
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ class FeatureStore:
         if tmp.exists():
             shutil.rmtree(tmp)
         try:
-            cls._write_empty(tmp, meta, provenance, rows_per_shard, n, n_shards, feature_arrays, moco_fc)
-            _fsync_tree(tmp)
+            with naming_os_errors(path):
+                cls._write_empty(tmp, meta, provenance, rows_per_shard, n, n_shards, feature_arrays, moco_fc)
+                _fsync_tree(tmp)
             os.replace(tmp, path)
         finally:
             if tmp.exists():  # a failure half-way leaves no temporary folder behind
@@ -385,16 +386,19 @@ class FeatureStore:
         if quarantine is None and self.format_version >= 2:  # every chunk of a complete shard exists (format 2)
             quarantine = np.zeros(hi - lo, np.uint8)
         if quarantine is not None and QUARANTINE in self.group:
-            self._writable(QUARANTINE)[lo:hi] = np.asarray(quarantine, np.uint8)
-            _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
+            with naming_os_errors(self.chunk_file(QUARANTINE, shard)):  # zarr's writes name no file
+                self._writable(QUARANTINE)[lo:hi] = np.asarray(quarantine, np.uint8)
+                _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
         for name, tail in self.feature_arrays.items():
             data = np.asarray(features[name], np.float32)
             if data.shape != (hi - lo, *tail):
                 raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, *tail)}")
-            self._writable(name)[lo:hi] = data
-            _fsync_tree(self.path / name / "c" / str(shard))
-        self._writable(COMPLETE)[shard] = 1
-        _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+            with naming_os_errors(self.chunk_file(name, shard)):
+                self._writable(name)[lo:hi] = data
+                _fsync_tree(self.path / name / "c" / str(shard))
+        with naming_os_errors(self.path / COMPLETE / "c" / str(shard)):
+            self._writable(COMPLETE)[shard] = 1
+            _fsync_tree(self.path / COMPLETE / "c" / str(shard))
 
     def _writable(self, name: str):
         """Array ``name`` for writing: every chunk is written, even one that is all fill value (a NaN shard of
@@ -407,8 +411,9 @@ class FeatureStore:
         """Clear shard ``shard``'s completion flag (flushed): the next extraction with the same settings writes it
         again (``galclip check --repair``)."""
         self._complete = None
-        self._writable(COMPLETE)[shard] = 0
-        _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+        with naming_os_errors(self.path / COMPLETE / "c" / str(shard)):
+            self._writable(COMPLETE)[shard] = 0
+            _fsync_tree(self.path / COMPLETE / "c" / str(shard))
 
     # ---- reading --------------------------------------------------------------
     def chunk_file(self, name: str, shard: int) -> Path:

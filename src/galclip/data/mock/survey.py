@@ -19,7 +19,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from galclip.atomic import atomic_path
+from galclip.atomic import atomic_path, reserve_space
 from galclip.config import MockConfig
 from galclip.data.layout import DESI_N_BINS, IMAGE_SHAPE, PIXEL_SCALE_ARCSEC, desi_wavelength
 from galclip.data.mock import imaging, spectroscopy
@@ -125,7 +125,24 @@ def generate_mock(
     bounds = np.linspace(0, n, n_groups + 1).astype(int)
 
     truth = {k: np.empty(n) for k in ("z", "log_mstar", "mag_g", "mag_r", "mag_z")}
-    with atomic_path(out / SURVEY_FILE) as survey_tmp, h5py.File(survey_tmp, "w") as f:
+    per_pair = (np.prod(IMAGE_SHAPE) if config.modality in ("both", "image") else 0) * 4 + 8 + (
+        (DESI_N_BINS + 1) * 4 if config.modality in ("both", "spectrum") else 0)
+    with atomic_path(out / SURVEY_FILE) as survey_tmp:
+        reserve_space(survey_tmp, int(1.05 * n * per_pair) + 2**20, out / SURVEY_FILE)
+        _write_survey(survey_tmp, config, gen, targetid, bounds, truth, progress)
+    _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
+    elapsed = time.perf_counter() - t0
+    summary = {"pairs": n, "modality": config.modality, "seconds": elapsed, "pairs_per_s": n / elapsed,
+               "survey": str(out / SURVEY_FILE), "catalogue": str(out / CATALOGUE_FILE)}
+    logger.info("mock survey: %d pairs in %.1f s (%.0f pairs/s) -> %s", n, elapsed, n / elapsed, out)
+    return summary
+
+
+def _write_survey(path: Path, config: MockConfig, gen: MockGenerator, targetid: np.ndarray, bounds: np.ndarray,
+                  truth: dict, progress: Callable[[int], None] | None) -> None:
+    """Fill the survey HDF5 at ``path`` batch by batch, in AstroCLIP's layout; ``truth`` gets z, M* and magnitudes."""
+    n, n_groups = len(targetid), len(bounds) - 1
+    with h5py.File(path, "w") as f:
         f.attrs["generator"] = "galclip mock"
         f.attrs["config"] = json.dumps(asdict(config))
         groups = []
@@ -157,12 +174,6 @@ def generate_mock(
                         groups[g]["redshift"][sl] = batch.z[a - lo:b - lo].astype(np.float32)
             if progress is not None:
                 progress(hi - lo)
-    _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
-    elapsed = time.perf_counter() - t0
-    summary = {"pairs": n, "modality": config.modality, "seconds": elapsed, "pairs_per_s": n / elapsed,
-               "survey": str(out / SURVEY_FILE), "catalogue": str(out / CATALOGUE_FILE)}
-    logger.info("mock survey: %d pairs in %.1f s (%.0f pairs/s) -> %s", n, elapsed, n / elapsed, out)
-    return summary
 
 
 def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: MockConfig, rng: np.random.Generator) -> None:
@@ -187,7 +198,13 @@ def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: Mock
         "PROVABGS_LOGMSTAR_BF": rng.normal(10.8, 0.5, n_extra),
         "MAG_G": rng.uniform(18, 21, n_extra), "MAG_R": rng.uniform(17, 19.5, n_extra), "MAG_Z": rng.uniform(16, 19, n_extra),
     }
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp:
+        reserve_space(tmp, 6 * 8 * (len(rows) + n_extra) + 2**20, path)
+        _write_columns(tmp, cols, extra)
+
+
+def _write_columns(path: Path, cols: dict, extra: dict) -> None:
+    with h5py.File(path, "w") as f:
         for name in cols:
             data = np.concatenate([cols[name], extra[name]])
             f.create_dataset(name, data=data.astype(np.int64 if name == "TARGETID" else np.float64))
