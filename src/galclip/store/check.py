@@ -43,9 +43,9 @@ def _damaged_chunks(store: FeatureStore, complete: np.ndarray, targetid: np.ndar
             why = None
             if key not in g[MOCO_FC]:
                 why = "array missing"
-            elif store.format_version >= 2 and not store.moco_fc_chunk(key).exists():
+            elif store.format_version >= 2 and not store.chunk_file(f"{MOCO_FC}/{key}", 0).exists():
                 why = "chunk file missing"
-            elif not _decodes_whole(g[MOCO_FC][key]):
+            elif not _decodes(g[MOCO_FC][key], 0, g[MOCO_FC][key].shape[0]):
                 why = "fails its checksum or does not decode"
             if why:
                 found.append({"array": f"{MOCO_FC}/{key}", "shard": None, "rows": None, "targetids": None,
@@ -57,14 +57,6 @@ def _damaged_chunks(store: FeatureStore, complete: np.ndarray, targetid: np.ndar
             found.append({"array": COMPLETE, "shard": shard, "rows": [lo, hi - 1], "targetids": None,
                           "why": "fails its checksum or does not decode", "repairable": True})
     return found
-
-
-def _decodes_whole(array) -> bool:
-    try:
-        array[...]
-        return True
-    except Exception:  # noqa: BLE001 - any decode failure is damage
-        return False
 
 
 def describe(record: dict) -> str:

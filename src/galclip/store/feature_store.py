@@ -42,6 +42,7 @@ import numpy as np
 
 from galclip.atomic import fsync_path, naming_os_errors, remove_stale_temporaries, temporary_name
 from galclip.errors import DamagedDataError, StoreError
+from galclip.provenance import canonical_sha256, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -112,26 +113,17 @@ def _codecs() -> list:
     return [ZstdCodec(level=0), Crc32cCodec()]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _canonical_sha256(value) -> str:
-    """SHA-256 of a JSON value written canonically (sorted keys, no spaces), as it reads back from zarr.json."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def metadata_problems(path: Path, meta: dict, recorded: str | None) -> list[str]:
     """What differs from the metadata a format-2 store was written with: the ``galclip`` attribute against its
     SHA-256, and every array's zarr.json against the SHA-256 recorded at creation (empty when intact)."""
-    if recorded is None or _canonical_sha256(meta) != recorded:
+    if recorded is None or canonical_sha256(meta) != recorded:
         return [f"{path}/zarr.json: the store's attributes do not match their SHA-256 (damaged)"]
     problems = []
     for rel, digest in (meta.get("metadata_sha256") or {}).items():
         file = path / rel
         if not file.exists():
             problems.append(f"{file}: array metadata is missing")
-        elif _sha256(file) != digest:
+        elif sha256_file(file) != digest:
             problems.append(f"{file}: array metadata does not match its SHA-256 (damaged)")
     return problems
 
@@ -242,10 +234,10 @@ class FeatureStore:
                                 config={"write_empty_chunks": True})[...] = np.asarray(value, np.float32)
         meta = {"format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
                 "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
-                "metadata_sha256": {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("zarr.json"))
+                "metadata_sha256": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("zarr.json"))
                                     if p.parent != tmp}}
         group.attrs["galclip"] = meta
-        group.attrs["galclip_sha256"] = _canonical_sha256(group.attrs["galclip"])
+        group.attrs["galclip_sha256"] = canonical_sha256(group.attrs["galclip"])
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r", validate: bool = True) -> "FeatureStore":
@@ -289,7 +281,7 @@ class FeatureStore:
         return self._complete.copy()
 
     def _complete_cached(self) -> np.ndarray:
-        return self._complete if getattr(self, "_complete", None) is not None else self.complete_mask()
+        return self._complete if self._complete is not None else self.complete_mask()
 
     def shard_rows(self, shard: int) -> tuple[int, int]:
         lo = shard * self.rows_per_shard
@@ -305,11 +297,8 @@ class FeatureStore:
         """A whole small array (metadata, completion flags, quarantine codes), checked like ``read``: in a format-2
         store every metadata chunk, and the quarantine chunk of every complete shard, must exist (a missing one
         would read back as fill values)."""
-        if self.format_version >= 2 and name in (*META_ARRAYS, QUARANTINE):
-            done = self._complete_cached() if name == QUARANTINE else np.ones(self.n_shards, bool)
-            for shard in np.flatnonzero(done):
-                if not self.chunk_file(name, int(shard)).exists():
-                    raise self.damaged(name, int(shard), "its chunk file is missing")
+        if name in (*META_ARRAYS, QUARANTINE):
+            self._require_chunk_files(name, range(self.n_shards), every=name in META_ARRAYS)
         try:
             return self.group[name][:]
         except (ValueError, RuntimeError, OSError, KeyError) as err:
@@ -386,38 +375,36 @@ class FeatureStore:
         if quarantine is None and self.format_version >= 2:  # every chunk of a complete shard exists (format 2)
             quarantine = np.zeros(hi - lo, np.uint8)
         if quarantine is not None and QUARANTINE in self.group:
-            with naming_os_errors(self.chunk_file(QUARANTINE, shard)):  # zarr's writes name no file
-                self._writable(QUARANTINE)[lo:hi] = np.asarray(quarantine, np.uint8)
-                _fsync_tree(self.path / QUARANTINE / "c" / str(shard))
+            self._write_chunk(QUARANTINE, shard, slice(lo, hi), np.asarray(quarantine, np.uint8))
         for name, tail in self.feature_arrays.items():
             data = np.asarray(features[name], np.float32)
             if data.shape != (hi - lo, *tail):
                 raise ValueError(f"{name} for shard {shard} has shape {data.shape}, expected {(hi - lo, *tail)}")
-            with naming_os_errors(self.chunk_file(name, shard)):
-                self._writable(name)[lo:hi] = data
-                _fsync_tree(self.path / name / "c" / str(shard))
-        with naming_os_errors(self.path / COMPLETE / "c" / str(shard)):
-            self._writable(COMPLETE)[shard] = 1
-            _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+            self._write_chunk(name, shard, slice(lo, hi), data)
+        self._write_chunk(COMPLETE, shard, shard, 1)
 
-    def _writable(self, name: str):
-        """Array ``name`` for writing: every chunk is written, even one that is all fill value (a NaN shard of
-        quarantined rows), so a complete shard always has its chunk files and a missing one is damage."""
-        if self.format_version < 2:  # format 1 wrote no all-fill chunks: a resumed old store stays as it was
-            return self.group[name]
-        return self.group[name].with_config({"write_empty_chunks": True})
+    def _write_chunk(self, name: str, shard: int, where: slice | int, value) -> None:
+        """Write shard ``shard``'s chunk of array ``name`` (``array[where] = value``) and fsync it; a failed write
+        names the chunk file (zarr's own writes name none). In format 2 every chunk is written, even one that is all
+        fill value (a NaN shard of quarantined rows), so a complete shard always has its chunk files and a missing
+        one is damage; format 1 wrote no all-fill chunks, and a resumed old store stays as it was."""
+        array = self.group[name]
+        if self.format_version >= 2:
+            array = array.with_config({"write_empty_chunks": True})
+        with naming_os_errors(self.chunk_file(name, shard)):
+            array[where] = value
+            _fsync_tree(self.path / name / "c" / str(shard))
 
     def mark_incomplete(self, shard: int) -> None:
         """Clear shard ``shard``'s completion flag (flushed): the next extraction with the same settings writes it
         again (``galclip check --repair``)."""
         self._complete = None
-        with naming_os_errors(self.path / COMPLETE / "c" / str(shard)):
-            self._writable(COMPLETE)[shard] = 0
-            _fsync_tree(self.path / COMPLETE / "c" / str(shard))
+        self._write_chunk(COMPLETE, shard, shard, 0)
 
     # ---- reading --------------------------------------------------------------
     def chunk_file(self, name: str, shard: int) -> Path:
-        """The file of shard ``shard`` of per-row array ``name`` (its one chunk along the row axis)."""
+        """The file of shard ``shard`` of per-row array ``name`` (its one chunk along the row axis); for an array in
+        a subgroup (``moco_fc/0.weight``, one chunk) shard 0 is its chunk."""
         ndim = len(self.group[name].shape) if name in self.group else 1
         return self.path / name / "c" / str(shard) / Path(*(["0"] * (ndim - 1)))
 
@@ -426,17 +413,23 @@ class FeatureStore:
         from a complete shard raises :class:`DamagedDataError` naming the array, shard, rows and targetids, and
         the repair."""
         first, last = lo // self.rows_per_shard, max(lo, hi - 1) // self.rows_per_shard
-        if self.format_version >= 2:  # every chunk of a complete shard was written (write_empty_chunks)
-            done = self._complete_cached()
-            for shard in range(first, last + 1):
-                if done[shard] and not self.chunk_file(name, shard).exists():
-                    raise self.damaged(name, shard, "its chunk file is missing")
+        self._require_chunk_files(name, range(first, last + 1))
         try:
             return self.group[name][lo:hi]
         except (ValueError, RuntimeError, OSError, KeyError) as err:  # checksum mismatch, Zstd error, bad frame
             shard = next((s for s in range(first, last + 1)
                           if not _decodes(self.group[name], *self.shard_rows(s))), first)
             raise self.damaged(name, shard, f"{type(err).__name__}: {err}") from err
+
+    def _require_chunk_files(self, name: str, shards: range, every: bool = False) -> None:
+        """In a format-2 store every chunk of a complete shard (of every shard with ``every``: the metadata, written
+        at creation) was written, so a missing one is damage: it would read back as fill values."""
+        if self.format_version < 2:
+            return
+        done = None if every else self._complete_cached()
+        for shard in shards:
+            if (every or done[shard]) and not self.chunk_file(name, shard).exists():
+                raise self.damaged(name, shard, "its chunk file is missing")
 
     def damaged(self, name: str, shard: int, why: str) -> DamagedDataError:
         """The error for a damaged chunk: array, shard, rows, targetids (when readable) and the repair."""
@@ -522,11 +515,6 @@ class FeatureStore:
             raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
         return self.read_rows(np.flatnonzero(rows), (*META_ARRAYS, *names))
 
-    def moco_fc_chunk(self, key: str) -> Path:
-        """The one chunk file of the stored projection MLP's array ``key`` (0.weight, 0.bias, 2.weight, 2.bias)."""
-        ndim = len(self.group[MOCO_FC][key].shape)
-        return self.path / MOCO_FC / key / "c" / Path(*(["0"] * ndim))
-
     def moco_fc(self) -> dict[str, np.ndarray] | None:
         """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""
         if MOCO_FC not in self.group:
@@ -534,7 +522,7 @@ class FeatureStore:
         fc = self.group[MOCO_FC]
         try:
             if self.format_version >= 2:
-                missing = [key for key in MOCO_FC_KEYS if not self.moco_fc_chunk(key).exists()]
+                missing = [key for key in MOCO_FC_KEYS if not self.chunk_file(f"{MOCO_FC}/{key}", 0).exists()]
                 if missing:
                     raise ValueError(f"chunk file of {missing} missing")
             return {key: fc[key][...] for key in MOCO_FC_KEYS}
