@@ -48,35 +48,22 @@ def naming_os_errors(path: str | Path) -> Iterator[None]:
         raise
 
 
-def preallocate(path: str | Path) -> None:
-    """Reserve every byte of the (sparse) file at ``path`` on disk now: a full disk raises ENOSPC here instead of
-    killing the process with SIGBUS when a memory map of it is written. File systems without fallocate skip it."""
+def reserve_space(path: str | Path, n_bytes: int | None = None, name: str | Path | None = None) -> None:
+    """Allocate ``n_bytes`` (default: the file's current size) of the file at ``path`` on disk now (created if
+    missing), so a full disk or quota is an OSError naming ``name`` (default ``path``) here, not a crash later: a
+    SIGBUS when a memory map of a sparse file is written, or HDF5, which can segfault on a full disk (it truncates
+    and refills the reserved file). File systems without fallocate compare the free space instead."""
     import errno
 
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
-        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        size = os.fstat(fd).st_size if n_bytes is None else int(n_bytes)
+        os.posix_fallocate(fd, 0, max(1, size))
     except OSError as err:
         if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise
-    finally:
-        os.close(fd)
-
-
-def reserve_space(tmp: str | Path, n_bytes: int, final: str | Path) -> None:
-    """Allocate ``n_bytes`` for the temporary file ``tmp`` now, before a writer that crashes on a full disk rather
-    than reporting it (HDF5 can segfault) truncates and fills it: a full disk or quota is an OSError naming
-    ``final`` here. File systems without fallocate compare the free space instead."""
-    import errno
-
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.posix_fallocate(fd, 0, max(1, int(n_bytes)))
-    except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise OSError(err.errno, err.strerror, str(final)) from err
-        if shutil.disk_usage(Path(tmp).parent).free < n_bytes:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from err
+            raise OSError(err.errno, err.strerror, str(name or path)) from err
+        if shutil.disk_usage(Path(path).parent).free < size:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(name or path)) from err
     finally:
         os.close(fd)
 

@@ -18,7 +18,6 @@ cannot find.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import atomic_dir, preallocate
+from galclip.atomic import atomic_dir, reserve_space
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
 from galclip.neighbours import l2_normalise
 from galclip.progress import progress as progress_bar
-from galclip.provenance import sha256_file
+from galclip.provenance import canonical_sha256, sha256_file
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -218,7 +217,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
         emb = {}
         for m in MODALITIES:
             emb[m] = np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
-            preallocate(tmp / f"{m}.npy")  # a full disk is an ENOSPC now, not a SIGBUS in the memory map later
+            reserve_space(tmp / f"{m}.npy", name=out)  # a full disk is an ENOSPC now, not a SIGBUS in the map later
         with progress_bar(n, "embed", "pair", enabled=progress) as bar:
             for lo, zi, zs in embed_store(store, heads, rows, batch):
                 emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
@@ -275,5 +274,4 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
 
 def sidecar_sha256(sidecar: dict) -> str:
     """SHA-256 of the sidecar's canonical JSON without its own ``sidecar_sha256``."""
-    body = {k: v for k, v in sidecar.items() if k != "sidecar_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return canonical_sha256({k: v for k, v in sidecar.items() if k != "sidecar_sha256"})

@@ -128,7 +128,7 @@ def generate_mock(
     per_pair = (np.prod(IMAGE_SHAPE) if config.modality in ("both", "image") else 0) * 4 + 8 + (
         (DESI_N_BINS + 1) * 4 if config.modality in ("both", "spectrum") else 0)
     with atomic_path(out / SURVEY_FILE) as survey_tmp:
-        reserve_space(survey_tmp, int(1.05 * n * per_pair) + 2**20, out / SURVEY_FILE)
+        reserve_space(survey_tmp, int(1.05 * n * per_pair) + 2**20, name=out / SURVEY_FILE)
         _write_survey(survey_tmp, config, gen, targetid, bounds, truth, progress)
     _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
     elapsed = time.perf_counter() - t0
@@ -199,7 +199,7 @@ def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: Mock
         "MAG_G": rng.uniform(18, 21, n_extra), "MAG_R": rng.uniform(17, 19.5, n_extra), "MAG_Z": rng.uniform(16, 19, n_extra),
     }
     with atomic_path(path) as tmp:
-        reserve_space(tmp, 6 * 8 * (len(rows) + n_extra) + 2**20, path)
+        reserve_space(tmp, 6 * 8 * (len(rows) + n_extra) + 2**20, name=path)
         _write_columns(tmp, cols, extra)
 
 
