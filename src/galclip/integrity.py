@@ -82,7 +82,7 @@ def _check_store(path: Path, repair: bool) -> dict:
 
 
 def _check_index(path: Path) -> dict:
-    from galclip.index.search import open_index, read_sidecar, verify_index_files
+    from galclip.index.search import REBUILD, open_index, read_sidecar, verify_index_files
 
     lines, problems = [], []
     try:
@@ -93,12 +93,12 @@ def _check_index(path: Path) -> dict:
     if not sidecar.get("files"):
         lines.append("  NOTE: built before galclip 0.3: it records no file hashes; rebuild it with 'galclip index' "
                      "to get them")
-    problems += [f"{p}: rebuild the index with 'galclip index'" for p in verify_index_files(path, sidecar, True)]
+    problems += [f"{p}: {REBUILD}" for p in verify_index_files(path, sidecar, True)]
     if not problems:
         try:
             index = open_index(path)
             index.check_heads()
-            index.store_path()
+            index.open_store()
         except GalclipError as err:
             problems.append(str(err))
     return {"kind": "index", "ok": not problems, "lines": lines, "problems": problems}

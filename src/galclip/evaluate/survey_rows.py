@@ -58,7 +58,7 @@ def plot_search_result(index: Index, result: dict, path: str | Path) -> Path:
 
     pos = index.position(result["query"]["targetid"])
     neighbours = [index.position(n["targetid"]) for n in result["neighbours"]]
-    rows = SurveyRows.for_store(FeatureStore.open(index.store_path()), index.rows["row"])
+    rows = SurveyRows.for_store(index.open_store(), index.rows["row"])
     return plot_gallery(np.array([pos]), np.array([neighbours]), np.array([[n["similarity"] for n in result["neighbours"]]]),
                         result["query"]["modality"], result["target"], rows.image_rgb, rows.spectrum, Path(path),
                         title=f"targetid {result['query']['targetid']}")

@@ -52,7 +52,7 @@ def embed_new_pair(index: Index, data: str | Path, targetid: int, device: str = 
     from galclip.store.quarantine import REASONS
 
     heads_file = index.check_heads()
-    store = FeatureStore.open(index.store_path())
+    store = index.open_store()
     config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
     with SurveyReader(data) as reader:
         hit = np.flatnonzero(reader.targetids() == targetid)

@@ -23,6 +23,8 @@ from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.build import FORMAT, MAP_FILE, MODALITIES, READABLE_FORMATS, ROWS_FILE, SIDECAR, sidecar_sha256
 from galclip.neighbours import l2_normalise
 
+REBUILD = "rebuild the index with 'galclip index'"
+
 logger = logging.getLogger(__name__)
 
 
@@ -100,16 +102,22 @@ class Index:
                            "with 'galclip index'")
 
     def store_path(self) -> Path:
-        """The feature store the index was built from, found beside the folder or where it was, and identified by
-        its fingerprint; an error naming both places when it is in neither."""
+        """Where the feature store the index was built from is (see :meth:`open_store`)."""
+        return self.open_store().path
+
+    def open_store(self):
+        """The feature store the index was built from (a :class:`~galclip.store.FeatureStore`, opened), found beside
+        the folder or where it was, and identified by its fingerprint; an error naming both places when it is in
+        neither."""
         from galclip.store import FeatureStore
 
         tried = self._candidates("store")
         for path in tried:
             if (path / "zarr.json").exists():
                 try:
-                    if FeatureStore.open(path).fingerprint() == self.sidecar["store_fingerprint"]:
-                        return path
+                    store = FeatureStore.open(path)
+                    if store.fingerprint() == self.sidecar["store_fingerprint"]:
+                        return store
                 except GalclipError:
                     continue
         raise GalclipError(f"{self.path}: the feature store it was built from (fingerprint "
@@ -206,16 +214,15 @@ def read_sidecar(path: Path) -> dict:
     """The index folder's ``index.json``, checked against its own SHA-256 (format 3)."""
     if not (path / SIDECAR).exists():
         raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
-    fix = "rebuild the index with 'galclip index'"
     try:
         sidecar = json.loads((path / SIDECAR).read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise DamagedDataError(f"{path / SIDECAR}: not readable JSON ({err}): the index is damaged; {fix}") from err
+        raise DamagedDataError(f"{path / SIDECAR}: not readable JSON ({err}): the index is damaged; {REBUILD}") from err
     if not isinstance(sidecar, dict) or sidecar.get("format") not in READABLE_FORMATS:
         fmt = sidecar.get("format") if isinstance(sidecar, dict) else None
-        raise GalclipError(f"{path}: index format {fmt!r}, this galclip reads {FORMAT!r}; {fix}")
+        raise GalclipError(f"{path}: index format {fmt!r}, this galclip reads {FORMAT!r}; {REBUILD}")
     if sidecar["format"] == FORMAT and sidecar.get("sidecar_sha256") != sidecar_sha256(sidecar):
-        raise DamagedDataError(f"{path / SIDECAR}: does not match its own SHA-256 (damaged); {fix}")
+        raise DamagedDataError(f"{path / SIDECAR}: does not match its own SHA-256 (damaged); {REBUILD}")
     return sidecar
 
 
@@ -230,7 +237,7 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
     sidecar = read_sidecar(path)
     problems = verify_index_files(path, sidecar, verify_hashes)
     if problems:
-        raise DamagedDataError(f"{problems[0]}: the index is damaged; rebuild it with 'galclip index'"
+        raise DamagedDataError(f"{problems[0]}: the index is damaged; {REBUILD}"
                                + (f" ({len(problems) - 1} more file(s) differ)" if len(problems) > 1 else ""))
     indexes = {}
     try:
@@ -243,6 +250,6 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
             rows = {k: z[k] for k in z.files}
         embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
     except Exception as err:  # noqa: BLE001 - a damaged .npy header (TokenError), rows.npz (BadZipFile), .faiss ...
-        raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); rebuild the "
-                               "index with 'galclip index'") from err
+        raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); "
+                               f"{REBUILD}") from err
     return Index(path, sidecar, indexes, rows, embeddings)

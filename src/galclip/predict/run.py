@@ -140,7 +140,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         raise InputError(f"-k must be at least 1, got {k}")
     index = open_index(index_dir, verify_hashes=True)  # a catalogue outlives the run: check every file's SHA-256
     heads_file = index.check_heads()
-    ref_store = FeatureStore.open(index.store_path())
+    ref_store = index.open_store()
     input_path = Path(input_path)
     timings: dict[str, float] = {}
     extraction = None

@@ -111,11 +111,9 @@ def predict_labels(neighbours: list[dict]) -> dict:
 def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) -> tuple[list, int, str]:
     """The survey files to read (``data``, else those the store was extracted from) and the store's
     image crop and grz->RGB mapping."""
-    from galclip.store import FeatureStore
-
     crop, rgb, files = 96, "lupton", []
     try:
-        store = FeatureStore.open(index.store_path())
+        store = index.open_store()
         (crop, rgb), files = store.image_display(), store.survey_files()
     except GalclipError as err:
         if not data:
