@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from galclip.atomic import atomic_path, atomic_write_text
+from galclip.atomic import atomic_dir, atomic_path, atomic_write_text
 
 
 def test_failed_write_keeps_previous_file(tmp_path):
@@ -108,3 +110,66 @@ def test_store_create_failure_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         FeatureStore.create(tmp_path / "s.zarr", meta, {})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_dir_claims_only_new_empty_or_its_own_folders(tmp_path):
+    from galclip.errors import GalclipError
+    from galclip.outputs import MARKER, check_output_dir, is_own_output, output_dir, owner
+
+    names = ("heads.pt", "*.png")
+    with output_dir(tmp_path / "new", "heads", names) as out:  # new: created and marked
+        (out / "heads.pt").write_bytes(b"x")
+    assert owner(tmp_path / "new") == "heads" and (tmp_path / "new" / MARKER).exists()
+    check_output_dir(tmp_path / "new", "heads", names)  # its own earlier output
+    with pytest.raises(GalclipError, match="the output of 'galclip heads'.*--overwrite"):
+        check_output_dir(tmp_path / "new", "evaluate", ("report.html",))
+    (tmp_path / "legacy").mkdir()  # written before markers: only names the command writes
+    (tmp_path / "legacy" / "heads.pt").write_bytes(b"x")
+    (tmp_path / "legacy" / "loss.png").write_bytes(b"x")
+    assert is_own_output(tmp_path / "legacy", "heads", names)
+    (tmp_path / "legacy" / "thesis.tex").write_text("mine")
+    assert not is_own_output(tmp_path / "legacy", "heads", names)
+    with pytest.raises(GalclipError, match="heads.pt, loss.png, thesis.tex, which 'galclip heads' did not write"):
+        check_output_dir(tmp_path / "legacy", "heads", names)
+    check_output_dir(tmp_path / "legacy", "heads", names, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GalclipError, match="is a file"):
+        check_output_dir(tmp_path / "file", "heads", names)
+    with pytest.raises(RuntimeError):  # a run that fails before writing leaves no folder behind ...
+        with output_dir(tmp_path / "a" / "b", "heads", names):
+            raise RuntimeError("refused")
+    assert not (tmp_path / "a" / "b").exists()
+    with pytest.raises(RuntimeError):  # ... and one that wrote keeps what it wrote
+        with output_dir(tmp_path / "c", "heads", names) as out:
+            (out / "heads.pt").write_bytes(b"x")
+            raise RuntimeError("diverged")
+    assert (tmp_path / "c" / "heads.pt").exists()
+
+
+def test_atomic_dir_merge_keeps_other_files_and_writes_the_last_one_last(tmp_path):
+    target = tmp_path / "idx"
+    target.mkdir()
+    (target / "mine.txt").write_text("keep")
+    (target / "index.json").write_text("old")
+    (target / "a.npy").write_text("old")
+    order = []
+    import galclip.atomic as atomic_module
+
+    real = atomic_module.os.replace
+
+    def recording(src, dst):
+        order.append(Path(dst).name)
+        return real(src, dst)
+
+    atomic_module.os.replace = recording
+    try:
+        with atomic_dir(target, merge_last="index.json") as tmp:
+            (tmp / "index.json").write_text("new")
+            (tmp / "a.npy").write_text("new")
+            (tmp / "b.npy").write_text("new")
+    finally:
+        atomic_module.os.replace = real
+    assert order[-1] == "index.json"
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"mine.txt": "keep", "index.json": "new",
+                                                                 "a.npy": "new", "b.npy": "new"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

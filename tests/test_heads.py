@@ -333,7 +333,7 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
     import time
 
     epochs = 24
-    args = ["--epochs", str(epochs), "--batch-size", "16", "--early-stopping", "0", "--no-progress"]
+    args = ["--epochs", str(epochs), "--batch-size", "16", "--early-stopping", "0", "--save-every", "0", "--no-progress"]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     state_path = tmp_path / "h" / "train_state.pt"
     rng = np.random.default_rng(7)

@@ -177,12 +177,17 @@ def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, m
         build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10)
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temporary folder left
-    (tmp_path / "idx" / "my_plot.png").write_text("mine")  # a rebuild would delete it: refused
-    with pytest.raises(GalclipError, match="my_plot.png"):
-        build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
+    (tmp_path / "idx" / "my_plot.png").write_text("mine")  # a user's file in an index folder: kept by a rebuild
+    build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
     assert (tmp_path / "idx" / "my_plot.png").read_text() == "mine"
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir() if p.name != "index.json"} == \
+        {**{k: v for k, v in before.items() if k != "index.json"}, "my_plot.png": b"mine"}
+    load_index(tmp_path / "idx", verify_hashes=True)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")
-    with pytest.raises(GalclipError, match="not a galclip index"):
+    with pytest.raises(GalclipError, match="mine.txt, which 'galclip index' did not write.*--overwrite"):
         build_indexes(tiny_store, tiny_heads, tmp_path / "notes")
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+    build_indexes(tiny_store, tiny_heads, tmp_path / "notes", overwrite=True)  # written beside the user's file
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    load_index(tmp_path / "notes", verify_hashes=True)

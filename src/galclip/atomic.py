@@ -140,12 +140,16 @@ def glob_escape(name: str) -> str:
 
 
 @contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
+def atomic_dir(path: str | Path, merge_last: str | None = None) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path`` to fill; on success swap it in place of ``path``
     (the previous folder is moved aside, then removed); on failure remove it. A crash leaves the previous
     folder (or, killed in the instant between two renames, ``.NAME.old-…``, which the next writer puts
     back), never a mix of old and new files. A symlinked ``path`` is resolved: its target is swapped. A write
-    inside that fails on a full disk or a read-only file system names ``path``."""
+    inside that fails on a full disk or a read-only file system names ``path``.
+
+    With ``merge_last`` (a file name) an existing ``path`` is kept and only the files written are renamed into it,
+    that one first removed and renamed in last: other entries of ``path`` (a user's files) are never touched, and
+    a crash in between leaves a folder whose ``merge_last`` is missing, so no reader takes it for whole."""
     given = path
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +161,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         with naming_os_errors(given):
             yield tmp
+        if merge_last is not None and path.is_dir():
+            (path / merge_last).unlink(missing_ok=True)
+            for entry in sorted(tmp.iterdir(), key=lambda e: e.name == merge_last):
+                os.replace(entry, path / entry.name)
+            return
         old = temporary_name(path, "old")
         moved = path.exists()
         if moved:

@@ -9,12 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from galclip.config import EvalConfig
-from galclip.evaluate.run import EvaluationInputs, run_evaluation
+from galclip.evaluate.run import EvaluationInputs, run_evaluation, zero_shot_shortfall
 from galclip.evaluate.survey_rows import SurveyRows
+from galclip.outputs import check_output_dir, output_dir
 from galclip.split import SELECTION, TEST, TRAIN, split_fractions
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
+
+REPORT_NAMES = ("report.html", "metrics.json", "*.png")  # what an evaluate report folder holds
 
 
 def _labelled_train_rows(readable: np.ndarray, split: np.ndarray, labels: dict[str, np.ndarray],
@@ -46,7 +49,7 @@ def _photometry(store: FeatureStore, targetid: np.ndarray) -> tuple[np.ndarray |
 
 def evaluate_store(
     store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
-    extra_metrics: dict | None = None, allow_partial: bool = False,
+    extra_metrics: dict | None = None, allow_partial: bool = False, overwrite: bool = False, strict_k: bool = False,
 ) -> dict:
     """Embed the store's test pairs (``galclip.split``: never used to fit or choose the heads) with the heads and
     write the report; returns metrics.
@@ -61,6 +64,7 @@ def evaluate_store(
     if config.umap and config.umap_cache is None:
         config = dataclasses.replace(config, umap_cache=str(checkpoint_file(heads_path).parent / "umap_cache"))
     t0 = time.perf_counter()
+    check_output_dir(out_dir, "evaluate", REPORT_NAMES, overwrite)
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)
     readable = store.require_complete(allow_partial)
@@ -70,6 +74,13 @@ def evaluate_store(
         from galclip.errors import GalclipError
 
         raise GalclipError(f"{store_path}: only {len(val_rows)} test pair(s) are readable; evaluation needs 2 or more")
+    test_fraction, selection_fraction = split_fractions(store.provenance)
+    shortfall = zero_shot_shortfall({name: y[val_rows] for name, y in labels.items()}, config, test_fraction)
+    if strict_k and shortfall and shortfall["fit_rows"] and max(shortfall["fit_rows"].values()) < config.k + 1:
+        from galclip.errors import InputError
+
+        raise InputError(f"-k {config.k}: {shortfall['note']}")
+    rows = SurveyRows.for_store(store, val_rows, blank_if_missing=True)  # refuses changed survey files, before writing
     fit_rows = _labelled_train_rows(readable, split, labels)
     # only the rows evaluation uses are read, shard by shard: the test pairs and the reference's sample
     wanted = val_rows if fit_rows is None else np.union1d(val_rows, fit_rows)
@@ -78,7 +89,6 @@ def evaluate_store(
     raw_image, raw_spectrum = feats["image_features"][at(val_rows)], feats["spectrum_features"][at(val_rows)]
     emb_i, emb_s = heads.embed(raw_image, raw_spectrum)
     history = ckpt.get("history", [])
-    rows = SurveyRows.for_store(store, val_rows)
     supervised = None if fit_rows is None else {
         "raw_image": feats["image_features"][at(fit_rows)], "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
         "redshift": labels["redshift"][fit_rows], "log_mstar": labels["log_mstar"][fit_rows]}
@@ -94,7 +104,6 @@ def evaluate_store(
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)
     extra["store_fingerprint"] = store.fingerprint()
-    test_fraction, selection_fraction = split_fractions(store.provenance)
     extra["splits"] = {
         "every_number_from": "test",
         "test": {"rule": f"u < {test_fraction}", "n": int((split == TEST).sum()), "readable": int(len(val_rows)),
@@ -109,4 +118,6 @@ def evaluate_store(
     extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
                       "config": ckpt.get("config")}
     extra["encoders"] = {k: v.get("weights", {}).get("source") for k, v in store.provenance.get("encoders", {}).items()}
-    return run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra, started=t0)
+    with output_dir(out_dir, "evaluate", REPORT_NAMES, overwrite=True):
+        return run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra, started=t0,
+                              test_fraction=test_fraction)

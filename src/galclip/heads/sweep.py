@@ -26,12 +26,14 @@ from galclip.heads.checkpoint import HEADS_FILE, heads_record, save_heads
 from galclip.heads.data import load_training_data
 from galclip.heads.train import stored_fc_state, write_json_atomic
 from galclip.heads.trainer import TrainResult, train_configurations
+from galclip.outputs import check_output_dir, output_dir
 from galclip.neighbours import embedding_sources, l2_normalise, zero_shot_split, zero_shot_table
 from galclip.provenance import resolve_device
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
+SWEEP_NAMES = ("sweep.csv", "sweep.json", "sweep_val_loss.png", "best")
 SWEEPABLE = {"lr": float, "tau": float, "weight_decay": float, "aug_prob": float,
              "image_hidden": int, "spectrum_hidden": lambda s: tuple(int(x) for x in s.split("x"))}
 
@@ -44,6 +46,11 @@ def parse_grid(items: list[str]) -> dict[str, list]:
         name = name.strip().replace("-", "_")
         if name not in SWEEPABLE or not values:
             raise GalclipError(f"--grid {item!r}: use NAME=v1,v2,... with NAME one of {sorted(SWEEPABLE)}")
+        if name in grid:
+            given = [i for i in items if i.partition("=")[0].strip().replace("-", "_") == name]
+            values_all = ",".join(i.partition("=")[2] for i in given)
+            raise GalclipError(f"--grid {name} is given {len(given)} times ({', '.join(map(repr, given))}); give its "
+                               f"values once: --grid {name}={values_all}")
         try:
             grid[name] = [SWEEPABLE[name](v.strip()) for v in values.split(",")]
         except ValueError as err:
@@ -74,7 +81,7 @@ def zero_shot_cross_r2(result: TrainResult, test_features: dict[str, np.ndarray]
 
 
 def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, grid: dict[str, list],
-              allow_partial: bool = False, progress: bool = True) -> list[dict]:
+              allow_partial: bool = False, progress: bool = True, overwrite: bool = False) -> list[dict]:
     """Train every configuration of the grid, together per group of equal layer widths.
 
     Writes ``sweep.csv``, ``sweep.json``, ``sweep_val_loss.png`` and the best configuration's
@@ -82,8 +89,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     configs = expand_grid(base, grid)
+    check_output_dir(out, "sweep", SWEEP_NAMES, overwrite)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
     data = load_training_data(store, allow_partial, with_aug=any(c.aug_prob > 0 for c in configs),
@@ -105,6 +112,13 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
         raise GalclipError(f"sweep: all {len(results)} configurations diverged; nothing was written to {out}. "
                            "Lower the learning rates or raise the temperatures of the grid")
 
+    with output_dir(out, "sweep", SWEEP_NAMES, overwrite=True):
+        return _write_sweep(out, store, store_path, fingerprint, data, base, grid, results, elapsed)
+
+
+def _write_sweep(out: Path, store: FeatureStore, store_path, fingerprint: str, data, base: HeadConfig, grid: dict,
+                 results: list[TrainResult], elapsed: float) -> list[dict]:
+    """Score every configuration and write sweep.csv, sweep.json, sweep_val_loss.png and best/heads.pt."""
     test_features = store.read_rows(data.test_rows, ("image_features", "spectrum_features"))  # as evaluate reads them
     rows = []
     for r in results:
@@ -134,6 +148,8 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
                             best_val_loss=best.best_val_loss, history=best.history, finished=True, stop_reason="sweep",
                             n_train=len(data.train), n_val=len(data.val), image_head_init=best.image_head_init),
                out / "best" / HEADS_FILE)
-    logger.info("sweep: %d configurations in %.1f s; best %s (val loss %.4f)", len(rows), elapsed, rows[best_i],
-                best.best_val_loss)
+    chosen = ", ".join(f"{name} {rows[best_i][name]:g}" if isinstance(rows[best_i][name], float) else
+                       f"{name} {rows[best_i][name]}" for name in grid)
+    logger.info("sweep: %d configurations in %.1f s; best: configuration %d (%s), selection-split loss %.4f",
+                len(rows), elapsed, best_i, chosen, best.best_val_loss)
     return rows

@@ -71,6 +71,7 @@ class TrainResult:
     stop_reason: str
     diverged: dict | None
     image_head_init: str
+    epochs_this_session: int = 0  # epochs trained by this call (the rest came from a resume state)
 
     @property
     def diverged_at_epoch(self) -> int | None:
@@ -204,13 +205,14 @@ def _restore(runs: list[ConfigRun], state: dict, gen: torch.Generator) -> int:
 def train_configurations(
     configs: list[HeadConfig], data: TrainingData, device: torch.device, fingerprint: str,
     fc_state: dict[str, torch.Tensor] | None = None, state_path: Path | None = None, resume: bool = False,
-    stop_after: int | None = None, progress: bool = True, desc: str = "heads",
+    stop_after: int | None = None, progress: bool = True, desc: str = "heads", save_every_s: float = 0.0,
 ) -> tuple[list[TrainResult], bool]:
     """Train K configurations that share layer widths, batch size, epochs and schedule shape.
 
     ``data`` holds the store's splits (``load_training_data``). ``fc_state`` (the Stein projection MLP)
     starts image heads of widths 2048 -> 2048 -> 128. With ``state_path`` the resume state is written
-    there after every epoch; ``resume`` continues from it exactly. ``stop_after`` ends this session after
+    there after an epoch when ``save_every_s`` seconds have passed since the last write (0: every epoch), and always
+    after the last epoch of this call; ``resume`` continues from it exactly. ``stop_after`` ends this session after
     that many epochs. Returns (one result per configuration, whether every configuration has finished).
     """
     _check_group(configs)
@@ -247,6 +249,7 @@ def train_configurations(
     bar = progress_bar(base.epochs, desc, "epoch", enabled=progress, initial=start)
     epochs_this_session = 0
     epoch = start - 1
+    last_save, unsaved = time.perf_counter(), None
     for epoch in range(start, base.epochs):
         active = [r for r in runs if r.active]
         if not active:
@@ -274,19 +277,29 @@ def train_configurations(
         bar.update(1)
         epochs_this_session += 1
         if all(r.diverged for r in runs):
+            if unsaved is not None:  # the last good epoch's state, kept in memory since the last write
+                save_atomic(unsaved, state_path)
             break  # nothing good to save beyond the last epoch's state
+        stopping = stop_after is not None and epochs_this_session >= stop_after and any(r.active for r in runs)
+        last = stopping or not any(r.active for r in runs) or epoch == base.epochs - 1
         if state_path is not None:
-            save_atomic(_state(runs, epoch, gen, fingerprint, n_train, n_val, device), state_path)
-        if stop_after is not None and epochs_this_session >= stop_after and any(r.active for r in runs):
+            state = _state(runs, epoch, gen, fingerprint, n_train, n_val, device)
+            if last or time.perf_counter() - last_save >= save_every_s:
+                save_atomic(state, state_path)
+                last_save, unsaved = time.perf_counter(), None
+            else:  # a copy in memory (tens of MB) instead of a file write every epoch
+                unsaved = copy.deepcopy(state)
+        if stopping:
             logger.info("stopping after %d epochs as asked; continue with resume", epochs_this_session)
             break
     bar.close()
     finished = not any(r.active for r in runs)
-    return [_result(run, fc_state) for run in runs], finished
+    return [_result(run, fc_state, epochs_this_session) for run in runs], finished
 
 
-def _result(run: ConfigRun, fc_state) -> TrainResult:
+def _result(run: ConfigRun, fc_state, epochs_this_session: int) -> TrainResult:
     heads = CLIPHeads.from_config(run.config)
     heads.load_state_dict({k: v.detach().cpu() for k, v in run.best_state.items()})
     return TrainResult(run.config, heads.eval(), run.history, run.best_epoch, run.best_val_loss,
-                       run.stop_reason or "stopped", run.diverged, "moco_fc" if fc_state is not None else "random")
+                       run.stop_reason or "stopped", run.diverged, "moco_fc" if fc_state is not None else "random",
+                       epochs_this_session)

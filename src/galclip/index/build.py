@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from galclip.atomic import atomic_dir, reserve_space
+from galclip.outputs import check_output_dir, foreign_entries, write_marker
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
 from galclip.neighbours import l2_normalise
@@ -171,37 +172,31 @@ def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096)
 INDEX_FILES = {SIDECAR, ROWS_FILE, MAP_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))}
 
 
-def _check_out_dir(out: Path) -> None:
-    """The index folder is replaced whole: refuse one that holds anything galclip did not write there."""
-    if out.exists() and not out.is_dir():
-        raise GalclipError(f"{out}: is a file; choose a new or empty folder for the index")
-    if out.exists() and any(out.iterdir()):
-        if not (out / SIDECAR).exists():
-            raise GalclipError(f"{out}: exists and is not a galclip index (no {SIDECAR}); it would be replaced "
-                               "— choose a new or empty folder")
-        foreign = sorted(p.name for p in out.iterdir() if p.name not in INDEX_FILES)
-        if foreign:
-            raise GalclipError(f"{out}: also holds {foreign[:5]}, which a rebuild would delete (the folder is replaced "
-                               "whole); move them out, or choose another folder")
+def _foreign_files(out: Path, overwrite: bool) -> bool:
+    """Refuse an ``out`` that is not an index folder (unless ``overwrite``: then whether it holds files galclip did
+    not write, which are kept and the index's files written beside them)."""
+    check_output_dir(out, "index", INDEX_FILES, overwrite)
+    return out.is_dir() and bool(foreign_entries(out, INDEX_FILES))
 
 
 def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
                   recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 4096, seed: int = 0,
                   allow_partial: bool = False, progress: bool = False, embedding_map: bool = False,
-                  map_max_points: int = 20000) -> dict:
+                  map_max_points: int = 20000, overwrite: bool = False) -> dict:
     """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``image.npy``, ``spectrum.npy``
     (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``; with ``embedding_map``
     also ``map.npy``, the (N, 2) UMAP map of the image embeddings (fitted on ``map_max_points``).
 
     Streams: features are read ``batch`` rows at a time and the embeddings go to memory-mapped files,
     so memory holds one feature block plus the FAISS indexes themselves (N x 128 x 4 bytes each). The
-    folder is built under a temporary name and swapped in whole: a crash leaves the previous index.
+    folder is built under a temporary name and swapped in whole: a crash leaves the previous index. ``out_dir``
+    must be new, empty or an earlier index folder; with ``overwrite`` any folder, whose other files are kept.
     """
     import faiss
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    _check_out_dir(out)
+    keep_others = _foreign_files(out, overwrite)
     store = FeatureStore.open(store_path)
     heads, ckpt = load_heads(heads_path, store)
     rows = np.flatnonzero(store.require_complete(allow_partial))
@@ -213,7 +208,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
     rng = np.random.default_rng(seed)
     queries = np.sort(rng.choice(n, size=min(n_queries, n), replace=False))
     records = {}
-    with atomic_dir(out) as tmp:  # a failed write names the index folder ``out``
+    with atomic_dir(out, merge_last=SIDECAR if keep_others else None) as tmp:  # a failed write names ``out``
         emb = {}
         for m in MODALITIES:
             emb[m] = np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
@@ -269,6 +264,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
         }
         sidecar["sidecar_sha256"] = sidecar_sha256(sidecar)
         (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
+        write_marker(tmp, "index")
     return sidecar
 
 

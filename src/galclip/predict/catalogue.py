@@ -81,13 +81,14 @@ def is_galclip_catalogue(path: Path) -> bool:
     return False
 
 
-def check_output(path: Path) -> None:
-    """Refuse an output path that exists and is not a galclip catalogue (it would be replaced)."""
+def check_output(path: Path, overwrite: bool = False) -> None:
+    """Refuse an output path that exists and is not a galclip catalogue (it would be replaced), unless
+    ``overwrite``."""
     if path.is_dir():
         raise InputError(f"{path}: is a folder; OUT is the catalogue file to write, e.g. {path / 'catalogue.fits'}")
-    if path.exists() and not is_galclip_catalogue(path):
+    if path.exists() and not overwrite and not is_galclip_catalogue(path):
         raise InputError(f"{path}: exists and is not a galclip catalogue; it would be replaced. Choose a new "
-                         "output path, or remove the file yourself")
+                         "output path, or pass --overwrite to replace it")
 
 
 def empty_rows(n: int) -> np.ndarray:

@@ -24,8 +24,9 @@ import numpy as np
 
 from galclip.atomic import atomic_path, atomic_write_text, json_ready
 from galclip.config import ExtractConfig
-from galclip.errors import InputError
+from galclip.errors import InputError, StoreError
 from galclip.neighbours import knn_interval, l2_normalise
+from galclip.outputs import check_output_dir, output_dir
 from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
 from galclip.predict.reference import Reference, cosine_from_distance, load_reference
 from galclip.predict.truth import TruthAccumulator, load_truth
@@ -38,6 +39,8 @@ from galclip.store.feature_store import leaf_diff
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "spectrum")
+# what a predict report folder may hold: the demo keeps the catalogue and its work store there too
+PREDICT_NAMES = ("metrics.json", "report.html", "*.png", "*.fits", "*.csv", "*.zarr", "*.zarr.lock")
 
 
 def default_work_store(out: Path) -> Path:
@@ -123,7 +126,8 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
                       work: str | Path | None = None, report_dir: str | Path | None = None,
                       image_weights: str | None = None, spectrum_weights: str | None = None, device: str = "auto",
                       batch_size: int = 64, rows_per_shard: int = 256, num_workers: int | None = None,
-                      bad_rows: str = "fail", block: int = 4096, seed: int = 0, progress: bool = True) -> dict:
+                      bad_rows: str = "fail", block: int = 4096, seed: int = 0, progress: bool = True,
+                      overwrite: bool = False) -> dict:
     """Write the zero-shot catalogue of every galaxy in ``input_path`` (survey files, or a feature store) to ``out``.
 
     Returns the run's metrics, also written to ``report_dir/metrics.json`` (default ``<stem>_report/``).
@@ -135,7 +139,9 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     t0 = time.perf_counter()
     out = Path(out)
     fmt = format_for(out, fmt)
-    check_output(out)
+    check_output(out, overwrite)
+    metrics_dir = Path(report_dir) if report_dir is not None else default_report_dir(out)
+    check_output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite, option="--report")
     if k < 1:
         raise InputError(f"-k must be at least 1, got {k}")
     index = open_index(index_dir, verify_hashes=True)  # a catalogue outlives the run: check every file's SHA-256
@@ -177,9 +183,17 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
                          f"({ref.selection} selection); choose -k {len(ref)} or fewer")
 
     if config is not None:
-        work = Path(work) if work is not None else default_work_store(out)
+        given_work = work is not None
+        work = Path(work) if given_work else default_work_store(out)
         t = time.perf_counter()
-        extraction = run_extraction(input_path, work, config, progress=progress)
+        try:
+            extraction = run_extraction(input_path, work, config, progress=progress)
+        except StoreError as err:
+            if "was made with different settings" not in str(err) and "replaced since extraction" not in str(err):
+                raise
+            raise StoreError(f"{err}\n{work} is the work store of an earlier predict run from other input or "
+                             f"settings{'' if given_work else ' (the default beside OUT)'}: pass --work NEW.zarr for "
+                             "this input's features, or another OUT") from err
         timings["extract"] = time.perf_counter() - t
         if extraction.get("rank", 0) != 0:
             return {"rank": extraction["rank"], "extraction": extraction}
@@ -187,7 +201,6 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     readable = store.require_complete()
     heads, _ = load_heads(heads_file, ref_store)
     header = _header(index, heads_file, ref_store, store, modality, k, ref)
-    metrics_dir = Path(report_dir) if report_dir is not None else default_report_dir(out)
 
     t = time.perf_counter()
     accumulate = TruthAccumulator(truth_labels) if truth_labels is not None else None
@@ -221,10 +234,11 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
 
         metrics["truth"] = {"source": str(truth), "scored": "galaxies outside the index's store and those of its test "
                             "split", "n_left_out_seen_in_training": n_seen, **accumulate.metrics()}
-        metrics_dir.mkdir(parents=True, exist_ok=True)
-        metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
-    metrics_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n", metrics_dir / "metrics.json")
+    with output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite=True, option="--report"):
+        if accumulate is not None:
+            metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
+        atomic_write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n",
+                          metrics_dir / "metrics.json")
     metrics["metrics_file"] = str(metrics_dir / "metrics.json")
     logger.info("catalogue of %d galaxies (%d predicted, %d flagged out of distribution) -> %s", store.n, n_pred,
                 n_ood, out)

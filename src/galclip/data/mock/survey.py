@@ -24,6 +24,7 @@ from galclip.config import MockConfig
 from galclip.data.layout import DESI_N_BINS, IMAGE_SHAPE, PIXEL_SCALE_ARCSEC, desi_wavelength
 from galclip.data.mock import imaging, spectroscopy
 from galclip.data.mock.population import Population, build_population
+from galclip.errors import InputError
 from galclip.data.mock.sed import DECAM_GRZ, Cosmology, load_filter, load_templates, template_maggies
 
 logger = logging.getLogger(__name__)
@@ -108,14 +109,42 @@ def _unique_targetids(rng: np.random.Generator, n: int) -> np.ndarray:
     return TARGETID_BASE + rng.permutation(ids)[:n]
 
 
+MOCK_NAMES = (SURVEY_FILE, CATALOGUE_FILE)
+
+
 def generate_mock(
-    config: MockConfig, out_dir: str | Path, progress: Callable[[int], None] | None = None,
+    config: MockConfig, out_dir: str | Path, progress: Callable[[int], None] | None = None, overwrite: bool = False,
 ) -> dict:
-    """Write ``survey.h5`` and ``provabgs.h5`` into ``out_dir``; returns a summary dict."""
+    """Write ``survey.h5`` and ``provabgs.h5`` into ``out_dir``; returns a summary dict.
+
+    Stores are built from survey files, so existing ones (a user's, or an earlier mock's) are replaced only with
+    ``overwrite``; a folder that is new or empty is marked as the mock's (``galclip.outputs``)."""
+    from galclip.outputs import MARKER, owner, remove_if_unused, write_marker
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if config.pairs < 1:
         raise ValueError("pairs must be >= 1")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; --out is the folder to write survey.h5 and provabgs.h5 into")
+    existing = [out / name for name in MOCK_NAMES if (out / name).exists()]
+    if existing and not overwrite:
+        raise InputError(f"{existing[0]}: already exists{' (an earlier galclip mock)' if owner(out) == 'mock' else ''}; "
+                         "feature stores extracted from it would no longer match it. Choose another --out, or pass "
+                         "--overwrite to replace it")
+    created = not out.exists()
+    fresh = created or owner(out) == "mock" or not any(e.name != MARKER for e in out.iterdir())
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if fresh:
+            write_marker(out, "mock")
+        return _generate(config, out, progress)
+    except BaseException:
+        if created:
+            remove_if_unused(out)
+        raise
+
+
+def _generate(config: MockConfig, out: Path, progress: Callable[[int], None] | None) -> dict:
     t0 = time.perf_counter()
     gen = MockGenerator(config)
     rng = np.random.default_rng(config.seed)
