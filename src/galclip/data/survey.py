@@ -7,10 +7,11 @@ length) without reading bulk data, then reads row ranges of one segment at a tim
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -19,6 +20,8 @@ from galclip.data.layout import IMAGE_SHAPE, SPECTRUM_SHAPE, SURVEY_DATASETS
 from galclip.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_ROWS = 8  # rows per group whose bytes identify a survey file's content (SurveyReader.content)
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,27 @@ class SurveyReader:
             "n_rows": self.n_rows,
         }
 
+    def content(self, samples: int = SAMPLE_ROWS) -> list[dict]:
+        """Identity of each file's content, cheap at any survey size: {"file", "bytes", "n_rows", "targetid_sha256"
+        (of every targetid), "sample_sha256" (of the pixels, fluxes and redshifts of ``samples`` evenly spaced rows
+        of each group)}, one per file in order. Two files agree on these only when they hold the same galaxies in
+        the same rows with the same data, wherever they lie (a copy or a move keeps them; a replacement does not)."""
+        out = []
+        for path in self.files:
+            segs = [s for s in self.segments if s.path == str(path)]
+            ids, sample = hashlib.sha256(), hashlib.sha256()
+            for seg in segs:
+                node = self._node(seg)
+                ids.update(np.ascontiguousarray(node["targetid"][:], dtype=np.int64).tobytes())
+                for row in np.unique(np.linspace(0, seg.n_rows - 1, min(samples, seg.n_rows)).round().astype(int)):
+                    for name in ("image", "spectrum", "redshift"):
+                        if name in node:
+                            sample.update(np.ascontiguousarray(node[name][int(row)]).tobytes())
+            out.append({"file": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
+                        "n_rows": sum(s.n_rows for s in segs), "targetid_sha256": ids.hexdigest(),
+                        "sample_sha256": sample.hexdigest()})
+        return out
+
     def close(self) -> None:
         for handle in self._handles.values():
             handle.close()
@@ -241,3 +265,76 @@ class SurveyReader:
 
 def _group_sort_key(name: str) -> tuple[int, str]:
     return (int(name), name) if name.isdigit() else (1 << 30, name)
+
+
+def survey_changes(recorded: list[dict], current: list[dict]) -> list[str]:
+    """What changed between the survey content a store recorded (:meth:`SurveyReader.content` at extraction) and
+    the files read now: one line per file that differs, naming it and what changed; empty when they agree.
+
+    Files are matched by content, so moved or copied files agree; a file at a recorded path whose content
+    differs is named as replaced."""
+    by_content = {(c["targetid_sha256"], c["sample_sha256"]) for c in current}
+    now_at = {c["file"]: c for c in current}
+    problems = []
+    for rec in recorded:
+        if (rec["targetid_sha256"], rec["sample_sha256"]) in by_content:
+            continue
+        now = now_at.get(rec["file"])
+        if now is None:
+            problems.append(f"{rec['file']}: not among the files read now, and none of them holds its content "
+                            f"({rec['n_rows']} galaxies)")
+            continue
+        what = []
+        if now["bytes"] != rec["bytes"]:
+            what.append(f"{now['bytes']} bytes, {rec['bytes']} at extraction")
+        if now["n_rows"] != rec["n_rows"]:
+            what.append(f"{now['n_rows']} galaxies, {rec['n_rows']} at extraction")
+        if now["targetid_sha256"] != rec["targetid_sha256"]:
+            what.append("other targetids or another row order")
+        if now["sample_sha256"] != rec["sample_sha256"]:
+            what.append("other pixels, fluxes or redshifts in its rows")
+        problems.append(f"{rec['file']}: replaced since extraction ({'; '.join(what)})")
+    return problems
+
+
+def recorded_survey_problems(provenance: dict, reader: SurveyReader,
+                             targetids: Callable[[], np.ndarray] | None = None) -> list[str]:
+    """How the files ``reader`` reads differ from those a store with ``provenance`` was extracted from: one line per
+    changed file, empty when they agree. Stores that recorded the files' content ("data_content") are checked by it
+    (moved or copied files agree); older ones by file size and, with ``targetids`` (the store's, (N,) int64, given
+    lazily), by their targetids row by row."""
+    recorded = provenance.get("data_content")
+    if recorded is not None:
+        return survey_changes(recorded, reader.content())
+    data = provenance.get("data") or {}
+    problems = [f"{f}: replaced since extraction ({Path(f).stat().st_size} bytes, {b} at extraction)"
+                for f, b in zip(data.get("files", []), data.get("bytes", []))
+                if Path(f).exists() and Path(f).stat().st_size != b]
+    if not problems and targetids is not None and reader.n_rows == data.get("n_rows"):
+        if not np.array_equal(reader.targetids(), targetids()):
+            problems.append(f"{', '.join(map(str, reader.files))}: replaced since extraction (the targetids differ "
+                            "from the store's, row by row)")
+    return problems
+
+
+def open_recorded_survey(provenance: dict, store_path: str | Path, targetids: Callable[[], np.ndarray] | None = None,
+                         paths: Sequence[str | Path] | None = None) -> SurveyReader:
+    """A reader of the survey files the store at ``store_path`` (with ``provenance``) was extracted from, or of
+    ``paths`` (the same files elsewhere), refused with the file and what changed when they no longer hold what they
+    held at extraction: no reader may draw or return a galaxy that is not the one named."""
+    files = list(paths) if paths else list((provenance.get("data") or {}).get("files", []))
+    if not files:
+        raise InputError(f"{store_path}: records no survey files; pass them (--data)")
+    missing = [f for f in files if not Path(f).exists()]
+    if missing:
+        raise InputError(f"{missing[0]}: the survey file {store_path} was extracted from is not there; put it back, "
+                         "or pass where it is now (--data)")
+    reader = SurveyReader(files, require=())
+    problems = recorded_survey_problems(provenance, reader, targetids)
+    if problems:
+        reader.close()
+        raise InputError(f"{problems[0]}. {store_path} was extracted from the earlier file, so its galaxies would be "
+                         "read from the wrong rows: put the original back, or extract the new file into a new store "
+                         "('galclip extract DATA NEW_STORE')"
+                         + (f" ({len(problems) - 1} more file(s) changed)" if len(problems) > 1 else ""))
+    return reader

@@ -19,20 +19,24 @@ logger = logging.getLogger(__name__)
 class SurveyRows:
     """Reads survey rows (for galleries) by store row; blank when the survey files are gone."""
 
-    def __init__(self, files: list[str], rows: np.ndarray, crop: int, rgb: str):
-        from galclip.data.survey import SurveyReader
-
-        self.rows, self.crop, self.rgb = rows, crop, rgb
-        try:
-            self.reader = SurveyReader(files) if files else None
-        except Exception as err:  # noqa: BLE001 - galleries are optional; metrics do not need the pixels
-            logger.warning("survey files of the store are not readable (%s): galleries will be blank", err)
-            self.reader = None
+    def __init__(self, reader, rows: np.ndarray, crop: int, rgb: str):
+        self.reader, self.rows, self.crop, self.rgb = reader, rows, crop, rgb
 
     @classmethod
-    def for_store(cls, store: FeatureStore, rows: np.ndarray) -> "SurveyRows":
-        """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with."""
-        return cls(store.survey_files(), rows, *store.image_display())
+    def for_store(cls, store: FeatureStore, rows: np.ndarray, blank_if_missing: bool = False) -> "SurveyRows":
+        """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with.
+
+        Survey files that changed since extraction are refused (:func:`galclip.data.survey.open_recorded_survey`), so no panel
+        ever shows another galaxy than the one named; with ``blank_if_missing`` files that are gone give blank
+        panels instead (galleries are optional, the metrics do not need the pixels)."""
+        from galclip.data.survey import open_recorded_survey
+
+        missing = [f for f in store.survey_files() if not Path(f).exists()]
+        if blank_if_missing and (missing or not store.survey_files()):
+            logger.warning("the survey files of %s are not here (%s): galleries will be blank", store.path,
+                           missing[0] if missing else "none recorded")
+            return cls(None, rows, *store.image_display())
+        return cls(open_recorded_survey(store.provenance, store.path, store.targetids), rows, *store.image_display())
 
     def image_rgb(self, idx: np.ndarray) -> np.ndarray:
         """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""
@@ -61,4 +65,4 @@ def plot_search_result(index: Index, result: dict, path: str | Path) -> Path:
     rows = SurveyRows.for_store(index.open_store(), index.rows["row"])
     return plot_gallery(np.array([pos]), np.array([neighbours]), np.array([[n["similarity"] for n in result["neighbours"]]]),
                         result["query"]["modality"], result["target"], rows.image_rgb, rows.spectrum, Path(path),
-                        title=f"targetid {result['query']['targetid']}")
+                        title=f"targetid {result['query']['targetid']}", names=index.rows["targetid"])

@@ -52,6 +52,7 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
                          "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
         },
         "data": reader.fingerprint(),
+        "data_content": reader.content(),  # what every reader of the survey rows checks the files against
         "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
         "split": {"method": "u = splitmix64(targetid) in [0, 1): test u < test_fraction, selection u < test_fraction "
                             "+ selection_fraction, train the rest", "test_fraction": config.test_fraction,
@@ -74,3 +75,36 @@ def config_from_provenance(provenance: dict, **overrides) -> ExtractConfig:
     if "orientation" in image:
         recorded["orientation"] = image["orientation"]
     return ExtractConfig(**{**recorded, **overrides})
+
+
+# the ExtractConfig fields that decide a store's bytes, and the 'galclip extract' option that sets each
+COMMAND_OPTIONS = {"image_weights": "--image-weights", "spectrum_weights": "--spectrum-weights",
+                   "catalogue": "--catalogue", "orientation": "--orientation", "rgb": "--rgb", "variants": "--variants",
+                   "spectrum_variants": "--spectrum-variants", "rows_per_shard": "--rows-per-shard",
+                   "bad_rows": "--bad-rows", "seed": "--seed"}
+
+
+def extract_command(provenance: dict, store: str | Path) -> str:
+    """The 'galclip extract' command line that resumes the store whose ``provenance`` this is: its survey files and
+    every recorded option that decides its bytes and differs from the default (shell-quoted)."""
+    import os
+    import shlex
+
+    from galclip.config import ExtractConfig
+
+    recorded = provenance.get("config") or {}
+    files = list((provenance.get("data") or {}).get("files") or [])
+    found_beside = provenance.get("catalogue") and not recorded.get("catalogue")  # found in DATA's folder
+    if len(files) == 1 and not found_beside:
+        data = files[0]
+    elif files:
+        data = os.path.commonpath([str(Path(f).parent) for f in files])
+    else:
+        data = "DATA"
+    default = ExtractConfig()
+    words = ["galclip", "extract", data, str(store)]
+    for field, option in COMMAND_OPTIONS.items():
+        value = recorded.get(field)
+        if value is not None and value != getattr(default, field):
+            words += [option, str(value)]
+    return " ".join(shlex.quote(w) for w in words)

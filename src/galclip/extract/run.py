@@ -20,11 +20,11 @@ import torch
 from galclip.config import ExtractConfig
 from galclip.data.catalogue import join_labels
 from galclip.split import assign_split
-from galclip.data.survey import SurveyReader
+from galclip.data.survey import SurveyReader, recorded_survey_problems
 from galclip.errors import InputError
 from galclip.extract.distributed import Distributed
 from galclip.extract.encoders import Encoders, feature_arrays
-from galclip.extract.provenance import build_provenance
+from galclip.extract.provenance import build_provenance, extract_command
 from galclip.extract.rows import RowRanges
 from galclip.progress import progress as progress_bar
 from galclip.provenance import resolve_device
@@ -51,8 +51,32 @@ def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfi
             error = err
     dist.agree(error)
     store = FeatureStore.open(store_path, mode="r+")
-    store.check_compatible(provenance)
+    store.check_compatible(provenance, fix=resume_advice(store, provenance))
+    if store.provenance.get("data_content") is not None:
+        changed = recorded_survey_problems(store.provenance, reader)
+        if changed:
+            raise InputError(f"{changed[0]}: {store_path} holds features of the earlier file, and this run would add "
+                             "features of the new one. Put the original back and run the same command, or extract the "
+                             "new file into a new store ('galclip extract DATA NEW_STORE')")
     return store
+
+
+def resume_advice(store: FeatureStore, provenance: dict) -> str:
+    """What to do when this run's provenance differs from the store's: the exact command that resumes the store
+    (it records every argument that decides its bytes), unless the data or the code changed."""
+    from galclip.store.feature_store import leaf_diff
+
+    data_diffs = leaf_diff(store.provenance.get("data"), provenance.get("data"), "data")
+    done = int(store.complete_mask().sum())
+    if data_diffs:
+        return (f"The survey files differ from those {store.path} was extracted from: point at those files, or extract "
+                "these into a new store ('galclip extract DATA NEW_STORE')")
+    if len((store.provenance.get("config") or {}).get("modalities") or ("image", "spectrum")) == 1:
+        return "It is the work store of a 'galclip predict' run from other input or settings"
+    if "config" not in store.provenance:
+        return f"Use another store path; {store.path} records no command line to resume it with"
+    return (f"To resume it ({done} of {store.n_shards} shards done), run exactly:\n  "
+            f"{extract_command(store.provenance, store.path)}\nor use another store path for these settings")
 
 
 def _create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catalogue: str | None,
@@ -63,8 +87,8 @@ def _create(store_path: Path, reader: SurveyReader, config: ExtractConfig, catal
         labels = join_labels(targetid, catalogue)
         label_z, label_m = labels.redshift, labels.log_mstar
     else:
-        log = logger.warning if len(config.modalities) == 2 else logger.info
-        log("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
+        if len(config.modalities) == 2:  # galaxies to predict (one modality) need no labels
+            logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
         label_z = label_m = np.full(len(targetid), np.nan, np.float32)
     meta = {"targetid": targetid, "split": assign_split(targetid, config.test_fraction, config.selection_fraction),
             "redshift": reader.redshifts(), "label_redshift": label_z, "label_log_mstar": label_m}
@@ -82,6 +106,8 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
     """
     from galclip.store.lock import StoreLock
 
+    SurveyReader(data, require=config.modalities).close()  # refused input takes no lock and writes nothing
+    resolve_device(config.device)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         lock = StoreLock(store_path)  # rank 0 takes it, after the ranks have met
         try:
@@ -94,8 +120,16 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
 
 def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool,
                     lock) -> dict:
-    t0 = time.perf_counter()
     reader = SurveyReader(data, require=config.modalities)
+    try:
+        return _extract_with(reader, data, store_path, config, progress, lock)
+    finally:
+        reader.close()  # a refused or failed run holds no HDF5 handle (HDF5 shares one open file per process)
+
+
+def _extract_with(reader: SurveyReader, data, store_path: str | Path, config: ExtractConfig, progress: bool,
+                  lock) -> dict:
+    t0 = time.perf_counter()
     catalogue = config.catalogue
     pairs = len(config.modalities) == 2  # galaxies to predict (one modality) are extracted without labels
     if pairs and catalogue is None and isinstance(data, (str, Path)) and Path(data).is_dir() and (Path(data) / "provabgs.h5").exists():
@@ -181,6 +215,7 @@ def _run_extraction(data: str | Path | list, store_path: str | Path, config: Ext
                "rank": dist.rank, "world_size": dist.world, "variants": config.variants, "quarantined": n_bad}
     if device.type == "cuda":
         summary["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    logger.info("extracted %d pairs in %.1f s (%.1f pairs/s on %s%s) -> %s", n_rows, elapsed, summary["pairs_per_s"],
-                device, f", rank {dist.rank}/{dist.world}" if dist.world > 1 else "", store_path)
+    unit = "pairs" if len(config.modalities) == 2 else f"{config.modalities[0]}s"
+    logger.info("extracted %d %s in %.1f s (%.1f %s/s on %s%s) -> %s", n_rows, unit, elapsed, summary["pairs_per_s"],
+                unit, device, f", rank {dist.rank}/{dist.world}" if dist.world > 1 else "", store_path)
     return summary

@@ -22,7 +22,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from galclip.data.survey import SurveyReader, recorded_survey_problems
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.search import MODALITIES, Index, NotIndexed, float_or_none, open_index
 from galclip.neighbours import weighted_mean
@@ -131,6 +133,18 @@ def load_service(index_path: str | Path, data: list[str | Path] | None = None) -
     index = open_index(index_path, verify_hashes=True)  # every file against its SHA-256, once, at start
     index.check_heads()
     files, crop, rgb = survey_files_and_preprocessing(index, data)
+    try:
+        store = index.open_store()
+    except GalclipError:
+        store = None  # without the store there is no record to check the files against (only their targetids)
+    changed = []
+    if store is not None:  # checked and closed before the service opens the files: HDF5 shares one open file
+        with SurveyReader(files, require=()) as reader:  # per process, caches included
+            changed = recorded_survey_problems(store.provenance, reader, store.targetids)
+    if changed:
+        raise GalclipError(f"{changed[0]}. {store.path} was extracted from the earlier file, so the page would show "
+                           "other galaxies than those it names: put the original back (or pass it with --data), or "
+                           "extract the new file and build a new index")
     galaxies = SurveyGalaxies(files, crop=crop, rgb=rgb)
     missing = index.rows["targetid"][~galaxies.holds(index.rows["targetid"])]
     if missing.size:
@@ -154,6 +168,12 @@ def create_app(service: SearchService) -> FastAPI:
             problems.append(f"{where or 'request'}: {err.get('msg')}" + (f" (got {err['input']!r})"
                                                                          if "input" in err and not isinstance(err["input"], (dict, list)) else ""))
         return JSONResponse(status_code=422, content={"error": "; ".join(problems), "detail": jsonable(exc.errors())})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):  # unknown routes, wrong methods: one shape
+        message = f"{request.url.path}: {exc.detail}" + ("; the API is listed at /openapi.json"
+                                                          if exc.status_code in (404, 405) else "")
+        return JSONResponse(status_code=exc.status_code, content={"error": message}, headers=exc.headers)
 
     @app.exception_handler(NotIndexed)
     async def not_indexed(request: Request, exc: NotIndexed):

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -203,8 +204,11 @@ class FeatureStore:
                 _fsync_tree(tmp)
             os.replace(tmp, path)
         finally:
-            if tmp.exists():  # a failure half-way leaves no temporary folder behind
+            for _ in range(20):  # a failure half-way leaves no temporary folder behind; zarr's writer threads may
+                if not tmp.exists():  # still land a file in it just after the error, so look again
+                    break
                 shutil.rmtree(tmp, ignore_errors=True)
+                time.sleep(0.05)
         fsync_path(path.parent)
         return cls.open(path, mode="r+")
 
@@ -347,7 +351,7 @@ class FeatureStore:
         split = self.split()
         labelled = np.isfinite(self.read_whole("label_redshift")) & np.isfinite(self.read_whole("label_log_mstar"))
         arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
-                  for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name in self.group}
+                  for name in (*META_ARRAYS, *self.feature_arrays, QUARANTINE, COMPLETE) if name in self.group}
         return StoreInfo(
             path=str(self.path), n=self.n, n_train=int((split == 0).sum()),
             n_selection=int((split == 2).sum()), n_test=int((split == 1).sum()),
@@ -356,15 +360,16 @@ class FeatureStore:
             fingerprint=self.fingerprint(),
         )
 
-    def check_compatible(self, provenance: dict) -> None:
-        """Refuse to resume with other encoders, preprocessing or data: name the difference."""
+    def check_compatible(self, provenance: dict, fix: str | None = None) -> None:
+        """Refuse to resume with other encoders, preprocessing or data: name the difference, then ``fix`` (what to
+        run instead; the writer knows the command line)."""
         diffs = []
         for key in COMPAT_KEYS:
             diffs += leaf_diff(self.provenance.get(key), provenance.get(key), key)
         if diffs:
             raise StoreError(
                 f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "
-                + "\n  ".join(diffs) + "\nUse another store path, or delete this store to start over."
+                + "\n  ".join(diffs) + "\n" + (fix or "Use another store path for these settings")
             )
 
     # ---- writing -------------------------------------------------------------

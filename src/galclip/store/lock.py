@@ -1,7 +1,8 @@
 """A lock beside a store, so two extraction processes never write it at the same time.
 
 ``<store>.lock`` is held with ``fcntl.flock`` for the whole run: the kernel releases it when the
-process ends in any way (``kill -9`` included), so a stale lock cannot exist. The file records
+process ends in any way (``kill -9`` included), so a stale lock cannot exist. The holder removes the file as it
+releases the lock (a run that ends normally, or is refused, leaves no lock file). The file records
 the holder's pid, host and start time, which a refused second process reports.
 """
 
@@ -29,7 +30,19 @@ class StoreLock:
 
     def acquire(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                break
+            try:  # the holder before us removes the file as it releases: a lock on a removed file locks nothing
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -49,7 +62,9 @@ class StoreLock:
         self.fd = fd
 
     def release(self) -> None:
+        """Unlock, and remove the lock file (a run leaves no ``.lock`` behind)."""
         if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while still held: a waiting process then retries on a new file
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
