@@ -47,7 +47,7 @@ def test_cli_end_to_end(tmp_path):
     r = runner.invoke(main, ["-q", "heads", str(store), str(heads), "--epochs", "3", "--batch-size", "16", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert (heads / "heads.pt").exists() and (heads / "loss_curve.png").exists()
-    r = runner.invoke(main, ["-q", "evaluate", str(store), str(heads), str(report), "--no-umap", "--k", "3"])
+    r = runner.invoke(main, ["-q", "evaluate", str(store), str(heads), str(report), "--no-umap"])
     assert r.exit_code == 0, r.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["n_pairs"] == 64
@@ -123,6 +123,7 @@ class Case:
     name: str
     build: Callable[["Ctx"], list[str]]
     expect: tuple[str, ...]
+    writes_nothing: bool = False  # refused before any work: no new file, folder or lock anywhere
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Ctx:
     index: Path
     tmp: Path
     tid: int = 0
+    held: list = None  # things the case keeps alive while the command runs (a socket holding a port)
 
     def bad_row(self, group: h5py.Group, row: int) -> None:
         self.tid = int(group["targetid"][row])
@@ -314,6 +316,193 @@ def index_into_foreign_folder(c: Ctx) -> list[str]:
     return ["index", str(c.store), str(c.heads), str(c.tmp / "mine"), "--no-progress"]
 
 
+# ---- mistakes a user makes with correct files (issue 19): wrong order, wrong kind, an output that holds their work
+
+def demo_over_user_work(c: Ctx) -> list[str]:
+    (c.tmp / "work" / "data").mkdir(parents=True)
+    (c.tmp / "work" / "data" / "my_real_survey.txt").write_text("months of work")
+    return ["demo", "--pairs", "64", "--out", str(c.tmp / "work")]
+
+
+def demo_over_earlier_demo_with_user_file(c: Ctx) -> list[str]:
+    from galclip.outputs import write_marker
+
+    (c.tmp / "d" / "heads").mkdir(parents=True)
+    write_marker(c.tmp / "d", "demo")
+    (c.tmp / "d" / "heads" / "notes.txt").write_text("mine")
+    return ["demo", "--pairs", "64", "--out", str(c.tmp / "d")]
+
+
+def mock_over_survey(c: Ctx) -> list[str]:
+    survey_copy(c.mock, c.tmp / "data")
+    return ["mock", "--pairs", "64", "--out", str(c.tmp / "data")]
+
+
+def heads_over_heads(c: Ctx) -> list[str]:
+    shutil.copytree(c.heads, c.tmp / "h")
+    return ["heads", str(c.store), str(c.tmp / "h"), "--epochs", "1", "--no-progress"]
+
+
+def heads_into_foreign_folder(c: Ctx) -> list[str]:
+    (c.tmp / "h").mkdir()
+    (c.tmp / "h" / "paper.tex").write_text("draft")
+    return ["heads", str(c.store), str(c.tmp / "h"), "--epochs", "1", "--no-progress"]
+
+
+def sweep_into_heads_folder(c: Ctx) -> list[str]:
+    shutil.copytree(c.heads, c.tmp / "h")
+    return ["sweep", str(c.store), str(c.tmp / "h"), "--grid", "lr=1e-3", "--epochs", "1", "--no-progress"]
+
+
+def evaluate_into_foreign_folder(c: Ctx) -> list[str]:
+    (c.tmp / "r").mkdir()
+    (c.tmp / "r" / "figure1.png").write_bytes(b"my figure")
+    (c.tmp / "r" / "notes.md").write_text("mine")
+    return ["evaluate", str(c.store), str(c.heads), str(c.tmp / "r"), "--no-umap"]
+
+
+def predict_over_user_file(c: Ctx) -> list[str]:
+    (c.tmp / "cat.fits").write_bytes(b"SIMPLE  = T" + b" " * 2869)
+    return ["predict", str(c.index), str(c.mock), str(c.tmp / "cat.fits")]
+
+
+def predict_report_into_foreign_folder(c: Ctx) -> list[str]:
+    (c.tmp / "rep").mkdir()
+    (c.tmp / "rep" / "notes.md").write_text("mine")
+    return ["predict", str(c.index), str(c.mock), str(c.tmp / "cat.fits"), "--report", str(c.tmp / "rep")]
+
+
+def extract_on_cuda_without_gpu(c: Ctx) -> list[str]:
+    return ["extract", str(c.mock), str(c.tmp / "s.zarr"), "--device", "cuda", "--no-progress"]
+
+
+def heads_on_tpu(c: Ctx) -> list[str]:
+    return ["heads", str(c.store), str(c.tmp / "h"), "--device", "tpu", "--no-progress"]
+
+
+def extract_arguments_swapped(c: Ctx) -> list[str]:
+    return ["extract", str(c.store), str(c.mock), "--no-progress"]
+
+
+def heads_arguments_swapped(c: Ctx) -> list[str]:
+    return ["heads", str(c.heads), str(c.store)]
+
+
+def heads_from_survey_folder(c: Ctx) -> list[str]:
+    return ["heads", str(c.mock), str(c.tmp / "h2")]
+
+
+def search_a_store(c: Ctx) -> list[str]:
+    return ["search", str(c.store), "--targetid", "1"]
+
+
+def predict_arguments_swapped(c: Ctx) -> list[str]:
+    return ["predict", str(c.mock), str(c.index), str(c.tmp / "x.fits")]
+
+
+def predict_the_index_own_store(c: Ctx) -> list[str]:
+    return ["predict", str(c.index), str(c.store), str(c.tmp / "x.fits")]
+
+
+def resume_with_other_rows_per_shard(c: Ctx) -> list[str]:
+    return ["extract", str(c.mock), str(c.other_store), "--rows-per-shard", "64", "--variants", "1", "--no-progress"]
+
+
+def check_a_survey_file(c: Ctx) -> list[str]:
+    return ["check", str(c.mock / "survey.h5")]
+
+
+def check_an_index_file(c: Ctx) -> list[str]:
+    return ["check", str(c.index / "image.npy")]
+
+
+def check_index_json(c: Ctx) -> list[str]:
+    return ["check", str(c.index / "index.json")]
+
+
+def grid_name_twice(c: Ctx) -> list[str]:
+    return ["sweep", str(c.store), str(c.tmp / "sw"), "--grid", "lr=1e-4", "--grid", "lr=3e-4"]
+
+
+def search_more_than_indexed(c: Ctx) -> list[str]:
+    from galclip.store import FeatureStore
+
+    c.tid = int(FeatureStore.open(c.store).targetids()[0])
+    return ["search", str(c.index), "--targetid", str(c.tid), "-k", "1000"]
+
+
+def evaluate_k_beyond_the_test_split(c: Ctx) -> list[str]:
+    return ["evaluate", str(c.store), str(c.heads), str(c.tmp / "r"), "-k", "1000", "--no-umap"]
+
+
+def serve_on_a_taken_port(c: Ctx) -> list[str]:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    c.held = [taken]
+    return ["serve", str(c.index), "--port", str(taken.getsockname()[1])]
+
+
+MISTAKES = [
+    Case("serve on a taken port", serve_on_a_taken_port, ("--port", "is already in use", "--port 0"),
+         writes_nothing=True),
+    Case("demo over a folder holding the user's data", demo_over_user_work,
+         ("work", "data/, which 'galclip demo' did not write", "--overwrite"), writes_nothing=True),
+    Case("demo --overwrite over a folder holding the user's data", lambda c: [*demo_over_user_work(c), "--overwrite"],
+         ("my_real_survey.txt", "never deletes what galclip did not write"), writes_nothing=True),
+    Case("demo over an earlier demo holding a user's file", demo_over_earlier_demo_with_user_file,
+         ("notes.txt", "never deletes what galclip did not write"), writes_nothing=True),
+    Case("mock over an existing survey", mock_over_survey, ("survey.h5", "already exists", "--overwrite"),
+         writes_nothing=True),
+    Case("heads over trained heads", heads_over_heads, ("heads.pt", "already holds trained heads", "--resume",
+                                                         "--overwrite"), writes_nothing=True),
+    Case("heads into a folder galclip did not make", heads_into_foreign_folder,
+         ("paper.tex", "which 'galclip heads' did not write", "--overwrite"), writes_nothing=True),
+    Case("sweep into a heads folder", sweep_into_heads_folder,
+         ("is trained heads", "OUT of 'galclip sweep STORE OUT'"), writes_nothing=True),
+    Case("evaluate into a folder galclip did not make", evaluate_into_foreign_folder,
+         ("figure1.png", "notes.md", "--overwrite"), writes_nothing=True),
+    Case("predict over a file that is not a catalogue", predict_over_user_file,
+         ("cat.fits", "not a galclip catalogue", "--overwrite"), writes_nothing=True),
+    Case("predict's report into a folder galclip did not make", predict_report_into_foreign_folder,
+         ("rep", "notes.md", "--report"), writes_nothing=True),
+    Case("extract --device cuda without a GPU", extract_on_cuda_without_gpu,
+         ("--device cuda", "no CUDA GPU", "--device cpu"), writes_nothing=True),
+    Case("heads --device tpu", heads_on_tpu, ("--device tpu", "auto, cpu, cuda or cuda:N"), writes_nothing=True),
+    Case("extract STORE DATA", extract_arguments_swapped,
+         ("is a galclip feature store", "DATA of 'galclip extract DATA STORE'", "look swapped", "galclip extract "),
+         writes_nothing=True),
+    Case("heads HEADS STORE", heads_arguments_swapped,
+         ("is trained heads", "STORE of 'galclip heads STORE OUT' must be a galclip feature store", "look swapped"),
+         writes_nothing=True),
+    Case("heads from a survey folder", heads_from_survey_folder,
+         ("survey data", "extract its features first: galclip extract"), writes_nothing=True),
+    Case("search a store", search_a_store,
+         ("is a galclip feature store", "must be a galclip index folder", "galclip index"), writes_nothing=True),
+    Case("predict SURVEY INDEX OUT", predict_arguments_swapped, ("look swapped", "galclip predict "),
+         writes_nothing=True),
+    Case("predict the index's own store", predict_the_index_own_store,
+         ("the input holds the index's own galaxies", "galclip evaluate"), writes_nothing=True),
+    Case("resume with another --rows-per-shard", resume_with_other_rows_per_shard,
+         ("rows_per_shard: store has 16, this run has 64", "run exactly", "--rows-per-shard 16", "--variants 1"),
+         writes_nothing=True),
+    Case("check a survey file", check_a_survey_file, ("survey.h5", "is survey data", "'galclip check' verifies"),
+         writes_nothing=True),
+    Case("check a file inside an index", check_an_index_file,
+         ("image.npy", "one file of a galclip index folder", "galclip check "), writes_nothing=True),
+    Case("check an index's index.json", check_index_json, ("index.json", "one file of a galclip index folder"),
+         writes_nothing=True),
+    Case("--grid lr twice", grid_name_twice, ("--grid lr is given 2 times", "--grid lr=1e-4,3e-4"),
+         writes_nothing=True),
+    Case("search -k beyond the index", search_more_than_indexed, ("k 1000", "the index holds 64 galaxies"),
+         writes_nothing=True),
+    Case("evaluate -k beyond the test split", evaluate_k_beyond_the_test_split,
+         ("-k 1000", "labelled pair(s)", "or use -k"), writes_nothing=True),
+]
+
+
 CASES = [
     Case("truncated HDF5 survey", truncated, ("survey.h5", "not a readable HDF5 file", "re-download or regenerate")),
     Case("corrupt HDF5 survey (random bytes)", garbage, ("survey.h5", "not a readable HDF5 file", "re-download or regenerate")),
@@ -338,8 +527,11 @@ CASES = [
     Case("index built from other heads", index_from_other_heads, ("was built from other heads", "rebuild the index")),
     Case("search for a targetid not indexed", unknown_targetid, ("targetid {tid} is not in the index", "--data FILE")),
     Case("store missing an array", store_missing_array, ("s.zarr", "spectrum_features", "missing")),
-    Case("a folder that is not a store", store_not_a_store, ("s.zarr", "no feature store here", "galclip extract")),
-    Case("index into a folder that is not an index", index_into_foreign_folder, ("mine", "not a galclip index")),
+    Case("a folder that is not a store", store_not_a_store,
+         ("s.zarr", "is a folder galclip did not write", "must be a galclip feature store", "galclip extract")),
+    Case("index into a folder that is not an index", index_into_foreign_folder,
+         ("mine", "thesis.tex", "which 'galclip index' did not write", "--overwrite")),
+    *MISTAKES,
 ]
 
 
@@ -362,8 +554,12 @@ def test_bad_input_is_explained_and_harmless(case: Case, corpus_inputs, tmp_path
     args = case.build(ctx)
     shared = snapshot(store, heads, index, mock)
     own = snapshot(tmp_path)  # the case's own inputs: broken copies of stores, heads, indexes, the user's files
+    listing = sorted(tmp_path.rglob("*"))
     result = CliRunner().invoke(main, args)
     message = result.output
+    for thing in ctx.held or ():
+        thing.close()
+    assert "http://" not in message  # nothing claims to serve
     print(f"\n[{case.name}] galclip {' '.join(Path(a).name if '/' in a else a for a in args)}\n{message}")
     assert result.exit_code != 0, message
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
@@ -374,9 +570,141 @@ def test_bad_input_is_explained_and_harmless(case: Case, corpus_inputs, tmp_path
     after = snapshot(tmp_path)
     assert {k: after.get(k) for k in own} == own  # ... not even the broken inputs themselves
     assert not leftovers(tmp_path), leftovers(tmp_path)
+    if case.writes_nothing:  # no empty folder, no lock, no partial output: the folder is as the case left it
+        assert sorted(tmp_path.rglob("*")) == listing, sorted(set(tmp_path.rglob("*")) - set(listing))
+        assert not list(store.parent.glob("*.lock")) and not list(other.parent.glob("*.lock"))
     if (tmp_path / "s.zarr").exists() and args[0] == "extract":
         from galclip.store import FeatureStore
 
         s = FeatureStore.open(tmp_path / "s.zarr")
         done = np.repeat(s.complete_mask(), s.rows_per_shard)[: s.n]
         assert np.isfinite(s.group["image_features"][:][done]).all()  # complete shards hold whole, finite rows
+
+
+def test_a_replaced_survey_file_is_refused_by_every_reader(tiny_mock, tmp_path):
+    """survey.h5 replaced after extraction by another survey of the same size: search --plot, evaluate, serve,
+    the resumed extraction and predict's work store each refuse, naming the file; nothing is drawn or written."""
+    from galclip.config import MockConfig
+    from galclip.data.mock.survey import generate_mock
+
+    runner = CliRunner()
+    data, store, heads, index = tmp_path / "data", tmp_path / "f.zarr", tmp_path / "heads", tmp_path / "index"
+    survey_copy(tiny_mock, data)
+    shutil.copy(tiny_mock / "provabgs.h5", data / "provabgs.h5")
+    for args in (["extract", str(data), str(store), *EXTRACT], ["heads", str(store), str(heads), "--epochs", "1",
+                                                                 "--batch-size", "16", "--no-progress"],
+                 ["index", str(store), str(heads), str(index), "--no-map", "--no-progress"]):
+        r = runner.invoke(main, ["-q", *args])
+        assert r.exit_code == 0, r.output
+    new = tmp_path / "new"  # galaxies to predict, extracted once into predict's work store
+    generate_mock(MockConfig(pairs=16, seed=21, batch_size=16, n_groups=1, modality="image"), new)
+    r = runner.invoke(main, ["-q", "predict", str(index), str(new), str(tmp_path / "cat.fits"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    generate_mock(MockConfig(pairs=64, seed=4, batch_size=32, n_groups=4), tmp_path / "other")
+    generate_mock(MockConfig(pairs=16, seed=22, batch_size=16, n_groups=1, modality="image"), tmp_path / "other_new")
+    assert (tmp_path / "other" / "survey.h5").stat().st_size == (data / "survey.h5").stat().st_size
+    shutil.copy(tmp_path / "other" / "survey.h5", data / "survey.h5")  # same size, other galaxies
+    shutil.copy(tmp_path / "other_new" / "survey.h5", new / "survey.h5")
+    before = snapshot(tmp_path)
+    tid = int(np.load(index / "rows.npz")["targetid"][0])
+    cases = {
+        "search --plot": ["search", str(index), "--targetid", str(tid), "--plot", str(tmp_path / "p.png")],
+        "evaluate": ["evaluate", str(store), str(heads), str(tmp_path / "report"), "--no-umap"],
+        "serve": ["serve", str(index), "--port", "0"],
+        "extract (resume)": ["extract", str(data), str(store), *EXTRACT],
+        "predict": ["predict", str(index), str(new), str(tmp_path / "cat.fits"), "--no-progress"],
+    }
+    for name, args in cases.items():
+        r = runner.invoke(main, ["-q", *args])
+        print(f"[{name}] {r.output}")
+        assert r.exit_code == 1 and "survey.h5: replaced since extraction" in r.output, (name, r.output)
+        assert "other targetids" in r.output and "Traceback" not in r.output and "http://" not in r.output
+        assert snapshot(tmp_path) == before, name
+    generate_mock(MockConfig(pairs=16, seed=4, batch_size=16, n_groups=1), tmp_path / "small")
+    shutil.copy(tmp_path / "small" / "survey.h5", data / "survey.h5")  # smaller: was an IndexError
+    r = runner.invoke(main, ["-q", "search", str(index), "--targetid", str(tid), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 1 and "16 galaxies, 64 at extraction" in r.output, r.output
+    shutil.copy(tiny_mock / "survey.h5", data / "survey.h5")  # the original back: everything reads again
+    r = runner.invoke(main, ["-q", "search", str(index), "--targetid", str(tid), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 0 and (tmp_path / "p.png").exists(), r.output
+
+
+def test_overwrite_writes_beside_what_galclip_did_not_write(corpus_inputs, tmp_path):
+    """--overwrite is the way through a refusal, and even then only galclip's own files are replaced."""
+    mock, store, _, heads, _ = corpus_inputs
+    runner = CliRunner()
+    out = tmp_path / "h"
+    shutil.copytree(heads, out)
+    (out / "paper.tex").write_text("draft")
+    before = (out / "heads.pt").read_bytes()
+    args = ["-q", "heads", str(store), str(out), "--epochs", "1", "--batch-size", "16", "--seed", "5", "--no-progress"]
+    assert runner.invoke(main, args).exit_code == 1 and (out / "heads.pt").read_bytes() == before
+    r = runner.invoke(main, [*args, "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (out / "heads.pt").read_bytes() != before and (out / "paper.tex").read_text() == "draft"
+    report = tmp_path / "r"
+    report.mkdir()
+    (report / "notes.md").write_text("mine")
+    r = runner.invoke(main, ["-q", "evaluate", str(store), str(out), str(report), "--no-umap", "--overwrite"])
+    assert r.exit_code == 0 and (report / "notes.md").read_text() == "mine" and (report / "report.html").exists()
+    r = runner.invoke(main, ["-q", "evaluate", str(store), str(out), str(report), "--no-umap"])  # its own output now
+    assert r.exit_code == 0, r.output
+    assert (report / "notes.md").read_text() == "mine"
+    r = runner.invoke(main, ["-q", "mock", "--pairs", "8", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0
+    first = (tmp_path / "m" / "survey.h5").read_bytes()
+    r = runner.invoke(main, ["-q", "mock", "--pairs", "8", "--seed", "1", "--out", str(tmp_path / "m"), "--overwrite"])
+    assert r.exit_code == 0 and (tmp_path / "m" / "survey.h5").read_bytes() != first
+
+
+def test_info_lists_targetids_and_every_array(tiny_store):
+    import csv
+    import io
+
+    from galclip.store import FeatureStore
+
+    r = CliRunner().invoke(main, ["info", str(tiny_store), "--targetids"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.output)))
+    store = FeatureStore.open(tiny_store)
+    assert [int(row["targetid"]) for row in rows] == store.targetids().tolist()
+    assert {row["split"] for row in rows} <= {"train", "selection", "test"}
+    r = CliRunner().invoke(main, ["info", str(tiny_store)])
+    assert "quarantine" in r.output and "pairs" in r.output
+
+
+def test_a_demo_replaces_only_what_an_earlier_demo_wrote(tmp_path):
+    """An earlier demo's folder (marked, or unmarked as galclip 0.2 left it) is cleared part by part; a file the
+    user put beside the parts stays, and the README's pipeline folder is never taken for a demo's."""
+    from galclip.demo import DEMO_PARTS, clear_earlier_demo
+    from galclip.errors import GalclipError
+    from galclip.outputs import write_marker
+
+    def earlier_demo(root: Path, marked: bool) -> None:
+        for part in ("data", "heldout"):
+            (root / part).mkdir(parents=True)
+            (root / part / "survey.h5").write_bytes(b"h5")
+        (root / "features.zarr").mkdir()
+        (root / "features.zarr" / "zarr.json").write_text(json.dumps({"attributes": {"galclip": {}}}))
+        for part, name in (("heads", "heads.pt"), ("report", "report.html"), ("index", "index.json"),
+                           ("predict", "catalogue.fits")):
+            (root / part).mkdir()
+            (root / part / name).write_bytes(b"x")
+        if marked:
+            write_marker(root, "demo")
+
+    earlier_demo(tmp_path / "d", marked=True)
+    (tmp_path / "d" / "README-mine.txt").write_text("mine")
+    clear_earlier_demo(tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == [".galclip-output.json", "README-mine.txt"]
+    earlier_demo(tmp_path / "old", marked=False)
+    clear_earlier_demo(tmp_path / "old")
+    assert list((tmp_path / "old").iterdir()) == []
+    pipeline = tmp_path / "work"  # data/, features.zarr, heads/ ... of the README's commands: the user's work
+    earlier_demo(pipeline, marked=False)
+    shutil.rmtree(pipeline / "heldout")
+    shutil.rmtree(pipeline / "predict")
+    with pytest.raises(GalclipError, match="which 'galclip demo' did not write"):
+        clear_earlier_demo(pipeline)
+    assert sorted(p.name for p in pipeline.iterdir()) == sorted(set(DEMO_PARTS) - {"heldout", "predict",
+                                                                                    "features.zarr.lock"})

@@ -342,6 +342,35 @@ def test_kill_minus_9_then_resume_is_bitwise_identical(tiny_mock, sharded_store,
     assert again.returncode == 0 and "already complete" in again.stdout
 
 
+def test_ctrl_c_says_what_is_kept_and_the_command_that_resumes(tiny_mock, sharded_store, tmp_path):
+    """SIGINT (Ctrl-C) once a shard has landed: exit 130, a message naming the finished shards and the exact
+    command; that command then finishes the store bitwise as an uninterrupted run."""
+    import shlex
+
+    store = tmp_path / "cut.zarr"
+    cmd = [sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if (store / "zarr.json").exists() and FeatureStore.open(store).complete_mask().sum() >= 1:
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the extraction finished before the interrupt landed")
+    assert proc.returncode == 130, err
+    assert "interrupted:" in err and "are complete and kept" in err and "Traceback" not in err, err
+    line = next(ln.strip() for ln in err.splitlines() if ln.strip().startswith("galclip extract "))
+    assert "--rows-per-shard 16" in line and "--variants 1" in line, line
+    assert not (tmp_path / "cut.zarr.lock").exists()
+    words = shlex.split(line)
+    done = subprocess.run([sys.executable, "-m", "galclip", "-q", *words[1:], "--batch-size", "8", "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_store(store, sharded_store)
+
+
 def test_torchrun_two_ranks_match_one(tiny_mock, sharded_store, tmp_path):
     """Two writer processes (gloo ranks) on disjoint whole shards of one store == one writer, bit for bit."""
     store = tmp_path / "ranks.zarr"

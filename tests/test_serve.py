@@ -172,6 +172,8 @@ def bad_requests(tid: int) -> list[tuple[str, str, dict | str | None, int, str]]
         ("POST", "/api/search", {"embedding": [0.1] * 128, "target": "sound"}, 422, "target:"),
         ("POST", "/api/search", "not json", 422, "JSON"),
         ("GET", "/api/galaxy/12345", None, 404, "targetid 12345 is neither in the index"),
+        ("GET", "/api/nowhere", None, 404, "/api/nowhere: Not Found; the API is listed at /openapi.json"),
+        ("DELETE", f"/api/search?targetid={tid}", None, 405, "Method Not Allowed"),
         ("GET", "/api/galaxy/abc", None, 422, "targetid"),
         ("GET", "/api/image/12345.png", None, 404, "targetid 12345 is not in the survey files"),
         ("GET", "/api/image/abc.png", None, 422, "targetid"),
@@ -224,7 +226,7 @@ def test_start_up_refuses_changed_heads_and_survey_files_without_the_galaxies(se
     with pytest.raises(GalclipError, match="was built from other heads.*rebuild the index"):
         load_service(tmp_path / "index")
     generate_mock(MockConfig(pairs=16, seed=11, batch_size=16, n_groups=1), tmp_path / "other")
-    with pytest.raises(GalclipError, match="no row with targetid .* pass the survey files the index was built from"):
+    with pytest.raises(GalclipError, match="none of them holds its content.*put the original back"):
         load_service(root / "index", [tmp_path / "other" / "survey.h5"])
 
 

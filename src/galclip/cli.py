@@ -51,6 +51,65 @@ def user_errors(func):
     return wrapper
 
 
+GALCLIP_KINDS = frozenset({"store", "index", "heads", "train_state", "sweep", "report", "survey", "provabgs",
+                           "catalogue", "index_file", "store_part"})
+STORE_IN, INDEX_IN, HEADS_IN, SURVEY_IN = ("store",), ("index",), ("heads",), ("survey",)
+USAGE = {"extract": "DATA STORE", "heads": "STORE OUT", "sweep": "STORE OUT", "evaluate": "STORE HEADS OUT",
+         "index": "STORE HEADS OUT", "search": "INDEX", "serve": "INDEX", "predict": "INDEX INPUT OUT",
+         "info": "STORE"}
+WHAT_MAKES = {
+    "store": "what 'galclip extract DATA STORE' writes (a folder with zarr.json)",
+    "index": "what 'galclip index STORE HEADS OUT' writes (a folder with index.json)",
+    "heads": "what 'galclip heads STORE OUT' writes (OUT/heads.pt)",
+    "survey": "AstroCLIP-layout .h5 files, such as 'galclip mock' writes",
+}
+
+
+def _out_kinds(*own: str) -> frozenset[str]:
+    """Kinds an output argument may be: anything but another galclip artefact (ownership is then checked by the
+    command itself, see galclip.outputs)."""
+    from galclip.kinds import DESCRIPTIONS
+
+    return frozenset(DESCRIPTIONS) - (GALCLIP_KINDS - set(own))
+
+
+def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | frozenset[str]]]) -> None:
+    """Refuse positional arguments of the wrong kind (a store where an index is wanted, arguments swapped ...):
+    one line naming what was given, what was wanted and the command that fixes it."""
+    from itertools import permutations
+
+    from galclip.errors import InputError
+    from galclip.kinds import DESCRIPTIONS, container, describe, kind_of
+
+    kinds = [kind_of(path) for _, path, _ in args]
+    bad = [i for i, (_, _, allowed) in enumerate(args) if kinds[i] not in allowed]
+    if not bad:
+        return
+    label, path, allowed = args[bad[0]]
+    given = kinds[bad[0]]
+    wanted_kinds = [k for k in allowed if k in GALCLIP_KINDS] if len(allowed) < 6 else []
+    wanted = " or ".join(DESCRIPTIONS[k] for k in wanted_kinds) if wanted_kinds else "a new folder or file"
+    message = f"{path}: is {describe(path)}, but {label} of 'galclip {command} {USAGE[command]}' must be {wanted}"
+    for order in permutations(range(len(args))):
+        if order != tuple(range(len(args))) and all(kinds[j] in args[i][2] for i, j in enumerate(order)):
+            fixed = " ".join(str(args[j][1]) for j in order)
+            raise InputError(f"{message}. The arguments look swapped; run: galclip {command} {fixed} (with your "
+                             "options)")
+    if given in ("index_file", "store_part"):
+        fix = f"pass the folder itself: {container(path)}"
+    elif given == "survey" and "store" in wanted_kinds:
+        fix = f"extract its features first: galclip extract {path} features.zarr"
+    elif given == "store" and "index" in wanted_kinds:
+        fix = f"build an index from it first: galclip index {path} HEADS index/"
+    elif given == "missing":
+        fix = f"check the path; {label} is {WHAT_MAKES.get(wanted_kinds[0], wanted) if wanted_kinds else wanted}"
+    elif wanted_kinds and wanted_kinds[0] in WHAT_MAKES:
+        fix = f"{DESCRIPTIONS[wanted_kinds[0]]} is {WHAT_MAKES[wanted_kinds[0]]}"
+    else:
+        fix = f"choose a new {label} path; galclip never writes over {describe(path)}"
+    raise InputError(f"{message}; {fix}")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -84,14 +143,16 @@ def main(verbose: int, quiet: bool) -> None:
 @click.option("--modality", type=click.Choice(["both", "image", "spectrum"]), default="both", show_default=True,
               help="'image' or 'spectrum': write only that modality (galaxies to predict with 'galclip predict'); "
                    "provabgs.h5 still holds their true labels.")
+@click.option("--overwrite", is_flag=True, help="Replace survey.h5 / provabgs.h5 already in OUT (stores extracted "
+              "from them then refuse to read them).")
 @user_errors
-def mock(pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str) -> None:
+def mock(pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str, overwrite: bool) -> None:
     """Write a physically grounded mock survey (survey.h5 + provabgs.h5) into OUT."""
     from galclip.config import MockConfig
     from galclip.data.mock.survey import generate_mock
 
     summary = generate_mock(MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction,
-                                       modality=modality), out)
+                                       modality=modality), out, overwrite=overwrite)
     what = "pairs" if modality == "both" else f"{modality}-only galaxies"
     click.echo(f"mock survey: {summary['pairs']} {what} ({summary['pairs_per_s']:.0f}/s) -> {out}")
 
@@ -147,12 +208,16 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
     from galclip.config import ExtractConfig
     from galclip.extract.run import run_extraction
 
+    _require_kinds("extract", [("DATA", data, SURVEY_IN), ("STORE", store, _out_kinds("store"))])
     cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, orientation=orientation,
                         variants=variants,
                         spectrum_variants=spectrum_variants, batch_size=batch_size, rows_per_shard=rows_per_shard,
                         num_workers=workers, compile=compile_, bad_rows=bad_rows, seed=seed, device=device,
                         catalogue=catalogue)
-    s = run_extraction(data, store, cfg, progress=not no_progress)
+    try:
+        s = run_extraction(data, store, cfg, progress=not no_progress)
+    except KeyboardInterrupt:
+        _interrupted_extraction(store)
     where = f" (rank {s['rank']}/{s['world_size']})" if s.get("world_size", 1) > 1 else ""
     if s.get("already_complete"):
         click.echo(f"{store}: already complete ({s['pairs']} pairs); nothing to do{where}")
@@ -165,20 +230,29 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
 @main.command()
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--targetids", is_flag=True, help="List every galaxy: targetid, split, labels (CSV on stdout), the "
+              "targetids 'galclip search --targetid' takes.")
 @user_errors
-def info(store: Path, as_json: bool) -> None:
+def info(store: Path, as_json: bool, targetids: bool) -> None:
     """Print what a feature STORE holds (counts, arrays, completeness, provenance)."""
     from dataclasses import asdict
 
     from galclip.store import FeatureStore
 
-    inf = FeatureStore.open(store).info()
+    _require_kinds("info", [("STORE", store, STORE_IN)])
+    opened = FeatureStore.open(store)
+    if targetids:
+        _echo_targetids(opened)
+        return
+    inf = opened.info()
     if as_json:
         click.echo(json.dumps(asdict(inf), indent=2))
         return
     click.echo(f"store        {inf.path}")
     click.echo(f"fingerprint  {inf.fingerprint}")
-    click.echo(f"pairs        {inf.n} (train {inf.n_train}, selection {inf.n_selection}, test {inf.n_test}, "
+    held = [m for m in ("image", "spectrum") if f"{m}_features" in inf.arrays]
+    what = "pairs" if len(held) != 1 else f"{held[0]}s only"
+    click.echo(f"{what:<12} {inf.n} (train {inf.n_train}, selection {inf.n_selection}, test {inf.n_test}, "
                f"labelled {inf.n_labelled})")
     click.echo(f"shards       {inf.n_complete}/{inf.n_shards} complete ({inf.rows_per_shard} rows each)"
                + ("" if inf.complete else "  <- INCOMPLETE: re-run the same 'galclip extract' to finish"))
@@ -268,17 +342,25 @@ def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob,
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @_head_options
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT exactly where it stopped.")
+@click.option("--overwrite", is_flag=True, help="Replace the heads already in OUT (and write into a folder galclip "
+              "did not make; only the files 'galclip heads' writes are replaced).")
+@click.option("--save-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds between writes of OUT/train_state.pt, what --resume reads (0: after every epoch).")
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def heads(store: Path, out: Path, resume: bool, allow_partial: bool, no_progress: bool, **kwargs) -> None:
+def heads(store: Path, out: Path, resume: bool, overwrite: bool, save_every: float, allow_partial: bool,
+          no_progress: bool, **kwargs) -> None:
     """Train the image and spectrum heads on STORE's cached features; write OUT/heads.pt."""
-    from galclip.heads.train import train_heads
+    from galclip.heads.train import stop_words, train_heads
 
-    s = train_heads(store, out, _head_config(**kwargs), progress=not no_progress, resume=resume,
-                    allow_partial=allow_partial)
-    click.echo(f"heads: best val loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']} "
-               f"({s['epochs_run']} epochs, {s['seconds']:.1f} s, {s['seconds_per_epoch']:.2f} s/epoch) "
+    _require_kinds("heads", [("STORE", store, STORE_IN), ("OUT", out, _out_kinds("heads"))])
+    config = _head_config(**kwargs)
+    s = train_heads(store, out, config, progress=not no_progress, resume=resume, allow_partial=allow_partial,
+                    overwrite=overwrite, save_every_s=save_every)
+    click.echo(f"heads: best selection-split loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']}, "
+               f"{stop_words(s['stop_reason'], config.epochs)} ({s['epochs_run']} epochs, {s['seconds']:.1f} s: "
+               f"{s['wall_seconds_per_epoch']:.2f} s/epoch wall, {s['seconds_per_epoch']:.2f} computing) "
                f"-> {out / 'heads.pt'}")
 
 
@@ -289,14 +371,18 @@ def heads(store: Path, out: Path, resume: bool, allow_partial: bool, no_progress
               help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.")
 @_head_options
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
+@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the sweep's own files "
+              "are replaced).")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, no_progress: bool, **kwargs) -> None:
+def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, overwrite: bool, no_progress: bool,
+          **kwargs) -> None:
     """Train every head configuration of a grid in one pass over the data; write OUT/sweep.csv."""
     from galclip.heads.sweep import parse_grid, run_sweep
 
+    _require_kinds("sweep", [("STORE", store, STORE_IN), ("OUT", out, _out_kinds("sweep"))])
     rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)), allow_partial=allow_partial,
-                     progress=not no_progress)
+                     progress=not no_progress, overwrite=overwrite)
     keys = [k for k in rows[0] if k not in ("spectrum_hidden", "image_hidden")] if rows else []
     click.echo("  ".join(f"{k:>12}" for k in keys))
     for row in rows:
@@ -309,7 +395,7 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.argument("heads_path", metavar="HEADS", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
+@click.option("-k", "--k", "k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
 @click.option("--umap-max-points", type=click.IntRange(min=4), default=20000, show_default=True,
               help="UMAP is fitted on a seeded subsample of this many test pairs; the rest are transformed.")
@@ -317,18 +403,23 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
               help="Folder of cached UMAP coordinates (default: HEADS/umap_cache).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
+@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the report's own files "
+              "are replaced).")
 @user_errors
 def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, umap_max_points: int, umap_cache,
-             seed: int, allow_partial: bool) -> None:
+             seed: int, allow_partial: bool, overwrite: bool) -> None:
     """Evaluate HEADS on STORE's test pairs (never used to fit or choose them); write OUT/report.html and OUT/metrics.json."""
     from galclip.config import EvalConfig
     from galclip.evaluate.pipeline import evaluate_store
 
+    _require_kinds("evaluate", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN),
+                                ("OUT", out, _out_kinds("report"))])
     t0 = time.perf_counter()
     config = EvalConfig(k=k, umap=not no_umap, umap_max_points=umap_max_points, seed=seed,
                         umap_cache=None if umap_cache is None else str(umap_cache))
-    metrics = evaluate_store(store, heads_path, out, config,
-                             extra_metrics={"timings_s": {}}, allow_partial=allow_partial)
+    given_k = click.get_current_context().get_parameter_source("k") != click.core.ParameterSource.DEFAULT
+    metrics = evaluate_store(store, heads_path, out, config, extra_metrics={"timings_s": {}},
+                             allow_partial=allow_partial, overwrite=overwrite, strict_k=given_k)
     click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
     _echo_summary(metrics)
 
@@ -347,15 +438,20 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, um
 @click.option("--no-map", is_flag=True,
               help="Skip the 2-d UMAP map of the image embeddings (map.npy) that 'galclip serve' draws.")
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
+@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the index's own files "
+              "are replaced; nothing else is deleted).")
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int, batch: int,
-          no_map: bool, allow_partial: bool, no_progress: bool) -> None:
+          no_map: bool, allow_partial: bool, overwrite: bool, no_progress: bool) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
     from galclip.index.build import build_indexes
 
+    _require_kinds("index", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN),
+                             ("OUT", out, _out_kinds("index"))])
     side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
-                         batch=batch, allow_partial=allow_partial, progress=not no_progress, embedding_map=not no_map)
+                         batch=batch, allow_partial=allow_partial, progress=not no_progress, embedding_map=not no_map,
+                         overwrite=overwrite)
     for m, rec in side["indexes"].items():
         click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
                    + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))
@@ -363,7 +459,7 @@ def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor
 
 
 @main.command()
-@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.option("--targetid", type=int, required=True,
               help="The query galaxy: in the index, or in the survey file given with --data.")
 @click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -379,6 +475,7 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
     """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
     from galclip.index.search import open_index
 
+    _require_kinds("search", [("INDEX", index_dir, INDEX_IN)])
     if data is not None and plot is not None:
         raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
     idx = open_index(index_dir)
@@ -403,7 +500,7 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
 
 
 @main.command()
-@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Survey file(s) or folder the thumbnails and spectra are read from [default: the files the "
                    "index's store was extracted from]. Repeatable.")
@@ -417,17 +514,47 @@ def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None
 
     from galclip.serve.app import create_app, load_service
 
+    _require_kinds("serve", [("INDEX", index_dir, INDEX_IN)])
+    sock = _bind(host, port)  # before anything is loaded or printed: a taken port is the one-line message
     service = load_service(index_dir, list(data) or None)
     if host not in ("127.0.0.1", "localhost", "::1"):
         logger.warning("binding %s: anyone who can reach this machine can use the service; it has no "
                        "authentication", host)
     shown = f"[{host}]" if ":" in host else host
-    click.echo(f"galclip serve: http://{shown}:{port}/  ({len(service.index)} galaxies; Ctrl-C stops)")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    bound = sock.getsockname()[1]
+    click.echo(f"galclip serve: http://{shown}:{bound}/  ({len(service.index)} galaxies; Ctrl-C stops)")
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    server.run(sockets=[sock])
+
+
+def _bind(host: str, port: int):
+    """A listening socket on host:port, or a one-line error naming the port and the fix."""
+    import errno
+    import socket
+
+    from galclip.errors import GalclipError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            raise GalclipError(f"--port {port}: {host}:{port} is already in use (another 'galclip serve'?); pass "
+                               "another --port, or --port 0 for any free one") from err
+        if err.errno in (errno.EACCES, errno.EPERM):
+            raise GalclipError(f"--port {port}: not allowed to listen there (ports below 1024 need root); pass a "
+                               "--port from 1024 up") from err
+        raise GalclipError(f"--host {host}: cannot listen on it ({err.strerror}); pass an address of this machine, "
+                           "e.g. --host 127.0.0.1") from err
+    sock.listen(128)
+    return sock
 
 
 @main.command()
-@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--modality", type=click.Choice(["image", "spectrum", "auto"]), default="auto", show_default=True,
@@ -454,11 +581,13 @@ def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None
 @click.option("--bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="On a NaN/inf/blank input row: stop, or write it with NaN predictions and go on.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an OUT file galclip did not write, and write into a report "
+              "folder galclip did not make (only predict's own files are replaced).")
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int, fmt, truth, reference: str, work,
             report_dir, image_weights, spectrum_weights, batch_size, rows_per_shard, workers, bad_rows, device,
-            no_progress) -> None:
+            overwrite, no_progress) -> None:
     """Zero-shot redshift and stellar-mass catalogue OUT for the galaxies in INPUT (survey files holding only
     images, only spectra, or both; or a feature store), from their nearest labelled neighbours in INDEX.
 
@@ -466,11 +595,13 @@ def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int,
     """
     from galclip.predict.run import predict_catalogue
 
+    _require_kinds("predict", [("INDEX", index_dir, INDEX_IN), ("INPUT", input_path, ("survey", "store")),
+                               ("OUT", out, _out_kinds("catalogue"))])
     m = predict_catalogue(index_dir, input_path, out, modality=modality, k=k, fmt=fmt, truth=truth,
                           reference=reference, work=work, report_dir=report_dir, image_weights=image_weights,
                           spectrum_weights=spectrum_weights, device=device, batch_size=batch_size,
                           rows_per_shard=rows_per_shard, num_workers=workers, bad_rows=bad_rows,
-                          progress=not no_progress)
+                          progress=not no_progress, overwrite=overwrite)
     if "catalogue" not in m:  # a torchrun rank other than 0: it extracted its shards, rank 0 writes the catalogue
         return
     click.echo(f"catalogue: {m['n_galaxies']} galaxies from their {m['modality']}s ({m['n_predicted']} predicted, "
@@ -485,6 +616,40 @@ def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int,
                    f"coverage {f(ms.get('coverage'), '.2f')} (n {ms['n']})")
         click.echo(f"report:  {Path(m['metrics_file']).parent / 'report.html'}")
     click.echo(f"metrics: {m['metrics_file']}")
+
+
+def _interrupted_extraction(store_path: Path) -> None:
+    """Ctrl-C during extraction: say what is kept and the command that resumes; exit 130 (as a shell does)."""
+    from galclip.errors import GalclipError
+    from galclip.integrity import resume_command
+    from galclip.store import FeatureStore
+
+    try:
+        store = FeatureStore.open(store_path)
+    except GalclipError:
+        click.echo(f"\ninterrupted before {store_path} was created; nothing was written", err=True)
+        sys.exit(130)
+    done = int(store.complete_mask().sum())
+    click.echo(f"\ninterrupted: {done} of {store.n_shards} shards of {store_path} are complete and kept (only the "
+               f"shards in flight are redone). Resume with:\n  {resume_command(store)}", err=True)
+    sys.exit(130)
+
+
+def _echo_targetids(store) -> None:
+    """Every galaxy of a store as CSV on stdout: targetid, split, redshift, log_mstar (empty where unlabelled)."""
+    import csv
+
+    import numpy as np
+
+    from galclip.split import SPLIT_NAMES
+
+    labels, split = store.labels(), store.split()
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["targetid", "split", "redshift", "log_mstar"])
+    for tid, code, z, m in zip(store.targetids().tolist(), split.tolist(), labels["redshift"].tolist(),
+                               labels["log_mstar"].tolist()):
+        writer.writerow([tid, SPLIT_NAMES[code], "" if not np.isfinite(z) else f"{z:.6g}",
+                         "" if not np.isfinite(m) else f"{m:.4f}"])
 
 
 def _echo_summary(metrics: dict) -> None:
@@ -508,12 +673,14 @@ def _echo_summary(metrics: dict) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--no-umap", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Run in an OUT that is not an earlier demo's, provided each folder "
+              "the demo writes is missing or galclip's own output; nothing galclip did not write is deleted.")
 @user_errors
-def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int) -> None:
+def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int, overwrite: bool) -> None:
     """mock -> extract -> heads -> evaluate -> index -> predict on a mock survey; prints the report and the serve command."""
     from galclip.demo import run_demo
 
-    metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed)
+    metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed, overwrite=overwrite)
     click.echo(f"\nreport:  {out / 'report' / 'report.html'}\nmetrics: {out / 'report' / 'metrics.json'}")
     _echo_summary(metrics)
     t = metrics["timings_s"]

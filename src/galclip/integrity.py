@@ -48,10 +48,16 @@ def check_path(path: str | Path, repair: bool = False) -> dict:
         return _check_index(path)
     if path.suffix == ".pt" or (path.is_dir() and (path / "heads.pt").exists()):
         return _check_heads(path)
-    if path.is_file():
+    from galclip.kinds import CATALOGUE_SUFFIXES, container, describe, kind_of
+
+    kind = kind_of(path)
+    if path.is_file() and (kind == "catalogue" or (kind == "file" and path.suffix.lower() in CATALOGUE_SUFFIXES)):
         return _check_catalogue(path)
-    raise GalclipError(f"{path}: not a galclip feature store (zarr.json), index folder (index.json), heads "
-                       "(heads.pt) or catalogue")
+    fix = (f"check the folder it belongs to: galclip check {container(path)}" if kind in ("index_file", "store_part")
+           else "")
+    raise GalclipError(f"{path}: is {describe(path)}; 'galclip check' verifies a feature store (a folder with "
+                       "zarr.json), an index folder (index.json), heads (heads.pt or its folder) or a catalogue "
+                       "('galclip predict' FITS or CSV)" + (f"; {fix}" if fix else ""))
 
 
 def _check_store(path: Path, repair: bool) -> dict:
@@ -60,16 +66,18 @@ def _check_store(path: Path, repair: bool) -> dict:
 
     store = FeatureStore.open(path, mode="r+" if repair else "r", validate=False)
     result = check_store(store)
-    lines = [f"{path}: feature store (format {result['format_version']}), {result['n']} pairs, "
+    held = [m for m in ("image", "spectrum") if f"{m}_features" in result["arrays"]]
+    what = "pairs" if len(held) != 1 else f"{held[0]}-only galaxies"
+    lines = [f"{path}: feature store (format {result['format_version']}), {result['n']} {what}, "
              f"{result['n_complete']}/{result['n_shards']} shards complete, arrays {', '.join(result['arrays'])}"]
     if not result["checksums"]:
         lines.append("  NOTE: format 1: its chunks carry no checksums, so damage to them can go unnoticed; extract "
                      "again into a new store to get them")
     if repair and result["damaged"]:
         done = repair_store(store, result["damaged"])
-        msg = (f"repaired: marked {len(done['shards'])} shard(s) incomplete {done['shards'][:20]}; run the same "
-               f"'galclip extract DATA {path}' to re-extract only those: extraction is deterministic, so the store "
-               "will be bitwise identical to an uninterrupted run")
+        msg = (f"repaired: marked {len(done['shards'])} shard(s) incomplete {done['shards'][:20]}; to re-extract only "
+               f"those, run the extraction again with the store's own settings:\n  {resume_command(store)}\n"
+               "Extraction is deterministic, so the store will be bitwise identical to an uninterrupted run")
         if done["unrepairable"]:
             msg += (f". Not repairable in place: {len(done['unrepairable'])} damaged chunk(s) of data written once, "
                     f"at creation (e.g. '{done['unrepairable'][0]['array']}'): restore the store from a copy, or extract "
@@ -79,6 +87,17 @@ def _check_store(path: Path, repair: bool) -> dict:
     elif repair:
         result["repair"] = "nothing to repair: no damaged chunk"
     return {"kind": "store", "lines": lines, **result}
+
+
+def resume_command(store) -> str:
+    """The command that finishes (re-extracts the incomplete shards of) ``store``: 'galclip extract' with the
+    store's recorded options, or for a predict work store the advice to run that 'galclip predict' again."""
+    from galclip.extract.provenance import extract_command
+
+    modalities = (store.provenance.get("config") or {}).get("modalities") or ("image", "spectrum")
+    if len(modalities) == 1:
+        return f"the same 'galclip predict ... --work {store.path}' that wrote it (its work store)"
+    return extract_command(store.provenance, store.path)
 
 
 def _check_index(path: Path) -> dict:

@@ -37,9 +37,25 @@ def code_version() -> str:
 
 
 def resolve_device(name: str = "auto"):
-    """'auto' -> CUDA when available, else CPU; otherwise ``torch.device(name)``."""
+    """'auto' -> CUDA when available, else CPU; otherwise ``torch.device(name)`` for "cpu", "cuda" or "cuda:N",
+    refused with the fix (a :class:`~galclip.errors.GalclipError`) when it is unknown or not on this machine."""
+    import re
+
     import torch
+
+    from galclip.errors import GalclipError
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", str(name))
+    if match is None:
+        raise GalclipError(f"--device {name}: not a device galclip runs on; use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise GalclipError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
+                           "(or auto, which picks a GPU when there is one)")
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise GalclipError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
     return torch.device(name)

@@ -104,8 +104,10 @@ def plot_gallery(
     spectrum: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
     path: Path | str,
     title: str = "",
+    names: np.ndarray | None = None,
 ) -> Path:
-    """Retrieval gallery: one row per query, the query then its top-k results.
+    """Retrieval gallery: one row per query, the query then its top-k results, each panel titled by its targetid
+    (``names``: (n,) targetids by galaxy index; without them, by index).
 
     query_index: (q,) galaxy indices; neighbour_indices, similarities: (q, k). query_kind and
     target_kind are "image" (drawn RGB via image_rgb(indices) -> (m, H, W, 3)) or "spectrum"
@@ -125,14 +127,15 @@ def plot_gallery(
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.3 / height, top=1 - 0.5 / height,
                         wspace=0.1, hspace=0.35)
     axes = fig.subplots(max(1, len(queries)), n_cols, squeeze=False)
+    label = (lambda i: f"#{i}") if names is None else (lambda i: str(int(names[i])))
     for r, q in enumerate(queries):
         _draw(axes[r, 0], query_kind, int(q), image_rgb, spectrum)
-        axes[r, 0].set_title(f"query #{q} ({query_kind})", fontsize=7, color="blue")
+        axes[r, 0].set_title(f"query {label(int(q))} ({query_kind})", fontsize=7, color="blue")
         for c in range(nbrs.shape[1]):
             idx = int(nbrs[r, c])
             _draw(axes[r, c + 1], target_kind, idx, image_rgb, spectrum)
             mark = " ★" if idx == q else ""
-            axes[r, c + 1].set_title(f"#{idx} s={sims[r, c]:.3f}{mark}", fontsize=7)
+            axes[r, c + 1].set_title(f"{label(idx)} s={sims[r, c]:.3f}{mark}", fontsize=6)
     if title:
         fig.suptitle(title, fontsize=10)
     return save_png(fig, path)

@@ -91,6 +91,9 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
         parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
     parts.append(_table("Zero-shot k-NN R²", [s for s in ZERO_SHOT_SOURCES if s in zs] or list(zs),
                         list(ZERO_SHOT_TARGETS), zs))
+    shortfall = metrics.get("zero_shot_shortfall")
+    if shortfall:
+        parts.append(f"<p class='note'><b>Why “–”:</b> {html.escape(shortfall['note'])}.</p>\n")
     best = metrics.get("zero_shot_best") or {}
     if best:
         lines = []
@@ -128,7 +131,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
         parts.append(_table("Timings (s)", list(timings), ["seconds"],
                             {k: {"seconds": v} for k, v in timings.items()}))
     shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", "zero_shot_photoz", "zero_shot_best",
-             "splits",
+             "splits", "zero_shot_shortfall",
              *other_k, *summary}
     other = _flat({k: v for k, v in metrics.items() if k not in shown})
     if other:

@@ -124,7 +124,7 @@ def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: di
             scores, ids = drop_self(scores, ids, queries)
         figures[f"gallery_{name}"] = plot_gallery(
             queries, ids, scores, q, t, inputs.image_rgb, inputs.spectrum,
-            out_dir / f"gallery_{name}.png", title=f"{name}: top {k} by cosine similarity")
+            out_dir / f"gallery_{name}.png", title=f"{name}: top {k} by cosine similarity", names=inputs.targetid)
     return figures
 
 
@@ -132,6 +132,34 @@ def _standardise(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np
     """Rows ``train`` and ``test`` of x (n, d) standardised with the train rows' statistics, as the heads do."""
     mean, std = standardisation(np.asarray(x)[train])
     return standardise(np.asarray(x)[train], mean, std), standardise(np.asarray(x)[test], mean, std)
+
+
+def zero_shot_shortfall(labels: dict[str, np.ndarray], config: EvalConfig, test_fraction: float = 0.1) -> dict | None:
+    """Why zero-shot R² cannot be computed on these test pairs, or None when it can for every target.
+
+    ``labels``: name -> (n,) labels of the test pairs (NaN unlabelled). The k-NN fits on one seeded half of the
+    labelled pairs (``zero_shot_split``) and needs more than k fit rows per target. Returns {"fit_rows": {target:
+    n}, "needed_labelled": L, "max_k": k, "note": the sentence the report and the CLI show}."""
+    import math
+
+    train, _ = zero_shot_split(labels, config.knn_test_fraction, config.seed)
+    fit = {name: int(np.isfinite(y[train]).sum()) for name, y in labels.items()}
+    if all(n >= config.k + 1 for n in fit.values()):
+        return None
+    n = len(next(iter(labels.values())))
+    labelled = int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum())
+    needed = math.ceil((config.k + 1) / (1 - config.knn_test_fraction))
+    share = labelled / n if n else 0.0
+    pairs = f", about {math.ceil(needed / (test_fraction * share)):,} pairs in all at this store's test fraction " \
+            f"({test_fraction:g}) and labelled share ({share:.0%})" if share > 0 else ""
+    max_k = max(min(fit.values()) - 1, 0)
+    note = (f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+            f"{pairs}; or use -k {max_k} or less" if max_k >= 1 else
+            f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+            f"{pairs}")
+    return {"fit_rows": fit, "needed_labelled": needed, "max_k": max_k, "note": note}
 
 
 def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray],
@@ -199,7 +227,7 @@ def best_sources(r2: dict[str, dict[str, float]]) -> dict[str, dict]:
 
 
 def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
-                   extra_metrics: dict | None = None, started: float | None = None) -> dict:
+                   extra_metrics: dict | None = None, started: float | None = None, test_fraction: float = 0.1) -> dict:
     """Evaluate one set of test-split embeddings; write figures, metrics.json, report.html.
 
     Embeddings are L2-normalised (eq. 5) and searched with exact FAISS inner product.
@@ -213,6 +241,9 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     labels = inputs.labels()
+    shortfall = zero_shot_shortfall(labels, config, test_fraction)
+    if shortfall:
+        logger.warning("%s", shortfall["note"])
 
     t0 = time.perf_counter()
     emb = {"image": l2_normalise(inputs.emb_image), "spectrum": l2_normalise(inputs.emb_spectrum)}
@@ -253,6 +284,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
         **{f"zero_shot_r2_{k}": t for k, t in knn_info.pop("r2_other_k").items()},
         **({"supervised_r2": knn_info.pop("supervised_r2")} if "supervised_r2" in knn_info else {}),
         "zero_shot": knn_info,
+        **({"zero_shot_shortfall": shortfall} if shortfall else {}),
         "retrieval": retrieval,
         "figures": {name: p.name for name, p in figures.items()},
         "eval_config": {k: getattr(config, k) for k in config.__dataclass_fields__},
@@ -269,8 +301,9 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
 
     cross = retrieval["im2sp"]
     r2 = metrics["zero_shot_r2"]
+    shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     logger.info("evaluation of %d pairs: im->sp recall@10 %.3f (chance %.3f), median rank %.0f; "
-                "zero-shot redshift R2 image %s, spectrum %s, cross %s", n, cross["recall@10"],
-                cross["chance_recall@10"], cross["median_rank"], r2["image"]["redshift"],
-                r2["spectrum"]["redshift"], r2["cross"]["redshift"])
+                "zero-shot redshift R² image %s, spectrum %s, cross %s", n, cross["recall@10"],
+                cross["chance_recall@10"], cross["median_rank"], shown(r2["image"]["redshift"]),
+                shown(r2["spectrum"]["redshift"]), shown(r2["cross"]["redshift"]))
     return metrics

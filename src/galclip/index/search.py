@@ -164,6 +164,10 @@ class Index:
             pos = self.position(targetid)
             vector, survey_redshift, source = np.asarray(self.embeddings[query][pos:pos + 1]), None, "index"
         exclude = pos if query == target else -1
+        others = len(self) - (1 if exclude >= 0 else 0)
+        if k > others:
+            raise GalclipError(f"k {k}: the index holds {len(self)} galaxies ({others} besides the query in its own "
+                               f"modality); ask for k {others} or fewer")
         neighbours = self._neighbours(vector, target, k, exclude=exclude, partner=pos)
         known = pos >= 0
         return {"query": {"targetid": int(targetid), "modality": query, "source": source,

@@ -55,6 +55,12 @@ def load_reference(index, modality: str, exclude: np.ndarray, selection: str = "
     chosen = labelled & (rows["split"] == 0) if selection == "train" else labelled
     excluded = chosen & np.isin(rows["targetid"], np.asarray(exclude, np.int64))
     chosen &= ~excluded
+    if not chosen.any() and excluded.any():
+        raise InputError(
+            f"{index.path}: every one of its {int(excluded.sum())} labelled reference galaxies ({selection} selection) is "
+            "among the galaxies being predicted, so none is left to predict them from: the input holds the index's own "
+            "galaxies. Predict galaxies the index does not hold (e.g. 'galclip mock --modality image --seed 7 --out "
+            "new/'), or score the index's store with 'galclip evaluate STORE HEADS OUT'")
     if not chosen.any():
         where = "training split" if selection == "train" else "index"
         raise InputError(
