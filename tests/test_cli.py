@@ -477,6 +477,8 @@ MISTAKES = [
     Case("heads HEADS STORE", heads_arguments_swapped,
          ("is trained heads", "STORE of 'galclip heads STORE OUT' must be a galclip feature store", "look swapped"),
          writes_nothing=True),
+    Case("evaluate from an index", lambda c: ["evaluate", str(c.index), str(c.heads), str(c.tmp / "r")],
+         ("is a galclip index folder", "the store this index was built from is"), writes_nothing=True),
     Case("heads from a survey folder", heads_from_survey_folder,
          ("survey data", "extract its features first: galclip extract"), writes_nothing=True),
     Case("search a store", search_a_store,
@@ -637,7 +639,8 @@ def test_overwrite_writes_beside_what_galclip_did_not_write(corpus_inputs, tmp_p
     shutil.copytree(heads, out)
     (out / "paper.tex").write_text("draft")
     before = (out / "heads.pt").read_bytes()
-    args = ["-q", "heads", str(store), str(out), "--epochs", "1", "--batch-size", "16", "--seed", "5", "--no-progress"]
+    args = ["-q", "heads", str(store), str(out), "--epochs", "1", "--batch-size", "16", "--seed", "5",
+            "--image-hidden", "64", "--no-progress"]
     assert runner.invoke(main, args).exit_code == 1 and (out / "heads.pt").read_bytes() == before
     r = runner.invoke(main, [*args, "--overwrite"])
     assert r.exit_code == 0, r.output
@@ -650,8 +653,7 @@ def test_overwrite_writes_beside_what_galclip_did_not_write(corpus_inputs, tmp_p
     r = runner.invoke(main, ["-q", "evaluate", str(store), str(out), str(report), "--no-umap"])  # its own output now
     assert r.exit_code == 0, r.output
     assert (report / "notes.md").read_text() == "mine"
-    r = runner.invoke(main, ["-q", "mock", "--pairs", "8", "--out", str(tmp_path / "m")])
-    assert r.exit_code == 0
+    survey_copy(mock, tmp_path / "m")
     first = (tmp_path / "m" / "survey.h5").read_bytes()
     r = runner.invoke(main, ["-q", "mock", "--pairs", "8", "--seed", "1", "--out", str(tmp_path / "m"), "--overwrite"])
     assert r.exit_code == 0 and (tmp_path / "m" / "survey.h5").read_bytes() != first

@@ -101,6 +101,13 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
         fix = f"extract its features first: galclip extract {path} features.zarr"
     elif given == "store" and "index" in wanted_kinds:
         fix = f"build an index from it first: galclip index {path} HEADS index/"
+    elif given == "index" and "store" in wanted_kinds:
+        try:
+            built_from = json.loads((Path(path) / "index.json").read_text()).get("store_absolute")
+        except (OSError, ValueError, AttributeError):
+            built_from = None
+        fix = (f"the store this index was built from is {built_from}" if built_from else
+               "pass the feature store the index was built from")
     elif given == "missing":
         fix = f"check the path; {label} is {WHAT_MAKES.get(wanted_kinds[0], wanted) if wanted_kinds else wanted}"
     elif wanted_kinds and wanted_kinds[0] in WHAT_MAKES:
