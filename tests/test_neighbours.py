@@ -154,12 +154,12 @@ def test_zero_shot_table_drops_nan_labels_and_handles_too_few():
     assert math.isnan(table["a"]["sparse"]["r2"]) and table["a"]["sparse"]["pred"].size == 0
 
 
-def test_zero_shot_table_warns_once_per_call(caplog):
+def test_zero_shot_table_notes_once_per_call(caplog):
     rng = np.random.default_rng(10)
     x_tr, x_te = rng.standard_normal((10, 4)), rng.standard_normal((5, 4))
     y_tr, y_te = rng.standard_normal(10), rng.standard_normal(5)
     sources = {name: (x_tr, x_te) for name in ("a", "b", "c")}
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("DEBUG", logger="galclip.neighbours"):
         table = zero_shot_table(sources, {"z": (y_tr, y_te), "m": (y_tr, y_te)}, k=64)
     assert all(math.isnan(table[s][t]["r2"]) for s in sources for t in ("z", "m"))
     assert len([r for r in caplog.records if "k=64" in r.getMessage()]) == 1
@@ -210,3 +210,21 @@ def test_knn_interval_brackets_the_mean_and_uses_distance_weights():
     dist[0, 3] = 0.0  # an exact match carries all the weight
     mean, lo, hi = knn_interval(dist, y[idx])
     assert mean[0] == lo[0] == hi[0] == y[idx][0, 3]
+
+
+def test_zero_shot_shortfall_counts_the_fit_half_and_what_is_needed():
+    from galclip.config import EvalConfig
+    from galclip.neighbours import zero_shot_shortfall, zero_shot_split
+
+    rng = np.random.default_rng(4)
+    z = rng.uniform(0, 1, 40)
+    m = rng.uniform(9, 12, 40)
+    z[::4] = m[::4] = np.nan  # 30 labelled of 40
+    labels = {"redshift": z, "log_mstar": m}
+    config = EvalConfig(k=16)
+    train, _ = zero_shot_split(labels, config.knn_test_fraction, config.seed)
+    short = zero_shot_shortfall(labels, config, test_fraction=0.1)
+    assert short["fit_rows"] == {"redshift": int(np.isfinite(z[train]).sum()), "log_mstar": int(np.isfinite(m[train]).sum())}
+    assert short["needed_labelled"] == 34 and short["max_k"] == min(short["fit_rows"].values()) - 1
+    assert "30 labelled pair(s)" in short["note"] and "about 454 pairs in all" in short["note"]  # 34 / (0.1 * 0.75)
+    assert zero_shot_shortfall(labels, EvalConfig(k=short["max_k"])) is None

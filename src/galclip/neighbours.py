@@ -274,8 +274,8 @@ def zero_shot_table(
     targets = {name: (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for name, (a, b) in targets.items()}
     too_few = {name: (int(np.isfinite(a).sum()), int(np.isfinite(b).sum())) for name, (a, b) in targets.items()
                if np.isfinite(a).sum() < k + 1 or np.isfinite(b).sum() < 1}
-    if too_few:
-        logger.warning("zero-shot k-NN at k=%d: too few labelled rows for %s (fit rows, query rows: %s; needs more than "
+    if too_few:  # evaluate and the sweep say why once, with what is needed (zero_shot_shortfall)
+        logger.debug("zero-shot k-NN at k=%d: too few labelled rows for %s (fit rows, query rows: %s; needs more than "
                        "k fit rows); R² recorded as NaN", k, ", ".join(too_few), ", ".join(map(str, too_few.values())))
     table: dict[str, dict[str, dict]] = {}
     for s_name, (train_x, query_x) in sources.items():
@@ -293,3 +293,32 @@ def zero_shot_table(
             true = test_y[ask]
             table[s_name][t_name] = {"r2": r2_score(true, pred), "pred": pred, "true": true, "lo": lo, "hi": hi}
     return table
+
+
+def zero_shot_shortfall(labels: dict[str, np.ndarray], config, test_fraction: float = 0.1) -> dict | None:
+    """Why zero-shot R² cannot be computed on these test pairs, or None when it can for every target.
+
+    ``labels``: name -> (n,) labels of the test pairs (NaN unlabelled); ``config`` an ``EvalConfig`` (k,
+    knn_test_fraction, seed). The k-NN fits on one seeded half of the labelled pairs (``zero_shot_split``) and needs
+    more than k fit rows per target. Returns {"fit_rows": {target:
+    n}, "needed_labelled": L, "max_k": k, "note": the sentence the report and the CLI show}."""
+    import math
+
+    train, _ = zero_shot_split(labels, config.knn_test_fraction, config.seed)
+    fit = {name: int(np.isfinite(y[train]).sum()) for name, y in labels.items()}
+    if all(n >= config.k + 1 for n in fit.values()):
+        return None
+    n = len(next(iter(labels.values())))
+    labelled = int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum())
+    needed = math.ceil((config.k + 1) / (1 - config.knn_test_fraction))
+    share = labelled / n if n else 0.0
+    pairs = f", about {math.ceil(needed / (test_fraction * share)):,} pairs in all at this store's test fraction " \
+            f"({test_fraction:g}) and labelled share ({share:.0%})" if share > 0 else ""
+    max_k = max(min(fit.values()) - 1, 0)
+    note = (f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+            f"{pairs}; or use -k {max_k} or less" if max_k >= 1 else
+            f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+            f"{pairs}")
+    return {"fit_rows": fit, "needed_labelled": needed, "max_k": max_k, "note": note}

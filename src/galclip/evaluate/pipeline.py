@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from galclip.config import EvalConfig
-from galclip.evaluate.run import EvaluationInputs, run_evaluation, zero_shot_shortfall
+from galclip.evaluate.run import EvaluationInputs, run_evaluation
+from galclip.neighbours import zero_shot_shortfall
 from galclip.evaluate.survey_rows import SurveyRows
 from galclip.outputs import check_output_dir, output_dir
 from galclip.split import SELECTION, TEST, TRAIN, split_fractions

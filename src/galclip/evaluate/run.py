@@ -31,6 +31,7 @@ from galclip.neighbours import (
     flat_index,
     l2_normalise,
     top_k,
+    zero_shot_shortfall,
     zero_shot_split,
     zero_shot_table,
 )
@@ -132,34 +133,6 @@ def _standardise(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np
     """Rows ``train`` and ``test`` of x (n, d) standardised with the train rows' statistics, as the heads do."""
     mean, std = standardisation(np.asarray(x)[train])
     return standardise(np.asarray(x)[train], mean, std), standardise(np.asarray(x)[test], mean, std)
-
-
-def zero_shot_shortfall(labels: dict[str, np.ndarray], config: EvalConfig, test_fraction: float = 0.1) -> dict | None:
-    """Why zero-shot R² cannot be computed on these test pairs, or None when it can for every target.
-
-    ``labels``: name -> (n,) labels of the test pairs (NaN unlabelled). The k-NN fits on one seeded half of the
-    labelled pairs (``zero_shot_split``) and needs more than k fit rows per target. Returns {"fit_rows": {target:
-    n}, "needed_labelled": L, "max_k": k, "note": the sentence the report and the CLI show}."""
-    import math
-
-    train, _ = zero_shot_split(labels, config.knn_test_fraction, config.seed)
-    fit = {name: int(np.isfinite(y[train]).sum()) for name, y in labels.items()}
-    if all(n >= config.k + 1 for n in fit.values()):
-        return None
-    n = len(next(iter(labels.values())))
-    labelled = int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum())
-    needed = math.ceil((config.k + 1) / (1 - config.knn_test_fraction))
-    share = labelled / n if n else 0.0
-    pairs = f", about {math.ceil(needed / (test_fraction * share)):,} pairs in all at this store's test fraction " \
-            f"({test_fraction:g}) and labelled share ({share:.0%})" if share > 0 else ""
-    max_k = max(min(fit.values()) - 1, 0)
-    note = (f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
-            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
-            f"{pairs}; or use -k {max_k} or less" if max_k >= 1 else
-            f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
-            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
-            f"{pairs}")
-    return {"fit_rows": fit, "needed_labelled": needed, "max_k": max_k, "note": note}
 
 
 def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray],

@@ -27,8 +27,9 @@ from galclip.heads.data import load_training_data
 from galclip.heads.train import stored_fc_state, write_json_atomic
 from galclip.heads.trainer import TrainResult, train_configurations
 from galclip.outputs import check_output_dir, output_dir
-from galclip.neighbours import embedding_sources, l2_normalise, zero_shot_split, zero_shot_table
+from galclip.neighbours import embedding_sources, l2_normalise, zero_shot_shortfall, zero_shot_split, zero_shot_table
 from galclip.provenance import resolve_device
+from galclip.split import split_fractions
 from galclip.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,9 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
 def _write_sweep(out: Path, store: FeatureStore, store_path, fingerprint: str, data, base: HeadConfig, grid: dict,
                  results: list[TrainResult], elapsed: float) -> list[dict]:
     """Score every configuration and write sweep.csv, sweep.json, sweep_val_loss.png and best/heads.pt."""
+    shortfall = zero_shot_shortfall(data.test_labels, EvalConfig(), split_fractions(store.provenance)[0])
+    if shortfall:  # the r2_cross columns are then n/a: say why once
+        logger.warning("sweep: %s", shortfall["note"])
     test_features = store.read_rows(data.test_rows, ("image_features", "spectrum_features"))  # as evaluate reads them
     rows = []
     for r in results:
