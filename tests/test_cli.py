@@ -435,6 +435,11 @@ def evaluate_k_beyond_the_test_split(c: Ctx) -> list[str]:
     return ["evaluate", str(c.store), str(c.heads), str(c.tmp / "r"), "-k", "1000", "--no-umap"]
 
 
+def predict_work_onto_other_store(c: Ctx) -> list[str]:
+    new = survey_copy(c.mock, c.tmp / "new", lambda g: replace(g, "targetid", g["targetid"][:] + 10**15)).parent
+    return ["predict", str(c.index), str(new), str(c.tmp / "x.fits"), "-k", "3", "--work", str(c.other_store)]
+
+
 def serve_on_a_taken_port(c: Ctx) -> list[str]:
     import socket
 
@@ -487,6 +492,9 @@ MISTAKES = [
          writes_nothing=True),
     Case("predict the index's own store", predict_the_index_own_store,
          ("the input holds the index's own galaxies", "galclip evaluate"), writes_nothing=True),
+    Case("predict --work onto a store of other input", predict_work_onto_other_store,
+         ("was made with different settings", "work store of a 'galclip predict' run", "--work NEW.zarr"),
+         writes_nothing=True),
     Case("resume with another --rows-per-shard", resume_with_other_rows_per_shard,
          ("rows_per_shard: store has 16, this run has 64", "run exactly", "--rows-per-shard 16", "--variants 1"),
          writes_nothing=True),

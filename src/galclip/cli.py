@@ -87,7 +87,8 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
         return
     label, path, allowed = args[bad[0]]
     given = kinds[bad[0]]
-    wanted_kinds = [k for k in allowed if k in GALCLIP_KINDS] if len(allowed) < 6 else []
+    is_output = "missing" in allowed  # outputs may be new; inputs must exist (click checks that first)
+    wanted_kinds = [] if is_output else [k for k in allowed if k in GALCLIP_KINDS]
     wanted = " or ".join(DESCRIPTIONS[k] for k in wanted_kinds) if wanted_kinds else "a new folder or file"
     message = f"{path}: is {describe(path)}, but {label} of 'galclip {command} {USAGE[command]}' must be {wanted}"
     for order in permutations(range(len(args))):
@@ -108,8 +109,6 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
             built_from = None
         fix = (f"the store this index was built from is {built_from}" if built_from else
                "pass the feature store the index was built from")
-    elif given == "missing":
-        fix = f"check the path; {label} is {WHAT_MAKES.get(wanted_kinds[0], wanted) if wanted_kinds else wanted}"
     elif wanted_kinds and wanted_kinds[0] in WHAT_MAKES:
         fix = f"{DESCRIPTIONS[wanted_kinds[0]]} is {WHAT_MAKES[wanted_kinds[0]]}"
     else:

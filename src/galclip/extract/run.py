@@ -20,7 +20,7 @@ import torch
 from galclip.config import ExtractConfig
 from galclip.data.catalogue import join_labels
 from galclip.split import assign_split
-from galclip.data.survey import SurveyReader, recorded_survey_problems
+from galclip.data.survey import SurveyReader, survey_changes
 from galclip.errors import InputError
 from galclip.extract.distributed import Distributed
 from galclip.extract.encoders import Encoders, feature_arrays
@@ -52,8 +52,8 @@ def _open_or_create(store_path: Path, reader: SurveyReader, config: ExtractConfi
     dist.agree(error)
     store = FeatureStore.open(store_path, mode="r+")
     store.check_compatible(provenance, fix=resume_advice(store, provenance))
-    if store.provenance.get("data_content") is not None:
-        changed = recorded_survey_problems(store.provenance, reader)
+    if store.provenance.get("data_content") is not None:  # this run's provenance hashed the files already
+        changed = survey_changes(store.provenance["data_content"], provenance["data_content"])
         if changed:
             raise InputError(f"{changed[0]}: {store_path} holds features of the earlier file, and this run would add "
                              "features of the new one. Put the original back and run the same command, or extract the "
@@ -66,15 +66,15 @@ def resume_advice(store: FeatureStore, provenance: dict) -> str:
     (it records every argument that decides its bytes), unless the data or the code changed."""
     from galclip.store.feature_store import leaf_diff
 
-    data_diffs = leaf_diff(store.provenance.get("data"), provenance.get("data"), "data")
-    done = int(store.complete_mask().sum())
-    if data_diffs:
+    if len((provenance.get("config") or {}).get("modalities") or ("image", "spectrum")) == 1:  # a predict run's
+        return (f"{store.path} is the work store of a 'galclip predict' run from other input or settings: pass "
+                "--work NEW.zarr for this input's features, or another OUT")
+    if leaf_diff(store.provenance.get("data"), provenance.get("data"), "data"):
         return (f"The survey files differ from those {store.path} was extracted from: point at those files, or extract "
                 "these into a new store ('galclip extract DATA NEW_STORE')")
-    if len((store.provenance.get("config") or {}).get("modalities") or ("image", "spectrum")) == 1:
-        return "It is the work store of a 'galclip predict' run from other input or settings"
     if "config" not in store.provenance:
         return f"Use another store path; {store.path} records no command line to resume it with"
+    done = int(store.complete_mask().sum())
     return (f"To resume it ({done} of {store.n_shards} shards done), run exactly:\n  "
             f"{extract_command(store.provenance, store.path)}\nor use another store path for these settings")
 
@@ -106,23 +106,17 @@ def run_extraction(data: str | Path | list, store_path: str | Path, config: Extr
     """
     from galclip.store.lock import StoreLock
 
-    SurveyReader(data, require=config.modalities).close()  # refused input takes no lock and writes nothing
-    resolve_device(config.device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        lock = StoreLock(store_path)  # rank 0 takes it, after the ranks have met
-        try:
-            return _run_extraction(data, store_path, config, progress, lock)
-        finally:
-            lock.release()
-    with StoreLock(store_path):
-        return _run_extraction(data, store_path, config, progress, None)
-
-
-def _run_extraction(data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool,
-                    lock) -> dict:
-    reader = SurveyReader(data, require=config.modalities)
+    reader = SurveyReader(data, require=config.modalities)  # refused input or device: no lock, nothing written
     try:
-        return _extract_with(reader, data, store_path, config, progress, lock)
+        resolve_device(config.device)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            lock = StoreLock(store_path)  # rank 0 takes it, after the ranks have met
+            try:
+                return _extract_with(reader, data, store_path, config, progress, lock)
+            finally:
+                lock.release()
+        with StoreLock(store_path):
+            return _extract_with(reader, data, store_path, config, progress, None)
     finally:
         reader.close()  # a refused or failed run holds no HDF5 handle (HDF5 shares one open file per process)
 

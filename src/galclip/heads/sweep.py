@@ -92,11 +92,11 @@ def run_sweep(store_path: str | Path, out_dir: str | Path, base: HeadConfig, gri
     out = Path(out_dir)
     configs = expand_grid(base, grid)
     check_output_dir(out, "sweep", SWEEP_NAMES, overwrite)
+    device = resolve_device(base.device)
     store = FeatureStore.open(store_path)
     fingerprint = store.fingerprint()
     data = load_training_data(store, allow_partial, with_aug=any(c.aug_prob > 0 for c in configs),
                               standardise=base.standardise)
-    device = resolve_device(base.device)
     fc_state = stored_fc_state(store)
     groups: dict[tuple, list[int]] = {}
     for i, cfg in enumerate(configs):  # trained together: the same widths, and whether augmented views are drawn

@@ -24,7 +24,7 @@ import numpy as np
 
 from galclip.atomic import atomic_path, atomic_write_text, json_ready
 from galclip.config import ExtractConfig
-from galclip.errors import InputError, StoreError
+from galclip.errors import InputError
 from galclip.neighbours import knn_interval, l2_normalise
 from galclip.outputs import check_output_dir, output_dir
 from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
@@ -183,17 +183,9 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
                          f"({ref.selection} selection); choose -k {len(ref)} or fewer")
 
     if config is not None:
-        given_work = work is not None
-        work = Path(work) if given_work else default_work_store(out)
+        work = Path(work) if work is not None else default_work_store(out)
         t = time.perf_counter()
-        try:
-            extraction = run_extraction(input_path, work, config, progress=progress)
-        except StoreError as err:
-            if "was made with different settings" not in str(err) and "replaced since extraction" not in str(err):
-                raise
-            raise StoreError(f"{err}\n{work} is the work store of an earlier predict run from other input or "
-                             f"settings{'' if given_work else ' (the default beside OUT)'}: pass --work NEW.zarr for "
-                             "this input's features, or another OUT") from err
+        extraction = run_extraction(input_path, work, config, progress=progress)
         timings["extract"] = time.perf_counter() - t
         if extraction.get("rank", 0) != 0:
             return {"rank": extraction["rank"], "extraction": extraction}
