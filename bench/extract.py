@@ -44,7 +44,7 @@ def main() -> None:
     from galclip.config import ExtractConfig, MockConfig
     from galclip.data.mock.survey import generate_mock
     from galclip.data.survey import SurveyReader
-    from galclip.extract.preprocess import preprocess_images
+    from galclip.data.preprocess import preprocess_images
     from galclip.extract.run import Encoders, run_extraction
     from galclip.provenance import resolve_device
 

@@ -91,7 +91,7 @@ def main() -> None:
     from galclip.data.mock.survey import generate_mock
     from galclip.data.survey import SurveyReader
     from galclip.extract.encoders import Encoders
-    from galclip.extract.preprocess import preprocess_images
+    from galclip.data.preprocess import preprocess_images
     from galclip.extract.run import run_extraction
     from galclip.heads.train import train_heads
     from galclip.index.build import build_indexes

@@ -400,10 +400,6 @@ def predict_arguments_swapped(c: Ctx) -> list[str]:
     return ["predict", str(c.mock), str(c.index), str(c.tmp / "x.fits")]
 
 
-def predict_the_index_own_store(c: Ctx) -> list[str]:
-    return ["predict", str(c.index), str(c.store), str(c.tmp / "x.fits")]
-
-
 def resume_with_other_rows_per_shard(c: Ctx) -> list[str]:
     return ["extract", str(c.mock), str(c.other_store), "--rows-per-shard", "64", "--variants", "1", "--no-progress"]
 
@@ -490,8 +486,6 @@ MISTAKES = [
          ("is a galclip feature store", "must be a galclip index folder", "galclip index"), writes_nothing=True),
     Case("predict SURVEY INDEX OUT", predict_arguments_swapped, ("look swapped", "galclip predict "),
          writes_nothing=True),
-    Case("predict the index's own store", predict_the_index_own_store,
-         ("the input holds the index's own galaxies", "galclip evaluate"), writes_nothing=True),
     Case("predict --work onto a store of other input", predict_work_onto_other_store,
          ("was made with different settings", "work store of a 'galclip predict' run", "--work NEW.zarr"),
          writes_nothing=True),

@@ -21,7 +21,7 @@ from galclip.config import ExtractConfig, HeadConfig
 from galclip.errors import CheckpointError, InputError, StoreError
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import ImageTrunk, load_stein_checkpoint, moco_resnet50
-from galclip.extract.preprocess import centre_crop, grz_to_rgb, images_to_chw, zscore_spectra
+from galclip.data.preprocess import centre_crop, grz_to_rgb, images_to_chw, zscore_spectra
 from galclip.extract.spectrum_encoder import SpenderSpectrumEncoder, load_spender_checkpoint
 from galclip.store import FeatureStore
 

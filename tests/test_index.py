@@ -94,14 +94,14 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
 
     from galclip.cli import main
     from galclip.errors import GalclipError
-    from galclip.index.embed import embed_new_pair
+    from galclip.embed_survey import embed_survey_pair, search_survey_pair
 
     heads = tmp_path / "heads"
     shutil.copytree(tiny_heads, heads)
     build_indexes(tiny_store, heads, tmp_path / "idx")
     idx = load_index(tmp_path / "idx")
     tid = int(idx.rows["targetid"][11])
-    emb, survey_z = embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+    emb, survey_z = embed_survey_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
     # the same pair embedded on the fly lands where the index holds it
     np.testing.assert_allclose(emb["image"][0], idx.embeddings["image"][11], atol=1e-4)
     np.testing.assert_allclose(emb["spectrum"][0], idx.embeddings["spectrum"][11], atol=1e-4)
@@ -114,14 +114,15 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     no_11 = dict(idx.rows)
     no_11["targetid"] = np.where(np.arange(len(idx)) == 11, -1, idx.rows["targetid"])
     idx.rows = no_11
-    record = idx.search(tid, query="image", target="spectrum", k=3, data=tiny_mock / "survey.h5", device="cpu")
+    record = search_survey_pair(idx, tiny_mock / "survey.h5", tid, query="image", target="spectrum", k=3,
+                                device="cpu")
     assert record["query"]["redshift"] == pytest.approx(survey_z) and record["query"]["log_mstar"] is None
     assert not any(n["is_partner"] for n in record["neighbours"])
     ckpt = torch.load(heads / "heads.pt", weights_only=True)
     ckpt["best_epoch"] = -5
     torch.save(ckpt, heads / "heads.pt")  # the heads changed after the index was built
     with pytest.raises(GalclipError, match="other heads"):
-        embed_new_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+        embed_survey_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
 
 
 def test_streamed_exact_neighbours_match_numpy():
@@ -141,19 +142,19 @@ def test_index_build_streams_in_blocks(tiny_store, tiny_heads, tmp_path, monkeyp
 
     ref = build_indexes(tiny_store, tiny_heads, tmp_path / "ref", exact_max=10, recall_floor=0.9, n_queries=20)
     seen = []
-    embed = CLIPHeads.embed
+    embed = CLIPHeads.embed_modality
 
-    def spy(self, fi, fs):
-        seen.append(len(fi))
-        return embed(self, fi, fs)
+    def spy(self, modality, features, *args):
+        seen.append(len(features))
+        return embed(self, modality, features, *args)
 
     def no_full_load(*a, **k):
         raise AssertionError("the index build must not load the whole store")
 
-    monkeypatch.setattr(CLIPHeads, "embed", spy)
+    monkeypatch.setattr(CLIPHeads, "embed_modality", spy)
     monkeypatch.setattr(FeatureStore, "load", no_full_load)
     side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10, recall_floor=0.9, n_queries=20, batch=10)
-    assert max(seen) <= 10 and sum(seen) == 64  # 7 blocks of at most 10 rows
+    assert max(seen) <= 10 and sum(seen) == 2 * 64  # 7 blocks of at most 10 rows, per modality
     a, b = load_index(tmp_path / "ref"), load_index(tmp_path / "idx")
     assert isinstance(b.embeddings["image"], np.memmap) and b.embeddings["image"].shape == (64, 128)  # on disk
     for m in ("image", "spectrum"):  # the same embeddings up to BLAS blocking, and a tuned IVF index each

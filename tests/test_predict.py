@@ -115,12 +115,52 @@ def test_catalogue_matches_sklearn_and_numpy(reference_index, image_only, predic
     assert (rows["Z_LO"] <= rows["Z_HI"]).all()
 
 
+def test_one_galaxy_gets_the_same_prediction_from_the_catalogue_search_json_api_and_python(reference_index,
+                                                                                         tmp_path):
+    """The one zero-shot predictor: the catalogue of the index's own store (each reference galaxy left out of its own
+    neighbours), ``Index.search``, ``galclip search --json`` and ``/api/search`` agree to the bit, for a training
+    galaxy and a test galaxy, whatever k and target the search asks for."""
+    import warnings
+
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+    from galclip.index.search import open_index
+    from galclip.serve.app import create_app, load_service
+
+    out = tmp_path / "own.fits"
+    done = _predict(reference_index["index"], reference_index["store"], out)
+    assert done.returncode == 0, done.stderr
+    rows, _ = read_catalogue(out)
+    index = open_index(reference_index["index"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    client = TestClient(create_app(load_service(reference_index["index"])))
+    split = dict(zip(index.rows["targetid"].tolist(), index.rows["split"].tolist()))
+    picks = [next(int(t) for t in rows["TARGETID"] if split.get(int(t)) == s) for s in (0, 1)]  # train, test
+    for tid in picks:
+        r = rows[rows["TARGETID"] == tid][0]
+        expected = {"redshift": {"value": r["Z_PRED"], "lo": r["Z_LO"], "hi": r["Z_HI"]},
+                    "log_mstar": {"value": r["LOGMSTAR_PRED"], "lo": r["LOGMSTAR_LO"], "hi": r["LOGMSTAR_HI"]},
+                    "similarity": float(np.float32(r["SIM_TOP1"])), "ood": bool(r["OOD"]), "k": 16}
+        for k, target in ((5, "image"), (12, "spectrum")):
+            python = index.search(tid, query="image", target=target, k=k)["prediction"]
+            python["similarity"] = float(np.float32(python["similarity"]))  # the catalogue keeps float32
+            assert python == expected
+            cli = CliRunner().invoke(main, ["-q", "search", str(reference_index["index"]), "--targetid", str(tid),
+                                            "--target", target, "-k", str(k), "--json"])
+            assert json.loads(cli.output)["prediction"] == index.search(tid, target=target, k=k)["prediction"]
+            api = client.get(f"/api/search?targetid={tid}&query=image&target={target}&k={k}").json()
+            assert api["prediction"] == index.search(tid, target=target, k=k)["prediction"]
+
+
 def test_ood_threshold_is_the_reference_own_first_percentile(reference_index):
     from galclip.index.search import open_index
-    from galclip.predict.reference import load_reference
+    from galclip.index.zero_shot import load_reference
 
     index = open_index(reference_index["index"])
-    ref = load_reference(index, "image", np.zeros(0, np.int64))
+    ref = load_reference(index, "image")
     sims = ref.embeddings.astype(np.float64) @ ref.embeddings.astype(np.float64).T
     np.fill_diagonal(sims, -np.inf)
     assert ref.ood_threshold == pytest.approx(np.percentile(sims.max(axis=1), 1.0), abs=1e-5)
@@ -213,8 +253,9 @@ def test_feature_store_input_gives_the_same_catalogue(reference_index, predicted
 
 def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_path):
     """The encoder runs with the reference store's weights and preprocessing: an image-only copy of 12 of its
-    galaxies gets the features the store holds for them; they are left out of the reference set, and only those of
-    the test split are scored against the store's labels."""
+    galaxies gets the features the store holds for them; each is left out of its own neighbours (the reference set is
+    the index's whole labelled training split), and only those of the test split are scored against the store's
+    labels."""
     from galclip.store import FeatureStore
 
     src = tiny_mock / "survey.h5"
@@ -237,7 +278,10 @@ def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_pa
     rows, _ = read_catalogue(out)
     index_rows = np.load(reference_index["index"] / "rows.npz")
     assert int(_header_value(out, "NREF")) == int(((index_rows["split"] == 0) & np.isfinite(index_rows["redshift"])
-                                                     & ~np.isin(index_rows["targetid"], rows["TARGETID"])).sum())
+                                                     & np.isfinite(index_rows["log_mstar"])).sum())
+    n_in = int(np.isin(rows["TARGETID"], index_rows["targetid"][index_rows["split"] == 0]).sum())
+    metrics = json.loads((tmp_path / "subset_report" / "metrics.json").read_text())
+    assert metrics["reference"]["n_in_reference"] <= n_in
 
 
 def _header_value(path: Path, key: str) -> str:

@@ -72,17 +72,45 @@ def test_search_equals_the_cli_and_brute_force(served, client, query, target):
     got = client.get(f"/api/search?targetid={tid}&query={query}&target={target}&k=6")
     assert got.status_code == 200, got.text
     body = got.json()
-    prediction = body.pop("prediction")
     assert body == _cli_search(root / "index", "--targetid", str(tid), "--query", query, "--target", target, "-k", "6")
     sims = np.asarray(index.embeddings[target]) @ np.asarray(index.embeddings[query][9])
     order = [i for i in np.argsort(-sims, kind="stable") if not (query == target and i == 9)][:6]
     assert [n["targetid"] for n in body["neighbours"]] == index.rows["targetid"][order].tolist()
     np.testing.assert_allclose([n["similarity"] for n in body["neighbours"]], sims[order], atol=1e-5)
-    # the k-NN prediction: inverse-distance weights over unit vectors, the query's own partner left out
-    use = [n for n in body["neighbours"] if n["redshift"] is not None and not n["is_partner"]]
-    w = 1 / np.sqrt(2 - 2 * np.array([n["similarity"] for n in use]))
-    assert prediction["redshift"] == pytest.approx(np.sum(w * [n["redshift"] for n in use]) / np.sum(w))
-    assert prediction["n_neighbours"]["redshift"] == len(use)
+    # the zero-shot prediction: 16 labelled train-split galaxies of the query's modality, by a loop
+    assert _flat(body["prediction"]) == pytest.approx(_flat(_brute_force_prediction(index, 9, query)), abs=1e-9)
+
+
+def _flat(record: dict, prefix: str = "") -> dict:
+    """A nested prediction record as {"redshift.value": ..., "similarity": ...}, for pytest.approx."""
+    out = {}
+    for key, value in record.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+    return out
+
+
+def _brute_force_prediction(index, pos: int, modality: str) -> dict:
+    """The zero-shot prediction of indexed galaxy ``pos`` by a Python loop: inverse-distance weights over its 16
+    nearest labelled train-split galaxies in its own modality (itself left out), weighted 16th/84th percentiles."""
+    rows, emb = index.rows, np.asarray(index.embeddings[modality], np.float64)
+    ref = [i for i in range(len(index)) if rows["split"][i] == 0 and np.isfinite(rows["redshift"][i])
+           and np.isfinite(rows["log_mstar"][i]) and i != pos]
+    dist = sorted((float(np.sqrt(np.sum((emb[i] - emb[pos]) ** 2))), i) for i in ref)[:16]
+    out = {}
+    for label in ("redshift", "log_mstar"):
+        w = [1 / d for d, _ in dist]
+        y = [float(rows[label][i]) for _, i in dist]
+        pairs = sorted(zip(y, w))
+        cum, total, q = 0.0, sum(w), {}
+        for v, wi in pairs:
+            cum += wi
+            for level in (0.16, 0.84):
+                if level not in q and cum / total >= level - 1e-12:
+                    q[level] = v
+        out[label] = {"value": sum(a * b for a, b in zip(w, y)) / total, "lo": q[0.16], "hi": q[0.84]}
+    out.update(similarity=1 - dist[0][0] ** 2 / 2, k=16)
+    out["ood"] = out["similarity"] < index.reference(modality).ood_threshold
+    return out
 
 
 def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
@@ -353,6 +381,10 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     _wait(lambda: _loaded_cards(browser) == 5)
     assert f"targetid {tid}" in browser.find_element(By.ID, "query-card").text
     assert browser.execute_script("return document.querySelector('#query-card img').naturalWidth") > 0
+    # the query card shows the one zero-shot prediction, whatever k the page asks for
+    expected = service.search(int(tid), "image", "image", 16)["prediction"]["redshift"]
+    shown = browser.find_element(By.ID, "p-z").text
+    assert shown == f"{expected['value']:.4f} ({expected['lo']:.4f}–{expected['hi']:.4f})", shown
     assert f"targetid={tid}" in browser.current_url
     browser.save_screenshot(str(ARTIFACTS / "serve_search.png"))
     # a click on a result searches from it, and the URL says so

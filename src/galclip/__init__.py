@@ -1,12 +1,13 @@
 """galclip: cache-first AstroCLIP — frozen encoders, cached features, fast heads, FAISS search.
 
-From Python: ``open_store``, ``load_heads``, ``embed`` and ``open_index`` (see :mod:`galclip.api`).
+From Python: ``open_store``, ``load_heads``, ``embed``, ``open_index`` and ``search_survey_pair`` (see
+:mod:`galclip.api`).
 They are imported on first use, so ``import galclip`` stays cheap.
 """
 
-__version__ = "0.2.0"
+from galclip.version import __version__
 
-__all__ = ["open_store", "load_heads", "embed", "open_index"]
+__all__ = ["open_store", "load_heads", "embed", "open_index", "embed_survey_pair", "search_survey_pair"]
 
 
 def __getattr__(name: str):

@@ -5,9 +5,13 @@
     >>> heads = galclip.load_heads("galclip-demo/heads")
     >>> z = galclip.embed(store, heads, "image")          # (N, 128) unit vectors
     >>> index = galclip.open_index("galclip-demo/index")
-    >>> index.search(targetid=..., query="image", target="spectrum", k=5)["neighbours"]
+    >>> hit = index.search(targetid=..., query="image", target="spectrum", k=5)
+    >>> hit["neighbours"], hit["prediction"]["redshift"]  # {"value", "lo", "hi"}: the catalogue's numbers
+    >>> galclip.search_survey_pair(index, "new/survey.h5", targetid=..., query="image")  # a pair not indexed
 
-The search records are those ``galclip search --json`` prints.
+The search records are those ``galclip search --json`` prints and ``/api/search`` returns; ``prediction`` is the
+one zero-shot predictor's (the index's labelled train-split galaxies in the query's modality, k = 16), the same
+numbers as a ``galclip predict`` catalogue.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galclip.embed_survey import embed_survey_pair, search_survey_pair
 from galclip.heads.checkpoint import load_heads as _load_heads
 from galclip.heads.models import CLIPHeads
 from galclip.index.embed import embed as _embed
@@ -43,6 +48,9 @@ def embed(store: FeatureStore, heads: CLIPHeads, modality: str) -> np.ndarray:
 
 
 def open_index(path: str | Path) -> Index:
-    """An index folder from ``galclip index``: ``.search(targetid=, query=, target=, k=)`` and
-    ``.search_embedding(vector, target=, k=)``."""
+    """An index folder from ``galclip index``: ``.search(targetid=, query=, target=, k=)``,
+    ``.search_embedding(vector, target=, k=)`` and ``.predict(vectors, modality)`` (the zero-shot predictor)."""
     return _open_index(path)
+
+
+__all__ = ["open_store", "load_heads", "embed", "open_index", "embed_survey_pair", "search_survey_pair"]

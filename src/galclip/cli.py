@@ -485,7 +485,12 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
     if data is not None and plot is not None:
         raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
     idx = open_index(index_dir)
-    result = idx.search(targetid, query=query_kind, target=target_kind, k=k, data=data)
+    if data is not None:
+        from galclip.embed_survey import search_survey_pair
+
+        result = search_survey_pair(idx, data, targetid, query=query_kind, target=target_kind, k=k)
+    else:
+        result = idx.search(targetid, query=query_kind, target=target_kind, k=k)
     if plot is not None:
         from galclip.evaluate.survey_rows import plot_search_result
 
@@ -501,6 +506,12 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
         star = "  <- its own partner" if h["is_partner"] else ""
         click.echo(f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
                    f"{fmt(h['log_mstar'], '6.2f')}{star}")
+    p = result["prediction"]
+    if p is not None:
+        click.echo(f"zero-shot prediction (k {p['k']} over the index's labelled training galaxies, 16th-84th "
+                   f"percentile): z {p['redshift']['value']:.4f} ({p['redshift']['lo']:.4f}-{p['redshift']['hi']:.4f}), "
+                   f"log M* {p['log_mstar']['value']:.2f} ({p['log_mstar']['lo']:.2f}-{p['log_mstar']['hi']:.2f}), "
+                   f"nearest cos {p['similarity']:.3f}{'  OUT OF DISTRIBUTION' if p['ood'] else ''}")
     if plot is not None:
         click.echo(f"plot: {plot}")
 

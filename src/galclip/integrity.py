@@ -101,7 +101,8 @@ def resume_command(store) -> str:
 
 
 def _check_index(path: Path) -> dict:
-    from galclip.index.search import REBUILD, open_index, read_sidecar, verify_index_files
+    from galclip.index.format import REPAIR, read_sidecar, verify_files
+    from galclip.index.search import open_index
 
     lines, problems = [], []
     try:
@@ -112,7 +113,7 @@ def _check_index(path: Path) -> dict:
     if not sidecar.get("files"):
         lines.append("  NOTE: built before galclip 0.3: it records no file hashes; rebuild it with 'galclip index' "
                      "to get them")
-    problems += [f"{p}: {REBUILD}" for p in verify_index_files(path, sidecar, True)]
+    problems += [f"{p}: {REPAIR}" for p in verify_files(path, sidecar, True)]
     if not problems:
         try:
             index = open_index(path)

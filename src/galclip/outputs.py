@@ -101,7 +101,7 @@ def check_output_dir(path: str | Path, command: str, names: Iterable[str], overw
 
 def write_marker(path: str | Path, command: str) -> None:
     """Mark folder ``path`` as ``command``'s output."""
-    from galclip import __version__
+    from galclip.version import __version__
     from galclip.atomic import atomic_write_text
 
     atomic_write_text(json.dumps({"command": command, "galclip": __version__}) + "\n", Path(path) / MARKER)

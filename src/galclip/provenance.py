@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-import galclip
+from galclip.version import __version__
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -28,12 +28,12 @@ def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(galclip.__file__).parent,
+            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
             capture_output=True, text=True, timeout=5, check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return f"{galclip.__version__}+{commit}" if commit else galclip.__version__
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def resolve_device(name: str = "auto"):

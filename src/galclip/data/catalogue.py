@@ -14,6 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from galclip.targetids import lookup
+
 from galclip.data.layout import CATALOGUE_COLUMNS
 from galclip.errors import InputError
 
@@ -91,13 +93,12 @@ def join_columns(targetid: np.ndarray, path: str | Path, names: tuple[str, ...])
             "check the column units and that this is a PROVABGS catalogue"
         )
     order = np.argsort(cat_ids)
-    sorted_ids = cat_ids[order]
-    pos = np.clip(np.searchsorted(sorted_ids, targetid), 0, len(sorted_ids) - 1)
-    hit = sorted_ids[pos] == targetid
+    pos = lookup(cat_ids[order], targetid, order)
+    hit = pos >= 0
 
     def joined(name: str, dtype) -> np.ndarray:
         out = np.full(len(targetid), np.nan, dtype)
-        out[hit] = np.asarray(columns[name])[keep][order][pos[hit]]
+        out[hit] = np.asarray(columns[name])[keep][pos[hit]]
         return out
 
     labels = Labels(joined("Z_HP", np.float32), joined("PROVABGS_LOGMSTAR_BF", np.float32), len(keep),

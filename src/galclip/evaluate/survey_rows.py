@@ -40,7 +40,7 @@ class SurveyRows:
 
     def image_rgb(self, idx: np.ndarray) -> np.ndarray:
         """Validation indices (m,) -> (m, crop, crop, 3) RGB in [0, 1]."""
-        from galclip.extract.preprocess import preprocess_images
+        from galclip.data.preprocess import preprocess_images
 
         if self.reader is None:
             return np.zeros((len(idx), self.crop, self.crop, 3), np.float32)

@@ -8,7 +8,7 @@ import torch
 from galclip.config import ExtractConfig
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
-from galclip.extract.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
+from galclip.data.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
 
 

@@ -18,7 +18,6 @@ cannot find.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -32,19 +31,16 @@ from galclip.atomic import atomic_dir, reserve_space
 from galclip.outputs import check_output_dir, foreign_entries, write_marker
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
-from galclip.neighbours import l2_normalise
+from galclip.index.embed import embed_store
+from galclip.index.format import FILES as INDEX_FILES
+from galclip.index.format import FORMAT, MAP_FILE, ROWS_FILE, SIDECAR, file_manifest, write_sidecar
 from galclip.progress import progress as progress_bar
-from galclip.provenance import canonical_sha256, sha256_file
+from galclip.provenance import sha256_file
 from galclip.store import FeatureStore
+from galclip.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("image", "spectrum")
-SIDECAR = "index.json"
-FORMAT = "galclip-index/3"  # 3: file sizes and SHA-256s, its own SHA-256, relative paths
-READABLE_FORMATS = ("galclip-index/2", FORMAT)
-ROWS_FILE = "rows.npz"
-MAP_FILE = "map.npy"  # (N, 2) UMAP coordinates of the image embeddings, for the search page's map
 
 
 @dataclass(frozen=True)
@@ -156,22 +152,6 @@ def _knn(queries: np.ndarray, vectors: np.ndarray, k: int) -> tuple[np.ndarray, 
     return faiss.knn(np.ascontiguousarray(queries, np.float32), vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
 
 
-def embed_store(store: FeatureStore, heads, rows: np.ndarray, batch: int = 4096):
-    """Yield (first position, image (b, 128), spectrum (b, 128)) L2-normalised, streamed by row blocks:
-    at most ``batch`` rows of features are in memory at once."""
-    for lo in range(0, len(rows), batch):
-        sel = rows[lo:lo + batch]
-        a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
-        fi, fs = store.read("image_features", a, b), store.read("spectrum_features", a, b)
-        if b - a != len(sel):  # rows left out (quarantined, incomplete shards): pick the rest
-            fi, fs = fi[sel - a], fs[sel - a]
-        zi, zs = heads.embed(fi, fs)
-        yield lo, l2_normalise(zi), l2_normalise(zs)
-
-
-INDEX_FILES = {SIDECAR, ROWS_FILE, MAP_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))}
-
-
 def _foreign_files(out: Path, overwrite: bool) -> bool:
     """Refuse an ``out`` that is not an index folder (unless ``overwrite``: then whether it holds files galclip did
     not write, which are kept and the index's files written beside them)."""
@@ -214,9 +194,10 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             emb[m] = np.lib.format.open_memmap(tmp / f"{m}.npy", mode="w+", dtype=np.float32, shape=(n, d))
             reserve_space(tmp / f"{m}.npy", name=out)  # a full disk is an ENOSPC now, not a SIGBUS in the map later
         with progress_bar(n, "embed", "pair", enabled=progress) as bar:
-            for lo, zi, zs in embed_store(store, heads, rows, batch):
-                emb["image"][lo:lo + len(zi)], emb["spectrum"][lo:lo + len(zs)] = zi, zs
-                bar.update(len(zi))
+            for lo, z in embed_store(store, heads, rows, batch):
+                for m in MODALITIES:
+                    emb[m][lo:lo + len(z[m])] = z[m]
+                bar.update(len(z["image"]))
         for m in MODALITIES:
             emb[m].flush()
             index = on_gpu_if_available(new_index(spec, d))
@@ -260,14 +241,9 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             "heads": os.path.relpath(heads_file.resolve(), out.resolve()),
             "heads_absolute": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
             "build_seconds": time.perf_counter() - t0, "exact_max": exact_max, "map": map_info,
-            "files": {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(tmp.iterdir())},
+            "files": file_manifest(tmp),
         }
-        sidecar["sidecar_sha256"] = sidecar_sha256(sidecar)
-        (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2))
+        write_sidecar(tmp, sidecar)
         write_marker(tmp, "index")
     return sidecar
 
-
-def sidecar_sha256(sidecar: dict) -> str:
-    """SHA-256 of the sidecar's canonical JSON without its own ``sidecar_sha256``."""
-    return canonical_sha256({k: v for k, v in sidecar.items() if k != "sidecar_sha256"})

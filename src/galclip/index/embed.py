@@ -1,27 +1,46 @@
-"""Embeddings in the shared 128-d space: a whole store's, or one new pair's from a survey file."""
+"""A store's galaxies in the shared 128-d space: its features through the heads, L2-normalised, block by block.
+
+The index is built from these vectors, and ``galclip predict`` embeds its input store with the same function and
+the same blocks, so a galaxy gets the same vector (to the bit) in the index and in a catalogue."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from galclip.errors import GalclipError, InputError
-from galclip.heads.checkpoint import load_heads
-from galclip.index.build import MODALITIES, embed_store
-from galclip.provenance import resolve_device
+from galclip.errors import GalclipError
+from galclip.neighbours import l2_normalise
 from galclip.store import FeatureStore
+from galclip.vocabulary import MODALITIES
 
 if TYPE_CHECKING:
     from galclip.heads.models import CLIPHeads
-    from galclip.index.search import Index
 
 logger = logging.getLogger(__name__)
 
+BLOCK = 4096  # rows of features in memory at once
 
-def embed(store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = 4096,
+
+def embed_store(store: FeatureStore, heads: CLIPHeads, rows: np.ndarray, batch: int = BLOCK,
+                modalities: tuple[str, ...] = MODALITIES) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yield (first position in ``rows``, {modality: (b, 128) float32 unit vectors}) for the store rows ``rows``
+    (sorted), ``batch`` rows at a time: at most one block of features is in memory."""
+    for lo in range(0, len(rows), batch):
+        sel = rows[lo:lo + batch]
+        a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
+        out = {}
+        for m in modalities:
+            feats = store.read(f"{m}_features", a, b)
+            if b - a != len(sel):  # rows left out (quarantined, incomplete shards): pick the rest
+                feats = feats[sel - a]
+            out[m] = l2_normalise(heads.embed_modality(m, feats))
+        yield lo, out
+
+
+def embed(store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = BLOCK,
           allow_partial: bool = False) -> np.ndarray:
     """(N, 128) float32 unit vectors of ``modality`` for the store's readable rows, streamed ``batch`` rows at a time.
 
@@ -31,41 +50,6 @@ def embed(store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = 409
         raise GalclipError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
     rows = np.flatnonzero(store.require_complete(allow_partial))
     out = np.empty((len(rows), heads.image.sizes[-1]), np.float32)
-    for lo, zi, zs in embed_store(store, heads, rows, batch):
-        out[lo:lo + len(zi)] = zi if modality == "image" else zs
+    for lo, z in embed_store(store, heads, rows, batch, (modality,)):
+        out[lo:lo + len(z[modality])] = z[modality]
     return out
-
-
-def embed_new_pair(index: Index, data: str | Path, targetid: int, device: str = "auto") -> tuple[dict[str, np.ndarray], float | None]:
-    """Embed one pair of a survey file that is not (necessarily) in the store, as the index was built:
-    the store's encoders and preprocessing, then the index's heads.
-
-    Returns ({"image": (1, 128), "spectrum": (1, 128)} L2-normalised, the pair's survey redshift or None).
-    Refuses when the heads file no longer matches the one the index was built from."""
-    import torch
-
-    from galclip.extract.provenance import config_from_provenance
-    from galclip.data.survey import SurveyReader
-    from galclip.extract.encoders import Encoders
-    from galclip.extract.validate import bad_row_codes
-    from galclip.neighbours import l2_normalise
-    from galclip.store.quarantine import REASONS
-
-    heads_file = index.check_heads()
-    store = index.open_store()
-    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
-    with SurveyReader(data) as reader:
-        hit = np.flatnonzero(reader.targetids() == targetid)
-        if hit.size == 0:
-            raise InputError(f"{data}: no row with targetid {targetid}")
-        row = int(hit[0])
-        batch = reader.read(row, row + 1)
-        code = int(bad_row_codes(batch.image, batch.spectrum)[0])
-        if code:
-            raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
-    feats = Encoders(config, resolve_device(device))(torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum),
-                                                     batch.targetid)
-    heads, _ = load_heads(heads_file, store)
-    zi, zs = heads.embed(feats["image_features"], feats["spectrum_features"])
-    z = float(batch.redshift[0])
-    return {"image": l2_normalise(zi), "spectrum": l2_normalise(zs)}, (z if np.isfinite(z) else None)

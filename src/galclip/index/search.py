@@ -1,29 +1,31 @@
 """Open an index folder and search it: by an indexed galaxy, by a pair from a survey file, or by a vector.
 
-Every search returns the same records (``galclip search --json`` prints them)::
+Every search returns the same records (``galclip search --json`` and ``/api/search`` give them)::
 
     {"query": {"targetid", "modality", "source", "redshift", "log_mstar"},
      "target": "image" | "spectrum",
-     "neighbours": [{"rank", "similarity", "targetid", "redshift", "log_mstar", "is_partner"}, ...]}
+     "neighbours": [{"rank", "similarity", "targetid", "redshift", "log_mstar", "is_partner"}, ...],
+     "prediction": {"redshift": {"value", "lo", "hi"}, "log_mstar": {...}, "similarity", "ood", "k"} or null}
 
-``is_partner`` marks the query galaxy's own other modality in a cross-modal search.
+``is_partner`` marks the query galaxy's own other modality in a cross-modal search. ``prediction`` is the
+zero-shot predictor's (:mod:`galclip.index.zero_shot`): the index's labelled train-split galaxies in the query's
+modality, k = 16, whatever the search's k and target; null when the index has no labelled training galaxies.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from galclip.errors import DamagedDataError, GalclipError
-from galclip.index.build import FORMAT, MAP_FILE, MODALITIES, READABLE_FORMATS, ROWS_FILE, SIDECAR, sidecar_sha256
+from galclip.index.format import MAP_FILE, REPAIR, ROWS_FILE, read_sidecar, verify_files
+from galclip.index.zero_shot import DEFAULT_K, Reference, load_reference
 from galclip.neighbours import l2_normalise
-
-REBUILD = "rebuild the index with 'galclip index'"
+from galclip.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class Index:
     indexes: dict
     rows: dict
     embeddings: dict
+    _references: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return int(self.sidecar["n"])
@@ -143,23 +146,41 @@ class Index:
         _check_modality("target", target)
         return self.indexes[target].search(np.ascontiguousarray(vectors, np.float32), k)
 
-    def search(self, targetid: int, query: str = "image", target: str = "image", k: int = 5,
-               data: str | Path | None = None, device: str = "auto") -> dict:
-        """The ``k`` galaxies nearest to galaxy ``targetid``'s ``query`` modality, in ``target``'s index.
+    def reference(self, modality: str) -> Reference | None:
+        """The zero-shot predictor's reference set in ``modality`` (the labelled train-split galaxies), built once;
+        None when the index has none."""
+        if modality not in self._references:
+            try:
+                self._references[modality] = load_reference(self, modality)
+            except GalclipError as err:
+                logger.info("no zero-shot prediction: %s", err)
+                self._references[modality] = None
+        return self._references[modality]
 
-        Without ``data`` the galaxy must be indexed (an in-modal search leaves it out of its own
-        results). With ``data`` (an AstroCLIP-layout survey file) its pair is read from there and
-        embedded with the store's encoders and the index's heads first."""
+    def predict(self, vectors: np.ndarray, modality: str, query_targetid: np.ndarray | None = None) -> list[dict | None]:
+        """The zero-shot prediction record of each (m, 128) unit vector of ``modality`` (``Reference.predict`` at
+        k = 16; a query that is a reference galaxy is left out of its own neighbours); None each without a reference
+        set, or with one smaller than k."""
+        ref = self.reference(modality)
+        if ref is None or len(ref) < DEFAULT_K + 1:
+            return [None] * len(vectors)
+        pred = ref.predict(np.asarray(vectors, np.float32), DEFAULT_K, query_targetid)
+        return [pred.record(i) for i in range(len(vectors))]
+
+    def search(self, targetid: int, query: str = "image", target: str = "image", k: int = 5,
+               vector: np.ndarray | None = None, source: str = "index", survey_redshift: float | None = None) -> dict:
+        """The ``k`` galaxies nearest to galaxy ``targetid``'s ``query`` modality, in ``target``'s index, with its
+        zero-shot prediction.
+
+        Without ``vector`` the galaxy must be indexed (an in-modal search leaves it out of its own results). With
+        ``vector`` ((1, 128) unit vector, e.g. from :func:`galclip.embed_survey.embed_survey_pair`) that vector is
+        the query, from ``source``."""
         _check_modality("query", query)
         _check_modality("target", target)
         if k < 1:
             raise GalclipError(f"k must be at least 1, got {k}")
-        if data is not None:
-            from galclip.index.embed import embed_new_pair
-
-            vectors, survey_redshift = embed_new_pair(self, data, targetid, device)
-            vector, pos = vectors[query], self.find(targetid)
-            source = str(data)
+        if vector is not None:
+            vector, pos = np.asarray(vector, np.float32).reshape(1, -1), self.find(targetid)
         else:
             pos = self.position(targetid)
             vector, survey_redshift, source = np.asarray(self.embeddings[query][pos:pos + 1]), None, "index"
@@ -173,10 +194,12 @@ class Index:
         return {"query": {"targetid": int(targetid), "modality": query, "source": source,
                           "redshift": float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
                           "log_mstar": float_or_none(self.rows["log_mstar"][pos]) if known else None},
-                "target": target, "neighbours": neighbours}
+                "target": target, "neighbours": neighbours,
+                "prediction": self.predict(vector, query, np.array([targetid], np.int64))[0]}
 
     def search_embedding(self, vector: np.ndarray, target: str = "image", k: int = 5) -> dict:
-        """The ``k`` galaxies nearest to a 128-d vector (normalised here) in ``target``'s index."""
+        """The ``k`` galaxies nearest to a 128-d vector (normalised here) in ``target``'s index; its zero-shot
+        prediction is from the reference set of ``target``'s modality."""
         _check_modality("target", target)
         vector = np.asarray(vector, dtype=np.float64).reshape(1, -1)
         d = int(self.sidecar["dim"])
@@ -185,8 +208,10 @@ class Index:
                                + ("" if np.isfinite(vector).all() else " with NaN/inf"))
         if k < 1:
             raise GalclipError(f"k must be at least 1, got {k}")
+        unit = l2_normalise(vector)
         return {"query": {"targetid": None, "modality": None, "source": "embedding", "redshift": None, "log_mstar": None},
-                "target": target, "neighbours": self._neighbours(l2_normalise(vector), target, k)}
+                "target": target, "neighbours": self._neighbours(unit, target, k),
+                "prediction": self.predict(unit, target)[0]}
 
     def _neighbours(self, vector: np.ndarray, target: str, k: int, exclude: int = -1, partner: int = -1) -> list[dict]:
         sims, ids = self.nearest(vector, target, min(len(self), k + (exclude >= 0)))
@@ -195,39 +220,6 @@ class Index:
                  "redshift": float_or_none(self.rows["redshift"][i]),
                  "log_mstar": float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
                 for r, (s, i) in enumerate(keep)]
-
-
-def verify_index_files(path: Path, sidecar: dict, hashes: bool) -> list[str]:
-    """What differs from the files the index recorded (format 3): sizes always, SHA-256s when ``hashes``; empty
-    when intact. Format 2 folders record neither and give no problems."""
-    from galclip.provenance import sha256_file
-
-    problems = []
-    for name, rec in (sidecar.get("files") or {}).items():
-        file = path / name
-        if not file.exists():
-            problems.append(f"{file}: missing")
-        elif file.stat().st_size != rec["bytes"]:
-            problems.append(f"{file}: {file.stat().st_size} bytes, index.json records {rec['bytes']}")
-        elif hashes and sha256_file(file) != rec["sha256"]:
-            problems.append(f"{file}: its SHA-256 differs from the one index.json records (damaged)")
-    return problems
-
-
-def read_sidecar(path: Path) -> dict:
-    """The index folder's ``index.json``, checked against its own SHA-256 (format 3)."""
-    if not (path / SIDECAR).exists():
-        raise GalclipError(f"{path}: no {SIDECAR}; build an index with 'galclip index STORE HEADS {path}'")
-    try:
-        sidecar = json.loads((path / SIDECAR).read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DamagedDataError(f"{path / SIDECAR}: not readable JSON ({err}): the index is damaged; {REBUILD}") from err
-    if not isinstance(sidecar, dict) or sidecar.get("format") not in READABLE_FORMATS:
-        fmt = sidecar.get("format") if isinstance(sidecar, dict) else None
-        raise GalclipError(f"{path}: index format {fmt!r}, this galclip reads {FORMAT!r}; {REBUILD}")
-    if sidecar["format"] == FORMAT and sidecar.get("sidecar_sha256") != sidecar_sha256(sidecar):
-        raise DamagedDataError(f"{path / SIDECAR}: does not match its own SHA-256 (damaged); {REBUILD}")
-    return sidecar
 
 
 def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
@@ -239,9 +231,9 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
 
     path = Path(path)
     sidecar = read_sidecar(path)
-    problems = verify_index_files(path, sidecar, verify_hashes)
+    problems = verify_files(path, sidecar, verify_hashes)
     if problems:
-        raise DamagedDataError(f"{problems[0]}: the index is damaged; {REBUILD}"
+        raise DamagedDataError(f"{problems[0]}: the index is damaged; {REPAIR}"
                                + (f" ({len(problems) - 1} more file(s) differ)" if len(problems) > 1 else ""))
     indexes = {}
     try:
@@ -255,5 +247,5 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
         embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
     except Exception as err:  # noqa: BLE001 - a damaged .npy header (TokenError), rows.npz (BadZipFile), .faiss ...
         raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); "
-                               f"{REBUILD}") from err
+                               f"{REPAIR}") from err
     return Index(path, sidecar, indexes, rows, embeddings)

@@ -4,10 +4,11 @@
    preprocessing of the store behind the index (checked through provenance), into a
    single-modality feature store: extract's own machinery, so batches, atomic shards, resume
    after kill -9 and torchrun ranks come with it. A feature store as input skips this step.
-2. The index's heads embed the features; each galaxy's k nearest labelled reference galaxies
-   (the index's training split by default, never the galaxies being predicted) give the
-   distance-weighted k-NN estimate ``galclip evaluate`` scores, with the neighbours' weighted 16th
-   and 84th percentiles as the interval.
+2. The index's heads embed the features (the function and blocks the index was built with), and the
+   zero-shot predictor (:mod:`galclip.index.zero_shot`, the one the page and ``search --json`` show)
+   gives each galaxy's estimates from its k nearest labelled reference galaxies (the index's
+   training split by default; a galaxy that is one of them is left out of its own neighbours), with
+   the neighbours' weighted 16th and 84th percentiles as the interval.
 3. The catalogue is streamed to a temporary file and renamed into place; with ``truth`` the
    photo-z measures, two plots and a report page are written beside it.
 """
@@ -25,20 +26,20 @@ import numpy as np
 from galclip.atomic import atomic_path, atomic_write_text, json_ready
 from galclip.config import ExtractConfig
 from galclip.errors import InputError
-from galclip.neighbours import knn_interval, l2_normalise
 from galclip.outputs import check_output_dir, output_dir
 from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
-from galclip.predict.reference import Reference, cosine_from_distance, load_reference
+from galclip.index.embed import BLOCK, embed_store
+from galclip.index.zero_shot import Reference, load_reference
 from galclip.predict.truth import TruthAccumulator, load_truth
 from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
 from galclip.split import TEST
 from galclip.store import FeatureStore
 from galclip.store.feature_store import leaf_diff
+from galclip.vocabulary import LABELS, MODALITIES
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("image", "spectrum")
 # what a predict report folder may hold: the demo keeps the catalogue and its work store there too
 PREDICT_NAMES = ("metrics.json", "report.html", "*.png", "*.fits", "*.csv", "*.zarr", "*.zarr.lock")
 
@@ -126,7 +127,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
                       work: str | Path | None = None, report_dir: str | Path | None = None,
                       image_weights: str | None = None, spectrum_weights: str | None = None, device: str = "auto",
                       batch_size: int = 64, rows_per_shard: int = 256, num_workers: int | None = None,
-                      bad_rows: str = "fail", block: int = 4096, seed: int = 0, progress: bool = True,
+                      bad_rows: str = "fail", block: int = BLOCK, seed: int = 0, progress: bool = True,
                       overwrite: bool = False) -> dict:
     """Write the zero-shot catalogue of every galaxy in ``input_path`` (survey files, or a feature store) to ``out``.
 
@@ -177,10 +178,16 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         n_seen = int(seen.sum())
         for y in truth_labels.values():
             y[seen] = np.nan
-    ref = load_reference(index, modality, targetid, reference, seed)
-    if k > len(ref):
-        raise InputError(f"-k {k} is larger than the {len(ref)} labelled reference galaxies of {index_dir} "
-                         f"({ref.selection} selection); choose -k {len(ref)} or fewer")
+    ref = load_reference(index, modality, reference, seed)
+    n_in_reference = int((ref.holds(targetid) >= 0).sum())
+    if k + (n_in_reference > 0) > len(ref):
+        most = len(ref) - (n_in_reference > 0)
+        raise InputError(f"-k {k} is larger than the {most} labelled reference galaxies of {index_dir} "
+                         f"({ref.selection} selection{', less the query itself' if n_in_reference else ''}); choose "
+                         f"-k {most} or fewer")
+    if n_in_reference:
+        logger.info("%d of the galaxies predicted are reference galaxies: each is left out of its own neighbours",
+                    n_in_reference)
 
     if config is not None:
         work = Path(work) if work is not None else default_work_store(out)
@@ -216,7 +223,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         "catalogue": str(out), "format": fmt, "modality": modality, "k": k, "n_galaxies": store.n,
         "n_predicted": n_pred, "n_quarantined": store.n - int(readable.sum()), "n_ood": n_ood,
         "ood_threshold": ref.ood_threshold,
-        "reference": {"selection": ref.selection, "n": len(ref), "n_excluded": ref.n_excluded,
+        "reference": {"selection": ref.selection, "n": len(ref), "n_in_reference": n_in_reference,
                       "index": str(Path(index_dir).resolve())},
         "input": str(input_path), "features": str(store.path), "header": header,
         "timings_s": timings, "galaxies_per_s": store.n / max(timings["total"], 1e-9), "extraction": extraction,
@@ -239,32 +246,34 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
 
 def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: int, readable: np.ndarray,
                  block: int, accumulate):
-    """Yield (first row, catalogue rows) per block of the store, in store order: the k-NN estimates of the readable
-    rows, NaN rows for quarantined inputs. Memory: one block of features and its neighbours."""
-    name = f"{modality}_features"
+    """Yield (first row, catalogue rows) in store order: the zero-shot predictions of the readable rows, embedded
+    ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs. Memory: one
+    block of features and its neighbours."""
     targetid = store.targetids()
-    for lo in range(0, store.n, block):
-        hi = min(lo + block, store.n)
-        rows = empty_rows(hi - lo)
-        rows["TARGETID"] = targetid[lo:hi]
-        keep = readable[lo:hi]
-        if keep.any():
-            feats = store.read(name, lo, hi)[keep]
-            emb = l2_normalise(heads.embed_modality(modality, feats))
-            nn_dist, nn_idx = ref.search.query(emb, k)
-            z, z_lo, z_hi = knn_interval(nn_dist, ref.redshift[nn_idx])
-            m, m_lo, m_hi = knn_interval(nn_dist, ref.log_mstar[nn_idx])
-            sim = cosine_from_distance(nn_dist[:, 0])
-            sel = np.flatnonzero(keep)
-            for col, value in (("Z_PRED", z), ("Z_LO", z_lo), ("Z_HI", z_hi), ("LOGMSTAR_PRED", m),
-                               ("LOGMSTAR_LO", m_lo), ("LOGMSTAR_HI", m_hi), ("SIM_TOP1", sim)):
-                rows[col][sel] = value
-            rows["N_NEIGHBOURS"][sel] = k
-            rows["OOD"][sel] = sim < ref.ood_threshold
-            if accumulate is not None:
-                accumulate.add(lo + sel, nn_dist, {"redshift": ref.redshift[nn_idx], "log_mstar": ref.log_mstar[nn_idx]},
-                               {"redshift": (z, z_lo, z_hi), "log_mstar": (m, m_lo, m_hi)})
-        yield lo, rows
+    rows = np.flatnonzero(readable)
+    done = 0
+    for lo, z in embed_store(store, heads, rows, block, (modality,)):
+        sel = rows[lo:lo + len(z[modality])]
+        end = int(sel[-1]) + 1
+        out = empty_rows(end - done)
+        out["TARGETID"] = targetid[done:end]
+        pred = ref.predict(z[modality], k, targetid[sel])
+        at = sel - done
+        for label, prefix in (("redshift", "Z"), ("log_mstar", "LOGMSTAR")):
+            for col, value in zip((f"{prefix}_PRED", f"{prefix}_LO", f"{prefix}_HI"), pred.labels[label]):
+                out[col][at] = value
+        out["SIM_TOP1"][at] = pred.similarity
+        out["N_NEIGHBOURS"][at] = k
+        out["OOD"][at] = pred.ood
+        if accumulate is not None:
+            accumulate.add(sel, pred.distances, {label: ref.labels[label][pred.neighbours] for label in LABELS},
+                           pred.labels)
+        yield done, out
+        done = end
+    for lo in range(done, store.n, block):  # quarantined rows after the last readable one
+        out = empty_rows(min(lo + block, store.n) - lo)
+        out["TARGETID"] = targetid[lo:lo + len(out)]
+        yield lo, out
 
 
 def _header(index, heads_file: Path, ref_store: FeatureStore, store: FeatureStore, modality: str, k: int,

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
+from galclip.targetids import lookup
+from galclip.vocabulary import LABELS
+
 from galclip.errors import InputError
 from galclip.neighbours import idw_weights, weighted_quantile
 from galclip.photoz import is_outlier, label_metrics
 
-LABELS = ("redshift", "log_mstar")
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)  # nominal central-interval probabilities
 
 
@@ -24,12 +26,12 @@ def load_truth(path: str | Path, targetid: np.ndarray) -> dict[str, np.ndarray]:
         store = FeatureStore.open(path)
         labels, ids = store.labels(), store.targetids()
         order = np.argsort(ids)
-        pos = np.clip(np.searchsorted(ids[order], targetid), 0, max(len(ids) - 1, 0))
-        hit = ids[order][pos] == targetid if len(ids) else np.zeros(len(targetid), bool)
+        pos = lookup(ids[order], targetid, order)
+        hit = pos >= 0
         out = {}
         for label in LABELS:
             y = np.full(len(targetid), np.nan)
-            y[hit] = labels[label][order][pos[hit]]
+            y[hit] = labels[label][pos[hit]]
             out[label] = y
     else:
         from galclip.data.catalogue import join_columns

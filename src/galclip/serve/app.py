@@ -2,7 +2,7 @@
 
 Each handler turns its parameters into one call of the index (or of the survey reader) and
 shapes the JSON; the search logic is the index's, so ``GET /api/search`` returns exactly the
-records ``galclip search --json`` prints, plus the zero-shot k-NN prediction from the neighbours.
+records ``galclip search --json`` prints, the zero-shot prediction included (the index's one predictor).
 The service only reads: the index folder, the store's metadata and the survey files it was
 started with. The page and its scripts are static files of this package; nothing is fetched
 from elsewhere.
@@ -26,9 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from galclip.data.survey import SurveyReader, recorded_survey_problems
 from galclip.errors import DamagedDataError, GalclipError
-from galclip.index.search import MODALITIES, Index, NotIndexed, float_or_none, open_index
-from galclip.neighbours import weighted_mean
+from galclip.index.search import Index, NotIndexed, float_or_none, open_index
 from galclip.split import SPLIT_NAMES
+from galclip.vocabulary import MODALITIES
 from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 K_MAX = 100  # the most neighbours one request may ask for
 BINS_MAX = 7781  # the DESI grid itself
-LABELS = ("redshift", "log_mstar")
 Modality = Literal["image", "spectrum"]
 
 
@@ -58,15 +57,11 @@ class SearchService:
     _map_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def search(self, targetid: int, query: str, target: str, k: int) -> dict:
-        """``Index.search`` records plus the k-NN prediction of the query's labels from its neighbours."""
-        result = self.index.search(targetid, query=query, target=target, k=k)
-        result["prediction"] = predict_labels(result["neighbours"])
-        return result
+        """``Index.search``'s records, its zero-shot prediction included."""
+        return self.index.search(targetid, query=query, target=target, k=k)
 
     def search_embedding(self, vector: list[float], target: str, k: int) -> dict:
-        result = self.index.search_embedding(np.asarray(vector, dtype=np.float64), target=target, k=k)
-        result["prediction"] = predict_labels(result["neighbours"])
-        return result
+        return self.index.search_embedding(np.asarray(vector, dtype=np.float64), target=target, k=k)
 
     def galaxy(self, targetid: int) -> dict:
         """Indexed or not, split, catalogue labels, and where the survey stores the galaxy."""
@@ -92,22 +87,6 @@ class SearchService:
                              "x": np.round(coords[:, 0], 4).tolist(), "y": np.round(coords[:, 1], 4).tolist(),
                              "redshift": [float_or_none(z) for z in self.index.rows["redshift"]]}
             return self._map
-
-
-def predict_labels(neighbours: list[dict]) -> dict:
-    """Zero-shot redshift and log M* of a query from its neighbours: the distance-weighted k-NN mean that
-    ``galclip evaluate`` scores (distance between unit vectors, sqrt(2 - 2 cos)), over the neighbours with
-    that label. The query's own partner is left out, so a cross-modal search does not read its own label."""
-    out: dict = {"n_neighbours": {}}
-    for label in LABELS:
-        usable = [n for n in neighbours if n[label] is not None and not n["is_partner"]]
-        out["n_neighbours"][label] = len(usable)
-        if not usable:
-            out[label] = None
-            continue
-        dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.array([[n["similarity"] for n in usable]])))
-        out[label] = float(weighted_mean(dist, np.array([[n[label] for n in usable]]))[0])
-    return out
 
 
 def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) -> tuple[list, int, str]:
@@ -192,7 +171,7 @@ def create_app(service: SearchService) -> FastAPI:
     async def user_error(request: Request, exc: GalclipError):
         return JSONResponse(status_code=422, content={"error": str(exc)})
 
-    @app.get("/api/search", summary="Neighbours of an indexed galaxy, with the k-NN prediction of its labels")
+    @app.get("/api/search", summary="Neighbours of an indexed galaxy, with its zero-shot prediction (k = 16, train-split reference)")
     def search(targetid: int, query: Modality = "image", target: Modality = "image",
                k: int = Query(16, ge=1, le=K_MAX, description=f"neighbours, 1 to {K_MAX}")) -> dict:
         return service.search(targetid, query, target, k)

@@ -18,6 +18,7 @@ import numpy as np
 from galclip.data.layout import desi_wavelength
 from galclip.data.survey import SurveyReader
 from galclip.errors import GalclipError
+from galclip.targetids import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +45,14 @@ class SurveyGalaxies:
 
     def row(self, targetid: int) -> int:
         """The survey row of ``targetid``; :class:`UnknownGalaxy` when no file holds it."""
-        i = int(np.searchsorted(self._sorted_ids, targetid))
-        if i >= len(self._sorted_ids) or self._sorted_ids[i] != targetid:
+        row = int(lookup(self._sorted_ids, np.array([targetid]), self._rows)[0])
+        if row < 0:
             raise UnknownGalaxy(f"targetid {targetid} is not in the survey files ({len(self)} galaxies)")
-        return int(self._rows[i])
+        return row
 
     def holds(self, targetids: np.ndarray) -> np.ndarray:
         """(n,) bool: which targetids the files hold."""
-        pos = np.clip(np.searchsorted(self._sorted_ids, targetids), 0, max(len(self._sorted_ids) - 1, 0))
-        return self._sorted_ids[pos] == targetids if len(self._sorted_ids) else np.zeros(len(targetids), bool)
+        return lookup(self._sorted_ids, targetids) >= 0
 
     def where(self, targetid: int) -> dict:
         """{"file", "group", "row"}: where the galaxy's row is stored."""
@@ -82,7 +82,7 @@ class SurveyGalaxies:
                 return cached
         from PIL import Image
 
-        from galclip.extract.preprocess import preprocess_images
+        from galclip.data.preprocess import preprocess_images
 
         rgb = preprocess_images(self._read(targetid).image, self.crop, self.rgb)[0].permute(1, 2, 0).numpy()
         buffer = io.BytesIO()

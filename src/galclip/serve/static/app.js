@@ -85,15 +85,19 @@ function renderQuery(result) {
   title.innerHTML = `<b>targetid ${q.targetid}</b> — ${q.modality} query → ${result.target} neighbours`;
   const canvas = document.createElement("canvas");
   canvas.width = 560; canvas.height = 200;
+  // the zero-shot prediction: the same numbers as galclip predict's catalogue (k = 16 over the train split,
+  // whatever k and target this search shows)
   const p = result.prediction || {};
+  const est = (label, digits) => (p[label] ? `${fmt(p[label].value, digits)} <small>(${fmt(p[label].lo, digits)}–${fmt(p[label].hi, digits)})</small>` : "–");
   const facts = document.createElement("div");
   facts.className = "facts";
-  facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">k-NN prediction</span>
-    <span>redshift</span><span id="q-z">${fmt(q.redshift, 4)}</span><span id="p-z">${fmt(p.redshift, 4)}</span>
-    <span>log M*</span><span>${fmt(q.log_mstar, 2)}</span><span id="p-m">${fmt(p.log_mstar, 2)}</span>`;
+  facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">zero-shot prediction (16th–84th)</span>
+    <span>redshift</span><span id="q-z">${fmt(q.redshift, 4)}</span><span id="p-z">${est("redshift", 4)}</span>
+    <span>log M*</span><span>${fmt(q.log_mstar, 2)}</span><span id="p-m">${est("log_mstar", 2)}</span>
+    <span>nearest</span><span></span><span id="p-sim">${p.similarity === undefined ? "–" : `cos ${fmt(p.similarity, 3)}${p.ood ? ' <span class="badge" id="p-ood">out of distribution</span>' : ""}`}</span>`;
   right.append(title, canvas, facts);
   card.replaceChildren(img, right);
-  const z = q.redshift !== null ? q.redshift : p.redshift;
+  const z = q.redshift !== null ? q.redshift : (p.redshift ? p.redshift.value : null);
   drawSpectrum(canvas, q.targetid, 600, z, true);
 }
 
