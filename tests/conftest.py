@@ -32,6 +32,17 @@ def tiny_store(tiny_mock, tmp_path_factory) -> Path:
     return store
 
 
+@pytest.fixture(scope="session")
+def tiny_heads(tiny_store, tmp_path_factory) -> Path:
+    """Heads trained for 2 epochs on the tiny store (read-only: copy them to change them)."""
+    from galclip.config import HeadConfig
+    from galclip.heads.train import train_heads
+
+    out = tmp_path_factory.mktemp("heads")
+    train_heads(tiny_store, out, HeadConfig(epochs=2, batch_size=16), progress=False)
+    return out
+
+
 # the reference extraction of the tiny mock: 4 shards of 16 rows, one augmented image view
 SHARDED_EXTRACT_ARGS = ["--rows-per-shard", "16", "--variants", "1", "--batch-size", "8", "--no-progress"]
 

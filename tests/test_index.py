@@ -12,15 +12,6 @@ from galclip.index.build import build_indexes, choose_spec, exact_neighbours, in
 from galclip.index.search import open_index as load_index
 
 
-@pytest.fixture(scope="module")
-def tiny_heads(tiny_store, tmp_path_factory):
-    from galclip.heads.train import train_heads
-
-    out = tmp_path_factory.mktemp("heads")
-    train_heads(tiny_store, out, HeadConfig(epochs=2, batch_size=16), progress=False)
-    return out
-
-
 def test_exact_index_matches_brute_force(tiny_store, tiny_heads, tmp_path):
     side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
     assert side["indexes"]["image"]["kind"] == "flat" and side["n"] == 64

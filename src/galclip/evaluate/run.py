@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galclip.vocabulary import LABELS
 from galclip.atomic import atomic_write_text, json_ready
 from galclip.config import EvalConfig
 from galclip.evaluate.report import write_report
@@ -38,7 +39,6 @@ from galclip.neighbours import (
 
 logger = logging.getLogger(__name__)
 
-LABELS = ("redshift", "log_mstar")
 # direction -> (query modality, target modality)
 DIRECTIONS = {"im2im": ("image", "image"), "sp2sp": ("spectrum", "spectrum"),
               "im2sp": ("image", "spectrum"), "sp2im": ("spectrum", "image")}
