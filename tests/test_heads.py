@@ -175,14 +175,14 @@ def test_training_data_is_read_shard_by_shard_standardised_then_fp16(sharded_sto
     full = store.load(features=("image_features", "spectrum_features", "image_features_aug"))
     train, selection, test = full["split"] == 0, full["split"] == 2, full["split"] == 1
     assert data.standardised and data.train.image.dtype == torch.float16
-    assert data.train.image_aug.shape == (int(train.sum()), 1, 2048) and len(data.val) == int(selection.sum())
+    assert data.train.image_aug.shape == (int(train.sum()), 1, 2048) and len(data.selection) == int(selection.sum())
     norm = {name: Standardise(full[key].shape[1]).set(*data.stats[name])
             for name, key in (("image", "image_features"), ("spectrum", "spectrum_features"))}
     as_evaluated = lambda name, x: norm[name](torch.from_numpy(x)).half().numpy()  # noqa: E731
     np.testing.assert_array_equal(data.train.image.numpy(), as_evaluated("image", full["image_features"][train]))
     np.testing.assert_array_equal(data.train.image_aug.numpy()[:, 0],
                                   as_evaluated("image", full["image_features_aug"][train][:, 0]))
-    np.testing.assert_array_equal(data.val.spectrum.numpy(), as_evaluated("spectrum", full["spectrum_features"][selection]))
+    np.testing.assert_array_equal(data.selection.spectrum.numpy(), as_evaluated("spectrum", full["spectrum_features"][selection]))
     np.testing.assert_array_equal(data.test_rows, np.flatnonzero(store.require_complete() & (store.split() == 1)))
     np.testing.assert_array_equal(data.test_labels["redshift"], full["label_redshift"][test])
     # the standardisation merged over 4 shards equals the one computed over all train rows at once

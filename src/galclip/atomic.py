@@ -7,6 +7,7 @@ the same host left, and never touches a temporary of a writer on another host sh
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -181,6 +182,12 @@ def atomic_dir(path: str | Path, merge_last: str | None = None) -> Iterator[Path
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(obj: object, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically: the one JSON writer of every metrics and sidecar file
+    (``json_ready`` first, so numpy values are plain and NaN is null)."""
+    return atomic_write_text(json.dumps(json_ready(obj), indent=2, allow_nan=False) + "\n", path)
 
 
 def json_ready(obj: object) -> object:

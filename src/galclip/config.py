@@ -98,7 +98,7 @@ class HeadConfig:
     weight_decay: float = 0.0
     lr_factor: float = 0.5  # ReduceLROnPlateau factor (report: 2x reduction)
     lr_patience: int = 5  # ReduceLROnPlateau patience in epochs (report)
-    early_stopping: int | None = 15  # stop after this many epochs without val improvement
+    early_stopping: int | None = 15  # stop after this many epochs without improvement on the selection split
     aug_prob: float = 0.5  # per pair and step: use a stored augmented view instead of the clean one
     standardise: bool = True  # z-score features with train-set mean/std before the heads
     image_hidden: int = 2048  # image head: 2048 -> image_hidden -> embed_dim

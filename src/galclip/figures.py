@@ -45,12 +45,12 @@ def plot_loss_curves(history: Mapping[str, list], path: Path | str) -> Path:
     """Train and validation InfoNCE loss per epoch, learning rate (log) on a twin axis if given."""
     fig = new_figure(6.5, 4.0)
     ax = fig.add_subplot()
-    train, val = list(history.get("train_loss", [])), list(history.get("val_loss", []))
+    train, selection = list(history.get("train_loss", [])), list(history.get("val_loss", []))
     if train:
         ax.plot(np.arange(1, len(train) + 1), train, label="train loss")
-    if val:
-        ax.plot(np.arange(1, len(val) + 1), val, label="validation loss")
-    if not train and not val:
+    if selection:
+        ax.plot(np.arange(1, len(selection) + 1), selection, label="selection-split loss")
+    if not train and not selection:
         ax.text(0.5, 0.5, "no loss history", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("epoch")
     ax.set_ylabel("InfoNCE loss")
@@ -62,7 +62,7 @@ def plot_loss_curves(history: Mapping[str, list], path: Path | str) -> Path:
         ax2.set_ylabel("learning rate")
         handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="upper right")
-    elif train or val:
+    elif train or selection:
         ax.legend(loc="upper right")
     ax.set_title("Projection-head training")
     return save_png(fig, path)

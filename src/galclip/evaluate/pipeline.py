@@ -108,38 +108,38 @@ def evaluate_store(
     heads, ckpt = load_heads(heads_path, store)
     readable = store.require_complete(allow_partial)
     split, labels = store.split(), store.labels()
-    val_rows = np.flatnonzero(readable & (split == TEST))
-    if len(val_rows) < 2:
+    test_rows = np.flatnonzero(readable & (split == TEST))
+    if len(test_rows) < 2:
         from galclip.errors import GalclipError
 
-        raise GalclipError(f"{store_path}: only {len(val_rows)} test pair(s) are readable; evaluation needs 2 or more")
+        raise GalclipError(f"{store_path}: only {len(test_rows)} test pair(s) are readable; evaluation needs 2 or more")
     test_fraction, selection_fraction = split_fractions(store.provenance)
-    shortfall = zero_shot_shortfall({name: y[val_rows] for name, y in labels.items()}, config, test_fraction)
+    shortfall = zero_shot_shortfall({name: y[test_rows] for name, y in labels.items()}, config, test_fraction)
     if strict_k and shortfall and shortfall["fit_rows"] and max(shortfall["fit_rows"].values()) < config.k + 1:
         from galclip.errors import InputError
 
         raise InputError(f"-k {config.k}: {shortfall['note']}")
-    rows = SurveyRows.for_store(store, val_rows, blank_if_missing=True)  # refuses changed survey files, before writing
+    rows = SurveyRows.for_store(store, test_rows, blank_if_missing=True)  # refuses changed survey files, before writing
     fit_rows = _labelled_train_rows(readable, split, labels)
     # only the rows evaluation uses are read, shard by shard: the test pairs and the reference's sample
-    wanted = val_rows if fit_rows is None else np.union1d(val_rows, fit_rows)
+    wanted = test_rows if fit_rows is None else np.union1d(test_rows, fit_rows)
     feats = store.read_rows(wanted, ("image_features", "spectrum_features"))
     at = lambda rows: np.searchsorted(wanted, rows)  # noqa: E731 - store rows -> positions in ``feats``
-    raw_image, raw_spectrum = feats["image_features"][at(val_rows)], feats["spectrum_features"][at(val_rows)]
+    raw_image, raw_spectrum = feats["image_features"][at(test_rows)], feats["spectrum_features"][at(test_rows)]
     emb_i, emb_s = heads.embed(raw_image, raw_spectrum)
     from galclip.neighbours import l2_normalise
 
-    product = product_protocol(store, heads, readable, val_rows,
+    product = product_protocol(store, heads, readable, test_rows,
                                {"image": l2_normalise(emb_i), "spectrum": l2_normalise(emb_s)}, labels, config.seed)
     history = ckpt.get("history", [])
     supervised = None if fit_rows is None else {
         "raw_image": feats["image_features"][at(fit_rows)], "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
         "redshift": labels["redshift"][fit_rows], "log_mstar": labels["log_mstar"][fit_rows]}
-    photometry, photometry_note = _photometry(store, store.targetids()[val_rows])
+    photometry, photometry_note = _photometry(store, store.targetids()[test_rows])
     inputs = EvaluationInputs(
-        targetid=store.targetids()[val_rows], emb_image=emb_i, emb_spectrum=emb_s,
+        targetid=store.targetids()[test_rows], emb_image=emb_i, emb_spectrum=emb_s,
         raw_image=raw_image, raw_spectrum=raw_spectrum,
-        redshift=labels["redshift"][val_rows], log_mstar=labels["log_mstar"][val_rows],
+        redshift=labels["redshift"][test_rows], log_mstar=labels["log_mstar"][test_rows],
         image_rgb=rows.image_rgb, spectrum=rows.spectrum,
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
         supervised_train=supervised, photometry=photometry,
@@ -149,7 +149,7 @@ def evaluate_store(
     extra["store_fingerprint"] = store.fingerprint()
     extra["splits"] = {
         "every_number_from": "test",
-        "test": {"rule": f"u < {test_fraction}", "n": int((split == TEST).sum()), "readable": int(len(val_rows)),
+        "test": {"rule": f"u < {test_fraction}", "n": int((split == TEST).sum()), "readable": int(len(test_rows)),
                  "used_for": "every number of this report; the zero-shot k-NN runs on seeded halves of it"},
         "selection": {"rule": f"{test_fraction} <= u < {test_fraction + selection_fraction}",
                       "n": int((split == SELECTION).sum()),

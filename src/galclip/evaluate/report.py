@@ -11,6 +11,7 @@ from pathlib import Path
 
 from galclip.vocabulary import LABELS
 from galclip.atomic import atomic_write_text
+from galclip.html_page import cell, figure, page, table
 
 logger = logging.getLogger(__name__)
 
@@ -22,35 +23,6 @@ CROSS_DIRECTIONS = ("im2sp", "sp2im")
 CROSS_COLUMNS = ("recall@1", "recall@5", "recall@10", "median_rank", "chance_recall@10")
 INMODAL_DIRECTIONS = ("im2im", "sp2sp")
 INMODAL_COLUMNS = ("median_abs_delta_knn", "median_abs_delta_random", "ratio")
-
-_CSS = """
-body { font-family: sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #bbb; padding: 0.25em 0.7em; text-align: right; }
-th { background: #eee; } td:first-child, th:first-child { text-align: left; }
-figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.9em; color: #555; }
-"""
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return html.escape(str(value))
-
-
-def _table(title: str, row_names: list[str], columns: list[str], cells: Mapping) -> str:
-    """HTML table with rows ``row_names`` and columns ``columns`` read from cells[row][col]."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *columns])
-    body = "".join(
-        "<tr><td>" + html.escape(r) + "</td>"
-        + "".join(f"<td>{_fmt((cells.get(r) or {}).get(c))}</td>" for c in columns) + "</tr>"
-        for r in row_names
-    )
-    return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
-
 
 def _flat(metrics: Mapping, prefix: str = "") -> dict[str, object]:
     """Scalar leaves of a nested dict as "a.b.c" -> value."""
@@ -64,12 +36,6 @@ def _flat(metrics: Mapping, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def _figure(name: str, png: Path) -> str:
-    data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(name)}</figcaption></figure>\n")
-
-
 def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str) -> Path:
     """Write a single self-contained HTML report (inline CSS, base64 PNGs, no links).
 
@@ -79,23 +45,22 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
     """
     zs = metrics.get("zero_shot_r2", {}) or {}
     ret = metrics.get("retrieval", {}) or {}
-    parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>galclip evaluation</title>"
-             f"<style>{_CSS}</style></head><body>\n<h1>galclip evaluation</h1>\n"]
+    parts = []
     splits = metrics.get("splits") or {}
     if splits:
         parts.append(f"<p><b>Every number below comes from the {html.escape(str(splits.get('every_number_from')))} "
                      "split</b>, which never fitted nor chose the heads.</p>\n")
         rows = {name: v for name, v in splits.items() if isinstance(v, Mapping)}
-        parts.append(_table("Splits (pure functions of the targetid)", list(rows), ["rule", "n", "used_for"], rows))
+        parts.append(table("Splits (pure functions of the targetid)", list(rows), ["rule", "n", "used_for"], rows))
     summary = {k: metrics[k] for k in ("n_pairs", "n_eval", "n_labelled") if k in metrics}
     if summary:
-        parts.append(_table("Data", ["count"], list(summary), {"count": summary}))
-    parts.append(_table("Zero-shot k-NN R², the seed's protocol (fit on half of the labelled test pairs, scored on "
+        parts.append(table("Data", ["count"], list(summary), {"count": summary}))
+    parts.append(table("Zero-shot k-NN R², the seed's protocol (fit on half of the labelled test pairs, scored on "
                         "the other half)", [s for s in ZERO_SHOT_SOURCES if s in zs] or list(zs),
                         list(ZERO_SHOT_TARGETS), zs))
     product = metrics.get("zero_shot_product") or {}
     if product:
-        parts.append(_table(f"Zero-shot R², the product's protocol (k = {product['k']} over the "
+        parts.append(table(f"Zero-shot R², the product's protocol (k = {product['k']} over the "
                             f"{product['reference_n']} labelled train-split pairs in the query's modality, scored on "
                             "every labelled test pair: what 'galclip predict' and the page give)",
                             list(product["r2"]), list(ZERO_SHOT_TARGETS), product["r2"]))
@@ -106,7 +71,7 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
     if best:
         lines = []
         for target, entry in best.items():
-            ranking = ", ".join(f"{html.escape(s)} {_fmt(v)}" for s, v in entry["ranking"])
+            ranking = ", ".join(f"{html.escape(s)} {cell(v)}" for s, v in entry["ranking"])
             lines.append(f"<li><b>{html.escape(target)}</b>: best zero-shot source by R² is "
                          f"<b>{html.escape(entry['best'])}</b> (ranking: {ranking})</li>")
         parts.append("<h2>Which source wins</h2><ul>" + "".join(lines) + "</ul>\n")
@@ -117,36 +82,36 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
             title = ("Zero-shot redshift, the photo-z measures (Δz/(1+z); coverage of the 16th-84th percentile "
                      "interval, calibrated: 0.68)" if target == "redshift" else
                      "Zero-shot log M*, scatter and bias in dex (coverage calibrated: 0.68)")
-            parts.append(_table(title, [s for s in ZERO_SHOT_SOURCES if s in cells] or list(cells), list(columns), cells))
+            parts.append(table(title, [s for s in ZERO_SHOT_SOURCES if s in cells] or list(cells), list(columns), cells))
     other_k = sorted(k for k in metrics if k.startswith("zero_shot_r2_k"))
     for key in other_k:
-        table = metrics.get(key) or {}
-        parts.append(_table(f"Zero-shot k-NN R², k = {key.rsplit('_k', 1)[1]}",
-                            [s for s in ZERO_SHOT_SOURCES if s in table] or list(table), list(ZERO_SHOT_TARGETS), table))
+        other_table = metrics.get(key) or {}
+        parts.append(table(f"Zero-shot k-NN R², k = {key.rsplit('_k', 1)[1]}",
+                           [s for s in ZERO_SHOT_SOURCES if s in other_table] or list(other_table),
+                           list(ZERO_SHOT_TARGETS), other_table))
     sup = metrics.get("supervised_r2") or {}
     if sup:
-        parts.append(_table("Supervised reference: MLP on the raw features, same split (R²)", list(sup),
+        parts.append(table("Supervised reference: MLP on the raw features, same split (R²)", list(sup),
                             list(ZERO_SHOT_TARGETS), sup))
-    parts.append(_table("Cross-modal retrieval (rank of the true partner)",
+    parts.append(table("Cross-modal retrieval (rank of the true partner)",
                         [d for d in CROSS_DIRECTIONS if d in ret], list(CROSS_COLUMNS), ret))
     inmodal = {f"{d} {label}": v for d in INMODAL_DIRECTIONS for label, v in (ret.get(d) or {}).items()
                if isinstance(v, Mapping)}
     if inmodal:
-        parts.append(_table("In-modal neighbours: median |Δlabel| (top-k vs random pairs)",
+        parts.append(table("In-modal neighbours: median |Δlabel| (top-k vs random pairs)",
                             list(inmodal), list(INMODAL_COLUMNS), inmodal))
     timings = metrics.get("timings_s", {}) or {}
     if timings:
-        parts.append(_table("Timings (s)", list(timings), ["seconds"],
+        parts.append(table("Timings (s)", list(timings), ["seconds"],
                             {k: {"seconds": v} for k, v in timings.items()}))
     shown = {"zero_shot_r2", "retrieval", "timings_s", "figures", "supervised_r2", "zero_shot_photoz", "zero_shot_best",
              "splits", "zero_shot_shortfall", "zero_shot_product",
              *other_k, *summary}
     other = _flat({k: v for k, v in metrics.items() if k not in shown})
     if other:
-        parts.append(_table("Other", list(other), ["value"], {k: {"value": v} for k, v in other.items()}))
+        parts.append(table("Other", list(other), ["value"], {k: {"value": v} for k, v in other.items()}))
     parts.append("<h2>Figures</h2>\n")
-    parts.extend(_figure(name, png) for name, png in figures.items())
-    parts.append("</body></html>\n")
-    out = atomic_write_text("".join(parts), path)
+    parts.extend(figure(name, png) for name, png in figures.items())
+    out = atomic_write_text(page("galclip evaluation", "".join(parts)), path)
     logger.info("wrote report %s (%d figures)", out, len(figures))
     return out

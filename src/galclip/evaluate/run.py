@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from galclip.vocabulary import LABELS
-from galclip.atomic import atomic_write_text, json_ready
+from galclip.atomic import json_ready, write_json
 from galclip.config import EvalConfig
 from galclip.evaluate.report import write_report
 from galclip.heads.models import standardisation, standardise
@@ -269,7 +269,7 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
         metrics["timings_s"]["evaluate"] = time.perf_counter() - started
     metrics.update(extra)
     metrics = json_ready(metrics)
-    atomic_write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n", out_dir / "metrics.json")
+    write_json(metrics, out_dir / "metrics.json")
     write_report(metrics, figures, out_dir / "report.html")
 
     cross = retrieval["im2sp"]

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from galclip.errors import GalclipError
+from galclip.split import SELECTION, TEST, TRAIN
 from galclip.store import FeatureStore
 
 
@@ -46,15 +47,15 @@ def sample_views(gen: torch.Generator, n: int, n_views: int, device: torch.devic
 class TrainingData:
     """A store's train and selection pairs, as the trainer holds them, and where its test pairs are.
 
-    train / val: fp16 FeatureSets of the train and the *selection* split (which drives the schedule, early
-    stopping and the best epoch; "val" in the loss names), train with the augmented image views when asked for;
+    train / selection: fp16 FeatureSets of the train and the selection split (which drives the schedule, early
+    stopping and the best epoch; the files name its loss "val_loss", as galclip 0.1 did), train with the augmented image views when asked for;
     standardised: whether they hold standardised features (then the heads' own standardisation is skipped in
     training); test_rows (b,): the test pairs' store rows; test_labels: {"redshift", "log_mstar"} (b,) each;
     stats: the train split's standardisation {"image": (mean, std), "spectrum": (mean, std)}, float64.
     """
 
     train: FeatureSet
-    val: FeatureSet
+    selection: FeatureSet
     test_rows: np.ndarray
     test_labels: dict[str, np.ndarray]
     stats: dict[str, tuple[np.ndarray, np.ndarray]]
@@ -66,7 +67,7 @@ class TrainingData:
 
     def to(self, device: torch.device) -> "TrainingData":
         move = lambda fs: FeatureSet(*(None if t is None else t.to(device) for t in (fs.image, fs.spectrum, fs.image_aug)))  # noqa: E731
-        return TrainingData(move(self.train), move(self.val), self.test_rows, self.test_labels, self.stats,
+        return TrainingData(move(self.train), move(self.selection), self.test_rows, self.test_labels, self.stats,
                             self.standardised)
 
 
@@ -95,10 +96,10 @@ def load_training_data(store: FeatureStore, allow_partial: bool = False, with_au
 
     rows = store.require_complete(allow_partial)
     split = store.split()
-    train_mask, val_mask, test_mask = rows & (split == 0), rows & (split == 2), rows & (split == 1)
-    n_train, n_val = int(train_mask.sum()), int(val_mask.sum())
-    if n_train < 2 or n_val < 2:
-        raise GalclipError(f"{store.path}: needs at least 2 train and 2 selection pairs (has {n_train} and {n_val})")
+    train_mask, selection_mask, test_mask = rows & (split == TRAIN), rows & (split == SELECTION), rows & (split == TEST)
+    n_train, n_selection = int(train_mask.sum()), int(selection_mask.sum())
+    if n_train < 2 or n_selection < 2:
+        raise GalclipError(f"{store.path}: needs at least 2 train and 2 selection pairs (has {n_train} and {n_selection})")
     aug = with_aug and "image_features_aug" in store.feature_arrays
     names = ("targetid", "image_features", "spectrum_features", *(("image_features_aug",) if aug else ()))
     dims = {name: tuple(store.group[name].shape[1:]) for name in names}
@@ -111,7 +112,7 @@ def load_training_data(store: FeatureStore, allow_partial: bool = False, with_au
                 f"{store.path}: {int(bad.sum())} rows have non-finite features, e.g. targetid "
                 f"{block['targetid'][bad][:5].tolist()}; re-run extraction or check those inputs ('galclip check')"
             )
-        is_train = split[lo:lo + len(keep)][keep] == 0
+        is_train = split[lo:lo + len(keep)][keep] == TRAIN
         moments["image"].update(image[is_train])
         moments["spectrum"].update(spectrum[is_train])
     stats = {name: m.standardisation() for name, m in moments.items()}
@@ -119,21 +120,21 @@ def load_training_data(store: FeatureStore, allow_partial: bool = False, with_au
             "image_features_aug": stats["image"] if standardise else None,
             "spectrum_features": stats["spectrum"] if standardise else None}
     train = {name: np.empty((n_train, *dims[name]), np.float16) for name in names[1:]}
-    val = {name: np.empty((n_val, *dims[name]), np.float16) for name in names[1:3]}
-    at_train = at_val = 0
-    for lo, keep, block in store.iter_shards(names, train_mask | val_mask):
-        is_train = split[lo:lo + len(keep)][keep] == 0
+    selection = {name: np.empty((n_selection, *dims[name]), np.float16) for name in names[1:3]}
+    at_train = at_selection = 0
+    for lo, keep, block in store.iter_shards(names, train_mask | selection_mask):
+        is_train = split[lo:lo + len(keep)][keep] == TRAIN
         t, v = int(is_train.sum()), int((~is_train).sum())
         for name in names[1:]:
             train[name][at_train:at_train + t] = to_fp16(block[name][is_train], norm[name])
         for name in names[1:3]:
-            val[name][at_val:at_val + v] = to_fp16(block[name][~is_train], norm[name])
-        at_train, at_val = at_train + t, at_val + v
+            selection[name][at_selection:at_selection + v] = to_fp16(block[name][~is_train], norm[name])
+        at_train, at_selection = at_train + t, at_selection + v
     fp16 = torch.from_numpy  # already fp16: no copy
     test_rows = np.flatnonzero(test_mask)
     labels = {"redshift": store.read_meta("label_redshift")[test_rows],
               "log_mstar": store.read_meta("label_log_mstar")[test_rows]}
     return TrainingData(FeatureSet(fp16(train["image_features"]), fp16(train["spectrum_features"]),
                                    fp16(train["image_features_aug"]) if aug else None),
-                        FeatureSet(fp16(val["image_features"]), fp16(val["spectrum_features"]), None),
+                        FeatureSet(fp16(selection["image_features"]), fp16(selection["spectrum_features"]), None),
                         test_rows, labels, stats, standardised=standardise)

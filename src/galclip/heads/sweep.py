@@ -24,7 +24,8 @@ from galclip.config import EvalConfig, HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import HEADS_FILE, heads_record, save_heads
 from galclip.heads.data import load_training_data
-from galclip.heads.train import stored_fc_state, write_json_atomic
+from galclip.atomic import write_json
+from galclip.heads.train import stored_fc_state
 from galclip.heads.trainer import TrainResult, train_configurations
 from galclip.outputs import check_output_dir, output_dir
 from galclip.neighbours import embedding_sources, l2_normalise, zero_shot_shortfall, zero_shot_split, zero_shot_table
@@ -140,7 +141,7 @@ def _write_sweep(out: Path, store: FeatureStore, store_path, fingerprint: str, d
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_json_atomic({"seconds": elapsed, "n_configs": len(rows), "best": best_i, "grid": grid,
+    write_json({"seconds": elapsed, "n_configs": len(rows), "best": best_i, "grid": grid,
                        "base": dataclasses.asdict(base), "results": rows,
                        "histories": [r.history for r in results]}, out / "sweep.json")
     from galclip.figures import plot_val_loss_curves
@@ -150,7 +151,7 @@ def _write_sweep(out: Path, store: FeatureStore, store_path, fingerprint: str, d
     best = results[best_i]
     save_heads(heads_record(best.heads, best.config, fingerprint, store_path, best_epoch=best.best_epoch,
                             best_val_loss=best.best_val_loss, history=best.history, finished=True, stop_reason="sweep",
-                            n_train=len(data.train), n_val=len(data.val), image_head_init=best.image_head_init),
+                            n_train=len(data.train), n_val=len(data.selection), image_head_init=best.image_head_init),
                out / "best" / HEADS_FILE)
     chosen = ", ".join(f"{name} {rows[best_i][name]:g}" if isinstance(rows[best_i][name], float) else
                        f"{name} {rows[best_i][name]}" for name in grid)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from galclip.atomic import atomic_write_text
+from galclip.atomic import write_json
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import HEADS_FILE, STATE_FILE, heads_record, save_heads
@@ -50,10 +50,6 @@ def check_heads_out(out: Path, resume: bool, overwrite: bool) -> None:
                             "continue an unfinished run, --overwrite to replace them, or choose another OUT folder")
 
 
-def write_json_atomic(obj: object, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, allow_nan=False, default=float), path)
-
-
 def stop_words(stop_reason: str, epochs: int) -> str:
     """Why training stopped, as a phrase: 'all 80 epochs run', 'stopped early: no validation improvement ...'."""
     return f"all {epochs} epochs run" if stop_reason == "epochs" else f"stopped early: {stop_reason}"
@@ -85,7 +81,7 @@ def train_heads(
     check_heads_out(out, resume, overwrite)
     fingerprint = store.fingerprint()
     data = load_training_data(store, allow_partial, with_aug=config.aug_prob > 0, standardise=config.standardise)
-    n_train, n_val = len(data.train), len(data.val)
+    n_train, n_val = len(data.train), len(data.selection)
     state_path = out / STATE_FILE
     with output_dir(out, "heads", HEADS_OUTPUT_NAMES, overwrite=True):
         t_train = time.perf_counter()
@@ -106,7 +102,7 @@ def train_heads(
                     f"heads (epoch {result.best_epoch})")
         else:
             kept = "nothing was saved"
-        raise GalclipError(f"training diverged at epoch {d['epoch']}: train loss {d['train_loss']}, val loss "
+        raise GalclipError(f"training diverged at epoch {d['epoch']}: train loss {d['train_loss']}, selection-split loss "
                            f"{d['val_loss']}; {kept}. Lower --lr or raise --tau")
     if not result.history:
         raise GalclipError(f"{out}: no epoch was trained")
@@ -125,7 +121,7 @@ def train_heads(
         return summary
     from galclip.figures import plot_loss_curves
 
-    write_json_atomic({"summary": summary, "history": result.history}, out / HISTORY_FILE)
+    write_json({"summary": summary, "history": result.history}, out / HISTORY_FILE)
     plot_loss_curves({k: [h[k] for h in result.history] for k in ("train_loss", "val_loss", "lr")}, out / LOSS_CURVE_FILE)
     logger.info("heads: best selection-split loss %.4f at epoch %d, %s; %.1f s -> %s", result.best_val_loss,
                 result.best_epoch, stop_words(result.stop_reason, config.epochs), summary["seconds"], out / HEADS_FILE)

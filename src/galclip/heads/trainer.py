@@ -233,7 +233,7 @@ def train_configurations(
     use_aug = base.aug_prob > 0 and data.train.image_aug is not None
     on_device = data.to(device)
     tr_set = on_device.train if use_aug else FeatureSet(on_device.train.image, on_device.train.spectrum, None)
-    va_set = on_device.val
+    va_set = on_device.selection
     n_views = tr_set.image_aug.shape[1] if tr_set.image_aug is not None else 0
     n_train, n_val = len(tr_set), len(va_set)
     gen = torch.Generator().manual_seed(base.seed)
@@ -266,12 +266,12 @@ def train_configurations(
                                runs.index(run), run.config.lr, run.config.tau, run.config.weight_decay, epoch, kept)
         if len(runs) == 1 and runs[0].history and runs[0].history[-1]["epoch"] == epoch:
             h = runs[0].history[-1]
-            logger.info("epoch %3d: train %.4f  val %.4f  lr %.2e  tau %.3f  %.2fs",
+            logger.info("epoch %3d: train %.4f  selection %.4f  lr %.2e  tau %.3f  %.2fs",
                         epoch, h["train_loss"], h["val_loss"], h["lr"], h["tau"], h["seconds"])
-            bar.set_postfix(train=f"{h['train_loss']:.3f}", val=f"{h['val_loss']:.3f}")
+            bar.set_postfix(train=f"{h['train_loss']:.3f}", selection=f"{h['val_loss']:.3f}")
         elif len(runs) > 1:
             val_of = dict(zip(map(id, active), val_losses))
-            logger.info("epoch %3d: val loss %s  %.2fs", epoch, " ".join(
+            logger.info("epoch %3d: selection loss %s  %.2fs", epoch, " ".join(
                 f"{val_of[id(run)]:.3f}" if run.history and run.history[-1]["epoch"] == epoch else "-"
                 for run in runs), seconds)
         bar.update(1)

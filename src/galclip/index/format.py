@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from galclip.atomic import write_json
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.provenance import canonical_sha256, sha256_file
 from galclip.vocabulary import MODALITIES
@@ -37,7 +38,7 @@ def file_manifest(folder: Path) -> dict[str, dict]:
 def write_sidecar(folder: Path, sidecar: dict) -> dict:
     """Seal ``sidecar`` with its own SHA-256 and write it as ``folder/index.json``; returns it."""
     sidecar["sidecar_sha256"] = sidecar_sha256(sidecar)
-    (folder / SIDECAR).write_text(json.dumps(sidecar, indent=2))
+    write_json(sidecar, folder / SIDECAR)
     return sidecar
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import atomic_path, atomic_write_text, json_ready
+from galclip.atomic import atomic_path, write_json
 from galclip.config import ExtractConfig
 from galclip.errors import InputError
 from galclip.outputs import check_output_dir, output_dir
@@ -236,8 +236,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     with output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite=True, option="--report"):
         if accumulate is not None:
             metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
-        atomic_write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n",
-                          metrics_dir / "metrics.json")
+        write_json(metrics, metrics_dir / "metrics.json")
     metrics["metrics_file"] = str(metrics_dir / "metrics.json")
     logger.info("catalogue of %d galaxies (%d predicted, %d flagged out of distribution) -> %s", store.n, n_pred,
                 n_ood, out)
