@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from galclip.errors import CheckpointError
+from galclip.state_dicts import load_exactly, read_checkpoint, with_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -54,31 +55,19 @@ def load_stein_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, torch.
     head reuses as its initialisation.
     """
     path = Path(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise CheckpointError(f"{path}: cannot read the image checkpoint ({err})") from err
+    ckpt = read_checkpoint(path, "image checkpoint", CheckpointError, weights_only=False)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a Lightning checkpoint dict with a 'state_dict'")
-    query = {k[len(QUERY_PREFIX):]: v for k, v in state.items() if k.startswith(QUERY_PREFIX)}
+    query = with_prefix(state, QUERY_PREFIX)
     if not query:
         raise CheckpointError(
             f"{path}: no '{QUERY_PREFIX}*' keys; is this the Stein et al. MoCo-v2 checkpoint? "
             f"(first keys: {list(state)[:5]})"
         )
     model = moco_resnet50()
-    expected = set(model.state_dict())
-    missing = sorted(expected - set(query))
-    unexpected = sorted(set(query) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: query-encoder keys do not match a ResNet-50 with the MoCo-v2 MLP: "
-            f"missing {missing[:10]}{' …' if len(missing) > 10 else ''}, "
-            f"unexpected {unexpected[:10]}{' …' if len(unexpected) > 10 else ''}"
-        )
-    model.load_state_dict(query, strict=True)
-    fc_state = {k[len("fc."):]: v.clone() for k, v in query.items() if k.startswith("fc.")}
+    load_exactly(model, query, path, "a ResNet-50 with the MoCo-v2 MLP (query encoder)", CheckpointError)
+    fc_state = {k: v.clone() for k, v in with_prefix(query, "fc.").items()}
     return model, fc_state
 
 

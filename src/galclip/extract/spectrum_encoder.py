@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from galclip.errors import CheckpointError
+from galclip.state_dicts import load_exactly, read_checkpoint, with_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,7 @@ class SpenderSpectrumEncoder(nn.Module):
 
 
 def _encoder_state(path: Path, model_index: int) -> dict[str, torch.Tensor]:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read the spectrum checkpoint ({err})") from err
+    ckpt = read_checkpoint(path, "spectrum checkpoint", CheckpointError, weights_only=False)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path}: expected an official Spender checkpoint {{'model': state_dict, ...}}")
     state = ckpt["model"]
@@ -79,7 +77,7 @@ def _encoder_state(path: Path, model_index: int) -> dict[str, torch.Tensor]:
         state = state[model_index]
     if not hasattr(state, "items"):
         raise CheckpointError(f"{path}: 'model' is neither a state dict nor a list of them")
-    enc = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
+    enc = with_prefix(state, ENCODER_PREFIX)
     if not enc:
         raise CheckpointError(f"{path}: no '{ENCODER_PREFIX}*' keys (first keys: {list(state)[:5]})")
     return enc
@@ -95,13 +93,7 @@ def load_spender_checkpoint(path: str | Path, model_index: int = 0) -> SpenderSp
     last = max(int(k.split(".")[1]) for k in enc if k.startswith("mlp.") and k.endswith(".weight") and enc[k].ndim == 2)
     n_latent = enc[f"mlp.{last}.weight"].shape[0]
     model = SpenderSpectrumEncoder(n_latent=n_latent, n_aux=n_in - SPECTRUM_FEATURE_DIM)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(enc)), sorted(set(enc) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: encoder keys do not match Spender's SpectrumEncoder: missing {missing[:10]}, unexpected {unexpected[:10]}"
-        )
-    model.load_state_dict(enc, strict=True)
+    load_exactly(model, enc, path, "Spender's SpectrumEncoder (its 'encoder.*' keys)", CheckpointError)
     return model
 
 

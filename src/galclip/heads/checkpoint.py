@@ -29,6 +29,7 @@ from galclip.atomic import atomic_path
 from galclip.config import HeadConfig
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.heads.models import CLIPHeads
+from galclip.state_dicts import load_exactly, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,7 @@ def checkpoint_file(path: str | Path) -> Path:
 
 def read_torch_file(path: Path, hint: str) -> dict:
     """``torch.load(weights_only=True)`` a dict; an unreadable or foreign file is a user error ending with ``hint``."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
-        raise GalclipError(f"{path}: cannot read the checkpoint ({err}); {hint}") from err
+    obj = read_checkpoint(path, "checkpoint", GalclipError, hint)
     if not isinstance(obj, dict):
         raise GalclipError(f"{path}: not a galclip heads checkpoint; {hint}")
     return obj
@@ -131,10 +129,7 @@ def load_heads(path: str | Path, store=None, device: str = "cpu") -> tuple[CLIPH
     heads = CLIPHeads.from_config(config)
     state = dict(record["state_dict"])
     state.setdefault("log_inv_tau", heads.log_inv_tau.detach().clone())  # galclip < 0.1 kept τ only in the config
-    missing, unexpected = sorted(set(heads.state_dict()) - set(state)), sorted(set(state) - set(heads.state_dict()))
-    if missing or unexpected:
-        raise GalclipError(f"{path}: heads do not match their config: missing {missing[:8]}, unexpected {unexpected[:8]}")
-    heads.load_state_dict(state)
+    load_exactly(heads, state, path, f"the heads its config describes ({RETRAIN})", GalclipError, shown=8)
     return heads.to(device).eval(), record
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from galclip.atomic import atomic_dir, reserve_space
+from galclip.neighbours import drop_self
 from galclip.outputs import check_output_dir, foreign_entries, write_marker
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
@@ -108,12 +109,9 @@ def index_recall(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.nda
         return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
     k = truth.shape[1] - 1
     _, got = index.search(np.ascontiguousarray(queries, np.float32), k + 1)
-    scores = []
-    for t, g, me in zip(truth, got, self_ids):
-        t_other = [i for i in t if i != me][:k]
-        g_other = [i for i in g if i != me][:k]
-        scores.append(len(set(t_other) & set(g_other)) / k)
-    return float(np.mean(scores))
+    _, truth = drop_self(truth, truth, self_ids)
+    _, got = drop_self(got, got, self_ids)
+    return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
 
 
 def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,

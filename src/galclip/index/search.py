@@ -24,7 +24,7 @@ import numpy as np
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.format import MAP_FILE, REPAIR, ROWS_FILE, read_sidecar, verify_files
 from galclip.index.zero_shot import DEFAULT_K, Reference, load_reference
-from galclip.neighbours import l2_normalise
+from galclip.neighbours import drop_self, l2_normalise
 from galclip.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
@@ -215,7 +215,9 @@ class Index:
 
     def _neighbours(self, vector: np.ndarray, target: str, k: int, exclude: int = -1, partner: int = -1) -> list[dict]:
         sims, ids = self.nearest(vector, target, min(len(self), k + (exclude >= 0)))
-        keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0 and i != exclude][:k]
+        if exclude >= 0:  # an in-modal search leaves the query out of its own results
+            sims, ids = drop_self(sims, ids, np.array([exclude]))
+        keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0][:k]
         return [{"rank": r + 1, "similarity": float(s), "targetid": int(self.rows["targetid"][i]),
                  "redshift": float_or_none(self.rows["redshift"][i]),
                  "log_mstar": float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
