@@ -94,6 +94,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "fullscale.json")
     args = ap.parse_args()
     stages = args.stages.split(",")
+    if "store" in stages and not (args.template / "zarr.json").exists():
+        ap.error(f"--template {args.template}: no feature store there; the synthetic store copies a real store's "
+                 "feature rows. Run 'make demo' first (it writes galclip-demo/features.zarr), or pass "
+                 "--template STORE")
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     store = work / "features.zarr"

@@ -712,3 +712,13 @@ def test_a_demo_replaces_only_what_an_earlier_demo_wrote(tmp_path):
         clear_earlier_demo(pipeline)
     assert sorted(p.name for p in pipeline.iterdir()) == sorted(set(DEMO_PARTS) - {"heldout", "predict",
                                                                                     "features.zarr.lock"})
+
+
+def test_help_lists_every_command_once_in_pipeline_order():
+    from galclip.cli import COMMANDS
+
+    out = CliRunner().invoke(main, ["--help"]).output
+    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and
+              not line.startswith("    ")]
+    assert listed == list(COMMANDS) and set(COMMANDS) == set(main.commands)
+    assert out.count("write a mock survey") == 1

@@ -116,26 +116,45 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
     raise InputError(f"{message}; {fix}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# the commands in pipeline order, with the line 'galclip --help' lists for each
+COMMANDS = {
+    "mock": "write a mock survey in the AstroCLIP HDF5 + PROVABGS layouts",
+    "extract": "frozen encoders over every pair -> Zarr feature store (stage one)",
+    "info": "what a feature store holds, without reading bulk data",
+    "check": "verify a store, index, heads or catalogue: checksums, completeness, NaNs (--repair)",
+    "heads": "train the projection heads on cached features (stage two)",
+    "sweep": "train a grid of head settings in one pass over the data",
+    "evaluate": "retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json",
+    "index": "FAISS indexes over every pair (exact, or IVF with measured recall)",
+    "search": "galaxies most similar to a targetid, in-modal or cross-modal, with the zero-shot prediction",
+    "predict": "zero-shot redshift and stellar-mass catalogue (FITS, CSV, ECSV, Parquet) for new galaxies",
+    "serve": "similarity search in the browser (a local web service over an index)",
+    "demo": "mock -> extract -> heads -> evaluate -> index -> predict in one go",
+}
+
+
+class PipelineGroup(click.Group):
+    """The command list once, in pipeline order, each with its line from ``COMMANDS``."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [n for n in COMMANDS if n in self.commands] + sorted(set(self.commands) - set(COMMANDS))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS.get(name) or self.commands[name].get_short_help_str()) for name in
+                self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=PipelineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="galclip")
 def main(verbose: int, quiet: bool) -> None:
     """galclip: cache-first AstroCLIP for galaxy images and spectra.
 
-    \b
-    mock      write a mock survey in the AstroCLIP HDF5 + PROVABGS layouts
-    extract   frozen encoders over every pair -> Zarr feature store (stage one)
-    info      what a feature store holds, without reading bulk data
-    check     verify a store, index, heads or catalogue: checksums, completeness, NaNs (--repair)
-    heads     train the projection heads on cached features (stage two)
-    sweep     train a grid of head settings in one pass over the data
-    evaluate  retrieval, zero-shot k-NN regression, UMAP, report.html + metrics.json
-    index     FAISS indexes over every pair (exact, or IVF with measured recall)
-    search    galaxies most similar to a targetid, in-modal or cross-modal
-    predict   zero-shot redshift and stellar-mass catalogue for image-only (or spectrum-only) galaxies
-    serve     similarity search in the browser (a local web service over an index)
-    demo      mock -> extract -> heads -> evaluate -> index -> predict in one go
+    The pipeline: mock (or your survey files) -> extract -> heads -> evaluate / index -> search, serve, predict.
+    'galclip COMMAND --help' for each.
     """
     _setup_logging(-1 if quiet else verbose)
 
