@@ -597,8 +597,8 @@ def _bind(host: str, port: int):
               help="Predict from the images or the spectra; auto: whichever INPUT holds (images when both).")
 @click.option("-k", type=click.IntRange(min=1), default=16, show_default=True,
               help="Neighbours among the labelled reference galaxies.")
-@click.option("--format", "fmt", type=click.Choice(["fits", "csv"]), default=None,
-              help="Catalogue format [default: csv for OUT ending .csv, else fits].")
+@click.option("--format", "fmt", type=click.Choice(["fits", "csv", "ecsv", "parquet"]), default=None,
+              help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits].")
 @click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None,
               help="True labels (PROVABGS-layout catalogue, or a feature store): also score the catalogue.")
 @click.option("--reference", type=click.Choice(["train", "all"]), default="train", show_default=True,

@@ -41,7 +41,8 @@ from galclip.vocabulary import LABELS, MODALITIES
 logger = logging.getLogger(__name__)
 
 # what a predict report folder may hold: the demo keeps the catalogue and its work store there too
-PREDICT_NAMES = ("metrics.json", "report.html", "*.png", "*.fits", "*.csv", "*.zarr", "*.zarr.lock")
+PREDICT_NAMES = ("metrics.json", "report.html", "*.png", "*.fits", "*.csv", "*.ecsv", "*.parquet", "*.csv.json",
+                 "*.parquet.json", "*.zarr", "*.zarr.lock")
 
 
 def default_work_store(out: Path) -> Path:
@@ -140,7 +141,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     t0 = time.perf_counter()
     out = Path(out)
     fmt = format_for(out, fmt)
-    check_output(out, overwrite)
+    check_output(out, overwrite, fmt)
     metrics_dir = Path(report_dir) if report_dir is not None else default_report_dir(out)
     check_output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite, option="--report")
     if k < 1:
@@ -205,7 +206,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     accumulate = TruthAccumulator(truth_labels) if truth_labels is not None else None
     n_ood = n_pred = 0
     with atomic_path(out) as tmp:
-        writer = CatalogueWriter(tmp, fmt, store.n, header)
+        writer = CatalogueWriter(tmp, fmt, store.n, header, final=out)
         try:
             with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
                 for lo, rows in _predictions(store, heads, ref, modality, k, readable, block, accumulate):
