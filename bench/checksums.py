@@ -26,9 +26,9 @@ import numpy as np
 
 def write_store(path: Path, n: int, variants: int, with_crc: bool) -> float:
     """Seconds to create and fill a store of ``n`` random pairs, shard by shard."""
-    import galclip.store.feature_store as fs
     from zarr.codecs import ZstdCodec
 
+    import galclip.store.feature_store as fs
     from galclip.split import assign_split
 
     original = fs._codecs
@@ -36,20 +36,27 @@ def write_store(path: Path, n: int, variants: int, with_crc: bool) -> float:
         fs._codecs = lambda: [ZstdCodec(level=0)]
     try:
         ids = 10**15 + np.arange(n, dtype=np.int64)
-        meta = {"targetid": ids, "split": assign_split(ids), "redshift": np.zeros(n, np.float32),
-                "label_redshift": np.zeros(n, np.float32), "label_log_mstar": np.zeros(n, np.float32)}
+        meta = {
+            "targetid": ids,
+            "split": assign_split(ids),
+            "redshift": np.zeros(n, np.float32),
+            "label_redshift": np.zeros(n, np.float32),
+            "label_log_mstar": np.zeros(n, np.float32),
+        }
         arrays = {"image_features": (2048,), "spectrum_features": (256,)}
         if variants:
             arrays["image_features_aug"] = (variants, 2048)
         rng = np.random.default_rng(0)
         blocks = {name: np.abs(rng.standard_normal((256, *tail), np.float32)) for name, tail in arrays.items()}
         t = time.perf_counter()
-        store = fs.FeatureStore.create(path, meta, {"encoders": {}, "preprocessing": {}, "data": {},
-                                                    "rows_per_shard": 256}, 256, arrays)
+        store = fs.FeatureStore.create(
+            path, meta, {"encoders": {}, "preprocessing": {}, "data": {}, "rows_per_shard": 256}, 256, arrays
+        )
         for shard in range(store.n_shards):
             lo, hi = store.shard_rows(shard)
-            store.write_shard(shard, {name: b[: hi - lo] for name, b in blocks.items()},
-                              quarantine=np.zeros(hi - lo, np.uint8))
+            store.write_shard(
+                shard, {name: b[: hi - lo] for name, b in blocks.items()}, quarantine=np.zeros(hi - lo, np.uint8)
+            )
         return time.perf_counter() - t
     finally:
         fs._codecs = original
@@ -80,8 +87,12 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=8192)
     ap.add_argument("--variants", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--extract-pairs-per-s", type=float, default=19.7,
-                    help="a whole extraction's rate on this machine (bench/extract.py), to put the writes against")
+    ap.add_argument(
+        "--extract-pairs-per-s",
+        type=float,
+        default=19.7,
+        help="a whole extraction's rate on this machine (bench/extract.py), to put the writes against",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "checksums.json")
     args = ap.parse_args()
 
@@ -89,7 +100,7 @@ def main() -> None:
     times = {"write_crc": [], "write_plain": [], "read_crc": [], "read_plain": []}
     try:
         for rep in range(args.repeats):
-            for kind in (("crc", "plain") if rep % 2 == 0 else ("plain", "crc")):
+            for kind in ("crc", "plain") if rep % 2 == 0 else ("plain", "crc"):
                 path = work / f"{kind}.zarr"
                 shutil.rmtree(path, ignore_errors=True)
                 times[f"write_{kind}"].append(write_store(path, args.pairs, args.variants, kind == "crc"))
@@ -101,20 +112,38 @@ def main() -> None:
     write_over = med["write_crc"] / med["write_plain"] - 1
     read_over = med["read_crc"] / med["read_plain"] - 1
     extraction_s = args.pairs / args.extract_pairs_per_s
-    out = {"pairs": args.pairs, "variants": args.variants, "repeats": args.repeats, "seconds": times, "medians": med,
-           "write_overhead": write_over, "read_overhead": read_over,
-           "extraction_overhead": (med["write_crc"] - med["write_plain"]) / extraction_s,
-           "extract_pairs_per_s": args.extract_pairs_per_s, "heads_run_s": heads_s,
-           "heads_overhead": (med["read_crc"] - med["read_plain"]) / heads_s}
+    out = {
+        "pairs": args.pairs,
+        "variants": args.variants,
+        "repeats": args.repeats,
+        "seconds": times,
+        "medians": med,
+        "write_overhead": write_over,
+        "read_overhead": read_over,
+        "extraction_overhead": (med["write_crc"] - med["write_plain"]) / extraction_s,
+        "extract_pairs_per_s": args.extract_pairs_per_s,
+        "heads_run_s": heads_s,
+        "heads_overhead": (med["read_crc"] - med["read_plain"]) / heads_s,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
-    print(f"{args.pairs} pairs, {args.variants} augmented views, 256-row shards, medians of {args.repeats} alternating runs")
-    print(f"store writes   {med['write_plain']:.2f} s plain -> {med['write_crc']:.2f} s with CRC-32C: {100 * write_over:+.1f}%")
-    print(f"heads' reads   {med['read_plain']:.2f} s plain -> {med['read_crc']:.2f} s with CRC-32C: {100 * read_over:+.1f}%")
-    print(f"against a whole extraction at {args.extract_pairs_per_s} pairs/s ({extraction_s:.0f} s): "
-          f"{100 * out['extraction_overhead']:+.2f}%  (goal < 2%)")
-    print(f"against a whole heads run ({heads_s:.1f} s, default settings):  "
-          f"{100 * out['heads_overhead']:+.2f}%  (goal < 2%)")
+    print(
+        f"{args.pairs} pairs, {args.variants} augmented views, 256-row shards, medians of {args.repeats} alternating runs"
+    )
+    print(
+        f"store writes   {med['write_plain']:.2f} s plain -> {med['write_crc']:.2f} s with CRC-32C: {100 * write_over:+.1f}%"
+    )
+    print(
+        f"heads' reads   {med['read_plain']:.2f} s plain -> {med['read_crc']:.2f} s with CRC-32C: {100 * read_over:+.1f}%"
+    )
+    print(
+        f"against a whole extraction at {args.extract_pairs_per_s} pairs/s ({extraction_s:.0f} s): "
+        f"{100 * out['extraction_overhead']:+.2f}%  (goal < 2%)"
+    )
+    print(
+        f"against a whole heads run ({heads_s:.1f} s, default settings):  "
+        f"{100 * out['heads_overhead']:+.2f}%  (goal < 2%)"
+    )
     print(f"-> {args.out}")
 
 

@@ -25,8 +25,8 @@ def bare_forward(encoders, images_rgb: torch.Tensor, spectra: torch.Tensor, batc
     t = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(images_rgb), batch):
-            encoders._image_features(images_rgb[lo:lo + batch].to(encoders.device))
-            encoders._spectrum_features(spectra[lo:lo + batch].to(encoders.device))
+            encoders._image_features(images_rgb[lo : lo + batch].to(encoders.device))
+            encoders._spectrum_features(spectra[lo : lo + batch].to(encoders.device))
     if encoders.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
@@ -43,8 +43,8 @@ def main() -> None:
 
     from galclip.config import ExtractConfig, MockConfig
     from galclip.data.mock.survey import generate_mock
-    from galclip.data.survey import SurveyReader
     from galclip.data.preprocess import preprocess_images
+    from galclip.data.survey import SurveyReader
     from galclip.extract.run import Encoders, run_extraction
     from galclip.provenance import resolve_device
 
@@ -70,10 +70,15 @@ def main() -> None:
     t_bare.append(bare_forward(encoders, images.repeat(views, 1, 1, 1)[: args.pairs * views], spectra, args.batch_size))
     bare = float(np.mean(t_bare))
     result = {
-        "pairs": args.pairs, "batch_size": args.batch_size, "variants": args.variants, "device": str(device),
+        "pairs": args.pairs,
+        "batch_size": args.batch_size,
+        "variants": args.variants,
+        "device": str(device),
         "torch_threads": torch.get_num_threads(),
-        "bare_forward_s": t_bare, "pipeline_s": t_pipe,
-        "bare_pairs_per_s": args.pairs / bare, "pipeline_pairs_per_s": args.pairs / t_pipe,
+        "bare_forward_s": t_bare,
+        "pipeline_s": t_pipe,
+        "bare_pairs_per_s": args.pairs / bare,
+        "pipeline_pairs_per_s": args.pairs / t_pipe,
         "pipeline_loop_pairs_per_s": summary["pairs_per_s"],
         "ratio_pipeline_over_bare": bare / t_pipe,
     }
@@ -82,7 +87,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"device {device}, {args.pairs} pairs, batch {args.batch_size}, variants {args.variants}")
-    print(f"bare forward      {result['bare_pairs_per_s']:8.1f} pairs/s  (runs: {', '.join(f'{x:.1f} s' for x in t_bare)})")
+    print(
+        f"bare forward      {result['bare_pairs_per_s']:8.1f} pairs/s  (runs: {', '.join(f'{x:.1f} s' for x in t_bare)})"
+    )
     print(f"full pipeline     {result['pipeline_pairs_per_s']:8.1f} pairs/s  ({t_pipe:.1f} s incl. store creation)")
     print(f"ratio pipeline/bare = {result['ratio_pipeline_over_bare']:.3f}  (goal >= 0.90)")
     if "gpu_max_memory_gib" in result:

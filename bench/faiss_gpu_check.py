@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from search import clustered  # noqa: E402  (bench/search.py)
+from search import clustered
 
 
 def build(spec, x: np.ndarray, gpu: bool, rng) -> tuple[object, float, str]:
@@ -53,20 +53,31 @@ def main() -> None:
     q = x[rows]
     result: dict = {"faiss": faiss.__version__, "gpus": faiss.get_num_gpus(), "n": args.n}
     flat_cpu, result["flat_cpu_s"], _ = build(IndexSpec("flat"), x, False, np.random.default_rng(0))
-    flat_gpu, result["flat_gpu_s"], result["flat_type_on_gpu"] = build(IndexSpec("flat"), x, True, np.random.default_rng(0))
+    flat_gpu, result["flat_gpu_s"], result["flat_type_on_gpu"] = build(
+        IndexSpec("flat"), x, True, np.random.default_rng(0)
+    )
     result["flat_same_top10"] = float(np.mean(flat_cpu.search(q, 10)[1] == flat_gpu.search(q, 10)[1]))
     spec = choose_spec(args.n, args.exact_max)
     truth = exact_neighbours(x, q, 11)
     for where in ("cpu", "gpu"):
         index, seconds, kind = build(spec, x, where == "gpu", np.random.default_rng(0))
         nprobe, recall = tune_nprobe(index, truth, q, 0.95, self_ids=rows)
-        result[f"ivf_{where}"] = {"type_while_building": kind, "nlist": spec.nlist, "build_s": seconds,
-                                  "nprobe": nprobe, "recall@10": recall}
+        result[f"ivf_{where}"] = {
+            "type_while_building": kind,
+            "nlist": spec.nlist,
+            "build_s": seconds,
+            "nprobe": nprobe,
+            "recall@10": recall,
+        }
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    ok = ("Gpu" in result["flat_type_on_gpu"] and "Gpu" in result["ivf_gpu"]["type_while_building"]
-          and result["flat_same_top10"] >= 0.99 and result["ivf_gpu"]["recall@10"] >= 0.95)
+    ok = (
+        "Gpu" in result["flat_type_on_gpu"]
+        and "Gpu" in result["ivf_gpu"]["type_while_building"]
+        and result["flat_same_top10"] >= 0.99
+        and result["ivf_gpu"]["recall@10"] >= 0.95
+    )
     print("faiss-gpu check:", "OK" if ok else "FAILED")
     sys.exit(0 if ok else 1)
 

@@ -79,15 +79,27 @@ def synthetic_store(path: Path, n: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     ids = np.arange(n, dtype=np.int64) + 10**15
     latent = rng.normal(size=(n, 32)).astype(np.float32)
-    meta = {"targetid": ids, "split": assign_split(ids), "redshift": rng.uniform(0, 0.5, n),
-            "label_redshift": rng.uniform(0, 0.5, n), "label_log_mstar": rng.normal(10.8, 0.5, n)}
-    store = FeatureStore.create(path, meta, {"encoders": "synthetic", "preprocessing": None, "data": n, "rows_per_shard": 1024}, 1024)
+    meta = {
+        "targetid": ids,
+        "split": assign_split(ids),
+        "redshift": rng.uniform(0, 0.5, n),
+        "label_redshift": rng.uniform(0, 0.5, n),
+        "label_log_mstar": rng.normal(10.8, 0.5, n),
+    }
+    store = FeatureStore.create(
+        path, meta, {"encoders": "synthetic", "preprocessing": None, "data": n, "rows_per_shard": 1024}, 1024
+    )
     pi, ps = rng.normal(size=(32, 2048)).astype(np.float32), rng.normal(size=(32, 256)).astype(np.float32)
     for s in range(store.n_shards):
         lo, hi = store.shard_rows(s)
         z = latent[lo:hi]
-        store.write_shard(s, {"image_features": z @ pi + rng.normal(size=(hi - lo, 2048)).astype(np.float32),
-                              "spectrum_features": z @ ps + rng.normal(size=(hi - lo, 256)).astype(np.float32)})
+        store.write_shard(
+            s,
+            {
+                "image_features": z @ pi + rng.normal(size=(hi - lo, 2048)).astype(np.float32),
+                "spectrum_features": z @ ps + rng.normal(size=(hi - lo, 256)).astype(np.float32),
+            },
+        )
 
 
 def main() -> None:
@@ -122,30 +134,46 @@ def main() -> None:
     if 3 in parts:
         part3(args, cfg, work, result)
     if 4 in parts:  # a full run, the report's 80 epochs, e.g. over 178k pairs on a GPU
-        s = train_heads(work / "s.zarr", work / "h4", dataclasses.replace(cfg, epochs=args.train_epochs, early_stopping=None),
-                        progress=False)
-        result["part4"] = {"epochs": args.train_epochs, "seconds": s["seconds"], "seconds_per_epoch": s["seconds_per_epoch"]}
+        s = train_heads(
+            work / "s.zarr",
+            work / "h4",
+            dataclasses.replace(cfg, epochs=args.train_epochs, early_stopping=None),
+            progress=False,
+        )
+        result["part4"] = {
+            "epochs": args.train_epochs,
+            "seconds": s["seconds"],
+            "seconds_per_epoch": s["seconds_per_epoch"],
+        }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"device {device}, {args.pairs} pairs ({n_train} train)")
     if "part1" in result:
         p1 = result["part1"]
-        print(f"1. cached epoch {p1['cached_epoch_s']:.2f} s vs encoders in the loop {p1['encoders_in_loop_epoch_s']:.0f} s: "
-              f"{p1['speedup']:.0f}x (goal >= 100x)")
+        print(
+            f"1. cached epoch {p1['cached_epoch_s']:.2f} s vs encoders in the loop {p1['encoders_in_loop_epoch_s']:.0f} s: "
+            f"{p1['speedup']:.0f}x (goal >= 100x)"
+        )
     if "part2" in result:
         p2 = result["part2"]
         print(f"2. fp32 GEMM {np.mean(p2['gemm_gflops']):.0f} GFLOP/s; step = {p2['step_gflop']:.1f} GFLOP")
         for name in ("naive_fp32_features", "galclip_fp16_features_cast"):
             r = p2[name]
-            print(f"   {name:<28} {r['step_ms']:7.1f} ms/step  {r['gflops']:6.1f} GFLOP/s  {r['fraction_of_gemm']:.2f} of GEMM")
+            print(
+                f"   {name:<28} {r['step_ms']:7.1f} ms/step  {r['gflops']:6.1f} GFLOP/s  {r['fraction_of_gemm']:.2f} of GEMM"
+            )
     if "part3" in result:
         p3 = result["part3"]
-        print(f"3. sweep of {p3['configs']} configs: {p3['sweep_s']:.1f} s vs sequential {p3['sequential_s']:.1f} s "
-              f"({p3['speedup']:.2f}x; sweep = {p3['sweep_over_one_run']:.1f}x one run)")
+        print(
+            f"3. sweep of {p3['configs']} configs: {p3['sweep_s']:.1f} s vs sequential {p3['sequential_s']:.1f} s "
+            f"({p3['speedup']:.2f}x; sweep = {p3['sweep_over_one_run']:.1f}x one run)"
+        )
     if "part4" in result:
         p4 = result["part4"]
-        print(f"4. {p4['epochs']} epochs over {args.pairs} pairs: {p4['seconds']:.1f} s ({p4['seconds_per_epoch']:.3f} s/epoch)")
+        print(
+            f"4. {p4['epochs']} epochs over {args.pairs} pairs: {p4['seconds']:.1f} s ({p4['seconds_per_epoch']:.3f} s/epoch)"
+        )
     print(f"-> {args.out}")
 
 
@@ -155,7 +183,9 @@ def part1(args, cfg, work: Path, device: torch.device, result: dict) -> None:
     from galclip.extract.encoders import Encoders
     from galclip.heads.train import train_heads
 
-    s = train_heads(work / "s.zarr", work / "h1", dataclasses.replace(cfg, epochs=3, early_stopping=None), progress=False)
+    s = train_heads(
+        work / "s.zarr", work / "h1", dataclasses.replace(cfg, epochs=3, early_stopping=None), progress=False
+    )
     cached_epoch = s["seconds_per_epoch"]
     enc = Encoders(ExtractConfig(device=str(device)), device)
     imgs = torch.rand(64, 152, 152, 3) * 0.1
@@ -168,8 +198,12 @@ def part1(args, cfg, work: Path, device: torch.device, result: dict) -> None:
     sync(device)
     enc_per_pair = (time.perf_counter() - t) / (max(1, args.encoder_pairs // 64) * 64)
     loop_epoch = enc_per_pair * s["n_train"] + cached_epoch  # the report also runs the heads
-    result["part1"] = {"cached_epoch_s": cached_epoch, "encoders_in_loop_epoch_s": loop_epoch,
-                       "encoder_s_per_pair": enc_per_pair, "speedup": loop_epoch / cached_epoch}
+    result["part1"] = {
+        "cached_epoch_s": cached_epoch,
+        "encoders_in_loop_epoch_s": loop_epoch,
+        "encoder_s_per_pair": enc_per_pair,
+        "speedup": loop_epoch / cached_epoch,
+    }
 
 
 def part2(cfg, device: torch.device, result: dict) -> None:
@@ -187,7 +221,11 @@ def part2(cfg, device: torch.device, result: dict) -> None:
         xs = torch.randn(512, 256, device=device).to(dtype)
         opt = torch.optim.Adam(heads.parameters(), lr=1e-4, fused=device.type == "cuda")
         step = time_steps(heads, xi, xs, opt, 10, device, cast)
-        rates[name] = {"step_ms": step * 1e3, "gflops": flops / step / 1e9, "fraction_of_gemm": flops / step / 1e9 / gemm}
+        rates[name] = {
+            "step_ms": step * 1e3,
+            "gflops": flops / step / 1e9,
+            "fraction_of_gemm": flops / step / 1e9 / gemm,
+        }
     gemm2 = gemm_gflops(device)
     result["part2"] = {"gemm_gflops": [gemm, gemm2], "step_gflop": flops / 1e9, **rates}
 
@@ -208,8 +246,14 @@ def part3(args, cfg, work: Path, result: dict) -> None:
     run_sweep(work / "s.zarr", work / "sweep", base, grid)
     swept = time.perf_counter() - t
     one_run = sequential / len(configs)
-    result["part3"] = {"configs": len(configs), "epochs": args.sweep_epochs, "sequential_s": sequential,
-                       "sweep_s": swept, "speedup": sequential / swept, "sweep_over_one_run": swept / one_run}
+    result["part3"] = {
+        "configs": len(configs),
+        "epochs": args.sweep_epochs,
+        "sequential_s": sequential,
+        "sweep_s": swept,
+        "speedup": sequential / swept,
+        "sweep_over_one_run": swept / one_run,
+    }
 
 
 if __name__ == "__main__":

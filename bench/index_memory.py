@@ -66,8 +66,10 @@ def main() -> None:
             result[name] = {"peak_rss_mb": rss, "seconds": seconds}
             print(f"{name:<10} peak memory above the imports {rss:8.0f} MB  {seconds:6.1f} s", flush=True)
     result["streaming_over_load_all"] = result["streaming"]["peak_rss_mb"] / result["load_all"]["peak_rss_mb"]
-    print(f"features in the store: {feature_mb:.0f} MB; streaming build {result['streaming']['peak_rss_mb']:.0f} MB "
-          f"vs loading the store {result['load_all']['peak_rss_mb']:.0f} MB ({result['streaming_over_load_all']:.2f}x)")
+    print(
+        f"features in the store: {feature_mb:.0f} MB; streaming build {result['streaming']['peak_rss_mb']:.0f} MB "
+        f"vs loading the store {result['load_all']['peak_rss_mb']:.0f} MB ({result['streaming_over_load_all']:.2f}x)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"-> {args.out}")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from rss import measured  # noqa: E402
+from rss import measured
 
 
 def bare_forward(encoders, images_rgb: torch.Tensor, batch: int) -> float:
@@ -38,7 +38,7 @@ def bare_forward(encoders, images_rgb: torch.Tensor, batch: int) -> float:
     t = time.perf_counter()
     with torch.inference_mode():
         for lo in range(0, len(images_rgb), batch):
-            encoders._image_features(images_rgb[lo:lo + batch].to(encoders.device))
+            encoders._image_features(images_rgb[lo : lo + batch].to(encoders.device))
     if encoders.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
@@ -51,8 +51,13 @@ def synthetic_store(path: Path, reference, n: int, rows_per_shard: int = 256) ->
     prov = dict(reference.provenance)
     prov["encoders"] = {"image": prov["encoders"]["image"]}
     ids = 10**15 + np.arange(n, dtype=np.int64)
-    meta = {"targetid": ids, "split": np.zeros(n, np.uint8), "redshift": np.full(n, np.nan, np.float32),
-            "label_redshift": np.full(n, np.nan, np.float32), "label_log_mstar": np.full(n, np.nan, np.float32)}
+    meta = {
+        "targetid": ids,
+        "split": np.zeros(n, np.uint8),
+        "redshift": np.full(n, np.nan, np.float32),
+        "label_redshift": np.full(n, np.nan, np.float32),
+        "label_log_mstar": np.full(n, np.nan, np.float32),
+    }
     store = FeatureStore.create(path, meta, prov, rows_per_shard, {"image_features": (2048,)})
     rng = np.random.default_rng(0)
     for shard in range(store.n_shards):
@@ -82,16 +87,18 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (default: removed at the end)")
     ap.add_argument("--reference-pairs", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--memory-rows", default="10000,40000,120000", help="comma-separated store sizes for the memory runs")
+    ap.add_argument(
+        "--memory-rows", default="10000,40000,120000", help="comma-separated store sizes for the memory runs"
+    )
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "predict.json")
     args = ap.parse_args()
 
     from galclip.config import ExtractConfig, HeadConfig, MockConfig
     from galclip.data.mock.survey import generate_mock
+    from galclip.data.preprocess import preprocess_images
     from galclip.data.survey import SurveyReader
     from galclip.extract.encoders import Encoders
-    from galclip.data.preprocess import preprocess_images
     from galclip.extract.run import run_extraction
     from galclip.heads.train import train_heads
     from galclip.index.build import build_indexes
@@ -119,11 +126,18 @@ def main() -> None:
 
     # interleaved: bare, predict, bare, predict, ..., bare; the ratio compares medians (these machines are noisy)
     t_bare, t_pipe, loop_rates = [bare_forward(encoders, images, args.batch_size)], [], []
-    for rep in range(args.repeats):
+    for _ in range(args.repeats):
         shutil.rmtree(work / "new.features.zarr", ignore_errors=True)
         t = time.perf_counter()
-        result = predict_catalogue(work / "index", work / "new", work / "new.fits", batch_size=args.batch_size,
-                                   device=args.device, progress=False, k=16)
+        result = predict_catalogue(
+            work / "index",
+            work / "new",
+            work / "new.fits",
+            batch_size=args.batch_size,
+            device=args.device,
+            progress=False,
+            k=16,
+        )
         t_pipe.append(time.perf_counter() - t)
         loop_rates.append(result["extraction"]["pairs_per_s"])
         t_bare.append(bare_forward(encoders, images, args.batch_size))
@@ -133,32 +147,60 @@ def main() -> None:
     memory = []
     for n in (int(x) for x in args.memory_rows.split(",")):
         synthetic_store(work / f"synthetic{n}.zarr", reference, n)
-        m = measured("import faiss, torch, zarr\nfrom galclip.predict.run import predict_catalogue",
-                     "RESULT = predict_catalogue(index, store, out, progress=False)['n_predicted']",
-                     {"index": str(work / "index"), "store": str(work / f"synthetic{n}.zarr"),
-                      "out": str(work / f"synthetic{n}.fits")})
-        memory.append({"rows": n, "peak_rss_mb": m["peak_rss_mb"], "seconds": m["seconds"],
-                       "galaxies_per_s": n / m["seconds"], "feature_mb": n * 2048 * 4 / 2**20})
+        m = measured(
+            "import faiss, torch, zarr\nfrom galclip.predict.run import predict_catalogue",
+            "RESULT = predict_catalogue(index, store, out, progress=False)['n_predicted']",
+            {
+                "index": str(work / "index"),
+                "store": str(work / f"synthetic{n}.zarr"),
+                "out": str(work / f"synthetic{n}.fits"),
+            },
+        )
+        memory.append(
+            {
+                "rows": n,
+                "peak_rss_mb": m["peak_rss_mb"],
+                "seconds": m["seconds"],
+                "galaxies_per_s": n / m["seconds"],
+                "feature_mb": n * 2048 * 4 / 2**20,
+            }
+        )
 
     out = {
-        "galaxies": args.galaxies, "batch_size": args.batch_size, "device": str(device),
-        "torch_threads": torch.get_num_threads(), "bare_forward_s": t_bare, "predict_s": t_pipe,
-        "bare_galaxies_per_s": args.galaxies / bare, "predict_galaxies_per_s": args.galaxies / pipe,
-        "ratio_predict_over_bare": bare / pipe, "ratios_per_repeat": [bare / t for t in t_pipe],
-        "predict_timings_s": result["timings_s"], "extract_loop_galaxies_per_s": float(np.median(loop_rates)),
-        "ratio_extract_loop_over_bare": float(np.median(loop_rates)) * bare / args.galaxies, "memory": memory,
+        "galaxies": args.galaxies,
+        "batch_size": args.batch_size,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "bare_forward_s": t_bare,
+        "predict_s": t_pipe,
+        "bare_galaxies_per_s": args.galaxies / bare,
+        "predict_galaxies_per_s": args.galaxies / pipe,
+        "ratio_predict_over_bare": bare / pipe,
+        "ratios_per_repeat": [bare / t for t in t_pipe],
+        "predict_timings_s": result["timings_s"],
+        "extract_loop_galaxies_per_s": float(np.median(loop_rates)),
+        "ratio_extract_loop_over_bare": float(np.median(loop_rates)) * bare / args.galaxies,
+        "memory": memory,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"device {device}, {args.galaxies} image-only galaxies, batch {args.batch_size}")
-    print(f"bare image forward {out['bare_galaxies_per_s']:8.1f} galaxies/s  (median of runs: {', '.join(f'{x:.1f} s' for x in t_bare)})")
-    print(f"galclip predict    {out['predict_galaxies_per_s']:8.1f} galaxies/s  (median of runs: {', '.join(f'{x:.1f} s' for x in t_pipe)}; "
-          "last: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timings_s"].items()) + ")")
-    print(f"ratio predict/bare = {out['ratio_predict_over_bare']:.3f}  (goal >= 0.90); the extraction loop alone "
-          f"{out['extract_loop_galaxies_per_s']:.1f} galaxies/s, ratio {out['ratio_extract_loop_over_bare']:.3f}")
+    print(
+        f"bare image forward {out['bare_galaxies_per_s']:8.1f} galaxies/s  (median of runs: {', '.join(f'{x:.1f} s' for x in t_bare)})"
+    )
+    print(
+        f"galclip predict    {out['predict_galaxies_per_s']:8.1f} galaxies/s  (median of runs: {', '.join(f'{x:.1f} s' for x in t_pipe)}; "
+        "last: " + ", ".join(f"{k} {v:.1f} s" for k, v in result["timings_s"].items()) + ")"
+    )
+    print(
+        f"ratio predict/bare = {out['ratio_predict_over_bare']:.3f}  (goal >= 0.90); the extraction loop alone "
+        f"{out['extract_loop_galaxies_per_s']:.1f} galaxies/s, ratio {out['ratio_extract_loop_over_bare']:.3f}"
+    )
     for m in memory:
-        print(f"k-NN + catalogue of {m['rows']:>7} stored galaxies ({m['feature_mb']:.0f} MB of features): peak RSS "
-              f"{m['peak_rss_mb']:.0f} MB above imports, {m['galaxies_per_s']:.0f} galaxies/s")
+        print(
+            f"k-NN + catalogue of {m['rows']:>7} stored galaxies ({m['feature_mb']:.0f} MB of features): peak RSS "
+            f"{m['peak_rss_mb']:.0f} MB above imports, {m['galaxies_per_s']:.0f} galaxies/s"
+        )
     print(f"-> {args.out}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

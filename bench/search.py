@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 
-def clustered(n: int, d: int = 128, n_clusters: int = 10000, seed: int = 0, chunk: int = 1_000_000,
-              spread: float = 0.04) -> np.ndarray:
+def clustered(
+    n: int, d: int = 128, n_clusters: int = 10000, seed: int = 0, chunk: int = 1_000_000, spread: float = 0.04
+) -> np.ndarray:
     """(n, d) float32 unit vectors drawn around n_clusters centres with log-normal per-dimension spreads
     (median ``spread``; 0.04 gives neighbour cosines ~0.8, close to the demo's in-modal top hits)."""
     rng = np.random.default_rng(seed)
@@ -34,7 +35,7 @@ def clustered(n: int, d: int = 128, n_clusters: int = 10000, seed: int = 0, chun
         m = min(chunk, n - lo)
         c = rng.integers(0, n_clusters, m)
         x = centres[c] + rng.standard_normal((m, d), dtype=np.float32) * spread[c, None]
-        out[lo:lo + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out[lo : lo + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 
 
@@ -62,8 +63,10 @@ def ivfpq_row(x: np.ndarray, q: np.ndarray, truth: np.ndarray, nlist: int, rng) 
         _, got = index.search(q, 10)
         recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got)]))
         out["nprobe"][nprobe] = {"recall@10": recall, "qps": qps(lambda qq: index.search(qq, 10), q)}
-        print(f"            IVF-PQ64 nprobe {nprobe:4d}: recall@10 {recall:.3f}  {out['nprobe'][nprobe]['qps']:9.0f} q/s",
-              flush=True)
+        print(
+            f"            IVF-PQ64 nprobe {nprobe:4d}: recall@10 {recall:.3f}  {out['nprobe'][nprobe]['qps']:9.0f} q/s",
+            flush=True,
+        )
     return out
 
 
@@ -73,8 +76,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--exact-max", type=int, default=250_000)
     ap.add_argument("--spread", type=float, default=0.04, help="median per-dimension cluster spread")
-    ap.add_argument("--pq", action="store_true",
-                    help="also measure IVF-PQ (64 bytes/vector) at each approximate size, as the alternative to IVF-Flat")
+    ap.add_argument(
+        "--pq",
+        action="store_true",
+        help="also measure IVF-PQ (64 bytes/vector) at each approximate size, as the alternative to IVF-Flat",
+    )
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "search.json")
     args = ap.parse_args()
 
@@ -90,7 +96,9 @@ def main() -> None:
         x = clustered(n, spread=args.spread)
         gen_s = time.perf_counter() - t
         rng = np.random.default_rng(1)
-        q = x[rng.choice(n, args.queries, replace=False)] + 0.01 * rng.standard_normal((args.queries, 128), dtype=np.float32)
+        q = x[rng.choice(n, args.queries, replace=False)] + 0.01 * rng.standard_normal(
+            (args.queries, 128), dtype=np.float32
+        )
         q /= np.linalg.norm(q, axis=1, keepdims=True)
         row: dict = {"generate_s": gen_s}
         t = time.perf_counter()
@@ -110,19 +118,23 @@ def main() -> None:
         else:
             recall = 1.0
         row["recall@10"] = recall
-        row["index_qps"] = qps(lambda qq: index.search(qq, 10), q)
+        row["index_qps"] = qps(lambda qq, index=index: index.search(qq, 10), q)
         row["speedup_vs_exact"] = row["index_qps"] / row["exact_qps"]
         if spec.kind == "flat":  # galclip's search wrapper vs FAISS called directly, same index
             loaded = Index(Path("."), {"n": n}, {"image": index}, {}, {})
-            row["galclip_qps"] = qps(lambda qq: loaded.nearest(qq, "image", 10), q)
+            row["galclip_qps"] = qps(lambda qq, loaded=loaded: loaded.nearest(qq, "image", 10), q)
             row["galclip_over_raw_faiss"] = row["galclip_qps"] / row["index_qps"]
         if args.pq and spec.kind == "ivf":
             row["ivfpq"] = ivfpq_row(x, q, truth, spec.nlist, rng)
         result["sizes"][str(n)] = row
-        print(f"{n:>10,d}  {spec.kind:<4} nlist {spec.nlist:<5} build {row['build_s']:6.1f} s  "
-              f"recall@10 {recall:.3f}  {row['index_qps']:9.0f} q/s vs exact {row['exact_qps']:8.0f} q/s "
-              f"({row['speedup_vs_exact']:.1f}x)" + (f" nprobe {row['index']['nprobe']}" if spec.kind == "ivf" else "") + (f"  galclip/raw {row['galclip_over_raw_faiss']:.3f}" if "galclip_qps" in row else ""),
-              flush=True)
+        print(
+            f"{n:>10,d}  {spec.kind:<4} nlist {spec.nlist:<5} build {row['build_s']:6.1f} s  "
+            f"recall@10 {recall:.3f}  {row['index_qps']:9.0f} q/s vs exact {row['exact_qps']:8.0f} q/s "
+            f"({row['speedup_vs_exact']:.1f}x)"
+            + (f" nprobe {row['index']['nprobe']}" if spec.kind == "ivf" else "")
+            + (f"  galclip/raw {row['galclip_over_raw_faiss']:.3f}" if "galclip_qps" in row else ""),
+            flush=True,
+        )
         del x, index
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -45,10 +45,12 @@ class Server:
 
     def __init__(self, index: Path, survey: bool = True):
         self.port = free_port()
-        cmd = [sys.executable, __file__, "--serve", str(index), "--port", str(self.port)] + ([] if survey else ["--no-survey"])
+        cmd = [sys.executable, __file__, "--serve", str(index), "--port", str(self.port)] + (
+            [] if survey else ["--no-survey"]
+        )
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         deadline = time.time() + 120
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -109,8 +111,15 @@ def load(port: int, paths: list[str], clients: int, max_requests: int, max_secon
         th.join()
     wall = time.perf_counter() - t0
     ms = np.array(latencies) * 1e3
-    return {"clients": clients, "requests": len(ms), "seconds": wall, "requests_per_s": len(ms) / wall,
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "failures": len(failures)}
+    return {
+        "clients": clients,
+        "requests": len(ms),
+        "seconds": wall,
+        "requests_per_s": len(ms) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "failures": len(failures),
+    }
 
 
 def results_page(port: int, targetid: int, k: int) -> float:
@@ -144,14 +153,37 @@ def synthetic_index(folder: Path, n: int, seed: int = 0) -> Path:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
         faiss.write_index(index, str(folder / f"{m}.faiss"))
-        records[m] = {"file": f"{m}.faiss", "embeddings": f"{m}.npy", "kind": "flat", "nlist": 0, "nprobe": 0,
-                      "recall@10": 1.0, "ntotal": n}
+        records[m] = {
+            "file": f"{m}.faiss",
+            "embeddings": f"{m}.npy",
+            "kind": "flat",
+            "nlist": 0,
+            "nprobe": 0,
+            "recall@10": 1.0,
+            "ntotal": n,
+        }
     rng = np.random.default_rng(seed)
-    np.savez(folder / ROWS_FILE, row=np.arange(n), targetid=np.arange(n, dtype=np.int64) + 39627000000000000,
-             split=np.zeros(n, np.uint8), redshift=rng.uniform(0, 0.5, n).astype(np.float32),
-             log_mstar=rng.normal(10.5, 0.5, n).astype(np.float32))
-    (folder / SIDECAR).write_text(json.dumps({"format": FORMAT, "n": n, "dim": x.shape[1], "indexes": records,
-                                              "store": "", "heads": "", "heads_sha256": ""}))
+    np.savez(
+        folder / ROWS_FILE,
+        row=np.arange(n),
+        targetid=np.arange(n, dtype=np.int64) + 39627000000000000,
+        split=np.zeros(n, np.uint8),
+        redshift=rng.uniform(0, 0.5, n).astype(np.float32),
+        log_mstar=rng.normal(10.5, 0.5, n).astype(np.float32),
+    )
+    (folder / SIDECAR).write_text(
+        json.dumps(
+            {
+                "format": FORMAT,
+                "n": n,
+                "dim": x.shape[1],
+                "indexes": records,
+                "store": "",
+                "heads": "",
+                "heads_sha256": "",
+            }
+        )
+    )
     return folder
 
 
@@ -194,8 +226,12 @@ def main() -> None:
         for t in ids[:20]:  # warm the pages once
             results_page(server.port, t, args.k)
         pages = np.array([results_page(server.port, t, args.k) for t in ids[:20] for _ in range(5)]) * 1e3
-        result["results_page_warm"] = {"pages": len(pages), "p50_ms": float(np.percentile(pages, 50)),
-                                       "p99_ms": float(np.percentile(pages, 99)), "goal_p99_ms": 200}
+        result["results_page_warm"] = {
+            "pages": len(pages),
+            "p50_ms": float(np.percentile(pages, 50)),
+            "p99_ms": float(np.percentile(pages, 99)),
+            "goal_p99_ms": 200,
+        }
 
     with tempfile.TemporaryDirectory(prefix="galclip-bench-serve-") as tmp:
         import faiss
@@ -219,24 +255,35 @@ def main() -> None:
             paths = [f"/api/search?targetid={t}&query=image&target=image&k={args.k}" for t in targetids]
             load(server.port, paths, 8, 40, args.seconds)  # warm-up
             service = load(server.port, paths, 8, count, args.seconds)
-        result["big_index"] = {"vectors": args.big, "bare_faiss_8_threads_qps": bare_qps, "service_8_clients": service,
-                               "ratio": service["requests_per_s"] / bare_qps, "goal_ratio": 0.5}
+        result["big_index"] = {
+            "vectors": args.big,
+            "bare_faiss_8_threads_qps": bare_qps,
+            "service_8_clients": service,
+            "ratio": service["requests_per_s"] / bare_qps,
+            "goal_ratio": 0.5,
+        }
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"demo index ({len(rows)} galaxies), k = {args.k}:")
     for r in result["demo_search"]:
-        print(f"  search, {r['clients']:2d} clients: {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
-              f"p99 {r['p99_ms']:6.1f} ms  ({r['requests']} requests, {r['failures']} failed)")
+        print(
+            f"  search, {r['clients']:2d} clients: {r['requests_per_s']:7.1f} req/s  p50 {r['p50_ms']:6.1f} ms  "
+            f"p99 {r['p99_ms']:6.1f} ms  ({r['requests']} requests, {r['failures']} failed)"
+        )
     for name in ("thumbnail_cold", "thumbnail_warm"):
         r = result[name]
         print(f"  {name:<15} p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms")
     r = result["results_page_warm"]
-    print(f"  results page (search + {args.k + 1} thumbnails + {args.k + 1} spectra), warm: p50 {r['p50_ms']:.1f} ms, "
-          f"p99 {r['p99_ms']:.1f} ms (goal p99 < 200 ms)")
+    print(
+        f"  results page (search + {args.k + 1} thumbnails + {args.k + 1} spectra), warm: p50 {r['p50_ms']:.1f} ms, "
+        f"p99 {r['p99_ms']:.1f} ms (goal p99 < 200 ms)"
+    )
     b = result["big_index"]
-    print(f"{b['vectors']:,} vectors, 8 clients: service {b['service_8_clients']['requests_per_s']:.1f} req/s vs bare FAISS "
-          f"{b['bare_faiss_8_threads_qps']:.1f} q/s: {b['ratio']:.2f}x (goal >= 0.5x)")
+    print(
+        f"{b['vectors']:,} vectors, 8 clients: service {b['service_8_clients']['requests_per_s']:.1f} req/s vs bare FAISS "
+        f"{b['bare_faiss_8_threads_qps']:.1f} q/s: {b['ratio']:.2f}x (goal >= 0.5x)"
+    )
     print(f"-> {args.out}")
 
 

@@ -21,7 +21,7 @@ PACKAGE = ROOT / "src" / "galclip"
 def readme_python_example() -> str:
     """The code block of the README's "From Python" section."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("## From Python"):]
+    section = text[text.index("## From Python") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -42,8 +42,9 @@ def demo_layout(tiny_store, tmp_path_factory) -> Path:
 
 def test_readme_python_example_runs(demo_layout):
     """Exactly the README's example, run as a user would from the folder holding galclip-demo/."""
-    result = subprocess.run([sys.executable, "-c", readme_python_example()], cwd=demo_layout, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", readme_python_example()], cwd=demo_layout, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pairs;" in result.stdout and "(64, 128)" in result.stdout
 
@@ -65,8 +66,23 @@ def test_api_matches_the_cli_records(demo_layout):
     np.testing.assert_allclose(z, index.embeddings["spectrum"], atol=1e-6)  # the vectors the index holds
     tid = int(store.targetids()[5])
     record = index.search(targetid=tid, query="spectrum", target="image", k=4)
-    cli = CliRunner().invoke(main, ["-q", "search", str(demo / "index"), "--targetid", str(tid), "--query",
-                                    "spectrum", "--target", "image", "-k", "4", "--json"])
+    cli = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "search",
+            str(demo / "index"),
+            "--targetid",
+            str(tid),
+            "--query",
+            "spectrum",
+            "--target",
+            "image",
+            "-k",
+            "4",
+            "--json",
+        ],
+    )
     assert cli.exit_code == 0, cli.output
     assert json.loads(cli.output) == record
     # a vector search from the query's own embedding finds the same neighbours (numpy brute force agrees)
@@ -119,19 +135,46 @@ def _package_of(path: Path) -> str:
 
 # What each stage may import: data -> extract -> store <- heads <- index <- evaluate / serve / predict <- cli.
 FORBIDDEN = {
-    "data": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli",
-             "galclip.predict"),
-    "store": ("galclip.extract", "galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.data",
-              "galclip.predict"),
+    "data": (
+        "galclip.extract",
+        "galclip.store",
+        "galclip.heads",
+        "galclip.index",
+        "galclip.evaluate",
+        "galclip.cli",
+        "galclip.predict",
+    ),
+    "store": (
+        "galclip.extract",
+        "galclip.heads",
+        "galclip.index",
+        "galclip.evaluate",
+        "galclip.cli",
+        "galclip.data",
+        "galclip.predict",
+    ),
     "extract": ("galclip.heads", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.predict"),
     "heads": ("galclip.extract", "galclip.index", "galclip.evaluate", "galclip.cli", "galclip.predict"),
     # index/ knows vectors, rows and files: survey rows become vectors above it (embed_survey)
-    "index": ("galclip.evaluate", "galclip.cli", "galclip.extract", "galclip.predict", "galclip.serve",
-              "galclip.embed_survey", "galclip.data"),
+    "index": (
+        "galclip.evaluate",
+        "galclip.cli",
+        "galclip.extract",
+        "galclip.predict",
+        "galclip.serve",
+        "galclip.embed_survey",
+        "galclip.data",
+    ),
     # the page and the report read survey rows through data/, never through extract/
     "evaluate": ("galclip.cli", "galclip.extract", "galclip.serve", "galclip.predict"),
-    "serve": ("galclip.cli", "galclip.extract", "galclip.evaluate", "galclip.heads.trainer", "galclip.heads.sweep",
-              "galclip.predict"),
+    "serve": (
+        "galclip.cli",
+        "galclip.extract",
+        "galclip.evaluate",
+        "galclip.heads.trainer",
+        "galclip.heads.sweep",
+        "galclip.predict",
+    ),
     # shared modules import no package face (galclip/__init__.py) and no stage
     "provenance": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.cli"),
     "vocabulary": ("galclip",),
@@ -167,8 +210,11 @@ def test_no_module_imports_the_package_face():
             if isinstance(node, ast.Import) and any(a.name == "galclip" for a in node.names):
                 broken.append(f"{path.relative_to(PACKAGE)}: import galclip")
             elif isinstance(node, ast.ImportFrom) and node.module == "galclip":
-                broken += [f"{path.relative_to(PACKAGE)}: from galclip import {a.name}" for a in node.names
-                           if a.name not in modules]
+                broken += [
+                    f"{path.relative_to(PACKAGE)}: from galclip import {a.name}"
+                    for a in node.names
+                    if a.name not in modules
+                ]
     assert not broken, broken
 
 

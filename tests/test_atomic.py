@@ -55,12 +55,16 @@ def test_atomic_dir_swaps_whole_folders_and_cleans_up_after_killed_writers(tmp_p
     (tmp_path / ".index.old-20240501").mkdir()  # a user's backup, not a galclip name
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("3")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".index.old-20240501", f".index.tmp-{dead}@another-node", "index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".index.old-20240501",
+        f".index.tmp-{dead}@another-node",
+        "index",
+    ]
     assert (target / "a").read_text() == "3"
     (tmp_path / f".rows.npz.tmp-{dead}@{host}.npz").write_text("half of a killed write")
     (tmp_path / f".rows.npz.tmp-{os.getpid()}@{host}.npz").write_text("a previous process with this pid")
     atomic_write_text("x", tmp_path / "rows.npz")
-    assert not list(tmp_path.glob(f".rows.npz.tmp-*"))
+    assert not list(tmp_path.glob(".rows.npz.tmp-*"))
     # killed between the two renames: the previous folder is put back
     os.replace(target, tmp_path / f".index.old-{dead}@{host}")
     remove_stale_temporaries(target)
@@ -99,8 +103,13 @@ def test_store_create_failure_leaves_nothing(tmp_path, monkeypatch):
 
     from galclip.store import FeatureStore
 
-    meta = {"targetid": np.arange(4), "split": np.zeros(4, np.uint8), "label_redshift": np.zeros(4),
-            "label_log_mstar": np.zeros(4)}
+    meta = {
+        "targetid": np.arange(4),
+        "split": np.zeros(4, np.uint8),
+        "label_redshift": np.zeros(4),
+        "label_log_mstar": np.zeros(4),
+    }
+
     def boom(tmp, *a, **k):  # fails half-way: the temporary folder exists and holds part of the store
         tmp.mkdir()
         (tmp / "zarr.json").write_text("{}")
@@ -170,6 +179,10 @@ def test_atomic_dir_merge_keeps_other_files_and_writes_the_last_one_last(tmp_pat
     finally:
         atomic_module.os.replace = real
     assert order[-1] == "index.json"
-    assert {p.name: p.read_text() for p in target.iterdir()} == {"mine.txt": "keep", "index.json": "new",
-                                                                 "a.npy": "new", "b.npy": "new"}
+    assert {p.name: p.read_text() for p in target.iterdir()} == {
+        "mine.txt": "keep",
+        "index.json": "new",
+        "a.npy": "new",
+        "b.npy": "new",
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]

@@ -32,8 +32,17 @@ from galclip.predict.catalogue import (
 )
 
 N = 300
-HEADER = {"GCVERS": "0.4.0", "MODALITY": "image", "KNN_K": 16, "KNN_WGT": "inverse distance", "REFSET": "train",
-          "NREF": 4096, "OODTHR": 0.8125, "OODPCT": 1.0, "INDEXSHA": "0123456789abcdef"}
+HEADER = {
+    "GCVERS": "0.4.0",
+    "MODALITY": "image",
+    "KNN_K": 16,
+    "KNN_WGT": "inverse distance",
+    "REFSET": "train",
+    "NREF": 4096,
+    "OODTHR": 0.8125,
+    "OODPCT": 1.0,
+    "INDEXSHA": "0123456789abcdef",
+}
 SUFFIX = {"fits": ".fits", "csv": ".csv", "ecsv": ".ecsv", "parquet": ".parquet"}
 STILTS = shutil.which("stilts")
 FITSVERIFY = shutil.which("fitsverify")
@@ -60,7 +69,7 @@ def _write(out: Path, fmt: str, rows: np.ndarray, block: int = 70) -> Path:
         writer = CatalogueWriter(tmp, fmt, len(rows), HEADER, final=out, row_group=128)
         try:
             for lo in range(0, len(rows), block):
-                writer.write(rows[lo:lo + block])
+                writer.write(rows[lo : lo + block])
             writer.close()
         except BaseException:
             writer.abort()
@@ -106,8 +115,15 @@ def _same(got, want: np.ndarray) -> None:
 
 
 def test_format_from_the_suffix_or_asked_for():
-    assert [format_for(Path(f"c{s}"), None) for s in (".fits", ".fit", ".csv", ".ecsv", ".parquet", ".txt", "")] == \
-        ["fits", "fits", "csv", "ecsv", "parquet", "fits", "fits"]
+    assert [format_for(Path(f"c{s}"), None) for s in (".fits", ".fit", ".csv", ".ecsv", ".parquet", ".txt", "")] == [
+        "fits",
+        "fits",
+        "csv",
+        "ecsv",
+        "parquet",
+        "fits",
+        "fits",
+    ]
     assert format_for(Path("c.fits"), "parquet") == "parquet"
     with pytest.raises(InputError, match="--format must be one of"):
         format_for(Path("c.fits"), "hdf5")
@@ -201,8 +217,7 @@ def _stilts(*args: str) -> str:
 @pytest.mark.parametrize("fmt", ["csv", "ecsv", "fits"])
 def test_stilts_reads_the_catalogue(catalogues, fmt):
     path = catalogues[fmt]
-    assert _stilts("tpipe", f"in={path}", f"ifmt={fmt}", "omode=count").split() == \
-        ["columns:", "10", "rows:", str(N)]
+    assert _stilts("tpipe", f"in={path}", f"ifmt={fmt}", "omode=count").split() == ["columns:", "10", "rows:", str(N)]
     meta = _stilts("tpipe", f"in={path}", f"ifmt={fmt}", "omode=meta")
     assert "Z_PRED(Double)" in meta and "TARGETID(Long)" in meta
     assert ("OOD(Short)" if fmt == "csv" else "OOD(Boolean)") in meta
@@ -217,8 +232,9 @@ def test_stilts_reads_the_catalogue(catalogues, fmt):
 def test_fits_passes_fitsverify(catalogues):
     if FITSVERIFY is None:
         pytest.skip("fitsverify is not installed (Debian package fitsverify)")
-    done = subprocess.run([FITSVERIFY, str(catalogues["fits"])], capture_output=True, text=True, timeout=60,
-                          check=False)
+    done = subprocess.run(
+        [FITSVERIFY, str(catalogues["fits"])], capture_output=True, text=True, timeout=60, check=False
+    )
     assert "Verification found 0 warning(s) and 0 error(s)" in done.stdout, done.stdout
     assert catalogues["fits"].stat().st_size % 2880 == 0
 

@@ -13,9 +13,9 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -44,7 +44,9 @@ def test_cli_end_to_end(tmp_path):
     assert r.exit_code == 0 and "already complete" in r.output
     r = runner.invoke(main, ["info", str(store)])
     assert r.exit_code == 0 and "1/1 complete" in r.output and "random" in r.output
-    r = runner.invoke(main, ["-q", "heads", str(store), str(heads), "--epochs", "3", "--batch-size", "16", "--no-progress"])
+    r = runner.invoke(
+        main, ["-q", "heads", str(store), str(heads), "--epochs", "3", "--batch-size", "16", "--no-progress"]
+    )
     assert r.exit_code == 0, r.output
     assert (heads / "heads.pt").exists() and (heads / "loss_curve.png").exists()
     r = runner.invoke(main, ["-q", "evaluate", str(store), str(heads), str(report), "--no-umap"])
@@ -57,7 +59,7 @@ def test_cli_end_to_end(tmp_path):
     assert set(metrics["supervised_r2"]) == {"raw_image", "raw_spectrum"} and "zero_shot_r2_k64" in metrics
     assert metrics["timings_s"]["evaluate"] > 0
     html = (report / "report.html").read_text()
-    assert "data:image/png;base64" in html and "src=\"http" not in html
+    assert "data:image/png;base64" in html and 'src="http' not in html
 
 
 def test_cli_user_errors_exit_nonzero(tmp_path):
@@ -121,7 +123,7 @@ class Case:
     of the message (``{tid}`` is filled with the broken row's targetid)."""
 
     name: str
-    build: Callable[["Ctx"], list[str]]
+    build: Callable[[Ctx], list[str]]
     expect: tuple[str, ...]
     writes_nothing: bool = False  # refused before any work: no new file, folder or lock anywhere
 
@@ -171,6 +173,7 @@ def _edit_row(c: Ctx, array: str, row: int, fn: Callable[[np.ndarray], None]):
         value = g[array][row]
         fn(value)
         g[array][row] = value
+
     return edit
 
 
@@ -200,6 +203,7 @@ def duplicate_ids(c: Ctx) -> list[str]:
         ids[4] = ids[2]
         c.tid = int(ids[2])
         g["targetid"][:] = ids
+
     path = survey_copy(c.mock, c.tmp / "data", edit)
     return ["extract", str(path), str(c.tmp / "s.zarr"), *EXTRACT]
 
@@ -231,7 +235,9 @@ def catalogue_missing_rows(c: Ctx) -> list[str]:
 
 
 def catalogue_empty_after_cuts(c: Ctx) -> list[str]:
-    return _extract_with_catalogue(c, lambda cols: {**cols, "PROVABGS_LOGMSTAR_BF": np.full_like(cols["PROVABGS_LOGMSTAR_BF"], -999.0)})
+    return _extract_with_catalogue(
+        c, lambda cols: {**cols, "PROVABGS_LOGMSTAR_BF": np.full_like(cols["PROVABGS_LOGMSTAR_BF"], -999.0)}
+    )
 
 
 def catalogue_duplicate_ids(c: Ctx) -> list[str]:
@@ -240,6 +246,7 @@ def catalogue_duplicate_ids(c: Ctx) -> list[str]:
         ids[1] = ids[0]
         c.tid = int(ids[0])
         return {**cols, "TARGETID": ids}
+
     return _extract_with_catalogue(c, edit)
 
 
@@ -249,7 +256,14 @@ def stein_missing_keys(c: Ctx) -> list[str]:
 
     state = {f"encoder_q.{k}": v for k, v in moco_resnet50().state_dict().items() if not k.startswith("layer4.2")}
     torch.save({"state_dict": state}, c.tmp / "stein.ckpt")
-    return ["extract", str(c.mock / "survey.h5"), str(c.tmp / "s.zarr"), "--image-weights", str(c.tmp / "stein.ckpt"), *EXTRACT]
+    return [
+        "extract",
+        str(c.mock / "survey.h5"),
+        str(c.tmp / "s.zarr"),
+        "--image-weights",
+        str(c.tmp / "stein.ckpt"),
+        *EXTRACT,
+    ]
 
 
 def spender_unexpected_keys(c: Ctx) -> list[str]:
@@ -258,7 +272,14 @@ def spender_unexpected_keys(c: Ctx) -> list[str]:
     state = {f"encoder.{k}": v for k, v in SpenderSpectrumEncoder().state_dict().items()}
     state["encoder.extra_layer.weight"] = torch.zeros(3)
     torch.save({"model": state}, c.tmp / "spender.pt")
-    return ["extract", str(c.mock / "survey.h5"), str(c.tmp / "s.zarr"), "--spectrum-weights", str(c.tmp / "spender.pt"), *EXTRACT]
+    return [
+        "extract",
+        str(c.mock / "survey.h5"),
+        str(c.tmp / "s.zarr"),
+        "--spectrum-weights",
+        str(c.tmp / "spender.pt"),
+        *EXTRACT,
+    ]
 
 
 def heads_from_other_store(c: Ctx) -> list[str]:
@@ -275,7 +296,17 @@ def corrupt_heads(c: Ctx) -> list[str]:
 def resume_corrupt_state(c: Ctx) -> list[str]:
     shutil.copytree(c.heads, c.tmp / "heads")
     (c.tmp / "heads" / "train_state.pt").write_bytes(b"\x80\x04 truncated")
-    return ["heads", str(c.store), str(c.tmp / "heads"), "--resume", "--epochs", "2", "--batch-size", "16", "--no-progress"]
+    return [
+        "heads",
+        str(c.store),
+        str(c.tmp / "heads"),
+        "--resume",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--no-progress",
+    ]
 
 
 def index_from_other_heads(c: Ctx) -> list[str]:
@@ -317,6 +348,7 @@ def index_into_foreign_folder(c: Ctx) -> list[str]:
 
 
 # ---- mistakes a user makes with correct files (issue 19): wrong order, wrong kind, an output that holds their work
+
 
 def demo_over_user_work(c: Ctx) -> list[str]:
     (c.tmp / "work" / "data").mkdir(parents=True)
@@ -447,94 +479,227 @@ def serve_on_a_taken_port(c: Ctx) -> list[str]:
 
 
 MISTAKES = [
-    Case("serve on a taken port", serve_on_a_taken_port, ("--port", "is already in use", "--port 0"),
-         writes_nothing=True),
-    Case("demo over a folder holding the user's data", demo_over_user_work,
-         ("work", "data/, which 'galclip demo' did not write", "--overwrite"), writes_nothing=True),
-    Case("demo --overwrite over a folder holding the user's data", lambda c: [*demo_over_user_work(c), "--overwrite"],
-         ("my_real_survey.txt", "never deletes what galclip did not write"), writes_nothing=True),
-    Case("demo over an earlier demo holding a user's file", demo_over_earlier_demo_with_user_file,
-         ("notes.txt", "never deletes what galclip did not write"), writes_nothing=True),
-    Case("mock over an existing survey", mock_over_survey, ("survey.h5", "already exists", "--overwrite"),
-         writes_nothing=True),
-    Case("heads over trained heads", heads_over_heads, ("heads.pt", "already holds trained heads", "--resume",
-                                                         "--overwrite"), writes_nothing=True),
-    Case("heads into a folder galclip did not make", heads_into_foreign_folder,
-         ("paper.tex", "which 'galclip heads' did not write", "--overwrite"), writes_nothing=True),
-    Case("sweep into a heads folder", sweep_into_heads_folder,
-         ("is trained heads", "OUT of 'galclip sweep STORE OUT'"), writes_nothing=True),
-    Case("evaluate into a folder galclip did not make", evaluate_into_foreign_folder,
-         ("figure1.png", "notes.md", "--overwrite"), writes_nothing=True),
-    Case("predict over a file that is not a catalogue", predict_over_user_file,
-         ("cat.fits", "not a galclip catalogue", "--overwrite"), writes_nothing=True),
-    Case("predict's report into a folder galclip did not make", predict_report_into_foreign_folder,
-         ("rep", "notes.md", "--report"), writes_nothing=True),
-    Case("extract --device cuda without a GPU", extract_on_cuda_without_gpu,
-         ("--device cuda", "no CUDA GPU", "--device cpu"), writes_nothing=True),
+    Case(
+        "serve on a taken port", serve_on_a_taken_port, ("--port", "is already in use", "--port 0"), writes_nothing=True
+    ),
+    Case(
+        "demo over a folder holding the user's data",
+        demo_over_user_work,
+        ("work", "data/, which 'galclip demo' did not write", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "demo --overwrite over a folder holding the user's data",
+        lambda c: [*demo_over_user_work(c), "--overwrite"],
+        ("my_real_survey.txt", "never deletes what galclip did not write"),
+        writes_nothing=True,
+    ),
+    Case(
+        "demo over an earlier demo holding a user's file",
+        demo_over_earlier_demo_with_user_file,
+        ("notes.txt", "never deletes what galclip did not write"),
+        writes_nothing=True,
+    ),
+    Case(
+        "mock over an existing survey",
+        mock_over_survey,
+        ("survey.h5", "already exists", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "heads over trained heads",
+        heads_over_heads,
+        ("heads.pt", "already holds trained heads", "--resume", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "heads into a folder galclip did not make",
+        heads_into_foreign_folder,
+        ("paper.tex", "which 'galclip heads' did not write", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "sweep into a heads folder",
+        sweep_into_heads_folder,
+        ("is trained heads", "OUT of 'galclip sweep STORE OUT'"),
+        writes_nothing=True,
+    ),
+    Case(
+        "evaluate into a folder galclip did not make",
+        evaluate_into_foreign_folder,
+        ("figure1.png", "notes.md", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "predict over a file that is not a catalogue",
+        predict_over_user_file,
+        ("cat.fits", "not a galclip catalogue", "--overwrite"),
+        writes_nothing=True,
+    ),
+    Case(
+        "predict's report into a folder galclip did not make",
+        predict_report_into_foreign_folder,
+        ("rep", "notes.md", "--report"),
+        writes_nothing=True,
+    ),
+    Case(
+        "extract --device cuda without a GPU",
+        extract_on_cuda_without_gpu,
+        ("--device cuda", "no CUDA GPU", "--device cpu"),
+        writes_nothing=True,
+    ),
     Case("heads --device tpu", heads_on_tpu, ("--device tpu", "auto, cpu, cuda or cuda:N"), writes_nothing=True),
-    Case("extract STORE DATA", extract_arguments_swapped,
-         ("is a galclip feature store", "DATA of 'galclip extract DATA STORE'", "look swapped", "galclip extract "),
-         writes_nothing=True),
-    Case("heads HEADS STORE", heads_arguments_swapped,
-         ("is trained heads", "STORE of 'galclip heads STORE OUT' must be a galclip feature store", "look swapped"),
-         writes_nothing=True),
-    Case("evaluate from an index", lambda c: ["evaluate", str(c.index), str(c.heads), str(c.tmp / "r")],
-         ("is a galclip index folder", "the store this index was built from is"), writes_nothing=True),
-    Case("heads from a survey folder", heads_from_survey_folder,
-         ("survey data", "extract its features first: galclip extract"), writes_nothing=True),
-    Case("search a store", search_a_store,
-         ("is a galclip feature store", "must be a galclip index folder", "galclip index"), writes_nothing=True),
-    Case("predict SURVEY INDEX OUT", predict_arguments_swapped, ("look swapped", "galclip predict "),
-         writes_nothing=True),
-    Case("predict --work onto a store of other input", predict_work_onto_other_store,
-         ("was made with different settings", "work store of a 'galclip predict' run", "--work NEW.zarr"),
-         writes_nothing=True),
-    Case("resume with another --rows-per-shard", resume_with_other_rows_per_shard,
-         ("rows_per_shard: store has 16, this run has 64", "run exactly", "--rows-per-shard 16", "--variants 1"),
-         writes_nothing=True),
-    Case("check a survey file", check_a_survey_file, ("survey.h5", "is survey data", "'galclip check' verifies"),
-         writes_nothing=True),
-    Case("check a file inside an index", check_an_index_file,
-         ("image.npy", "one file of a galclip index folder", "galclip check "), writes_nothing=True),
-    Case("check an index's index.json", check_index_json, ("index.json", "one file of a galclip index folder"),
-         writes_nothing=True),
-    Case("--grid lr twice", grid_name_twice, ("--grid lr is given 2 times", "--grid lr=1e-4,3e-4"),
-         writes_nothing=True),
-    Case("search -k beyond the index", search_more_than_indexed, ("k 1000", "the index holds 64 galaxies"),
-         writes_nothing=True),
-    Case("evaluate -k beyond the test split", evaluate_k_beyond_the_test_split,
-         ("-k 1000", "labelled pair(s)", "or use -k"), writes_nothing=True),
+    Case(
+        "extract STORE DATA",
+        extract_arguments_swapped,
+        ("is a galclip feature store", "DATA of 'galclip extract DATA STORE'", "look swapped", "galclip extract "),
+        writes_nothing=True,
+    ),
+    Case(
+        "heads HEADS STORE",
+        heads_arguments_swapped,
+        ("is trained heads", "STORE of 'galclip heads STORE OUT' must be a galclip feature store", "look swapped"),
+        writes_nothing=True,
+    ),
+    Case(
+        "evaluate from an index",
+        lambda c: ["evaluate", str(c.index), str(c.heads), str(c.tmp / "r")],
+        ("is a galclip index folder", "the store this index was built from is"),
+        writes_nothing=True,
+    ),
+    Case(
+        "heads from a survey folder",
+        heads_from_survey_folder,
+        ("survey data", "extract its features first: galclip extract"),
+        writes_nothing=True,
+    ),
+    Case(
+        "search a store",
+        search_a_store,
+        ("is a galclip feature store", "must be a galclip index folder", "galclip index"),
+        writes_nothing=True,
+    ),
+    Case(
+        "predict SURVEY INDEX OUT", predict_arguments_swapped, ("look swapped", "galclip predict "), writes_nothing=True
+    ),
+    Case(
+        "predict --work onto a store of other input",
+        predict_work_onto_other_store,
+        ("was made with different settings", "work store of a 'galclip predict' run", "--work NEW.zarr"),
+        writes_nothing=True,
+    ),
+    Case(
+        "resume with another --rows-per-shard",
+        resume_with_other_rows_per_shard,
+        ("rows_per_shard: store has 16, this run has 64", "run exactly", "--rows-per-shard 16", "--variants 1"),
+        writes_nothing=True,
+    ),
+    Case(
+        "check a survey file",
+        check_a_survey_file,
+        ("survey.h5", "is survey data", "'galclip check' verifies"),
+        writes_nothing=True,
+    ),
+    Case(
+        "check a file inside an index",
+        check_an_index_file,
+        ("image.npy", "one file of a galclip index folder", "galclip check "),
+        writes_nothing=True,
+    ),
+    Case(
+        "check an index's index.json",
+        check_index_json,
+        ("index.json", "one file of a galclip index folder"),
+        writes_nothing=True,
+    ),
+    Case(
+        "--grid lr twice", grid_name_twice, ("--grid lr is given 2 times", "--grid lr=1e-4,3e-4"), writes_nothing=True
+    ),
+    Case(
+        "search -k beyond the index",
+        search_more_than_indexed,
+        ("k 1000", "the index holds 64 galaxies"),
+        writes_nothing=True,
+    ),
+    Case(
+        "evaluate -k beyond the test split",
+        evaluate_k_beyond_the_test_split,
+        ("-k 1000", "labelled pair(s)", "or use -k"),
+        writes_nothing=True,
+    ),
 ]
 
 
 CASES = [
     Case("truncated HDF5 survey", truncated, ("survey.h5", "not a readable HDF5 file", "re-download or regenerate")),
-    Case("corrupt HDF5 survey (random bytes)", garbage, ("survey.h5", "not a readable HDF5 file", "re-download or regenerate")),
+    Case(
+        "corrupt HDF5 survey (random bytes)",
+        garbage,
+        ("survey.h5", "not a readable HDF5 file", "re-download or regenerate"),
+    ),
     Case("images bands-first (3,152,152)", bands_first, ("survey.h5:0", "(3, 152, 152)", "transpose")),
     Case("spectra on another grid (3891 bins)", short_spectra, ("survey.h5:0", "(3891, 1)", "7781", "resample")),
     Case("NaN pixel", nan_pixels, ("survey.h5:0", "targetid {tid}: image has NaN/inf pixels", "--bad-rows skip")),
     Case("inf flux", inf_flux, ("survey.h5:0", "targetid {tid}: spectrum has NaN/inf values", "--bad-rows skip")),
-    Case("all-zero spectrum", zero_spectrum, ("survey.h5:0", "targetid {tid}: spectrum is constant", "--bad-rows skip")),
+    Case(
+        "all-zero spectrum", zero_spectrum, ("survey.h5:0", "targetid {tid}: spectrum is constant", "--bad-rows skip")
+    ),
     Case("blank image", blank_image, ("survey.h5:0", "targetid {tid}: image", "--bad-rows skip")),
-    Case("duplicate targetids", duplicate_ids, ("survey.h5:0", "duplicate targetid", "[{tid}]", "drop the repeated rows")),
-    Case("empty survey", empty_survey, ("survey.h5", "no galaxies",)),
-    Case("catalogue missing a column", catalogue_missing_column, ("provabgs.h5", "lacks column(s) ['MAG_Z']",)),
+    Case(
+        "duplicate targetids", duplicate_ids, ("survey.h5:0", "duplicate targetid", "[{tid}]", "drop the repeated rows")
+    ),
+    Case(
+        "empty survey",
+        empty_survey,
+        (
+            "survey.h5",
+            "no galaxies",
+        ),
+    ),
+    Case(
+        "catalogue missing a column",
+        catalogue_missing_column,
+        (
+            "provabgs.h5",
+            "lacks column(s) ['MAG_Z']",
+        ),
+    ),
     Case("catalogue missing the survey's rows", catalogue_missing_rows, ("provabgs.h5", "none of the", "targetid")),
-    Case("catalogue empty after the cuts", catalogue_empty_after_cuts, ("provabgs.h5", "no catalogue row passes the cuts",)),
-    Case("catalogue duplicate TARGETIDs", catalogue_duplicate_ids, ("provabgs.h5", "more than once", "[{tid}]", "one row per TARGETID")),
+    Case(
+        "catalogue empty after the cuts",
+        catalogue_empty_after_cuts,
+        (
+            "provabgs.h5",
+            "no catalogue row passes the cuts",
+        ),
+    ),
+    Case(
+        "catalogue duplicate TARGETIDs",
+        catalogue_duplicate_ids,
+        ("provabgs.h5", "more than once", "[{tid}]", "one row per TARGETID"),
+    ),
     Case("Stein checkpoint missing keys", stein_missing_keys, ("stein.ckpt", "missing", "layer4.2")),
     Case("Spender checkpoint unexpected keys", spender_unexpected_keys, ("spender.pt", "unexpected", "extra_layer")),
     Case("heads from another store", heads_from_other_store, ("heads.pt", "fingerprint", "train heads on this store")),
     Case("truncated heads.pt", corrupt_heads, ("heads.pt", "cannot read the checkpoint", "galclip heads")),
-    Case("truncated train_state.pt on --resume", resume_corrupt_state,
-         ("train_state.pt", "cannot read the checkpoint", "start without --resume")),
+    Case(
+        "truncated train_state.pt on --resume",
+        resume_corrupt_state,
+        ("train_state.pt", "cannot read the checkpoint", "start without --resume"),
+    ),
     Case("index built from other heads", index_from_other_heads, ("was built from other heads", "rebuild the index")),
     Case("search for a targetid not indexed", unknown_targetid, ("targetid {tid} is not in the index", "--data FILE")),
     Case("store missing an array", store_missing_array, ("s.zarr", "spectrum_features", "missing")),
-    Case("a folder that is not a store", store_not_a_store,
-         ("s.zarr", "is a folder galclip did not write", "must be a galclip feature store", "galclip extract")),
-    Case("index into a folder that is not an index", index_into_foreign_folder,
-         ("mine", "thesis.tex", "which 'galclip index' did not write", "--overwrite")),
+    Case(
+        "a folder that is not a store",
+        store_not_a_store,
+        ("s.zarr", "is a folder galclip did not write", "must be a galclip feature store", "galclip extract"),
+    ),
+    Case(
+        "index into a folder that is not an index",
+        index_into_foreign_folder,
+        ("mine", "thesis.tex", "which 'galclip index' did not write", "--overwrite"),
+    ),
     *MISTAKES,
 ]
 
@@ -542,8 +707,8 @@ CASES = [
 @pytest.fixture(scope="module")
 def corpus_inputs(tiny_mock, tiny_store, sharded_store, tmp_path_factory):
     from galclip.config import HeadConfig
-    from galclip.index.build import build_indexes
     from galclip.heads.train import train_heads
+    from galclip.index.build import build_indexes
 
     out = tmp_path_factory.mktemp("corpus")
     train_heads(tiny_store, out / "heads", HeadConfig(epochs=2, batch_size=16), progress=False)
@@ -595,9 +760,11 @@ def test_a_replaced_survey_file_is_refused_by_every_reader(tiny_mock, tmp_path):
     data, store, heads, index = tmp_path / "data", tmp_path / "f.zarr", tmp_path / "heads", tmp_path / "index"
     survey_copy(tiny_mock, data)
     shutil.copy(tiny_mock / "provabgs.h5", data / "provabgs.h5")
-    for args in (["extract", str(data), str(store), *EXTRACT], ["heads", str(store), str(heads), "--epochs", "1",
-                                                                 "--batch-size", "16", "--no-progress"],
-                 ["index", str(store), str(heads), str(index), "--no-map", "--no-progress"]):
+    for args in (
+        ["extract", str(data), str(store), *EXTRACT],
+        ["heads", str(store), str(heads), "--epochs", "1", "--batch-size", "16", "--no-progress"],
+        ["index", str(store), str(heads), str(index), "--no-map", "--no-progress"],
+    ):
         r = runner.invoke(main, ["-q", *args])
         assert r.exit_code == 0, r.output
     new = tmp_path / "new"  # galaxies to predict, extracted once into predict's work store
@@ -641,8 +808,21 @@ def test_overwrite_writes_beside_what_galclip_did_not_write(corpus_inputs, tmp_p
     shutil.copytree(heads, out)
     (out / "paper.tex").write_text("draft")
     before = (out / "heads.pt").read_bytes()
-    args = ["-q", "heads", str(store), str(out), "--epochs", "1", "--batch-size", "16", "--seed", "5",
-            "--image-hidden", "64", "--no-progress"]
+    args = [
+        "-q",
+        "heads",
+        str(store),
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--seed",
+        "5",
+        "--image-hidden",
+        "64",
+        "--no-progress",
+    ]
     assert runner.invoke(main, args).exit_code == 1 and (out / "heads.pt").read_bytes() == before
     r = runner.invoke(main, [*args, "--overwrite"])
     assert r.exit_code == 0, r.output
@@ -690,8 +870,12 @@ def test_a_demo_replaces_only_what_an_earlier_demo_wrote(tmp_path):
             (root / part / "survey.h5").write_bytes(b"h5")
         (root / "features.zarr").mkdir()
         (root / "features.zarr" / "zarr.json").write_text(json.dumps({"attributes": {"galclip": {}}}))
-        for part, name in (("heads", "heads.pt"), ("report", "report.html"), ("index", "index.json"),
-                           ("predict", "catalogue.fits")):
+        for part, name in (
+            ("heads", "heads.pt"),
+            ("report", "report.html"),
+            ("index", "index.json"),
+            ("predict", "catalogue.fits"),
+        ):
             (root / part).mkdir()
             (root / part / name).write_bytes(b"x")
         if marked:
@@ -710,15 +894,19 @@ def test_a_demo_replaces_only_what_an_earlier_demo_wrote(tmp_path):
     shutil.rmtree(pipeline / "predict")
     with pytest.raises(GalclipError, match="which 'galclip demo' did not write"):
         clear_earlier_demo(pipeline)
-    assert sorted(p.name for p in pipeline.iterdir()) == sorted(set(DEMO_PARTS) - {"heldout", "predict",
-                                                                                    "features.zarr.lock"})
+    assert sorted(p.name for p in pipeline.iterdir()) == sorted(
+        set(DEMO_PARTS) - {"heldout", "predict", "features.zarr.lock"}
+    )
 
 
 def test_help_lists_every_command_once_in_pipeline_order():
     from galclip.cli import COMMANDS
 
     out = CliRunner().invoke(main, ["--help"]).output
-    listed = [line.split()[0] for line in out.split("Commands:")[1].splitlines() if line.startswith("  ") and
-              not line.startswith("    ")]
+    listed = [
+        line.split()[0]
+        for line in out.split("Commands:")[1].splitlines()
+        if line.startswith("  ") and not line.startswith("    ")
+    ]
     assert listed == list(COMMANDS) and set(COMMANDS) == set(main.commands)
     assert out.count("write a mock survey") == 1

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from galclip.data.catalogue import apply_cuts, join_labels, read_catalogue
-from galclip.split import assign_split, targetid_uniform
 from galclip.data.survey import SurveyReader
 from galclip.errors import InputError
+from galclip.split import assign_split, targetid_uniform
 
 
 def test_split_depends_only_on_targetid():
@@ -67,7 +67,8 @@ def _catalogue_columns(n=6):
         "Z_HP": np.linspace(0.1, 0.3, n),
         "PROVABGS_LOGMSTAR_BF": np.array([10.0, -999.0, 11.0, 10.5, 9.8, 10.1])[:n],
         "MAG_G": np.array([19.0, 19.0, -1.0, 18.0, 18.5, 18.2])[:n],
-        "MAG_R": np.full(n, 18.0), "MAG_Z": np.full(n, 17.5),
+        "MAG_R": np.full(n, 18.0),
+        "MAG_Z": np.full(n, 17.5),
     }
 
 

@@ -23,6 +23,7 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 # --- retrieval ----------------------------------------------------------------------------
 
+
 def _argsort_ranks(q: np.ndarray, t: np.ndarray) -> np.ndarray:
     order = np.argsort(-(q.astype(np.float64) @ t.T.astype(np.float64)), axis=1)
     return np.array([int(np.flatnonzero(row == i)[0]) + 1 for i, row in enumerate(order)])
@@ -86,19 +87,27 @@ def test_inmodal_deltas_small_for_informative_embedding():
 
 # --- report and end to end -----------------------------------------------------------------
 
+
 def test_write_report_is_one_self_contained_file(tmp_path):
     from galclip.evaluate.plots import plot_umap
-    from galclip.figures import plot_loss_curves
     from galclip.evaluate.report import write_report
+    from galclip.figures import plot_loss_curves
 
     figs_dir = tmp_path / "figs"
-    f1 = plot_loss_curves({"train_loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.4, 2.0],
-                           "lr": [1e-3, 1e-3, 5e-4]}, figs_dir / "loss.png")
-    f2 = plot_umap(np.random.default_rng(0).standard_normal((30, 2)),
-                   {"redshift": np.r_[np.full(5, np.nan), np.linspace(0, 1, 25)]}, figs_dir / "umap.png")
-    metrics = {"n_pairs": 10, "zero_shot_r2": {"image": {"redshift": 0.5, "log_mstar": None}},
-               "retrieval": {"im2sp": {"recall@1": 0.1, "median_rank": 3.0}},
-               "timings_s": {"heads": 1.25}}
+    f1 = plot_loss_curves(
+        {"train_loss": [3.0, 2.0, 1.5], "val_loss": [3.1, 2.4, 2.0], "lr": [1e-3, 1e-3, 5e-4]}, figs_dir / "loss.png"
+    )
+    f2 = plot_umap(
+        np.random.default_rng(0).standard_normal((30, 2)),
+        {"redshift": np.r_[np.full(5, np.nan), np.linspace(0, 1, 25)]},
+        figs_dir / "umap.png",
+    )
+    metrics = {
+        "n_pairs": 10,
+        "zero_shot_r2": {"image": {"redshift": 0.5, "log_mstar": None}},
+        "retrieval": {"im2sp": {"recall@1": 0.1, "median_rank": 3.0}},
+        "timings_s": {"heads": 1.25},
+    }
     out_dir = tmp_path / "report"
     path = write_report(metrics, {"loss": f1, "umap": f2}, out_dir / "report.html")
     assert [p.name for p in out_dir.iterdir()] == ["report.html"]  # no temp file left behind
@@ -145,8 +154,7 @@ def test_run_evaluation_end_to_end(tmp_path):
 
     inputs = _synthetic_inputs()
     config = dataclasses.replace(EvalConfig(), umap=False, k=8)
-    returned = run_evaluation(inputs, config, tmp_path, extra_metrics={"n_pairs": 999,
-                                                                       "timings_s": {"extract": 2.0}})
+    returned = run_evaluation(inputs, config, tmp_path, extra_metrics={"n_pairs": 999, "timings_s": {"extract": 2.0}})
     metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=pytest.fail)
     assert metrics == returned
     assert metrics["n_pairs"] == 999 and metrics["n_eval"] == 120
@@ -195,7 +203,9 @@ def test_photo_z_measures_and_the_photometry_baseline(tmp_path):
     mean, std = x[tr].mean(0), x[tr].std(0)
     fit = np.isfinite(inputs.redshift[tr])
     ask = np.isfinite(inputs.redshift[te])
-    sk = KNeighborsRegressor(n_neighbors=8, weights="distance").fit(((x[tr] - mean) / std)[fit], inputs.redshift[tr][fit])
+    sk = KNeighborsRegressor(n_neighbors=8, weights="distance").fit(
+        ((x[tr] - mean) / std)[fit], inputs.redshift[tr][fit]
+    )
     pred = sk.predict(((x[te] - mean) / std)[ask])
     truth = inputs.redshift[te][ask]
     expected = 1 - np.sum((truth - pred) ** 2) / np.sum((truth - truth.mean()) ** 2)
@@ -244,7 +254,9 @@ def test_run_evaluation_too_few_labels_records_null(tmp_path):
     config = dataclasses.replace(EvalConfig(), umap=False, n_gallery_queries=1, gallery_k=3)
     metrics = run_evaluation(inputs, config, tmp_path)
     assert metrics["n_labelled"] == 6
-    assert all(metrics["zero_shot_r2"][s][t] is None for s in metrics["zero_shot_r2"] for t in ("redshift", "log_mstar"))
+    assert all(
+        metrics["zero_shot_r2"][s][t] is None for s in metrics["zero_shot_r2"] for t in ("redshift", "log_mstar")
+    )
     assert "null" in (tmp_path / "metrics.json").read_text()
 
 

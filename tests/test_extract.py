@@ -16,16 +16,15 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
 
 from galclip.config import ExtractConfig, HeadConfig
+from galclip.data.preprocess import centre_crop, grz_to_rgb, images_to_chw, zscore_spectra
 from galclip.errors import CheckpointError, InputError, StoreError
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import ImageTrunk, load_stein_checkpoint, moco_resnet50
-from galclip.data.preprocess import centre_crop, grz_to_rgb, images_to_chw, zscore_spectra
 from galclip.extract.spectrum_encoder import SpenderSpectrumEncoder, load_spender_checkpoint
 from galclip.store import FeatureStore
-
-from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
 
 
 def _rgb_reference(img_hwc_grz: np.ndarray, variant: str) -> np.ndarray:
@@ -111,8 +110,9 @@ def test_stein_checkpoint_layout_round_trip(tmp_path):
     model, fc = load_stein_checkpoint(tmp_path / "stein.ckpt")
     x = torch.rand(2, 3, 96, 96)
     with torch.no_grad():
-        ref = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(
-            torch.nn.Sequential(*list(src.children())[:-2])(x), 1), 1)
+        ref = torch.flatten(
+            torch.nn.functional.adaptive_avg_pool2d(torch.nn.Sequential(*list(src.children())[:-2])(x), 1), 1
+        )
         np.testing.assert_allclose(ImageTrunk(model.eval())(x).numpy(), ref.numpy(), rtol=1e-5, atol=1e-5)
     assert fc["0.weight"].shape == (2048, 2048) and fc["2.weight"].shape == (128, 2048)
 
@@ -203,8 +203,9 @@ def test_bad_rows_skip_quarantines_and_readers_leave_them_out(corrupted_mock, tm
     from galclip.store.check import check_store
 
     data, ids = corrupted_mock
-    summary = run_extraction(data, tmp_path / "s.zarr", ExtractConfig(batch_size=16, rows_per_shard=16, bad_rows="skip"),
-                             progress=False)
+    summary = run_extraction(
+        data, tmp_path / "s.zarr", ExtractConfig(batch_size=16, rows_per_shard=16, bad_rows="skip"), progress=False
+    )
     assert summary["quarantined"] == 3
     store = FeatureStore.open(tmp_path / "s.zarr")
     result = check_store(store)
@@ -273,12 +274,13 @@ def _stein_extra_blur(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def test_psf_blur_is_sigma_in_pixels_as_stein_draws_it():
-    from galclip.split import targetid_uniform
     from galclip.extract.augment import psf_blur_sigma_px
+    from galclip.split import targetid_uniform
 
     n = 200_000
-    ours = psf_blur_sigma_px(*(np.stack([targetid_uniform(np.arange(n), salt=s + 3 * j) for j in range(3)], 1)
-                               for s in (101, 202)))
+    ours = psf_blur_sigma_px(
+        *(np.stack([targetid_uniform(np.arange(n), salt=s + 3 * j) for j in range(3)], 1) for s in (101, 202))
+    )
     stein = _stein_extra_blur(np.random.default_rng(0), n)
     for band, want in enumerate((1.15, 1.10, 1.09)):  # mean of the non-zero extra σ, px
         got, ref = ours[:, band][ours[:, band] > 0], stein[:, band][stein[:, band] > 0]
@@ -379,8 +381,21 @@ def test_torchrun_two_ranks_match_one(tiny_mock, sharded_store, tmp_path):
     """Two writer processes (gloo ranks) on disjoint whole shards of one store == one writer, bit for bit."""
     store = tmp_path / "ranks.zarr"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same kernels as the reference
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "galclip", "-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "galclip",
+        "-q",
+        "extract",
+        str(tiny_mock),
+        str(store),
+        *EXTRACT_ARGS,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0/2" in done.stdout and "rank 1/2" in done.stdout
@@ -399,17 +414,36 @@ def test_slurm_script_runs_its_torchrun_command_with_two_local_ranks(tiny_mock, 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PATH=f"{shims}:{os.environ['PATH']}", PYTHON=sys.executable, SLURM_NNODES="1",
-               SLURM_JOB_ID="4242", SLURM_JOB_NODELIST="localhost", HEAD_NODE="127.0.0.1", RDZV_PORT=str(port),
-               NPROC_PER_NODE="2", OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(
+        os.environ,
+        PATH=f"{shims}:{os.environ['PATH']}",
+        PYTHON=sys.executable,
+        SLURM_NNODES="1",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NODELIST="localhost",
+        HEAD_NODE="127.0.0.1",
+        RDZV_PORT=str(port),
+        NPROC_PER_NODE="2",
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
+    )
     store = tmp_path / "slurm.zarr"
-    done = subprocess.run(["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        ["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 node(s) x 2 rank(s), rendezvous 127.0.0.1" in done.stdout
     _assert_same_store(store, sharded_store)
-    again = subprocess.run(["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
-                           capture_output=True, text=True, env=env, timeout=300)  # resubmitted: nothing left to do
+    again = subprocess.run(
+        ["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )  # resubmitted: nothing left to do
     assert again.returncode == 0 and "already complete" in again.stdout, again.stderr[-2000:]
     usage = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env)
     assert usage.returncode == 2 and "usage: sbatch scripts/extract.sbatch DATA STORE" in usage.stderr
@@ -425,8 +459,12 @@ def test_stein_weights_select_stein_rgb_and_seed_the_image_head(tiny_mock, tmp_p
     torch.manual_seed(4)
     src = moco_resnet50()
     torch.save({"state_dict": {f"encoder_q.{k}": v for k, v in src.state_dict().items()}}, tmp_path / "stein.ckpt")
-    run_extraction(tiny_mock, tmp_path / "s.zarr", ExtractConfig(image_weights=str(tmp_path / "stein.ckpt"), batch_size=32),
-                   progress=False)
+    run_extraction(
+        tiny_mock,
+        tmp_path / "s.zarr",
+        ExtractConfig(image_weights=str(tmp_path / "stein.ckpt"), batch_size=32),
+        progress=False,
+    )
     store = FeatureStore.open(tmp_path / "s.zarr")
     assert store.provenance["preprocessing"]["image"]["rgb"] == "stein"
     assert store.provenance["preprocessing"]["image"]["orientation"] == "stein"
@@ -441,8 +479,10 @@ def test_second_extraction_refuses_while_first_holds_the_lock(tiny_mock, tmp_pat
     from galclip.extract.run import run_extraction
 
     store = tmp_path / "locked.zarr"
-    code = ("import sys, time; from galclip.store.lock import StoreLock; lock = StoreLock(sys.argv[1]); lock.acquire(); "
-            "print('held', flush=True); time.sleep(120)")
+    code = (
+        "import sys, time; from galclip.store.lock import StoreLock; lock = StoreLock(sys.argv[1]); lock.acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code, str(store)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -463,10 +503,27 @@ def test_torchrun_rank0_error_stops_every_rank(tiny_mock, tmp_path):
 
     (tmp_path / "cat.h5").write_bytes(b"not a catalogue")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "galclip",
-            "-q", "extract", str(tiny_mock / "survey.h5"), *EXTRACT_ARGS]
-    done = subprocess.run([*base, str(tmp_path / "a.zarr"), "--catalogue", str(tmp_path / "cat.h5")],
-                          capture_output=True, text=True, env=env, timeout=180)
+    base = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "galclip",
+        "-q",
+        "extract",
+        str(tiny_mock / "survey.h5"),
+        *EXTRACT_ARGS,
+    ]
+    done = subprocess.run(
+        [*base, str(tmp_path / "a.zarr"), "--catalogue", str(tmp_path / "cat.h5")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
     assert done.returncode != 0
     assert "cat.h5: not a readable HDF5 catalogue" in done.stdout + done.stderr
     assert "rank 0 stopped the job" in done.stdout + done.stderr  # what rank 1 says

@@ -1,4 +1,5 @@
-"""Heads: architecture, InfoNCE against a loop implementation of eq. 1, the one trainer (heads and sweep), checkpoints."""
+"""Heads: architecture, InfoNCE against a loop implementation of eq. 1, the one trainer (heads and sweep),
+checkpoints."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import torch
 
 from galclip.config import HeadConfig
 from galclip.errors import GalclipError
+from galclip.heads.checkpoint import load_heads
 from galclip.heads.loss import info_nce
 from galclip.heads.models import CLIPHeads
-from galclip.heads.checkpoint import load_heads
 from galclip.heads.train import train_heads
 from galclip.store import FeatureStore
 
@@ -70,7 +71,7 @@ def test_head_architectures():
 def test_training_is_seeded_and_learns(tiny_store, tmp_path):
     cfg = HeadConfig(epochs=6, batch_size=16, lr=1e-3, early_stopping=None)
     a = train_heads(tiny_store, tmp_path / "a", cfg, progress=False)
-    b = train_heads(tiny_store, tmp_path / "b", cfg, progress=False)
+    train_heads(tiny_store, tmp_path / "b", cfg, progress=False)
     ha = torch.load(tmp_path / "a" / "heads.pt", weights_only=True)["history"]
     hb = torch.load(tmp_path / "b" / "heads.pt", weights_only=True)["history"]
     assert [h["train_loss"] for h in ha] == [h["train_loss"] for h in hb]
@@ -121,7 +122,9 @@ def test_resume_continues_exactly(sharded_store, tmp_path):
     part = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, stop_after=2)
     assert part["finished"] is False and part["epochs_run"] == 2
     with pytest.raises(GalclipError, match="lr was 0.001, now 0.01"):
-        train_heads(sharded_store, tmp_path / "cut", HeadConfig(**{**cfg.__dict__, "lr": 1e-2}), progress=False, resume=True)
+        train_heads(
+            sharded_store, tmp_path / "cut", HeadConfig(**{**cfg.__dict__, "lr": 1e-2}), progress=False, resume=True
+        )
     resumed = train_heads(sharded_store, tmp_path / "cut", cfg, progress=False, resume=True)
     _assert_same_run(tmp_path / "full", tmp_path / "cut")
     assert full["best_epoch"] == resumed["best_epoch"]
@@ -148,11 +151,24 @@ def test_old_heads_checkpoint_is_read_and_its_run_refused_for_resume(tiny_store,
     train_heads(tiny_store, tmp_path / "h", HeadConfig(epochs=1, batch_size=16), progress=False)
     new = torch.load(tmp_path / "h" / "heads.pt", weights_only=True)
     state = torch.load(tmp_path / "h" / "train_state.pt", weights_only=True)
-    old = {"format": "galclip-heads/1", "config": new["config"], "store_fingerprint": new["store_fingerprint"],
-           "store_path": new["store_path"], "state_dict": new["state_dict"], "best_epoch": 0, "epoch": 0,
-           "last_state_dict": state["runs"][0]["last_state_dict"], "optimizer": state["runs"][0]["optimizer"],
-           "scheduler": state["runs"][0]["scheduler"], "generator": state["generator"], "history": new["history"],
-           "finished": True, "stop_reason": "epochs", "n_train": new["n_train"], "n_val": new["n_val"]}
+    old = {
+        "format": "galclip-heads/1",
+        "config": new["config"],
+        "store_fingerprint": new["store_fingerprint"],
+        "store_path": new["store_path"],
+        "state_dict": new["state_dict"],
+        "best_epoch": 0,
+        "epoch": 0,
+        "last_state_dict": state["runs"][0]["last_state_dict"],
+        "optimizer": state["runs"][0]["optimizer"],
+        "scheduler": state["runs"][0]["scheduler"],
+        "generator": state["generator"],
+        "history": new["history"],
+        "finished": True,
+        "stop_reason": "epochs",
+        "n_train": new["n_train"],
+        "n_val": new["n_val"],
+    }
     (tmp_path / "old").mkdir()
     torch.save(old, tmp_path / "old" / "heads.pt")
     heads, record = load_heads(tmp_path / "old", FeatureStore.open(tiny_store))
@@ -176,13 +192,18 @@ def test_training_data_is_read_shard_by_shard_standardised_then_fp16(sharded_sto
     train, selection, test = full["split"] == 0, full["split"] == 2, full["split"] == 1
     assert data.standardised and data.train.image.dtype == torch.float16
     assert data.train.image_aug.shape == (int(train.sum()), 1, 2048) and len(data.selection) == int(selection.sum())
-    norm = {name: Standardise(full[key].shape[1]).set(*data.stats[name])
-            for name, key in (("image", "image_features"), ("spectrum", "spectrum_features"))}
-    as_evaluated = lambda name, x: norm[name](torch.from_numpy(x)).half().numpy()  # noqa: E731
+    norm = {
+        name: Standardise(full[key].shape[1]).set(*data.stats[name])
+        for name, key in (("image", "image_features"), ("spectrum", "spectrum_features"))
+    }
+    as_evaluated = lambda name, x: norm[name](torch.from_numpy(x)).half().numpy()
     np.testing.assert_array_equal(data.train.image.numpy(), as_evaluated("image", full["image_features"][train]))
-    np.testing.assert_array_equal(data.train.image_aug.numpy()[:, 0],
-                                  as_evaluated("image", full["image_features_aug"][train][:, 0]))
-    np.testing.assert_array_equal(data.selection.spectrum.numpy(), as_evaluated("spectrum", full["spectrum_features"][selection]))
+    np.testing.assert_array_equal(
+        data.train.image_aug.numpy()[:, 0], as_evaluated("image", full["image_features_aug"][train][:, 0])
+    )
+    np.testing.assert_array_equal(
+        data.selection.spectrum.numpy(), as_evaluated("spectrum", full["spectrum_features"][selection])
+    )
     np.testing.assert_array_equal(data.test_rows, np.flatnonzero(store.require_complete() & (store.split() == 1)))
     np.testing.assert_array_equal(data.test_labels["redshift"], full["label_redshift"][test])
     # the standardisation merged over 4 shards equals the one computed over all train rows at once
@@ -218,11 +239,17 @@ def test_augmented_views_are_sampled(sharded_store, tmp_path):
     train = np.flatnonzero(full["split"] == 0)
     idx = torch.tensor([3, 7])
     xi, _ = data.train.batch(idx, torch.tensor([True, False]), torch.tensor([0, 0]))
-    np.testing.assert_array_equal(xi[0].numpy(), full["image_features_aug"][train[3], 0].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        xi[0].numpy(), full["image_features_aug"][train[3], 0].astype(np.float16).astype(np.float32)
+    )
     np.testing.assert_array_equal(xi[1].numpy(), full["image_features"][train[7]].astype(np.float16).astype(np.float32))
     base = HeadConfig(epochs=2, batch_size=16, early_stopping=None)
-    clean = train_heads(sharded_store, tmp_path / "p0", HeadConfig(**{**base.__dict__, "aug_prob": 0.0}), progress=False)
-    mixed = train_heads(sharded_store, tmp_path / "p1", HeadConfig(**{**base.__dict__, "aug_prob": 1.0}), progress=False)
+    clean = train_heads(
+        sharded_store, tmp_path / "p0", HeadConfig(**{**base.__dict__, "aug_prob": 0.0}), progress=False
+    )
+    mixed = train_heads(
+        sharded_store, tmp_path / "p1", HeadConfig(**{**base.__dict__, "aug_prob": 1.0}), progress=False
+    )
     assert clean["augmented_views"] == 0 and mixed["augmented_views"] == 1
     assert clean["final_train_loss"] != mixed["final_train_loss"]
 
@@ -234,7 +261,9 @@ def test_learnable_tau_is_clamped(tiny_store, tmp_path):
     with torch.no_grad():
         heads.log_inv_tau.fill_(20.0)
     assert float(heads.tau().detach()) == pytest.approx(0.01)
-    train_heads(tiny_store, tmp_path / "t", HeadConfig(epochs=2, batch_size=16, lr=1e-2, learn_tau=True), progress=False)
+    train_heads(
+        tiny_store, tmp_path / "t", HeadConfig(epochs=2, batch_size=16, lr=1e-2, learn_tau=True), progress=False
+    )
     hist = torch.load(tmp_path / "t" / "heads.pt", weights_only=True)["history"]
     assert hist[-1]["tau"] != pytest.approx(0.1) and hist[-1]["tau"] >= 0.01
 
@@ -333,15 +362,30 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
     import time
 
     epochs = 24
-    args = ["--epochs", str(epochs), "--batch-size", "16", "--early-stopping", "0", "--save-every", "0", "--no-progress"]
+    args = [
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "16",
+        "--early-stopping",
+        "0",
+        "--save-every",
+        "0",
+        "--no-progress",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     state_path = tmp_path / "h" / "train_state.pt"
     rng = np.random.default_rng(7)
     kills = []
     for attempt in range(3):
         cmd = [sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"), *args]
-        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd + (["--resume"] if attempt else []),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         target = (kills[-1] if kills else 0) + int(rng.integers(2, 6))  # kill once this epoch has been saved
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -355,11 +399,21 @@ def test_kill_minus_9_during_training_then_resume_is_identical(sharded_store, tm
         proc.wait()
         kills.append(torch.load(state_path, weights_only=True)["epoch"])
     assert kills[-1] < epochs - 1, "training finished before the last kill; raise epochs"
-    done = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"),
-                           *args, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "h"), *args, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    ref = subprocess.run([sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "ref"),
-                          *args], env=env, capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        [sys.executable, "-m", "galclip", "-q", "heads", str(sharded_store), str(tmp_path / "ref"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     _assert_same_run(tmp_path / "h", tmp_path / "ref")
     assert torch.load(state_path, weights_only=True)["epoch"] == epochs - 1

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from galclip.config import HeadConfig
 from galclip.index.build import build_indexes, choose_spec, exact_neighbours, index_recall, new_index, tune_nprobe
 from galclip.index.search import open_index as load_index
 
@@ -67,11 +66,30 @@ def test_search_cli_json_and_plot(tiny_store, tiny_heads, tmp_path):
     r = runner.invoke(main, ["-q", "index", str(tiny_store), str(tiny_heads), str(tmp_path / "idx")])
     assert r.exit_code == 0, r.output
     tid = int(load_index(tmp_path / "idx").rows["targetid"][3])
-    r = runner.invoke(main, ["-q", "search", str(tmp_path / "idx"), "--targetid", str(tid), "--query", "image",
-                             "--target", "image", "-k", "4", "--json", "--plot", str(tmp_path / "q.png")])
+    r = runner.invoke(
+        main,
+        [
+            "-q",
+            "search",
+            str(tmp_path / "idx"),
+            "--targetid",
+            str(tid),
+            "--query",
+            "image",
+            "--target",
+            "image",
+            "-k",
+            "4",
+            "--json",
+            "--plot",
+            str(tmp_path / "q.png"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert len(out["neighbours"]) == 4 and tid not in [n["targetid"] for n in out["neighbours"]]  # in-modal: self excluded
+    assert len(out["neighbours"]) == 4 and tid not in [
+        n["targetid"] for n in out["neighbours"]
+    ]  # in-modal: self excluded
     assert (tmp_path / "q.png").stat().st_size > 1000
     r = runner.invoke(main, ["search", str(tmp_path / "idx"), "--targetid", "12345"])
     assert r.exit_code == 1 and "not in the index" in r.output
@@ -84,8 +102,8 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     from click.testing import CliRunner
 
     from galclip.cli import main
-    from galclip.errors import GalclipError
     from galclip.embed_survey import embed_survey_pair, search_survey_pair
+    from galclip.errors import GalclipError
 
     heads = tmp_path / "heads"
     shutil.copytree(tiny_heads, heads)
@@ -96,8 +114,25 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     # the same pair embedded on the fly lands where the index holds it
     np.testing.assert_allclose(emb["image"][0], idx.embeddings["image"][11], atol=1e-4)
     np.testing.assert_allclose(emb["spectrum"][0], idx.embeddings["spectrum"][11], atol=1e-4)
-    r = CliRunner().invoke(main, ["-q", "search", str(tmp_path / "idx"), "--data", str(tiny_mock / "survey.h5"),
-                                  "--targetid", str(tid), "--query", "spectrum", "--target", "image", "-k", "3", "--json"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "search",
+            str(tmp_path / "idx"),
+            "--data",
+            str(tiny_mock / "survey.h5"),
+            "--targetid",
+            str(tid),
+            "--query",
+            "spectrum",
+            "--target",
+            "image",
+            "-k",
+            "3",
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     query = json.loads(r.output)["query"]
     assert query["source"].endswith("survey.h5")
@@ -105,8 +140,7 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     no_11 = dict(idx.rows)
     no_11["targetid"] = np.where(np.arange(len(idx)) == 11, -1, idx.rows["targetid"])
     idx.rows = no_11
-    record = search_survey_pair(idx, tiny_mock / "survey.h5", tid, query="image", target="spectrum", k=3,
-                                device="cpu")
+    record = search_survey_pair(idx, tiny_mock / "survey.h5", tid, query="image", target="spectrum", k=3, device="cpu")
     assert record["query"]["redshift"] == pytest.approx(survey_z) and record["query"]["log_mstar"] is None
     assert not any(n["is_partner"] for n in record["neighbours"])
     ckpt = torch.load(heads / "heads.pt", weights_only=True)
@@ -144,7 +178,9 @@ def test_index_build_streams_in_blocks(tiny_store, tiny_heads, tmp_path, monkeyp
 
     monkeypatch.setattr(CLIPHeads, "embed_modality", spy)
     monkeypatch.setattr(FeatureStore, "load", no_full_load)
-    side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10, recall_floor=0.9, n_queries=20, batch=10)
+    side = build_indexes(
+        tiny_store, tiny_heads, tmp_path / "idx", exact_max=10, recall_floor=0.9, n_queries=20, batch=10
+    )
     assert max(seen) <= 10 and sum(seen) == 2 * 64  # 7 blocks of at most 10 rows, per modality
     a, b = load_index(tmp_path / "ref"), load_index(tmp_path / "idx")
     assert isinstance(b.embeddings["image"], np.memmap) and b.embeddings["image"].shape == (64, 128)  # on disk
@@ -172,8 +208,10 @@ def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, m
     (tmp_path / "idx" / "my_plot.png").write_text("mine")  # a user's file in an index folder: kept by a rebuild
     build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
     assert (tmp_path / "idx" / "my_plot.png").read_text() == "mine"
-    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir() if p.name != "index.json"} == \
-        {**{k: v for k, v in before.items() if k != "index.json"}, "my_plot.png": b"mine"}
+    assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir() if p.name != "index.json"} == {
+        **{k: v for k, v in before.items() if k != "index.json"},
+        "my_plot.png": b"mine",
+    }
     load_index(tmp_path / "idx", verify_hashes=True)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep me")

@@ -22,7 +22,9 @@ def generator() -> MockGenerator:
 def _halpha_rest_peak(templates) -> tuple[int, float]:
     """Template with the strongest Hα and the rest wavelength of its peak sample."""
     window = (templates.wave > 6540) & (templates.wave < 6590)
-    contrast = templates.flux[:, window].max(1) / np.median(templates.flux[:, (templates.wave > 6400) & (templates.wave < 6500)], 1)
+    contrast = templates.flux[:, window].max(1) / np.median(
+        templates.flux[:, (templates.wave > 6400) & (templates.wave < 6500)], 1
+    )
     t = int(np.argmax(contrast))
     return t, float(templates.wave[window][np.argmax(templates.flux[t, window])])
 
@@ -83,7 +85,9 @@ def test_reader_round_trips_a_mock_file(tiny_mock):
     batch = reader.read(0, 32)
     assert batch.image.shape == (32, 152, 152, 3) and batch.spectrum.shape == (32, 7781)
     # the first generator batch, drawn again, is what the file holds (AstroCLIP's (W, H, C) order)
-    redraw = MockGenerator(MockConfig(pairs=64, seed=3, batch_size=32, n_groups=4)).draw(np.random.default_rng([3, 0]), 32)
+    redraw = MockGenerator(MockConfig(pairs=64, seed=3, batch_size=32, n_groups=4)).draw(
+        np.random.default_rng([3, 0]), 32
+    )
     np.testing.assert_array_equal(batch.image, redraw.image.transpose(0, 3, 2, 1))
     np.testing.assert_array_equal(batch.spectrum, redraw.spectrum)
     np.testing.assert_allclose(batch.redshift, redraw.z.astype(np.float32))

@@ -28,6 +28,7 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 
 # --- search -------------------------------------------------------------------------------
 
+
 def test_l2_normalise_unit_rows_and_zero_rows_stay_zero():
     x = np.array([[3.0, 4.0], [0.0, 0.0], [1e-30, 0.0]])
     out = l2_normalise(x)
@@ -71,6 +72,7 @@ def test_top_k_rejects_bad_arguments():
 
 # --- k-NN ---------------------------------------------------------------------------------
 
+
 def _sklearn_knn(train_x, train_y, query_x, k):
     from sklearn.neighbors import KNeighborsRegressor
 
@@ -84,8 +86,9 @@ def test_knn_regress_matches_sklearn_including_exact_duplicates(dtype):
     train_y = rng.standard_normal(300)
     # two training rows at the same point with different targets
     train_x[7] = train_x[3]
-    query_x = np.concatenate([rng.standard_normal((40, 12)).astype(dtype),
-                              train_x[[0, 3, 150]]])  # exact duplicates of training points
+    query_x = np.concatenate(
+        [rng.standard_normal((40, 12)).astype(dtype), train_x[[0, 3, 150]]]
+    )  # exact duplicates of training points
     for k in (2, 5, 16):
         ours = knn_regress(train_x, train_y, query_x, k=k)
         assert ours.dtype == np.float64 and ours.shape == (43,)
@@ -93,8 +96,12 @@ def test_knn_regress_matches_sklearn_including_exact_duplicates(dtype):
     # k=1: skip query 41, whose two zero-distance neighbours tie at the k-th place (sklearn
     # documents the winner of such a tie as dependent on training order)
     keep = np.arange(43) != 41
-    np.testing.assert_allclose(knn_regress(train_x, train_y, query_x[keep], k=1),
-                               _sklearn_knn(train_x, train_y, query_x[keep], 1), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        knn_regress(train_x, train_y, query_x[keep], k=1),
+        _sklearn_knn(train_x, train_y, query_x[keep], 1),
+        rtol=0,
+        atol=1e-6,
+    )
     # zero-distance rule: plain mean of the zero-distance neighbours
     ours = knn_regress(train_x, train_y, query_x, k=16)
     assert ours[40] == train_y[0]
@@ -224,7 +231,10 @@ def test_zero_shot_shortfall_counts_the_fit_half_and_what_is_needed():
     config = EvalConfig(k=16)
     train, _ = zero_shot_split(labels, config.knn_test_fraction, config.seed)
     short = zero_shot_shortfall(labels, config, test_fraction=0.1)
-    assert short["fit_rows"] == {"redshift": int(np.isfinite(z[train]).sum()), "log_mstar": int(np.isfinite(m[train]).sum())}
+    assert short["fit_rows"] == {
+        "redshift": int(np.isfinite(z[train]).sum()),
+        "log_mstar": int(np.isfinite(m[train]).sum()),
+    }
     assert short["needed_labelled"] == 34 and short["max_k"] == min(short["fit_rows"].values()) - 1
     assert "30 labelled pair(s)" in short["note"] and "about 454 pairs in all" in short["note"]  # 34 / (0.1 * 0.75)
     assert zero_shot_shortfall(labels, EvalConfig(k=short["max_k"])) is None

@@ -45,16 +45,33 @@ def image_only(tmp_path_factory) -> Path:
 
 
 def _predict(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "galclip", "-q", "predict", *map(str, args), "--no-progress"],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "galclip", "-q", "predict", *map(str, args), "--no-progress"],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def predicted(reference_index, image_only, tmp_path_factory) -> Path:
     """The catalogue of the image-only galaxies, scored against their truth (FITS, k = 4, 6 shards)."""
     out = tmp_path_factory.mktemp("predicted") / "cat.fits"
-    done = _predict(reference_index["index"], image_only, out, "-k", K, "--truth", image_only / "provabgs.h5",
-                    "--rows-per-shard", "4", "--batch-size", "4")
+    done = _predict(
+        reference_index["index"],
+        image_only,
+        out,
+        "-k",
+        K,
+        "--truth",
+        image_only / "provabgs.h5",
+        "--rows-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     return out
@@ -107,7 +124,8 @@ def test_catalogue_matches_sklearn_and_numpy(reference_index, image_only, predic
             w = 1.0 / d[nn]
             for suffix, level in (("LO", 0.16), ("HI", 0.84)):
                 assert rows[f"{col}_{suffix}"][i] == pytest.approx(
-                    np.quantile(y[nn], level, weights=w, method="inverted_cdf"), abs=1e-9)
+                    np.quantile(y[nn], level, weights=w, method="inverted_cdf"), abs=1e-9
+                )
     sims = q.astype(np.float64) @ ref.astype(np.float64).T
     np.testing.assert_allclose(rows["SIM_TOP1"], sims.max(axis=1), atol=1e-5)
     assert (rows["N_NEIGHBOURS"] == K).all()
@@ -115,8 +133,7 @@ def test_catalogue_matches_sklearn_and_numpy(reference_index, image_only, predic
     assert (rows["Z_LO"] <= rows["Z_HI"]).all()
 
 
-def test_one_galaxy_gets_the_same_prediction_from_the_catalogue_search_json_api_and_python(reference_index,
-                                                                                         tmp_path):
+def test_one_galaxy_gets_the_same_prediction_from_the_catalogue_search_json_api_and_python(reference_index, tmp_path):
     """The one zero-shot predictor: the catalogue of the index's own store (each reference galaxy left out of its own
     neighbours), ``Index.search``, ``galclip search --json`` and ``/api/search`` agree to the bit, for a training
     galaxy and a test galaxy, whatever k and target the search asks for."""
@@ -141,15 +158,32 @@ def test_one_galaxy_gets_the_same_prediction_from_the_catalogue_search_json_api_
     picks = [next(int(t) for t in rows["TARGETID"] if split.get(int(t)) == s) for s in (0, 1)]  # train, test
     for tid in picks:
         r = rows[rows["TARGETID"] == tid][0]
-        expected = {"redshift": {"value": r["Z_PRED"], "lo": r["Z_LO"], "hi": r["Z_HI"]},
-                    "log_mstar": {"value": r["LOGMSTAR_PRED"], "lo": r["LOGMSTAR_LO"], "hi": r["LOGMSTAR_HI"]},
-                    "similarity": float(np.float32(r["SIM_TOP1"])), "ood": bool(r["OOD"]), "k": 16}
+        expected = {
+            "redshift": {"value": r["Z_PRED"], "lo": r["Z_LO"], "hi": r["Z_HI"]},
+            "log_mstar": {"value": r["LOGMSTAR_PRED"], "lo": r["LOGMSTAR_LO"], "hi": r["LOGMSTAR_HI"]},
+            "similarity": float(np.float32(r["SIM_TOP1"])),
+            "ood": bool(r["OOD"]),
+            "k": 16,
+        }
         for k, target in ((5, "image"), (12, "spectrum")):
             python = index.search(tid, query="image", target=target, k=k)["prediction"]
             python["similarity"] = float(np.float32(python["similarity"]))  # the catalogue keeps float32
             assert python == expected
-            cli = CliRunner().invoke(main, ["-q", "search", str(reference_index["index"]), "--targetid", str(tid),
-                                            "--target", target, "-k", str(k), "--json"])
+            cli = CliRunner().invoke(
+                main,
+                [
+                    "-q",
+                    "search",
+                    str(reference_index["index"]),
+                    "--targetid",
+                    str(tid),
+                    "--target",
+                    target,
+                    "-k",
+                    str(k),
+                    "--json",
+                ],
+            )
             assert json.loads(cli.output)["prediction"] == index.search(tid, target=target, k=k)["prediction"]
             api = client.get(f"/api/search?targetid={tid}&query=image&target={target}&k={k}").json()
             assert api["prediction"] == index.search(tid, target=target, k=k)["prediction"]
@@ -171,7 +205,9 @@ def test_truth_metrics_and_report(image_only, predicted):
     metrics = json.loads((predicted.with_name("cat_report") / "metrics.json").read_text())
     rows, _ = read_catalogue(predicted)
     with h5py.File(image_only / "provabgs.h5") as f:
-        truth = {int(t): (z, m) for t, z, m in zip(f["TARGETID"][:], f["Z_HP"][:], f["PROVABGS_LOGMSTAR_BF"][:]) if m > 0}
+        truth = {
+            int(t): (z, m) for t, z, m in zip(f["TARGETID"][:], f["Z_HP"][:], f["PROVABGS_LOGMSTAR_BF"][:]) if m > 0
+        }
     dz, dm, in_z, in_m = [], [], [], []
     for r in rows:
         if int(r["TARGETID"]) in truth:
@@ -265,8 +301,17 @@ def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_pa
         g.create_dataset("image", data=first["image"][:12])
         g.create_dataset("targetid", data=first["targetid"][:12])
     out = tmp_path / "subset.csv"
-    done = _predict(reference_index["index"], tmp_path / "subset.h5", out, "-k", K, "--batch-size", "32",
-                    "--truth", reference_index["store"])
+    done = _predict(
+        reference_index["index"],
+        tmp_path / "subset.h5",
+        out,
+        "-k",
+        K,
+        "--batch-size",
+        "32",
+        "--truth",
+        reference_index["store"],
+    )
     assert done.returncode == 0, done.stderr
     # galaxies that fitted or chose the heads (train and selection splits) are not scored against the truth
     split = FeatureStore.open(reference_index["store"]).split()[:12]
@@ -278,8 +323,9 @@ def test_same_features_as_the_reference_store(reference_index, tiny_mock, tmp_pa
     np.testing.assert_allclose(mine.group["image_features"][:], ref.group["image_features"][:12], rtol=1e-5, atol=1e-5)
     rows, _ = read_catalogue(out)
     index_rows = np.load(reference_index["index"] / "rows.npz")
-    assert int(_header_value(out, "NREF")) == int(((index_rows["split"] == 0) & np.isfinite(index_rows["redshift"])
-                                                     & np.isfinite(index_rows["log_mstar"])).sum())
+    assert int(_header_value(out, "NREF")) == int(
+        ((index_rows["split"] == 0) & np.isfinite(index_rows["redshift"]) & np.isfinite(index_rows["log_mstar"])).sum()
+    )
     n_in = int(np.isin(rows["TARGETID"], index_rows["targetid"][index_rows["split"] == 0]).sum())
     metrics = json.loads((tmp_path / "subset_report" / "metrics.json").read_text())
     assert metrics["reference"]["n_in_reference"] <= n_in
@@ -292,9 +338,25 @@ def _header_value(path: Path, key: str) -> str:
 def test_kill_minus_9_then_resume_gives_the_same_catalogue(reference_index, image_only, predicted, tmp_path):
     out = tmp_path / "killed.fits"
     work = tmp_path / "killed.features.zarr"
-    cmd = [sys.executable, "-m", "galclip", "-q", "predict", str(reference_index["index"]), str(image_only), str(out),
-           "-k", str(K), "--truth", str(image_only / "provabgs.h5"), "--rows-per-shard", "4", "--batch-size", "4",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "galclip",
+        "-q",
+        "predict",
+        str(reference_index["index"]),
+        str(image_only),
+        str(out),
+        "-k",
+        str(K),
+        "--truth",
+        str(image_only / "provabgs.h5"),
+        "--rows-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     from galclip.store import FeatureStore
 
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -316,9 +378,28 @@ def test_kill_minus_9_then_resume_gives_the_same_catalogue(reference_index, imag
 def test_torchrun_two_ranks_write_the_same_catalogue(reference_index, image_only, predicted, tmp_path):
     out = tmp_path / "ranks.fits"
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "galclip", "-q",
-           "predict", str(reference_index["index"]), str(image_only), str(out), "-k", str(K), "--rows-per-shard", "4",
-           "--batch-size", "4", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "galclip",
+        "-q",
+        "predict",
+        str(reference_index["index"]),
+        str(image_only),
+        str(out),
+        "-k",
+        str(K),
+        "--rows-per-shard",
+        "4",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     a, _ = read_catalogue(out)
@@ -351,8 +432,9 @@ def other_weights_store(image_only, tmp_path_factory) -> Path:
     return store
 
 
-def test_bad_input_is_named_and_nothing_is_written(reference_index, image_only, unlabelled_index, other_weights_store,
-                                                   tmp_path):
+def test_bad_input_is_named_and_nothing_is_written(
+    reference_index, image_only, unlabelled_index, other_weights_store, tmp_path
+):
     with h5py.File(tmp_path / "labels_only.h5", "w") as f:
         f.create_dataset("targetid", data=np.arange(5, dtype=np.int64))
         f.create_dataset("redshift", data=np.zeros(5, np.float32))

@@ -19,19 +19,23 @@ def test_log_progress_logs_rate_and_eta_every_so_often(caplog, monkeypatch):
         bar.update(10)  # t = 50: too soon
         bar.set_postfix(loss="1.2")
         bar.update(10)  # t = 90: logged
-        bar.close()     # t = 100: the last line
-        bar.close()     # a second close logs nothing
+        bar.close()  # t = 100: the last line
+        bar.close()  # a second close logs nothing
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["extract: 40/100 pair (1.0 pair/s, ETA 60 s)",
-                     "extract: 60/100 pair (0.7 pair/s, ETA 60 s) loss=1.2",
-                     "extract: 60/100 pair (0.6 pair/s, ETA 67 s) loss=1.2"]
+    assert lines == [
+        "extract: 40/100 pair (1.0 pair/s, ETA 60 s)",
+        "extract: 60/100 pair (0.7 pair/s, ETA 60 s) loss=1.2",
+        "extract: 60/100 pair (0.6 pair/s, ETA 67 s) loss=1.2",
+    ]
 
 
 def test_progress_in_a_log_file_writes_no_carriage_returns(tmp_path):
-    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
-            "from galclip.progress import progress\n"
-            "bar = progress(500, 'heads', 'epoch')\n"
-            "[bar.update(1) for _ in range(500)]\nbar.close()\n")
+    code = (
+        "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+        "from galclip.progress import progress\n"
+        "bar = progress(500, 'heads', 'epoch')\n"
+        "[bar.update(1) for _ in range(500)]\nbar.close()\n"
+    )
     with open(tmp_path / "log.txt", "w") as log:
         subprocess.run([sys.executable, "-c", code], stderr=log, check=True)
     text = (tmp_path / "log.txt").read_text()

@@ -17,7 +17,9 @@ import pytest
 
 from galclip.config import HeadConfig
 
-ARTIFACTS = Path(os.environ.get("GALCLIP_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get("GALCLIP_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "test-artifacts")
+)
 
 
 def _snapshot(*paths: Path) -> dict[str, str]:
@@ -63,8 +65,9 @@ def _cli_search(index: Path, *args: str) -> dict:
     return json.loads(result.output)
 
 
-@pytest.mark.parametrize("query,target", [("image", "image"), ("image", "spectrum"), ("spectrum", "image"),
-                                          ("spectrum", "spectrum")])
+@pytest.mark.parametrize(
+    "query,target", [("image", "image"), ("image", "spectrum"), ("spectrum", "image"), ("spectrum", "spectrum")]
+)
 def test_search_equals_the_cli_and_brute_force(served, client, query, target):
     root, service = served
     index = service.index
@@ -93,8 +96,11 @@ def _brute_force_prediction(index, pos: int, modality: str) -> dict:
     """The zero-shot prediction of indexed galaxy ``pos`` by a Python loop: inverse-distance weights over its 16
     nearest labelled train-split galaxies in its own modality (itself left out), weighted 16th/84th percentiles."""
     rows, emb = index.rows, np.asarray(index.embeddings[modality], np.float64)
-    ref = [i for i in range(len(index)) if rows["split"][i] == 0 and np.isfinite(rows["redshift"][i])
-           and np.isfinite(rows["log_mstar"][i]) and i != pos]
+    ref = [
+        i
+        for i in range(len(index))
+        if rows["split"][i] == 0 and np.isfinite(rows["redshift"][i]) and np.isfinite(rows["log_mstar"][i]) and i != pos
+    ]
     dist = sorted((float(np.sqrt(np.sum((emb[i] - emb[pos]) ** 2))), i) for i in ref)[:16]
     out = {}
     for label in ("redshift", "log_mstar"):
@@ -122,7 +128,10 @@ def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
     assert got["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-5)
     tid = int(index.rows["targetid"][2])
     csv_text = client.get(f"/api/search.csv?targetid={tid}&query=image&target=spectrum&k=4")
-    assert csv_text.headers["content-type"].startswith("text/csv") and "attachment" in csv_text.headers["content-disposition"]
+    assert (
+        csv_text.headers["content-type"].startswith("text/csv")
+        and "attachment" in csv_text.headers["content-disposition"]
+    )
     rows = csv_text.text.strip().split("\n")
     assert rows[0].startswith("query_targetid,query_modality,target_modality,rank,targetid") and len(rows) == 5
     search = client.get(f"/api/search?targetid={tid}&query=image&target=spectrum&k=4").json()
@@ -132,8 +141,9 @@ def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
     assert galaxy["survey"]["file"].endswith("survey.h5") and galaxy["survey"]["group"] != ""
     png = client.get(f"/api/image/{tid}.png")
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     assert Image.open(io.BytesIO(png.content)).size == (96, 96)  # the store's 96-pixel centre crop
     spectrum = client.get(f"/api/spectrum/{tid}?bins=50").json()
@@ -147,7 +157,9 @@ def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
     edges = np.linspace(0, len(flux), 51).round().astype(int)
     np.testing.assert_allclose(spectrum["flux"], [flux[a:b].mean() for a, b in zip(edges[:-1], edges[1:])], atol=1e-4)
     emap = client.get("/api/map").json()
-    assert len(emap["x"]) == len(emap["targetid"]) == len(index) and emap["targetid"][0] == str(index.rows["targetid"][0])
+    assert len(emap["x"]) == len(emap["targetid"]) == len(index) and emap["targetid"][0] == str(
+        index.rows["targetid"][0]
+    )
     np.testing.assert_allclose(emap["x"], np.load(served[0] / "index" / "map.npy")[:, 0], atol=1e-3)
     assert int(client.get("/api/random").json()["targetid"]) in set(index.rows["targetid"].tolist())
     assert client.get("/api/health").json()["status"] == "ok"
@@ -239,8 +251,8 @@ def test_bad_requests_get_4xx_with_a_message_and_change_nothing(served, client):
 def test_start_up_refuses_changed_heads_and_survey_files_without_the_galaxies(served, tmp_path):
     import torch
 
-    from galclip.data.mock.survey import generate_mock
     from galclip.config import MockConfig
+    from galclip.data.mock.survey import generate_mock
     from galclip.errors import GalclipError
     from galclip.index.build import build_indexes
     from galclip.serve.app import load_service
@@ -293,13 +305,20 @@ def test_the_service_only_reads(served, client, tiny_mock, tiny_store):
     root, service = served
     before = _snapshot(root / "index", tiny_store, tiny_mock)
     tid = int(service.index.rows["targetid"][3])
-    for url in (f"/api/search?targetid={tid}&k=5", f"/api/image/{tid}.png", f"/api/spectrum/{tid}", "/api/map",
-                f"/api/galaxy/{tid}", f"/api/search.csv?targetid={tid}"):
+    for url in (
+        f"/api/search?targetid={tid}&k=5",
+        f"/api/image/{tid}.png",
+        f"/api/spectrum/{tid}",
+        "/api/map",
+        f"/api/galaxy/{tid}",
+        f"/api/search.csv?targetid={tid}",
+    ):
         assert client.get(url).status_code == 200
     assert _snapshot(root / "index", tiny_store, tiny_mock) == before
 
 
 # ---- a real server and a real browser ---------------------------------------------------------------
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -360,7 +379,8 @@ def _wait(predicate, timeout: float = 20.0):
 def _loaded_cards(driver) -> int:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#grid .card img'))"
-        ".filter(i => i.complete && i.naturalWidth > 0).length")
+        ".filter(i => i.complete && i.naturalWidth > 0).length"
+    )
 
 
 @pytest.mark.browser
@@ -392,7 +412,9 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     clicked = first.get_attribute("data-targetid")
     first.click()
     _wait(lambda: f"targetid={clicked}" in browser.current_url)
-    _wait(lambda: f"targetid {clicked}" in browser.find_element(By.ID, "query-card").text and _loaded_cards(browser) == 5)
+    _wait(
+        lambda: f"targetid {clicked}" in browser.find_element(By.ID, "query-card").text and _loaded_cards(browser) == 5
+    )
     # back returns to the first search
     browser.back()
     _wait(lambda: f"targetid {tid}" in browser.find_element(By.ID, "query-card").text)
@@ -402,12 +424,15 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     script = """
       const c = document.getElementById('map'); const r = c.getBoundingClientRect();
       const i = arguments[0];
-      const x = r.left + window.mapProbe(i)[0] * r.width / c.width, y = r.top + window.mapProbe(i)[1] * r.height / c.height;
+      const p = window.mapProbe(i);
+      const x = r.left + p[0] * r.width / c.width, y = r.top + p[1] * r.height / c.height;
       c.dispatchEvent(new MouseEvent('click', {clientX: x, clientY: y, bubbles: true}));"""
     browser.execute_script("window.mapProbe = (i) => [mapData.sx[i], mapData.sy[i]];")
     browser.execute_script(script, target_i)
     want = str(int(service.index.rows["targetid"][target_i]))
-    near = [str(int(t)) for t, (x, y) in zip(service.index.rows["targetid"], emap) if np.allclose((x, y), emap[target_i])]
+    near = [
+        str(int(t)) for t, (x, y) in zip(service.index.rows["targetid"], emap) if np.allclose((x, y), emap[target_i])
+    ]
     _wait(lambda: any(f"targetid={w}" in browser.current_url for w in [want, *near]))
     _wait(lambda: _loaded_cards(browser) == 5)
     browser.save_screenshot(str(ARTIFACTS / "serve_map_click.png"))
@@ -417,8 +442,11 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     _wait(lambda: _loaded_cards(browser) == 7)
     assert browser.find_element(By.ID, "direction").get_attribute("value") == "spectrum:image"
     assert "spectrum → image" in browser.find_element(By.ID, "results-title").text
-    assert browser.find_element(By.ID, "csv").get_attribute("href").endswith(
-        f"/api/search.csv?targetid={other}&query=spectrum&target=image&k=7")
+    assert (
+        browser.find_element(By.ID, "csv")
+        .get_attribute("href")
+        .endswith(f"/api/search.csv?targetid={other}&query=spectrum&target=image&k=7")
+    )
     # an unknown targetid shows a clear message, not a blank page
     browser.get(f"{url}/?targetid=12345&query=image&target=image&k=5")
     message = _wait(lambda: browser.find_element(By.ID, "message").text)

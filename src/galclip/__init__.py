@@ -5,7 +5,7 @@ From Python: ``open_store``, ``load_heads``, ``embed``, ``open_index`` and ``sea
 They are imported on first use, so ``import galclip`` stays cheap.
 """
 
-from galclip.version import __version__
+from galclip.version import __version__ as __version__
 
 __all__ = ["open_store", "load_heads", "embed", "open_index", "embed_survey_pair", "search_survey_pair"]
 

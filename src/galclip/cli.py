@@ -19,8 +19,9 @@ logger = logging.getLogger("galclip")
 
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     for noisy in ("numba", "matplotlib", "PIL", "h5py", "asyncio", "zarr", "numcodecs", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -34,7 +35,6 @@ def user_errors(func):
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         from galclip.errors import GalclipError
-
         from galclip.integrity import os_fault, os_fault_message
 
         try:
@@ -42,7 +42,7 @@ def user_errors(func):
                 return func(*args, **kwargs)
         except GalclipError as err:
             raise click.ClickException(str(err)) from err
-        except Exception as err:  # noqa: BLE001 - a full disk or a read-only folder is the machine's, not a bug
+        except Exception as err:
             fault = os_fault(err)
             if fault is None:
                 raise
@@ -51,12 +51,33 @@ def user_errors(func):
     return wrapper
 
 
-GALCLIP_KINDS = frozenset({"store", "index", "heads", "train_state", "sweep", "report", "survey", "provabgs",
-                           "catalogue", "index_file", "store_part"})
+GALCLIP_KINDS = frozenset(
+    {
+        "store",
+        "index",
+        "heads",
+        "train_state",
+        "sweep",
+        "report",
+        "survey",
+        "provabgs",
+        "catalogue",
+        "index_file",
+        "store_part",
+    }
+)
 STORE_IN, INDEX_IN, HEADS_IN, SURVEY_IN = ("store",), ("index",), ("heads",), ("survey",)
-USAGE = {"extract": "DATA STORE", "heads": "STORE OUT", "sweep": "STORE OUT", "evaluate": "STORE HEADS OUT",
-         "index": "STORE HEADS OUT", "search": "INDEX", "serve": "INDEX", "predict": "INDEX INPUT OUT",
-         "info": "STORE"}
+USAGE = {
+    "extract": "DATA STORE",
+    "heads": "STORE OUT",
+    "sweep": "STORE OUT",
+    "evaluate": "STORE HEADS OUT",
+    "index": "STORE HEADS OUT",
+    "search": "INDEX",
+    "serve": "INDEX",
+    "predict": "INDEX INPUT OUT",
+    "info": "STORE",
+}
 WHAT_MAKES = {
     "store": "what 'galclip extract DATA STORE' writes (a folder with zarr.json)",
     "index": "what 'galclip index STORE HEADS OUT' writes (a folder with index.json)",
@@ -94,8 +115,9 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
     for order in permutations(range(len(args))):
         if order != tuple(range(len(args))) and all(kinds[j] in args[i][2] for i, j in enumerate(order)):
             fixed = " ".join(str(args[j][1]) for j in order)
-            raise InputError(f"{message}. The arguments look swapped; run: galclip {command} {fixed} (with your "
-                             "options)")
+            raise InputError(
+                f"{message}. The arguments look swapped; run: galclip {command} {fixed} (with your options)"
+            )
     if given in ("index_file", "store_part"):
         fix = f"pass the folder itself: {container(path)}"
     elif given == "survey" and "store" in wanted_kinds:
@@ -107,8 +129,11 @@ def _require_kinds(command: str, args: list[tuple[str, Path, tuple[str, ...] | f
             built_from = json.loads((Path(path) / "index.json").read_text()).get("store_absolute")
         except (OSError, ValueError, AttributeError):
             built_from = None
-        fix = (f"the store this index was built from is {built_from}" if built_from else
-               "pass the feature store the index was built from")
+        fix = (
+            f"the store this index was built from is {built_from}"
+            if built_from
+            else "pass the feature store the index was built from"
+        )
     elif wanted_kinds and wanted_kinds[0] in WHAT_MAKES:
         fix = f"{DESCRIPTIONS[wanted_kinds[0]]} is {WHAT_MAKES[wanted_kinds[0]]}"
     else:
@@ -140,8 +165,9 @@ class PipelineGroup(click.Group):
         return [n for n in COMMANDS if n in self.commands] + sorted(set(self.commands) - set(COMMANDS))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS.get(name) or self.commands[name].get_short_help_str()) for name in
-                self.list_commands(ctx)]
+        rows = [
+            (name, COMMANDS.get(name) or self.commands[name].get_short_help_str()) for name in self.list_commands(ctx)
+        ]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
@@ -160,58 +186,125 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 @main.command()
-@click.option("--pairs", "-n", type=click.IntRange(min=1), default=4000, show_default=True, help="Number of image-spectrum pairs.")
+@click.option(
+    "--pairs", "-n", type=click.IntRange(min=1), default=4000, show_default=True, help="Number of image-spectrum pairs."
+)
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output directory.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--labelled-fraction", type=click.FloatRange(0, 1), default=0.85, show_default=True,
-              help="Share of pairs with a PROVABGS-like catalogue row.")
-@click.option("--modality", type=click.Choice(["both", "image", "spectrum"]), default="both", show_default=True,
-              help="'image' or 'spectrum': write only that modality (galaxies to predict with 'galclip predict'); "
-                   "provabgs.h5 still holds their true labels.")
-@click.option("--overwrite", is_flag=True, help="Replace survey.h5 / provabgs.h5 already in OUT (stores extracted "
-              "from them then refuse to read them).")
+@click.option(
+    "--labelled-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.85,
+    show_default=True,
+    help="Share of pairs with a PROVABGS-like catalogue row.",
+)
+@click.option(
+    "--modality",
+    type=click.Choice(["both", "image", "spectrum"]),
+    default="both",
+    show_default=True,
+    help="'image' or 'spectrum': write only that modality (galaxies to predict with 'galclip predict'); "
+    "provabgs.h5 still holds their true labels.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace survey.h5 / provabgs.h5 already in OUT (stores extracted from them then refuse to read them).",
+)
 @user_errors
 def mock(pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str, overwrite: bool) -> None:
     """Write a physically grounded mock survey (survey.h5 + provabgs.h5) into OUT."""
     from galclip.config import MockConfig
     from galclip.data.mock.survey import generate_mock
 
-    summary = generate_mock(MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction,
-                                       modality=modality), out, overwrite=overwrite)
+    summary = generate_mock(
+        MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction, modality=modality),
+        out,
+        overwrite=overwrite,
+    )
     what = "pairs" if modality == "both" else f"{modality}-only galaxies"
     click.echo(f"mock survey: {summary['pairs']} {what} ({summary['pairs_per_s']:.0f}/s) -> {out}")
 
 
 def _extract_options(func):
     options = [
-        click.option("--image-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Stein et al. MoCo-v2 Lightning .ckpt (default: seeded random weights)."),
-        click.option("--spectrum-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Official Spender .pt checkpoint (default: seeded random weights)."),
-        click.option("--catalogue", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="PROVABGS-layout catalogue for labels (default: DATA/provabgs.h5 if present)."),
-        click.option("--orientation", type=click.Choice(["survey", "stein"]), default=None,
-                     help="Image orientation fed to the encoder [default: stein with --image-weights (what Stein et "
-                          "al.'s loader fed the network: the stored (W,H,C) array read as (H,W,C)), else survey "
-                          "(the cutout's own (C,H,W))]."),
-        click.option("--rgb", type=click.Choice(["lupton", "stein"]), default=None,
-                     help="grz->RGB mapping [default: stein with --image-weights (the variant those weights were "
-                          "trained with), else lupton]."),
-        click.option("--variants", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Augmented views per image whose features are stored as (N, K, 2048)."),
-        click.option("--spectrum-variants", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="Noise re-draws per spectrum whose features are stored as (N, Ks, 256)."),
+        click.option(
+            "--image-weights",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Stein et al. MoCo-v2 Lightning .ckpt (default: seeded random weights).",
+        ),
+        click.option(
+            "--spectrum-weights",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Official Spender .pt checkpoint (default: seeded random weights).",
+        ),
+        click.option(
+            "--catalogue",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="PROVABGS-layout catalogue for labels (default: DATA/provabgs.h5 if present).",
+        ),
+        click.option(
+            "--orientation",
+            type=click.Choice(["survey", "stein"]),
+            default=None,
+            help="Image orientation fed to the encoder [default: stein with --image-weights (what Stein et "
+            "al.'s loader fed the network: the stored (W,H,C) array read as (H,W,C)), else survey "
+            "(the cutout's own (C,H,W))].",
+        ),
+        click.option(
+            "--rgb",
+            type=click.Choice(["lupton", "stein"]),
+            default=None,
+            help="grz->RGB mapping [default: stein with --image-weights (the variant those weights were "
+            "trained with), else lupton].",
+        ),
+        click.option(
+            "--variants",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Augmented views per image whose features are stored as (N, K, 2048).",
+        ),
+        click.option(
+            "--spectrum-variants",
+            type=click.IntRange(min=0),
+            default=0,
+            show_default=True,
+            help="Noise re-draws per spectrum whose features are stored as (N, Ks, 256).",
+        ),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--rows-per-shard", type=click.IntRange(min=1), default=256, show_default=True,
-                     help="Rows per store shard: the unit of resumption and of work per rank."),
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA]."),
+        click.option(
+            "--rows-per-shard",
+            type=click.IntRange(min=1),
+            default=256,
+            show_default=True,
+            help="Rows per store shard: the unit of resumption and of work per rank.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA].",
+        ),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoders (pays off on GPUs)."),
-        click.option("--bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-                     help="On a NaN/inf/blank input row: stop with its targetid, or quarantine it and go on."),
+        click.option(
+            "--bad-rows",
+            type=click.Choice(["fail", "skip"]),
+            default="fail",
+            show_default=True,
+            help="On a NaN/inf/blank input row: stop with its targetid, or quarantine it and go on.",
+        ),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
-        click.option("--seed", type=int, default=0, show_default=True,
-                     help="Seed of the random weights used without checkpoints, and of the augmented views."),
+        click.option(
+            "--seed",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Seed of the random weights used without checkpoints, and of the augmented views.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -224,8 +317,25 @@ def _extract_options(func):
 @_extract_options
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @user_errors
-def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue, orientation, rgb, variants, spectrum_variants,
-            batch_size, rows_per_shard, workers, compile_, bad_rows, device, seed, no_progress) -> None:
+def extract(
+    data: Path,
+    store: Path,
+    image_weights,
+    spectrum_weights,
+    catalogue,
+    orientation,
+    rgb,
+    variants,
+    spectrum_variants,
+    batch_size,
+    rows_per_shard,
+    workers,
+    compile_,
+    bad_rows,
+    device,
+    seed,
+    no_progress,
+) -> None:
     """Run the frozen encoders over every pair in DATA and write features into STORE (resumable).
 
     Many GPUs or nodes: torchrun --nproc-per-node P -m galclip extract DATA STORE ...
@@ -234,11 +344,22 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
     from galclip.extract.run import run_extraction
 
     _require_kinds("extract", [("DATA", data, SURVEY_IN), ("STORE", store, _out_kinds("store"))])
-    cfg = ExtractConfig(image_weights=image_weights, spectrum_weights=spectrum_weights, rgb=rgb, orientation=orientation,
-                        variants=variants,
-                        spectrum_variants=spectrum_variants, batch_size=batch_size, rows_per_shard=rows_per_shard,
-                        num_workers=workers, compile=compile_, bad_rows=bad_rows, seed=seed, device=device,
-                        catalogue=catalogue)
+    cfg = ExtractConfig(
+        image_weights=image_weights,
+        spectrum_weights=spectrum_weights,
+        rgb=rgb,
+        orientation=orientation,
+        variants=variants,
+        spectrum_variants=spectrum_variants,
+        batch_size=batch_size,
+        rows_per_shard=rows_per_shard,
+        num_workers=workers,
+        compile=compile_,
+        bad_rows=bad_rows,
+        seed=seed,
+        device=device,
+        catalogue=catalogue,
+    )
     try:
         s = run_extraction(data, store, cfg, progress=not no_progress)
     except KeyboardInterrupt:
@@ -249,14 +370,20 @@ def extract(data: Path, store: Path, image_weights, spectrum_weights, catalogue,
     elif s["pairs_extracted"] == 0:
         click.echo(f"{store}: no incomplete shard for this rank{where}")
     else:
-        click.echo(f"extracted {s['pairs_extracted']} pairs at {s['pairs_per_s']:.1f} pairs/s on {s['device']}{where} -> {store}")
+        click.echo(
+            f"extracted {s['pairs_extracted']} pairs at {s['pairs_per_s']:.1f} pairs/s on {s['device']}{where} "
+            f"-> {store}"
+        )
 
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--targetids", is_flag=True, help="List every galaxy: targetid, split, labels (CSV on stdout), the "
-              "targetids 'galclip search --targetid' takes.")
+@click.option(
+    "--targetids",
+    is_flag=True,
+    help="List every galaxy: targetid, split, labels (CSV on stdout), the targetids 'galclip search --targetid' takes.",
+)
 @user_errors
 def info(store: Path, as_json: bool, targetids: bool) -> None:
     """Print what a feature STORE holds (counts, arrays, completeness, provenance)."""
@@ -277,10 +404,14 @@ def info(store: Path, as_json: bool, targetids: bool) -> None:
     click.echo(f"fingerprint  {inf.fingerprint}")
     held = [m for m in ("image", "spectrum") if f"{m}_features" in inf.arrays]
     what = "pairs" if len(held) != 1 else f"{held[0]}s only"
-    click.echo(f"{what:<12} {inf.n} (train {inf.n_train}, selection {inf.n_selection}, test {inf.n_test}, "
-               f"labelled {inf.n_labelled})")
-    click.echo(f"shards       {inf.n_complete}/{inf.n_shards} complete ({inf.rows_per_shard} rows each)"
-               + ("" if inf.complete else "  <- INCOMPLETE: re-run the same 'galclip extract' to finish"))
+    click.echo(
+        f"{what:<12} {inf.n} (train {inf.n_train}, selection {inf.n_selection}, test {inf.n_test}, "
+        f"labelled {inf.n_labelled})"
+    )
+    click.echo(
+        f"shards       {inf.n_complete}/{inf.n_shards} complete ({inf.rows_per_shard} rows each)"
+        + ("" if inf.complete else "  <- INCOMPLETE: re-run the same 'galclip extract' to finish")
+    )
     for name, (shape, dtype) in inf.arrays.items():
         click.echo(f"  {name:<18} {str(shape):<14} {dtype}")
     enc = inf.provenance.get("encoders", {})
@@ -293,8 +424,11 @@ def info(store: Path, as_json: bool, targetids: bool) -> None:
 
 @main.command()
 @click.argument("path", metavar="PATH", type=click.Path(exists=True, path_type=Path))
-@click.option("--repair", is_flag=True,
-              help="Store: mark the shards of damaged chunks incomplete, so the same 'galclip extract' re-extracts them.")
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Store: mark the shards of damaged chunks incomplete, so the same 'galclip extract' re-extracts them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @user_errors
 def check(path: Path, repair: bool, as_json: bool) -> None:
@@ -327,17 +461,36 @@ def _head_options(func):
         click.option("--epochs", type=click.IntRange(min=1), default=d.epochs, show_default=True),
         click.option("--batch-size", type=click.IntRange(min=2), default=d.batch_size, show_default=True),
         click.option("--lr", type=float, default=d.lr, show_default=True),
-        click.option("--tau", type=click.FloatRange(min=0, min_open=True), default=d.tau, show_default=True,
-                     help="InfoNCE temperature (fixed, or the starting value with --learn-tau)."),
+        click.option(
+            "--tau",
+            type=click.FloatRange(min=0, min_open=True),
+            default=d.tau,
+            show_default=True,
+            help="InfoNCE temperature (fixed, or the starting value with --learn-tau).",
+        ),
         click.option("--learn-tau", is_flag=True, help="Learn τ (clamped to >= 0.01), as open_clip does."),
         click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
-        click.option("--aug-prob", type=click.FloatRange(0, 1), default=d.aug_prob, show_default=True,
-                     help="Per pair and step, chance to use a stored augmented image view (needs --variants)."),
+        click.option(
+            "--aug-prob",
+            type=click.FloatRange(0, 1),
+            default=d.aug_prob,
+            show_default=True,
+            help="Per pair and step, chance to use a stored augmented image view (needs --variants).",
+        ),
         click.option("--image-hidden", type=click.IntRange(min=1), default=d.image_hidden, show_default=True),
-        click.option("--spectrum-hidden", default="x".join(map(str, d.spectrum_hidden)), show_default=True,
-                     help="Spectrum-head hidden widths, e.g. 256x128x128."),
-        click.option("--early-stopping", type=click.IntRange(min=0), default=d.early_stopping, show_default=True,
-                     help="Stop after this many epochs without improvement on the selection split (0: never)."),
+        click.option(
+            "--spectrum-hidden",
+            default="x".join(map(str, d.spectrum_hidden)),
+            show_default=True,
+            help="Spectrum-head hidden widths, e.g. 256x128x128.",
+        ),
+        click.option(
+            "--early-stopping",
+            type=click.IntRange(min=0),
+            default=d.early_stopping,
+            show_default=True,
+            help="Stop after this many epochs without improvement on the selection split (0: never).",
+        ),
         click.option("--seed", type=int, default=d.seed, show_default=True),
         click.option("--device", default=d.device, show_default=True),
     ]
@@ -346,8 +499,20 @@ def _head_options(func):
     return func
 
 
-def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob, image_hidden, spectrum_hidden,
-                 early_stopping, seed, device):
+def _head_config(
+    epochs,
+    batch_size,
+    lr,
+    tau,
+    learn_tau,
+    weight_decay,
+    aug_prob,
+    image_hidden,
+    spectrum_hidden,
+    early_stopping,
+    seed,
+    device,
+):
     from galclip.config import HeadConfig
 
     try:
@@ -355,9 +520,20 @@ def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob,
     except ValueError as err:
         raise click.BadParameter(f"--spectrum-hidden {spectrum_hidden!r}: use widths like 256x128x128") from err
     try:
-        return HeadConfig(epochs=epochs, batch_size=batch_size, lr=lr, tau=tau, learn_tau=learn_tau,
-                          weight_decay=weight_decay, aug_prob=aug_prob, image_hidden=image_hidden,
-                          spectrum_hidden=hidden, early_stopping=early_stopping or None, seed=seed, device=device)
+        return HeadConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            tau=tau,
+            learn_tau=learn_tau,
+            weight_decay=weight_decay,
+            aug_prob=aug_prob,
+            image_hidden=image_hidden,
+            spectrum_hidden=hidden,
+            early_stopping=early_stopping or None,
+            seed=seed,
+            device=device,
+        )
     except ValueError as err:
         raise click.BadParameter(str(err)) from err
 
@@ -367,52 +543,105 @@ def _head_config(epochs, batch_size, lr, tau, learn_tau, weight_decay, aug_prob,
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @_head_options
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in OUT exactly where it stopped.")
-@click.option("--overwrite", is_flag=True, help="Replace the heads already in OUT (and write into a folder galclip "
-              "did not make; only the files 'galclip heads' writes are replaced).")
-@click.option("--save-every", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds between writes of OUT/train_state.pt, what --resume reads (0: after every epoch).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the heads already in OUT (and write into a folder galclip "
+    "did not make; only the files 'galclip heads' writes are replaced).",
+)
+@click.option(
+    "--save-every",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between writes of OUT/train_state.pt, what --resume reads (0: after every epoch).",
+)
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def heads(store: Path, out: Path, resume: bool, overwrite: bool, save_every: float, allow_partial: bool,
-          no_progress: bool, **kwargs) -> None:
+def heads(
+    store: Path,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    save_every: float,
+    allow_partial: bool,
+    no_progress: bool,
+    **kwargs,
+) -> None:
     """Train the image and spectrum heads on STORE's cached features; write OUT/heads.pt."""
     from galclip.heads.train import stop_words, train_heads
 
     _require_kinds("heads", [("STORE", store, STORE_IN), ("OUT", out, _out_kinds("heads"))])
     config = _head_config(**kwargs)
-    s = train_heads(store, out, config, progress=not no_progress, resume=resume, allow_partial=allow_partial,
-                    overwrite=overwrite, save_every_s=save_every)
-    click.echo(f"heads: best selection-split loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']}, "
-               f"{stop_words(s['stop_reason'], config.epochs)} ({s['epochs_run']} epochs, {s['seconds']:.1f} s: "
-               f"{s['wall_seconds_per_epoch']:.2f} s/epoch wall, {s['seconds_per_epoch']:.2f} computing) "
-               f"-> {out / 'heads.pt'}")
+    s = train_heads(
+        store,
+        out,
+        config,
+        progress=not no_progress,
+        resume=resume,
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+        save_every_s=save_every,
+    )
+    click.echo(
+        f"heads: best selection-split loss {s['best_val_loss']:.4f} at epoch {s['best_epoch']}, "
+        f"{stop_words(s['stop_reason'], config.epochs)} ({s['epochs_run']} epochs, {s['seconds']:.1f} s: "
+        f"{s['wall_seconds_per_epoch']:.2f} s/epoch wall, {s['seconds_per_epoch']:.2f} computing) "
+        f"-> {out / 'heads.pt'}"
+    )
 
 
 @main.command()
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--grid", "grid_items", multiple=True, required=True,
-              help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.")
+@click.option(
+    "--grid",
+    "grid_items",
+    multiple=True,
+    required=True,
+    help="NAME=v1,v2,... for lr, tau, weight_decay, aug_prob, image_hidden, spectrum_hidden; repeatable.",
+)
 @_head_options
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
-@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the sweep's own files "
-              "are replaced).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into an OUT galclip did not make (only the sweep's own files are replaced).",
+)
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bool, overwrite: bool, no_progress: bool,
-          **kwargs) -> None:
+def sweep(
+    store: Path,
+    out: Path,
+    grid_items: tuple[str, ...],
+    allow_partial: bool,
+    overwrite: bool,
+    no_progress: bool,
+    **kwargs,
+) -> None:
     """Train every head configuration of a grid in one pass over the data; write OUT/sweep.csv."""
     from galclip.heads.sweep import parse_grid, run_sweep
 
     _require_kinds("sweep", [("STORE", store, STORE_IN), ("OUT", out, _out_kinds("sweep"))])
-    rows = run_sweep(store, out, _head_config(**kwargs), parse_grid(list(grid_items)), allow_partial=allow_partial,
-                     progress=not no_progress, overwrite=overwrite)
+    rows = run_sweep(
+        store,
+        out,
+        _head_config(**kwargs),
+        parse_grid(list(grid_items)),
+        allow_partial=allow_partial,
+        progress=not no_progress,
+        overwrite=overwrite,
+    )
     keys = [k for k in rows[0] if k not in ("spectrum_hidden", "image_hidden")] if rows else []
     click.echo("  ".join(f"{k:>12}" for k in keys))
     for row in rows:
-        click.echo("  ".join(f"{'n/a' if row[k] is None else (f'{row[k]:.4g}' if isinstance(row[k], float) else row[k]):>12}"
-                             for k in keys))
+        click.echo(
+            "  ".join(
+                f"{'n/a' if row[k] is None else (f'{row[k]:.4g}' if isinstance(row[k], float) else row[k]):>12}"
+                for k in keys
+            )
+        )
     click.echo(f"-> {out / 'sweep.csv'}, best heads in {out / 'best' / 'heads.pt'}")
 
 
@@ -422,29 +651,66 @@ def sweep(store: Path, out: Path, grid_items: tuple[str, ...], allow_partial: bo
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-k", "--k", "k", type=click.IntRange(min=1), default=16, show_default=True, help="k-NN neighbours.")
 @click.option("--no-umap", is_flag=True, help="Skip the UMAP figures (saves the numba compile).")
-@click.option("--umap-max-points", type=click.IntRange(min=4), default=20000, show_default=True,
-              help="UMAP is fitted on a seeded subsample of this many test pairs; the rest are transformed.")
-@click.option("--umap-cache", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of cached UMAP coordinates (default: HEADS/umap_cache).")
+@click.option(
+    "--umap-max-points",
+    type=click.IntRange(min=4),
+    default=20000,
+    show_default=True,
+    help="UMAP is fitted on a seeded subsample of this many test pairs; the rest are transformed.",
+)
+@click.option(
+    "--umap-cache",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of cached UMAP coordinates (default: HEADS/umap_cache).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
-@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the report's own files "
-              "are replaced).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into an OUT galclip did not make (only the report's own files are replaced).",
+)
 @user_errors
-def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, umap_max_points: int, umap_cache,
-             seed: int, allow_partial: bool, overwrite: bool) -> None:
-    """Evaluate HEADS on STORE's test pairs (never used to fit or choose them); write OUT/report.html and OUT/metrics.json."""
+def evaluate(
+    store: Path,
+    heads_path: Path,
+    out: Path,
+    k: int,
+    no_umap: bool,
+    umap_max_points: int,
+    umap_cache,
+    seed: int,
+    allow_partial: bool,
+    overwrite: bool,
+) -> None:
+    """Evaluate HEADS on STORE's test pairs (never used to fit or choose them); write OUT/report.html and
+    OUT/metrics.json."""
     from galclip.config import EvalConfig
     from galclip.evaluate.pipeline import evaluate_store
 
-    _require_kinds("evaluate", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN),
-                                ("OUT", out, _out_kinds("report"))])
+    _require_kinds(
+        "evaluate", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN), ("OUT", out, _out_kinds("report"))]
+    )
     t0 = time.perf_counter()
-    config = EvalConfig(k=k, umap=not no_umap, umap_max_points=umap_max_points, seed=seed,
-                        umap_cache=None if umap_cache is None else str(umap_cache))
+    config = EvalConfig(
+        k=k,
+        umap=not no_umap,
+        umap_max_points=umap_max_points,
+        seed=seed,
+        umap_cache=None if umap_cache is None else str(umap_cache),
+    )
     given_k = click.get_current_context().get_parameter_source("k") != click.core.ParameterSource.DEFAULT
-    metrics = evaluate_store(store, heads_path, out, config, extra_metrics={"timings_s": {}},
-                             allow_partial=allow_partial, overwrite=overwrite, strict_k=given_k)
+    metrics = evaluate_store(
+        store,
+        heads_path,
+        out,
+        config,
+        extra_metrics={"timings_s": {}},
+        allow_partial=allow_partial,
+        overwrite=overwrite,
+        strict_k=given_k,
+    )
     click.echo(f"report: {out / 'report.html'}  ({time.perf_counter() - t0:.1f} s)")
     _echo_summary(metrics)
 
@@ -453,50 +719,107 @@ def evaluate(store: Path, heads_path: Path, out: Path, k: int, no_umap: bool, um
 @click.argument("store", type=click.Path(exists=True, path_type=Path))
 @click.argument("heads_path", metavar="HEADS", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--exact-max", type=click.IntRange(min=1), default=250_000, show_default=True,
-              help="Largest collection searched exactly (IndexFlatIP); above it, IVF-Flat.")
-@click.option("--recall-floor", type=click.FloatRange(0, 1), default=0.95, show_default=True,
-              help="Refuse an approximate index whose measured recall@10 is lower.")
+@click.option(
+    "--exact-max",
+    type=click.IntRange(min=1),
+    default=250_000,
+    show_default=True,
+    help="Largest collection searched exactly (IndexFlatIP); above it, IVF-Flat.",
+)
+@click.option(
+    "--recall-floor",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="Refuse an approximate index whose measured recall@10 is lower.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Rows of features read from the store at a time (memory: ~9 kB per row).")
-@click.option("--no-map", is_flag=True,
-              help="Skip the 2-d UMAP map of the image embeddings (map.npy) that 'galclip serve' draws.")
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Rows of features read from the store at a time (memory: ~9 kB per row).",
+)
+@click.option(
+    "--no-map", is_flag=True, help="Skip the 2-d UMAP map of the image embeddings (map.npy) that 'galclip serve' draws."
+)
 @click.option("--allow-partial", is_flag=True, help="Use only the complete shards of an unfinished store.")
-@click.option("--overwrite", is_flag=True, help="Write into an OUT galclip did not make (only the index's own files "
-              "are replaced; nothing else is deleted).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into an OUT galclip did not make (only the index's own files are replaced; nothing else is deleted).",
+)
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def index(store: Path, heads_path: Path, out: Path, exact_max: int, recall_floor: float, seed: int, batch: int,
-          no_map: bool, allow_partial: bool, overwrite: bool, no_progress: bool) -> None:
+def index(
+    store: Path,
+    heads_path: Path,
+    out: Path,
+    exact_max: int,
+    recall_floor: float,
+    seed: int,
+    batch: int,
+    no_map: bool,
+    allow_partial: bool,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
     """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
     from galclip.index.build import build_indexes
 
-    _require_kinds("index", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN),
-                             ("OUT", out, _out_kinds("index"))])
-    side = build_indexes(store, heads_path, out, exact_max=exact_max, recall_floor=recall_floor, seed=seed,
-                         batch=batch, allow_partial=allow_partial, progress=not no_progress, embedding_map=not no_map,
-                         overwrite=overwrite)
+    _require_kinds(
+        "index", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN), ("OUT", out, _out_kinds("index"))]
+    )
+    side = build_indexes(
+        store,
+        heads_path,
+        out,
+        exact_max=exact_max,
+        recall_floor=recall_floor,
+        seed=seed,
+        batch=batch,
+        allow_partial=allow_partial,
+        progress=not no_progress,
+        embedding_map=not no_map,
+        overwrite=overwrite,
+    )
     for m, rec in side["indexes"].items():
-        click.echo(f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
-                   + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else ""))
+        click.echo(
+            f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
+            + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else "")
+        )
     click.echo(f"-> {out} ({side['build_seconds']:.1f} s)")
 
 
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
-@click.option("--targetid", type=int, required=True,
-              help="The query galaxy: in the index, or in the survey file given with --data.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Read the query pair from this AstroCLIP-layout file and embed it on the fly (encoders + heads).")
+@click.option(
+    "--targetid",
+    type=int,
+    required=True,
+    help="The query galaxy: in the index, or in the survey file given with --data.",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Read the query pair from this AstroCLIP-layout file and embed it on the fly (encoders + heads).",
+)
 @click.option("--query", "query_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("--target", "target_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Draw the query and its neighbours (images as RGB, spectra as curves) into this PNG.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Draw the query and its neighbours (images as RGB, spectra as curves) into this PNG.",
+)
 @user_errors
-def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: str, k: int, as_json: bool, plot) -> None:
+def search(
+    index_dir: Path, targetid: int, data, query_kind: str, target_kind: str, k: int, as_json: bool, plot
+) -> None:
     """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
     from galclip.index.search import open_index
 
@@ -517,31 +840,45 @@ def search(index_dir: Path, targetid: int, data, query_kind: str, target_kind: s
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    fmt = lambda v, f: "      -" if v is None else format(v, f)  # noqa: E731
-    click.echo(f"query {targetid} ({query_kind}; z {fmt(result['query']['redshift'], '.4f')}, "
-               f"log M* {fmt(result['query']['log_mstar'], '.2f')}) -> {target_kind}")
+    fmt = lambda v, f: "      -" if v is None else format(v, f)
+    click.echo(
+        f"query {targetid} ({query_kind}; z {fmt(result['query']['redshift'], '.4f')}, "
+        f"log M* {fmt(result['query']['log_mstar'], '.2f')}) -> {target_kind}"
+    )
     click.echo(" rank  similarity            targetid  redshift  log M*")
     for h in result["neighbours"]:
         star = "  <- its own partner" if h["is_partner"] else ""
-        click.echo(f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
-                   f"{fmt(h['log_mstar'], '6.2f')}{star}")
+        click.echo(
+            f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
+            f"{fmt(h['log_mstar'], '6.2f')}{star}"
+        )
     p = result["prediction"]
     if p is not None:
-        click.echo(f"zero-shot prediction (k {p['k']} over the index's labelled training galaxies, 16th-84th "
-                   f"percentile): z {p['redshift']['value']:.4f} ({p['redshift']['lo']:.4f}-{p['redshift']['hi']:.4f}), "
-                   f"log M* {p['log_mstar']['value']:.2f} ({p['log_mstar']['lo']:.2f}-{p['log_mstar']['hi']:.2f}), "
-                   f"nearest cos {p['similarity']:.3f}{'  OUT OF DISTRIBUTION' if p['ood'] else ''}")
+        click.echo(
+            f"zero-shot prediction (k {p['k']} over the index's labelled training galaxies, 16th-84th "
+            f"percentile): z {p['redshift']['value']:.4f} ({p['redshift']['lo']:.4f}-{p['redshift']['hi']:.4f}), "
+            f"log M* {p['log_mstar']['value']:.2f} ({p['log_mstar']['lo']:.2f}-{p['log_mstar']['hi']:.2f}), "
+            f"nearest cos {p['similarity']:.3f}{'  OUT OF DISTRIBUTION' if p['ood'] else ''}"
+        )
     if plot is not None:
         click.echo(f"plot: {plot}")
 
 
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
-@click.option("--data", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="Survey file(s) or folder the thumbnails and spectra are read from [default: the files the "
-                   "index's store was extracted from]. Repeatable.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything but loopback exposes the service (it has no authentication).")
+@click.option(
+    "--data",
+    multiple=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="Survey file(s) or folder the thumbnails and spectra are read from [default: the files the "
+    "index's store was extracted from]. Repeatable.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback exposes the service (it has no authentication).",
+)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @user_errors
 def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None:
@@ -554,8 +891,9 @@ def serve(index_dir: Path, data: tuple[Path, ...], host: str, port: int) -> None
     sock = _bind(host, port)  # before anything is loaded or printed: a taken port is the one-line message
     service = load_service(index_dir, list(data) or None)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("binding %s: anyone who can reach this machine can use the service; it has no "
-                       "authentication", host)
+        logger.warning(
+            "binding %s: anyone who can reach this machine can use the service; it has no authentication", host
+        )
     shown = f"[{host}]" if ":" in host else host
     bound = sock.getsockname()[1]
     click.echo(f"galclip serve: http://{shown}:{bound}/  ({len(service.index)} galaxies; Ctrl-C stops)")
@@ -578,13 +916,18 @@ def _bind(host: str, port: int):
     except OSError as err:
         sock.close()
         if err.errno == errno.EADDRINUSE:
-            raise GalclipError(f"--port {port}: {host}:{port} is already in use (another 'galclip serve'?); pass "
-                               "another --port, or --port 0 for any free one") from err
+            raise GalclipError(
+                f"--port {port}: {host}:{port} is already in use (another 'galclip serve'?); pass "
+                "another --port, or --port 0 for any free one"
+            ) from err
         if err.errno in (errno.EACCES, errno.EPERM):
-            raise GalclipError(f"--port {port}: not allowed to listen there (ports below 1024 need root); pass a "
-                               "--port from 1024 up") from err
-        raise GalclipError(f"--host {host}: cannot listen on it ({err.strerror}); pass an address of this machine, "
-                           "e.g. --host 127.0.0.1") from err
+            raise GalclipError(
+                f"--port {port}: not allowed to listen there (ports below 1024 need root); pass a --port from 1024 up"
+            ) from err
+        raise GalclipError(
+            f"--host {host}: cannot listen on it ({err.strerror}); pass an address of this machine, "
+            "e.g. --host 127.0.0.1"
+        ) from err
     sock.listen(128)
     return sock
 
@@ -593,37 +936,110 @@ def _bind(host: str, port: int):
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--modality", type=click.Choice(["image", "spectrum", "auto"]), default="auto", show_default=True,
-              help="Predict from the images or the spectra; auto: whichever INPUT holds (images when both).")
-@click.option("-k", type=click.IntRange(min=1), default=16, show_default=True,
-              help="Neighbours among the labelled reference galaxies.")
-@click.option("--format", "fmt", type=click.Choice(["fits", "csv", "ecsv", "parquet"]), default=None,
-              help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits].")
-@click.option("--truth", type=click.Path(exists=True, path_type=Path), default=None,
-              help="True labels (PROVABGS-layout catalogue, or a feature store): also score the catalogue.")
-@click.option("--reference", type=click.Choice(["train", "all"]), default="train", show_default=True,
-              help="Reference galaxies: the labelled training split of INDEX's store, or every labelled galaxy.")
-@click.option("--work", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Feature store for INPUT's features (resumable) [default: OUT's stem + .features.zarr].")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for metrics.json (and the truth report) [default: OUT's stem + _report].")
-@click.option("--image-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The Stein checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).")
-@click.option("--spectrum-weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="The Spender checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).")
+@click.option(
+    "--modality",
+    type=click.Choice(["image", "spectrum", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Predict from the images or the spectra; auto: whichever INPUT holds (images when both).",
+)
+@click.option(
+    "-k",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Neighbours among the labelled reference galaxies.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["fits", "csv", "ecsv", "parquet"]),
+    default=None,
+    help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits].",
+)
+@click.option(
+    "--truth",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="True labels (PROVABGS-layout catalogue, or a feature store): also score the catalogue.",
+)
+@click.option(
+    "--reference",
+    type=click.Choice(["train", "all"]),
+    default="train",
+    show_default=True,
+    help="Reference galaxies: the labelled training split of INDEX's store, or every labelled galaxy.",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Feature store for INPUT's features (resumable) [default: OUT's stem + .features.zarr].",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for metrics.json (and the truth report) [default: OUT's stem + _report].",
+)
+@click.option(
+    "--image-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The Stein checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).",
+)
+@click.option(
+    "--spectrum-weights",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="The Spender checkpoint INDEX's store was extracted with, if it has moved (checked by SHA-256).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--rows-per-shard", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA].")
-@click.option("--bad-rows", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-              help="On a NaN/inf/blank input row: stop, or write it with NaN predictions and go on.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA].",
+)
+@click.option(
+    "--bad-rows",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="On a NaN/inf/blank input row: stop, or write it with NaN predictions and go on.",
+)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an OUT file galclip did not write, and write into a report "
-              "folder galclip did not make (only predict's own files are replaced).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an OUT file galclip did not write, and write into a report "
+    "folder galclip did not make (only predict's own files are replaced).",
+)
 @click.option("--no-progress", is_flag=True)
 @user_errors
-def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int, fmt, truth, reference: str, work,
-            report_dir, image_weights, spectrum_weights, batch_size, rows_per_shard, workers, bad_rows, device,
-            overwrite, no_progress) -> None:
+def predict(
+    index_dir: Path,
+    input_path: Path,
+    out: Path,
+    modality: str,
+    k: int,
+    fmt,
+    truth,
+    reference: str,
+    work,
+    report_dir,
+    image_weights,
+    spectrum_weights,
+    batch_size,
+    rows_per_shard,
+    workers,
+    bad_rows,
+    device,
+    overwrite,
+    no_progress,
+) -> None:
     """Zero-shot redshift and stellar-mass catalogue OUT for the galaxies in INPUT (survey files holding only
     images, only spectra, or both; or a feature store), from their nearest labelled neighbours in INDEX.
 
@@ -631,25 +1047,53 @@ def predict(index_dir: Path, input_path: Path, out: Path, modality: str, k: int,
     """
     from galclip.predict.run import predict_catalogue
 
-    _require_kinds("predict", [("INDEX", index_dir, INDEX_IN), ("INPUT", input_path, ("survey", "store")),
-                               ("OUT", out, _out_kinds("catalogue"))])
-    m = predict_catalogue(index_dir, input_path, out, modality=modality, k=k, fmt=fmt, truth=truth,
-                          reference=reference, work=work, report_dir=report_dir, image_weights=image_weights,
-                          spectrum_weights=spectrum_weights, device=device, batch_size=batch_size,
-                          rows_per_shard=rows_per_shard, num_workers=workers, bad_rows=bad_rows,
-                          progress=not no_progress, overwrite=overwrite)
+    _require_kinds(
+        "predict",
+        [
+            ("INDEX", index_dir, INDEX_IN),
+            ("INPUT", input_path, ("survey", "store")),
+            ("OUT", out, _out_kinds("catalogue")),
+        ],
+    )
+    m = predict_catalogue(
+        index_dir,
+        input_path,
+        out,
+        modality=modality,
+        k=k,
+        fmt=fmt,
+        truth=truth,
+        reference=reference,
+        work=work,
+        report_dir=report_dir,
+        image_weights=image_weights,
+        spectrum_weights=spectrum_weights,
+        device=device,
+        batch_size=batch_size,
+        rows_per_shard=rows_per_shard,
+        num_workers=workers,
+        bad_rows=bad_rows,
+        progress=not no_progress,
+        overwrite=overwrite,
+    )
     if "catalogue" not in m:  # a torchrun rank other than 0: it extracted its shards, rank 0 writes the catalogue
         return
-    click.echo(f"catalogue: {m['n_galaxies']} galaxies from their {m['modality']}s ({m['n_predicted']} predicted, "
-               f"{m['n_ood']} flagged out of distribution) -> {out}")
+    click.echo(
+        f"catalogue: {m['n_galaxies']} galaxies from their {m['modality']}s ({m['n_predicted']} predicted, "
+        f"{m['n_ood']} flagged out of distribution) -> {out}"
+    )
     t = m.get("truth")
     if t:
         z, ms = t["redshift"], t["log_mstar"]
-        f = lambda v, spec: "n/a" if v is None else format(v, spec)  # noqa: E731
-        click.echo(f"  redshift  σ_NMAD {f(z['sigma_nmad'], '.4f')}  η {f(z['outlier_fraction'], '.3f')}  "
-                   f"bias {f(z['bias'], '+.4f')}  coverage {f(z.get('coverage'), '.2f')} (n {z['n']})")
-        click.echo(f"  log M*    scatter {f(ms['scatter_nmad_dex'], '.3f')} dex  bias {f(ms['bias_dex'], '+.3f')} dex  "
-                   f"coverage {f(ms.get('coverage'), '.2f')} (n {ms['n']})")
+        f = lambda v, spec: "n/a" if v is None else format(v, spec)
+        click.echo(
+            f"  redshift  σ_NMAD {f(z['sigma_nmad'], '.4f')}  η {f(z['outlier_fraction'], '.3f')}  "
+            f"bias {f(z['bias'], '+.4f')}  coverage {f(z.get('coverage'), '.2f')} (n {z['n']})"
+        )
+        click.echo(
+            f"  log M*    scatter {f(ms['scatter_nmad_dex'], '.3f')} dex  bias {f(ms['bias_dex'], '+.3f')} dex  "
+            f"coverage {f(ms.get('coverage'), '.2f')} (n {ms['n']})"
+        )
         click.echo(f"report:  {Path(m['metrics_file']).parent / 'report.html'}")
     click.echo(f"metrics: {m['metrics_file']}")
 
@@ -666,8 +1110,11 @@ def _interrupted_extraction(store_path: Path) -> None:
         click.echo(f"\ninterrupted before {store_path} was created; nothing was written", err=True)
         sys.exit(130)
     done = int(store.complete_mask().sum())
-    click.echo(f"\ninterrupted: {done} of {store.n_shards} shards of {store_path} are complete and kept (only the "
-               f"shards in flight are redone). Resume with:\n  {resume_command(store)}", err=True)
+    click.echo(
+        f"\ninterrupted: {done} of {store.n_shards} shards of {store_path} are complete and kept (only the "
+        f"shards in flight are redone). Resume with:\n  {resume_command(store)}",
+        err=True,
+    )
     sys.exit(130)
 
 
@@ -682,10 +1129,12 @@ def _echo_targetids(store) -> None:
     labels, split = store.labels(), store.split()
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["targetid", "split", "redshift", "log_mstar"])
-    for tid, code, z, m in zip(store.targetids().tolist(), split.tolist(), labels["redshift"].tolist(),
-                               labels["log_mstar"].tolist()):
-        writer.writerow([tid, SPLIT_NAMES[code], "" if not np.isfinite(z) else f"{z:.6g}",
-                         "" if not np.isfinite(m) else f"{m:.4f}"])
+    for tid, code, z, m in zip(
+        store.targetids().tolist(), split.tolist(), labels["redshift"].tolist(), labels["log_mstar"].tolist()
+    ):
+        writer.writerow(
+            [tid, SPLIT_NAMES[code], "" if not np.isfinite(z) else f"{z:.6g}", "" if not np.isfinite(m) else f"{m:.4f}"]
+        )
 
 
 def _echo_summary(metrics: dict) -> None:
@@ -693,27 +1142,37 @@ def _echo_summary(metrics: dict) -> None:
     click.echo("zero-shot k-NN R²      redshift  log M*")
     for src in ("image", "spectrum", "cross", "raw_image", "raw_spectrum", "photometry"):
         row = r2.get(src, {})
-        fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"  # noqa: E731
+        fmt = lambda v: "   n/a" if v is None else f"{v:6.3f}"
         click.echo(f"  {src:<20} {fmt(row.get('redshift'))}  {fmt(row.get('log_mstar'))}")
     for target, entry in (metrics.get("zero_shot_best") or {}).items():
         click.echo(f"  best for {target}: {entry['best']}")
     for d in ("im2sp", "sp2im"):
         r = metrics.get("retrieval", {}).get(d, {})
         if r:
-            click.echo(f"  {d}: recall@1 {r['recall@1']:.3f}  recall@10 {r['recall@10']:.3f}  median rank {r['median_rank']:.0f}")
+            click.echo(
+                f"  {d}: recall@1 {r['recall@1']:.3f}  recall@10 {r['recall@10']:.3f}  "
+                f"median rank {r['median_rank']:.0f}"
+            )
 
 
 @main.command()
 @click.option("--pairs", "-n", type=click.IntRange(min=64), default=4000, show_default=True)
-@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("galclip-demo"), show_default=True)
+@click.option(
+    "--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("galclip-demo"), show_default=True
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--no-umap", is_flag=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Run in an OUT that is not an earlier demo's, provided each folder "
-              "the demo writes is missing or galclip's own output; nothing galclip did not write is deleted.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Run in an OUT that is not an earlier demo's, provided each folder "
+    "the demo writes is missing or galclip's own output; nothing galclip did not write is deleted.",
+)
 @user_errors
 def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int, overwrite: bool) -> None:
-    """mock -> extract -> heads -> evaluate -> index -> predict on a mock survey; prints the report and the serve command."""
+    """mock -> extract -> heads -> evaluate -> index -> predict on a mock survey; prints the report and the serve
+    command."""
     from galclip.demo import run_demo
 
     metrics = run_demo(pairs=pairs, out=out, epochs=epochs, umap=not no_umap, seed=seed, overwrite=overwrite)
@@ -724,9 +1183,11 @@ def demo(pairs: int, out: Path, epochs: int, no_umap: bool, seed: int, overwrite
     pred = metrics.get("predict")
     if pred:
         z = pred["truth"]["redshift"]
-        click.echo(f"\nzero-shot catalogue of {pred['n_galaxies']} image-only galaxies: {pred['catalogue']}\n"
-                   f"  redshift σ_NMAD {z['sigma_nmad']:.4f}, outliers η {z['outlier_fraction']:.3f}, coverage "
-                   f"{z['coverage']:.2f}; report {Path(pred['metrics_file']).parent / 'report.html'}")
+        click.echo(
+            f"\nzero-shot catalogue of {pred['n_galaxies']} image-only galaxies: {pred['catalogue']}\n"
+            f"  redshift σ_NMAD {z['sigma_nmad']:.4f}, outliers η {z['outlier_fraction']:.3f}, coverage "
+            f"{z['coverage']:.2f}; report {Path(pred['metrics_file']).parent / 'report.html'}"
+        )
     command = sys.argv[0] if sys.argv[0].endswith("galclip") else "galclip"  # as this demo was started
     click.echo(f"\nsearch in the browser:  {command} serve {out / 'index'}")
 

@@ -39,15 +39,21 @@ def clear_earlier_demo(out: Path, overwrite: bool = False) -> None:
     """Remove what an earlier demo wrote in ``out``, refusing first (with nothing removed) when ``out`` is not an
     earlier demo's folder (unless ``overwrite``), or when any folder the demo writes holds something galclip did
     not write there."""
-    from galclip.heads.train import HEADS_OUTPUT_NAMES
     from galclip.data.mock.survey import MOCK_NAMES
     from galclip.evaluate.pipeline import REPORT_NAMES
+    from galclip.heads.train import HEADS_OUTPUT_NAMES
     from galclip.index.build import INDEX_FILES
     from galclip.outputs import OutputExistsError, check_output_dir, owner
     from galclip.predict.run import PREDICT_NAMES
 
-    names = {"mock": MOCK_NAMES, "heads": HEADS_OUTPUT_NAMES, "evaluate": REPORT_NAMES, "index": INDEX_FILES,
-             "predict": PREDICT_NAMES, "store": ()}
+    names = {
+        "mock": MOCK_NAMES,
+        "heads": HEADS_OUTPUT_NAMES,
+        "evaluate": REPORT_NAMES,
+        "index": INDEX_FILES,
+        "predict": PREDICT_NAMES,
+        "store": (),
+    }
     if out.is_dir() and not overwrite and owner(out) is None and not is_legacy_demo(out):
         check_output_dir(out, "demo", (), overwrite, option="--out")  # refuses what it holds, by name
     check_output_dir(out, "demo", DEMO_PARTS, overwrite, option="--out")
@@ -64,8 +70,10 @@ def clear_earlier_demo(out: Path, overwrite: bool = False) -> None:
             continue
         problem = _part_problem(path, command, names[command])
         if problem:
-            raise OutputExistsError(f"{path}: {problem}; the demo replaces {part} and never deletes what galclip did "
-                                    "not write. Move it out, or choose another --out")
+            raise OutputExistsError(
+                f"{path}: {problem}; the demo replaces {part} and never deletes what galclip did "
+                "not write. Move it out, or choose another --out"
+            )
         doomed.append(path)
     for path in doomed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -81,12 +89,27 @@ def is_legacy_demo(out: Path) -> bool:
     return (out / "heldout").is_dir() and (out / "predict").is_dir() and not foreign_entries(out, DEMO_PARTS)
 
 
-DEMO_PARTS = {"data": "mock", "features.zarr": "store", "features.zarr.lock": "lock", "heads": "heads",
-              "report": "evaluate", "index": "index", "heldout": "mock", "predict": "predict"}
+DEMO_PARTS = {
+    "data": "mock",
+    "features.zarr": "store",
+    "features.zarr.lock": "lock",
+    "heads": "heads",
+    "report": "evaluate",
+    "index": "index",
+    "heldout": "mock",
+    "predict": "predict",
+}
 
 
-def run_demo(pairs: int, out: str | Path, epochs: int = 80, umap: bool = True, seed: int = 0, progress: bool = True,
-             overwrite: bool = False) -> dict:
+def run_demo(
+    pairs: int,
+    out: str | Path,
+    epochs: int = 80,
+    umap: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Run every stage into ``out`` (data/, features.zarr, heads/, report/, index/, then heldout/ and predict/: a
     zero-shot catalogue of image-only galaxies scored against their truth); returns the metrics, with the
     catalogue's under "predict".
@@ -117,8 +140,13 @@ def _stages(out: Path, pairs: int, epochs: int, umap: bool, seed: int, progress:
     from galclip.index.build import build_indexes
     from galclip.predict.run import predict_catalogue
 
-    data, store, heads, report, index = (out / "data", out / "features.zarr", out / "heads", out / "report",
-                                         out / "index")
+    data, store, heads, report, index = (
+        out / "data",
+        out / "features.zarr",
+        out / "heads",
+        out / "report",
+        out / "index",
+    )
     heldout, predicted = out / "heldout", out / "predict"
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -133,7 +161,9 @@ def _stages(out: Path, pairs: int, epochs: int, umap: bool, seed: int, progress:
     train_heads(store, heads, HeadConfig(epochs=epochs, seed=seed), progress=progress)
     timings["heads"] = time.perf_counter() - t
 
-    metrics = evaluate_store(store, heads, report, EvalConfig(umap=umap, seed=seed), extra_metrics={"timings_s": timings})
+    metrics = evaluate_store(
+        store, heads, report, EvalConfig(umap=umap, seed=seed), extra_metrics={"timings_s": timings}
+    )
 
     t = time.perf_counter()  # for 'galclip serve' and galclip.open_index; after evaluate, so metrics.json is as before
     build_indexes(store, heads, index, seed=seed, progress=progress, embedding_map=umap)
@@ -142,11 +172,20 @@ def _stages(out: Path, pairs: int, epochs: int, umap: bool, seed: int, progress:
     # the use AstroCLIP is for: galaxies with only an image, catalogued from their labelled neighbours
     t = time.perf_counter()
     generate_mock(MockConfig(pairs=heldout_pairs(pairs), seed=seed + 1000, modality="image"), heldout)
-    result = predict_catalogue(index, heldout, predicted / "catalogue.fits", truth=heldout / "provabgs.h5",
-                               work=predicted / "features.zarr", report_dir=predicted, seed=seed, progress=progress)
+    result = predict_catalogue(
+        index,
+        heldout,
+        predicted / "catalogue.fits",
+        truth=heldout / "provabgs.h5",
+        work=predicted / "features.zarr",
+        report_dir=predicted,
+        seed=seed,
+        progress=progress,
+    )
     metrics["timings_s"]["predict"] = time.perf_counter() - t
-    metrics["predict"] = {key: result[key] for key in ("catalogue", "n_galaxies", "n_predicted", "n_ood", "truth",
-                                                       "metrics_file")}
+    metrics["predict"] = {
+        key: result[key] for key in ("catalogue", "n_galaxies", "n_predicted", "n_ood", "truth", "metrics_file")
+    }
     return metrics
 
 

@@ -18,8 +18,9 @@ from galclip.index.search import Index
 logger = logging.getLogger(__name__)
 
 
-def embed_survey_pair(index: Index, data: str | Path, targetid: int,
-                      device: str = "auto") -> tuple[dict[str, np.ndarray], float | None]:
+def embed_survey_pair(
+    index: Index, data: str | Path, targetid: int, device: str = "auto"
+) -> tuple[dict[str, np.ndarray], float | None]:
     """Embed the pair ``targetid`` of a survey file (in the index's store or not) as the index was built.
 
     Returns ({"image": (1, 128), "spectrum": (1, 128)} float32 unit vectors, the pair's survey redshift or None).
@@ -47,18 +48,33 @@ def embed_survey_pair(index: Index, data: str | Path, targetid: int,
         code = int(bad_row_codes(batch.image, batch.spectrum)[0])
         if code:
             raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
-    feats = Encoders(config, resolve_device(device))(torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum),
-                                                     batch.targetid)
+    feats = Encoders(config, resolve_device(device))(
+        torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum), batch.targetid
+    )
     heads, _ = load_heads(heads_file, store)
     vectors = {m: l2_normalise(heads.embed_modality(m, feats[f"{m}_features"])) for m in ("image", "spectrum")}
     z = float(batch.redshift[0])
     return vectors, (z if np.isfinite(z) else None)
 
 
-def search_survey_pair(index: Index, data: str | Path, targetid: int, query: str = "image", target: str = "image",
-                       k: int = 5, device: str = "auto") -> dict:
+def search_survey_pair(
+    index: Index,
+    data: str | Path,
+    targetid: int,
+    query: str = "image",
+    target: str = "image",
+    k: int = 5,
+    device: str = "auto",
+) -> dict:
     """``Index.search`` for a pair read from the survey file ``data`` and embedded here: the same records, with
     ``query.source`` the file."""
     vectors, survey_redshift = embed_survey_pair(index, data, targetid, device)
-    return index.search(targetid, query=query, target=target, k=k, vector=vectors[query], source=str(data),
-                        survey_redshift=survey_redshift)
+    return index.search(
+        targetid,
+        query=query,
+        target=target,
+        k=k,
+        vector=vectors[query],
+        source=str(data),
+        survey_redshift=survey_redshift,
+    )

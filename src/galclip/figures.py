@@ -95,8 +95,14 @@ def plot_photoz(panels: Mapping[str, Mapping[str, np.ndarray]], path: Path | str
             ax.errorbar(true[show], pred[show], yerr=yerr, fmt="none", ecolor="0.8", elinewidth=0.6, zorder=1)
             ax.scatter(true[~outlier], pred[~outlier], s=6, alpha=0.6, color="C0", zorder=2, label="galaxies")
             if outlier.any():
-                ax.scatter(true[outlier], pred[outlier], s=14, color="C3", zorder=3,
-                           label=f"outliers ({int(outlier.sum())}: |Δz|/(1+z) > 0.15)")
+                ax.scatter(
+                    true[outlier],
+                    pred[outlier],
+                    s=14,
+                    color="C3",
+                    zorder=3,
+                    label=f"outliers ({int(outlier.sum())}: |Δz|/(1+z) > 0.15)",
+                )
             lo, hi = float(np.nanmin([true.min(), pred.min()])), float(np.nanmax([true.max(), pred.max()]))
             ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, zorder=4)
             if label == "redshift":

@@ -32,8 +32,11 @@ def table(title: str, row_names: list[str], columns: list[str], cells: Mapping, 
     """An <h2> title and a table with rows ``row_names`` and columns ``columns`` read from cells[row][col]."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ["", *columns])
     body = "".join(
-        "<tr><td>" + html.escape(r) + "</td>"
-        + "".join(f"<td>{cell((cells.get(r) or {}).get(c), spec)}</td>" for c in columns) + "</tr>"
+        "<tr><td>"
+        + html.escape(r)
+        + "</td>"
+        + "".join(f"<td>{cell((cells.get(r) or {}).get(c), spec)}</td>" for c in columns)
+        + "</tr>"
         for r in row_names
     )
     return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
@@ -42,11 +45,15 @@ def table(title: str, row_names: list[str], columns: list[str], cells: Mapping, 
 def figure(name: str, png: Path) -> str:
     """A PNG file inlined as a <figure> with its name as caption."""
     data = base64.b64encode(Path(png).read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(name)}</figcaption></figure>\n")
+    return (
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(name)}</figcaption></figure>\n"
+    )
 
 
 def page(title: str, body: str) -> str:
     """A whole HTML document: ``title`` as <title> and <h1>, then ``body`` (HTML)."""
-    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n{body}</body></html>\n"
+    )

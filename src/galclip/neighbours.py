@@ -200,8 +200,9 @@ def weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> np.n
     return out
 
 
-def knn_interval(nn_dist: np.ndarray, nn_y: np.ndarray, lower: float = 0.16,
-                 upper: float = 0.84) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def knn_interval(
+    nn_dist: np.ndarray, nn_y: np.ndarray, lower: float = 0.16, upper: float = 0.84
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distance-weighted k-NN estimate and its interval: (m, k) distances and neighbour targets ->
     (mean, lo, hi), each (m,) float64; lo and hi are the neighbours' weighted ``lower`` and ``upper`` quantiles
     (the 16th and 84th percentiles by default, ±1σ for a Gaussian)."""
@@ -233,14 +234,19 @@ def zero_shot_split(labels: dict[str, np.ndarray], test_fraction: float, seed: i
     return labelled[train_pos], labelled[test_pos]
 
 
-def embedding_sources(emb_image: np.ndarray, emb_spectrum: np.ndarray, train: np.ndarray,
-                      test: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def embedding_sources(
+    emb_image: np.ndarray, emb_spectrum: np.ndarray, train: np.ndarray, test: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """k-NN sources from (n, 128) L2-normalised embeddings: name -> (fit rows, query rows).
 
     "cross" fits on spectrum embeddings and queries with images (the image-only use case);
     "cross_sp2im" is the reverse."""
-    return {"image": (emb_image[train], emb_image[test]), "spectrum": (emb_spectrum[train], emb_spectrum[test]),
-            "cross": (emb_spectrum[train], emb_image[test]), "cross_sp2im": (emb_image[train], emb_spectrum[test])}
+    return {
+        "image": (emb_image[train], emb_image[test]),
+        "spectrum": (emb_spectrum[train], emb_spectrum[test]),
+        "cross": (emb_spectrum[train], emb_image[test]),
+        "cross_sp2im": (emb_image[train], emb_spectrum[test]),
+    }
 
 
 def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -271,12 +277,22 @@ def zero_shot_table(
     fewer than k + 1 labelled fit rows (or no labelled query) has r2 NaN and empty arrays for every
     source, with one warning per call naming the targets.
     """
-    targets = {name: (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for name, (a, b) in targets.items()}
-    too_few = {name: (int(np.isfinite(a).sum()), int(np.isfinite(b).sum())) for name, (a, b) in targets.items()
-               if np.isfinite(a).sum() < k + 1 or np.isfinite(b).sum() < 1}
+    targets = {
+        name: (np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for name, (a, b) in targets.items()
+    }
+    too_few = {
+        name: (int(np.isfinite(a).sum()), int(np.isfinite(b).sum()))
+        for name, (a, b) in targets.items()
+        if np.isfinite(a).sum() < k + 1 or np.isfinite(b).sum() < 1
+    }
     if too_few:  # evaluate and the sweep say why once, with what is needed (zero_shot_shortfall)
-        logger.debug("zero-shot k-NN at k=%d: too few labelled rows for %s (fit rows, query rows: %s; needs more than "
-                       "k fit rows); R² recorded as NaN", k, ", ".join(too_few), ", ".join(map(str, too_few.values())))
+        logger.debug(
+            "zero-shot k-NN at k=%d: too few labelled rows for %s (fit rows, query rows: %s; needs more than "
+            "k fit rows); R² recorded as NaN",
+            k,
+            ", ".join(too_few),
+            ", ".join(map(str, too_few.values())),
+        )
     table: dict[str, dict[str, dict]] = {}
     for s_name, (train_x, query_x) in sources.items():
         table[s_name] = {}
@@ -284,8 +300,13 @@ def zero_shot_table(
             if len(train_y) != len(train_x) or len(test_y) != len(query_x):
                 raise ValueError(f"source {s_name!r} and target {t_name!r} have different row counts")
             if t_name in too_few:
-                table[s_name][t_name] = {"r2": float("nan"), "pred": np.empty(0), "true": np.empty(0),
-                                         "lo": np.empty(0), "hi": np.empty(0)}
+                table[s_name][t_name] = {
+                    "r2": float("nan"),
+                    "pred": np.empty(0),
+                    "true": np.empty(0),
+                    "lo": np.empty(0),
+                    "hi": np.empty(0),
+                }
                 continue
             fit, ask = np.isfinite(train_y), np.isfinite(test_y)
             nn_dist, nn_idx = knn_neighbours(np.asarray(train_x)[fit], np.asarray(query_x)[ask], k)
@@ -312,13 +333,20 @@ def zero_shot_shortfall(labels: dict[str, np.ndarray], config, test_fraction: fl
     labelled = int(np.any([np.isfinite(y) for y in labels.values()], axis=0).sum())
     needed = math.ceil((config.k + 1) / (1 - config.knn_test_fraction))
     share = labelled / n if n else 0.0
-    pairs = f", about {math.ceil(needed / (test_fraction * share)):,} pairs in all at this store's test fraction " \
-            f"({test_fraction:g}) and labelled share ({share:.0%})" if share > 0 else ""
+    pairs = (
+        f", about {math.ceil(needed / (test_fraction * share)):,} pairs in all at this store's test fraction "
+        f"({test_fraction:g}) and labelled share ({share:.0%})"
+        if share > 0
+        else ""
+    )
     max_k = max(min(fit.values()) - 1, 0)
-    note = (f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
-            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
-            f"{pairs}; or use -k {max_k} or less" if max_k >= 1 else
-            f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
-            f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
-            f"{pairs}")
+    note = (
+        f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+        f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+        f"{pairs}; or use -k {max_k} or less"
+        if max_k >= 1
+        else f"zero-shot R² needs more than k = {config.k} labelled pairs in the k-NN's fit half: the test split has "
+        f"{labelled} labelled pair(s), the fit half {min(fit.values())}. It needs {needed} labelled test pairs"
+        f"{pairs}"
+    )
     return {"fit_rows": fit, "needed_labelled": needed, "max_k": max_k, "note": note}

@@ -53,9 +53,11 @@ def foreign_entries(path: str | Path, names: Iterable[str]) -> list[str]:
     """Entries of folder ``path`` that are none of ``names`` (file names or glob patterns), the marker or a
     temporary of galclip's, sorted."""
     patterns = list(names)
-    return sorted(e.name for e in Path(path).iterdir()
-                  if e.name != MARKER and not is_temporary(e.name)
-                  and not any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
+    return sorted(
+        e.name
+        for e in Path(path).iterdir()
+        if e.name != MARKER and not is_temporary(e.name) and not any(fnmatch.fnmatchcase(e.name, p) for p in patterns)
+    )
 
 
 def is_own_output(path: str | Path, command: str, names: Iterable[str]) -> bool:
@@ -77,16 +79,18 @@ def _listing(path: Path, limit: int = 5) -> str:
     return ", ".join(entries[:limit]) + more
 
 
-def check_output_dir(path: str | Path, command: str, names: Iterable[str], overwrite: bool = False,
-                     option: str = "OUT") -> None:
+def check_output_dir(
+    path: str | Path, command: str, names: Iterable[str], overwrite: bool = False, option: str = "OUT"
+) -> None:
     """Refuse ``path`` as ``command``'s output folder unless it is missing, empty, ``command``'s own earlier output,
     or ``overwrite`` is given; the message names what the folder holds and the fix. Writes nothing."""
     path = Path(path)
     if not path.exists():
         return
     if not path.is_dir():
-        raise OutputExistsError(f"{path}: is a file, but {option} of 'galclip {command}' is a folder; choose a new "
-                                "folder name")
+        raise OutputExistsError(
+            f"{path}: is a file, but {option} of 'galclip {command}' is a folder; choose a new folder name"
+        )
     if not any(not is_temporary(e.name) for e in path.iterdir()):
         return
     if is_own_output(path, command, names) or overwrite:
@@ -96,13 +100,14 @@ def check_output_dir(path: str | Path, command: str, names: Iterable[str], overw
     raise OutputExistsError(
         f"{path}: already holds {what}; 'galclip {command}' writes only into a new or empty folder or its own "
         f"earlier output. Choose another {option}, or pass --overwrite to write into it anyway (only the files "
-        f"'galclip {command}' writes are replaced; nothing else is deleted)")
+        f"'galclip {command}' writes are replaced; nothing else is deleted)"
+    )
 
 
 def write_marker(path: str | Path, command: str) -> None:
     """Mark folder ``path`` as ``command``'s output."""
-    from galclip.version import __version__
     from galclip.atomic import atomic_write_text
+    from galclip.version import __version__
 
     atomic_write_text(json.dumps({"command": command, "galclip": __version__}) + "\n", Path(path) / MARKER)
 
@@ -120,8 +125,9 @@ def remove_if_unused(path: str | Path) -> bool:
 
 
 @contextmanager
-def output_dir(path: str | Path, command: str, names: Iterable[str], overwrite: bool = False,
-               option: str = "OUT") -> Iterator[Path]:
+def output_dir(
+    path: str | Path, command: str, names: Iterable[str], overwrite: bool = False, option: str = "OUT"
+) -> Iterator[Path]:
     """Claim ``path`` for ``command`` (:func:`check_output_dir`), create and mark it, and yield it. If the run fails
     and this call created the folder, it is removed again when nothing was written into it."""
     path = Path(path)

@@ -42,40 +42,51 @@ def coverage(true: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
     return float(np.mean((lo <= true) & (true <= hi))) if true.size else float("nan")
 
 
-def redshift_metrics(z_true: np.ndarray, z_pred: np.ndarray, lo: np.ndarray | None = None,
-                     hi: np.ndarray | None = None) -> dict:
+def redshift_metrics(
+    z_true: np.ndarray, z_pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None
+) -> dict:
     """σ_NMAD, η, bias (median and mean of dz) and, given (n,) lo and hi, the interval coverage of (n,) redshift
     predictions; rows where any input is NaN are left out and counted in ``n``."""
     keep = _finite(z_true, z_pred, lo, hi)
     t, p = np.asarray(z_true, np.float64)[keep], np.asarray(z_pred, np.float64)[keep]
     dz = (p - t) / (1.0 + t)
-    out = {"n": int(keep.sum()), "sigma_nmad": nmad(dz),
-           "outlier_fraction": float(np.mean(np.abs(dz) > OUTLIER_DZ)) if dz.size else float("nan"),
-           "bias": float(np.median(dz)) if dz.size else float("nan"),
-           "mean_bias": float(np.mean(dz)) if dz.size else float("nan")}
+    out = {
+        "n": int(keep.sum()),
+        "sigma_nmad": nmad(dz),
+        "outlier_fraction": float(np.mean(np.abs(dz) > OUTLIER_DZ)) if dz.size else float("nan"),
+        "bias": float(np.median(dz)) if dz.size else float("nan"),
+        "mean_bias": float(np.mean(dz)) if dz.size else float("nan"),
+    }
     if lo is not None and hi is not None:
         out["coverage"] = coverage(t, np.asarray(lo, np.float64)[keep], np.asarray(hi, np.float64)[keep])
         out["nominal_coverage"] = NOMINAL_INTERVAL
     return out
 
 
-def mass_metrics(true: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> dict:
+def mass_metrics(
+    true: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None
+) -> dict:
     """Scatter (NMAD and standard deviation) and median bias in dex of (n,) log M* predictions, and the
     interval coverage given lo and hi; NaN rows are left out."""
     keep = _finite(true, pred, lo, hi)
     d = np.asarray(pred, np.float64)[keep] - np.asarray(true, np.float64)[keep]
-    out = {"n": int(keep.sum()), "scatter_nmad_dex": nmad(d),
-           "scatter_std_dex": float(np.std(d)) if d.size else float("nan"),
-           "bias_dex": float(np.median(d)) if d.size else float("nan")}
+    out = {
+        "n": int(keep.sum()),
+        "scatter_nmad_dex": nmad(d),
+        "scatter_std_dex": float(np.std(d)) if d.size else float("nan"),
+        "bias_dex": float(np.median(d)) if d.size else float("nan"),
+    }
     if lo is not None and hi is not None:
-        out["coverage"] = coverage(np.asarray(true, np.float64)[keep], np.asarray(lo, np.float64)[keep],
-                                   np.asarray(hi, np.float64)[keep])
+        out["coverage"] = coverage(
+            np.asarray(true, np.float64)[keep], np.asarray(lo, np.float64)[keep], np.asarray(hi, np.float64)[keep]
+        )
         out["nominal_coverage"] = NOMINAL_INTERVAL
     return out
 
 
-def label_metrics(label: str, true: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None,
-                  hi: np.ndarray | None = None) -> dict:
+def label_metrics(
+    label: str, true: np.ndarray, pred: np.ndarray, lo: np.ndarray | None = None, hi: np.ndarray | None = None
+) -> dict:
     """The field's measures for ``label`` ("redshift" or "log_mstar")."""
     return (redshift_metrics if label == "redshift" else mass_metrics)(true, pred, lo, hi)
 

@@ -39,15 +39,24 @@ class LogProgress:
         rate = done / max(now - self._t0, 1e-9)
         eta = (self.total - self.n) / rate if rate > 0 else float("inf")
         eta_text = f"ETA {eta:.0f} s" if eta != float("inf") else "ETA ?"
-        logger.info("%s: %d/%d %s (%.1f %s/s, %s)%s", self.desc, self.n, self.total, self.unit, rate, self.unit,
-                    eta_text, f" {self._postfix}" if self._postfix else "")
+        logger.info(
+            "%s: %d/%d %s (%.1f %s/s, %s)%s",
+            self.desc,
+            self.n,
+            self.total,
+            self.unit,
+            rate,
+            self.unit,
+            eta_text,
+            f" {self._postfix}" if self._postfix else "",
+        )
 
     def close(self) -> None:
         if self.n > self._start_n:
             self._log(time.perf_counter())
         self._start_n = self.n  # a second close logs nothing
 
-    def __enter__(self) -> "LogProgress":
+    def __enter__(self) -> LogProgress:
         return self
 
     def __exit__(self, *exc) -> None:

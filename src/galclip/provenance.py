@@ -28,8 +28,12 @@ def code_version() -> str:
     """Package version plus the git commit of the source tree when there is one."""
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
@@ -53,8 +57,10 @@ def resolve_device(name: str = "auto"):
     if match is None:
         raise GalclipError(f"--device {name}: not a device galclip runs on; use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
-        raise GalclipError(f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
-                           "(or auto, which picks a GPU when there is one)")
+        raise GalclipError(
+            f"--device {name}: this machine has no CUDA GPU that torch can use; use --device cpu "
+            "(or auto, which picks a GPU when there is one)"
+        )
     count = torch.cuda.device_count()
     if match.group(1) is not None and int(match.group(1)) >= count:
         raise GalclipError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")

@@ -40,12 +40,15 @@ def targetid_uniform(targetid: np.ndarray, salt: int = 0) -> np.ndarray:
     return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-def assign_split(targetid: np.ndarray, test_fraction: float = TEST_FRACTION,
-                 selection_fraction: float = SELECTION_FRACTION) -> np.ndarray:
+def assign_split(
+    targetid: np.ndarray, test_fraction: float = TEST_FRACTION, selection_fraction: float = SELECTION_FRACTION
+) -> np.ndarray:
     """(n,) int64 targetids -> (n,) uint8 split codes: 0 train, 1 test, 2 selection."""
     if not 0.0 < test_fraction < 1.0 or not 0.0 <= selection_fraction < 1.0 - test_fraction:
-        raise ValueError(f"test_fraction must be in (0, 1) and selection_fraction in [0, 1 - test_fraction), got "
-                         f"{test_fraction} and {selection_fraction}")
+        raise ValueError(
+            f"test_fraction must be in (0, 1) and selection_fraction in [0, 1 - test_fraction), got "
+            f"{test_fraction} and {selection_fraction}"
+        )
     u = targetid_uniform(targetid)
     codes = np.full(len(u), TRAIN, np.uint8)
     codes[u < test_fraction + selection_fraction] = SELECTION

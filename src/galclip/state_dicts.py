@@ -16,23 +16,26 @@ def read_checkpoint(path: Path, what: str, error: type[Exception], hint: str = "
     ``hint`` (the fix)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+    except Exception as err:
         raise error(f"{path}: cannot read the {what} ({err}){'; ' + hint if hint else ''}") from err
 
 
 def with_prefix(state: dict, prefix: str) -> dict:
     """The entries of ``state`` whose key starts with ``prefix``, the prefix removed."""
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def load_exactly(model: torch.nn.Module, state: dict, path: Path, what: str, error: type[Exception],
-                 shown: int = 10) -> None:
+def load_exactly(
+    model: torch.nn.Module, state: dict, path: Path, what: str, error: type[Exception], shown: int = 10
+) -> None:
     """Load ``state`` into ``model`` strictly; keys that differ are ``error`` naming the file, ``what`` the keys
     should match, and up to ``shown`` missing and unexpected keys."""
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        more = lambda keys: " …" if len(keys) > shown else ""  # noqa: E731
-        raise error(f"{path}: keys do not match {what}: missing {missing[:shown]}{more(missing)}, "
-                    f"unexpected {unexpected[:shown]}{more(unexpected)}")
+        more = lambda keys: " …" if len(keys) > shown else ""
+        raise error(
+            f"{path}: keys do not match {what}: missing {missing[:shown]}{more(missing)}, "
+            f"unexpected {unexpected[:shown]}{more(unexpected)}"
+        )
     model.load_state_dict(state, strict=True)

@@ -14,10 +14,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from galclip.targetids import lookup
-
 from galclip.data.layout import CATALOGUE_COLUMNS
 from galclip.errors import InputError
+from galclip.targetids import lookup
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,9 @@ def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
                     break
             if not columns:
                 present = sorted(f.keys()) + [f"{t}.{n}" for t in tables for n in f[t].dtype.names]
-                missing = [c for c in CATALOGUE_COLUMNS if c not in present and not any(p.endswith("." + c) for p in present)]
+                missing = [
+                    c for c in CATALOGUE_COLUMNS if c not in present and not any(p.endswith("." + c) for p in present)
+                ]
                 raise InputError(
                     f"{path}: catalogue lacks column(s) {missing}; a PROVABGS catalogue needs "
                     f"{list(CATALOGUE_COLUMNS)} (found {present[:20]})"
@@ -74,7 +75,9 @@ def apply_cuts(columns: dict[str, np.ndarray]) -> np.ndarray:
     return keep
 
 
-def join_columns(targetid: np.ndarray, path: str | Path, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], Labels]:
+def join_columns(
+    targetid: np.ndarray, path: str | Path, names: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], Labels]:
     """Catalogue columns ``names`` for survey rows (n,) int64, after the cuts: (name -> (n,) float64, NaN where a
     galaxy has no row, and the match counts as :class:`Labels` with the redshift and log M* labels)."""
     columns = read_catalogue(path)
@@ -101,8 +104,13 @@ def join_columns(targetid: np.ndarray, path: str | Path, names: tuple[str, ...])
         out[hit] = np.asarray(columns[name])[keep][pos[hit]]
         return out
 
-    labels = Labels(joined("Z_HP", np.float32), joined("PROVABGS_LOGMSTAR_BF", np.float32), len(keep),
-                    int(keep.sum()), int(hit.sum()))
+    labels = Labels(
+        joined("Z_HP", np.float32),
+        joined("PROVABGS_LOGMSTAR_BF", np.float32),
+        len(keep),
+        int(keep.sum()),
+        int(hit.sum()),
+    )
     if labels.n_matched == 0 and len(targetid):
         raise InputError(
             f"{path}: none of the {len(targetid)} survey targetids (e.g. {int(targetid[0])}) is among its "
@@ -117,7 +125,11 @@ def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
     _, labels = join_columns(targetid, path, ())
     logger.info(
         "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs",
-        path, labels.n_catalogue, labels.n_after_cuts, labels.n_matched, len(targetid),
+        path,
+        labels.n_catalogue,
+        labels.n_after_cuts,
+        labels.n_matched,
+        len(targetid),
     )
     return labels
 

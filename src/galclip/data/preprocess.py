@@ -40,7 +40,7 @@ def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, size, size), the central pixels (Stein's CenterCrop)."""
     h, w = x.shape[-2:]
     top, left = h // 2 - size // 2, w // 2 - size // 2
-    return x[..., top:top + size, left:left + size]
+    return x[..., top : top + size, left : left + size]
 
 
 def grz_to_rgb(x: torch.Tensor, variant: str = "lupton") -> torch.Tensor:
@@ -64,8 +64,9 @@ def grz_to_rgb(x: torch.Tensor, variant: str = "lupton") -> torch.Tensor:
     return out.clamp(0.0, 1.0)
 
 
-def preprocess_images(images_whc: np.ndarray | torch.Tensor, crop: int, variant: str,
-                      orientation: str = "survey") -> torch.Tensor:
+def preprocess_images(
+    images_whc: np.ndarray | torch.Tensor, crop: int, variant: str, orientation: str = "survey"
+) -> torch.Tensor:
     """Survey cutouts (B, 152, 152, 3) -> encoder input (B, 3, crop, crop) RGB in [0, 1]."""
     return grz_to_rgb(centre_crop(images_to_chw(images_whc, orientation), crop), variant)
 

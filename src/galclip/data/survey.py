@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -74,12 +74,16 @@ def _check_segment(path: Path, name: str, node: h5py.Group) -> tuple[int, tuple[
     both; every dataset it holds must have one row per targetid."""
     label = f"{path}:{name or '/'}"
     if "targetid" not in node:
-        raise InputError(f"{label}: missing dataset(s) ['targetid']; an AstroCLIP survey group needs "
-                         f"{list(SURVEY_DATASETS)} ('image' or 'spectrum' alone for single-modality galaxies)")
+        raise InputError(
+            f"{label}: missing dataset(s) ['targetid']; an AstroCLIP survey group needs "
+            f"{list(SURVEY_DATASETS)} ('image' or 'spectrum' alone for single-modality galaxies)"
+        )
     modalities = tuple(m for m in MODALITY_DATASETS if m in node)
     if not modalities:
-        raise InputError(f"{label}: holds neither 'image' nor 'spectrum' (only {sorted(node.keys())}); a survey "
-                         "group needs the (152, 152, 3) g,r,z images, the (7781, 1) spectra, or both")
+        raise InputError(
+            f"{label}: holds neither 'image' nor 'spectrum' (only {sorted(node.keys())}); a survey "
+            "group needs the (152, 152, 3) g,r,z images, the (7781, 1) spectra, or both"
+        )
     n = node["targetid"].shape[0]
     for d in (*modalities, *(["redshift"] if "redshift" in node else [])):
         if node[d].shape[0] != n:
@@ -119,8 +123,10 @@ class SurveyReader:
             except OSError as err:
                 raise InputError(f"{path}: not a readable HDF5 file ({err}); re-download or regenerate it") from err
             with handle as f:
-                names = [""] if "targetid" in f else sorted(
-                    (k for k in f.keys() if isinstance(f[k], h5py.Group)), key=_group_sort_key
+                names = (
+                    [""]
+                    if "targetid" in f
+                    else sorted((k for k in f.keys() if isinstance(f[k], h5py.Group)), key=_group_sort_key)
                 )
                 if not names:
                     raise InputError(f"{path}: no survey groups or datasets found")
@@ -131,19 +137,24 @@ class SurveyReader:
                         raise InputError(
                             f"{path}:{name or '/'}: missing dataset(s) {lacking}; it holds only {list(modalities)}. "
                             "Extraction and training need image-spectrum pairs; for galaxies with only an image or "
-                            "only a spectrum use 'galclip predict'")
+                            "only a spectrum use 'galclip predict'"
+                        )
                     held &= set(modalities)
                     segments.append(Segment(str(path), name, n, offset))
                     offset += n
         self.segments: tuple[Segment, ...] = tuple(segments)
         self.n_rows = offset
         if segments and not held:
-            raise InputError(f"{', '.join(map(str, self.files))}: no modality is held by every group (some hold only "
-                             "images, others only spectra); predict them in separate runs, one file set per modality")
+            raise InputError(
+                f"{', '.join(map(str, self.files))}: no modality is held by every group (some hold only "
+                "images, others only spectra); predict them in separate runs, one file set per modality"
+            )
         self.modalities: tuple[str, ...] = tuple(m for m in MODALITY_DATASETS if m in held)
         if offset == 0:
-            raise InputError(f"{', '.join(map(str, self.files))}: no galaxies (every image/spectrum/targetid group "
-                             "has 0 rows); point galclip at the survey file(s) that hold the pairs")
+            raise InputError(
+                f"{', '.join(map(str, self.files))}: no galaxies (every image/spectrum/targetid group "
+                "has 0 rows); point galclip at the survey file(s) that hold the pairs"
+            )
         self._handles: dict[str, h5py.File] = {}
 
     def locate(self, row: int) -> str:
@@ -155,8 +166,11 @@ class SurveyReader:
 
     def targetids(self) -> np.ndarray:
         """All targetids in survey order: (n_rows,) int64. Duplicates are an error."""
-        ids = np.concatenate([self._node(s)["targetid"][:].astype(np.int64) for s in self.segments]) \
-            if self.segments else np.zeros(0, np.int64)
+        ids = (
+            np.concatenate([self._node(s)["targetid"][:].astype(np.int64) for s in self.segments])
+            if self.segments
+            else np.zeros(0, np.int64)
+        )
         uniq, counts = np.unique(ids, return_counts=True)
         dup = uniq[counts > 1]
         if dup.size:
@@ -178,7 +192,11 @@ class SurveyReader:
 
     def _redshift(self, seg: Segment, a: int, b: int) -> np.ndarray:
         node = self._node(seg)
-        return node["redshift"][a:b].astype(np.float32, copy=False) if "redshift" in node else np.full(b - a, np.nan, np.float32)
+        return (
+            node["redshift"][a:b].astype(np.float32, copy=False)
+            if "redshift" in node
+            else np.full(b - a, np.nan, np.float32)
+        )
 
     def _node(self, seg: Segment) -> h5py.Group:
         handle = self._handles.get(seg.path)
@@ -197,8 +215,11 @@ class SurveyReader:
                 parts.append(
                     SurveyBatch(
                         image=node["image"][a:b].astype(np.float32, copy=False) if "image" in self.modalities else None,
-                        spectrum=(node["spectrum"][a:b].reshape(b - a, -1).astype(np.float32, copy=False)
-                                  if "spectrum" in self.modalities else None),
+                        spectrum=(
+                            node["spectrum"][a:b].reshape(b - a, -1).astype(np.float32, copy=False)
+                            if "spectrum" in self.modalities
+                            else None
+                        ),
                         redshift=self._redshift(seg, a, b),
                         targetid=node["targetid"][a:b].astype(np.int64, copy=False),
                     )
@@ -207,10 +228,16 @@ class SurveyReader:
             raise IndexError(f"rows [{start}, {stop}) are outside the survey's {self.n_rows} rows")
         if len(parts) == 1:
             return parts[0]
-        return SurveyBatch(*(None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
-                             for k in SurveyBatch.__dataclass_fields__))
+        return SurveyBatch(
+            *(
+                None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
+                for k in SurveyBatch.__dataclass_fields__
+            )
+        )
 
-    def iter_batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, SurveyBatch]]:
+    def iter_batches(
+        self, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[int, SurveyBatch]]:
         """Yield ``(first_row, batch)`` over rows ``[start, stop)`` in order; the last batch may be short."""
         stop = self.n_rows if stop is None else stop
         for lo in range(start, stop, batch_size):
@@ -241,9 +268,15 @@ class SurveyReader:
                     for name in ("image", "spectrum", "redshift"):
                         if name in node:
                             sample.update(np.ascontiguousarray(node[name][int(row)]).tobytes())
-            out.append({"file": str(Path(path).resolve()), "bytes": Path(path).stat().st_size,
-                        "n_rows": sum(s.n_rows for s in segs), "targetid_sha256": ids.hexdigest(),
-                        "sample_sha256": sample.hexdigest()})
+            out.append(
+                {
+                    "file": str(Path(path).resolve()),
+                    "bytes": Path(path).stat().st_size,
+                    "n_rows": sum(s.n_rows for s in segs),
+                    "targetid_sha256": ids.hexdigest(),
+                    "sample_sha256": sample.hexdigest(),
+                }
+            )
         return out
 
     def close(self) -> None:
@@ -251,7 +284,7 @@ class SurveyReader:
             handle.close()
         self._handles.clear()
 
-    def __enter__(self) -> "SurveyReader":
+    def __enter__(self) -> SurveyReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -281,8 +314,10 @@ def survey_changes(recorded: list[dict], current: list[dict]) -> list[str]:
             continue
         now = now_at.get(rec["file"])
         if now is None:
-            problems.append(f"{rec['file']}: not among the files read now, and none of them holds its content "
-                            f"({rec['n_rows']} galaxies)")
+            problems.append(
+                f"{rec['file']}: not among the files read now, and none of them holds its content "
+                f"({rec['n_rows']} galaxies)"
+            )
             continue
         what = []
         if now["bytes"] != rec["bytes"]:
@@ -297,8 +332,9 @@ def survey_changes(recorded: list[dict], current: list[dict]) -> list[str]:
     return problems
 
 
-def recorded_survey_problems(provenance: dict, reader: SurveyReader,
-                             targetids: Callable[[], np.ndarray] | None = None) -> list[str]:
+def recorded_survey_problems(
+    provenance: dict, reader: SurveyReader, targetids: Callable[[], np.ndarray] | None = None
+) -> list[str]:
     """How the files ``reader`` reads differ from those a store with ``provenance`` was extracted from: one line per
     changed file, empty when they agree. Stores that recorded the files' content ("data_content") are checked by it
     (moved or copied files agree); older ones by file size and, with ``targetids`` (the store's, (N,) int64, given
@@ -307,18 +343,26 @@ def recorded_survey_problems(provenance: dict, reader: SurveyReader,
     if recorded is not None:
         return survey_changes(recorded, reader.content())
     data = provenance.get("data") or {}
-    problems = [f"{f}: replaced since extraction ({Path(f).stat().st_size} bytes, {b} at extraction)"
-                for f, b in zip(data.get("files", []), data.get("bytes", []))
-                if Path(f).exists() and Path(f).stat().st_size != b]
+    problems = [
+        f"{f}: replaced since extraction ({Path(f).stat().st_size} bytes, {b} at extraction)"
+        for f, b in zip(data.get("files", []), data.get("bytes", []))
+        if Path(f).exists() and Path(f).stat().st_size != b
+    ]
     if not problems and targetids is not None and reader.n_rows == data.get("n_rows"):
         if not np.array_equal(reader.targetids(), targetids()):
-            problems.append(f"{', '.join(map(str, reader.files))}: replaced since extraction (the targetids differ "
-                            "from the store's, row by row)")
+            problems.append(
+                f"{', '.join(map(str, reader.files))}: replaced since extraction (the targetids differ "
+                "from the store's, row by row)"
+            )
     return problems
 
 
-def open_recorded_survey(provenance: dict, store_path: str | Path, targetids: Callable[[], np.ndarray] | None = None,
-                         paths: Sequence[str | Path] | None = None) -> SurveyReader:
+def open_recorded_survey(
+    provenance: dict,
+    store_path: str | Path,
+    targetids: Callable[[], np.ndarray] | None = None,
+    paths: Sequence[str | Path] | None = None,
+) -> SurveyReader:
     """A reader of the survey files the store at ``store_path`` (with ``provenance``) was extracted from, or of
     ``paths`` (the same files elsewhere), refused with the file and what changed when they no longer hold what they
     held at extraction: no reader may draw or return a galaxy that is not the one named."""
@@ -327,14 +371,18 @@ def open_recorded_survey(provenance: dict, store_path: str | Path, targetids: Ca
         raise InputError(f"{store_path}: records no survey files; pass them (--data)")
     missing = [f for f in files if not Path(f).exists()]
     if missing:
-        raise InputError(f"{missing[0]}: the survey file {store_path} was extracted from is not there; put it back, "
-                         "or pass where it is now (--data)")
+        raise InputError(
+            f"{missing[0]}: the survey file {store_path} was extracted from is not there; put it back, "
+            "or pass where it is now (--data)"
+        )
     reader = SurveyReader(files, require=())
     problems = recorded_survey_problems(provenance, reader, targetids)
     if problems:
         reader.close()
-        raise InputError(f"{problems[0]}. {store_path} was extracted from the earlier file, so its galaxies would be "
-                         "read from the wrong rows: put the original back, or extract the new file into a new store "
-                         "('galclip extract DATA NEW_STORE')"
-                         + (f" ({len(problems) - 1} more file(s) changed)" if len(problems) > 1 else ""))
+        raise InputError(
+            f"{problems[0]}. {store_path} was extracted from the earlier file, so its galaxies would be "
+            "read from the wrong rows: put the original back, or extract the new file into a new store "
+            "('galclip extract DATA NEW_STORE')"
+            + (f" ({len(problems) - 1} more file(s) changed)" if len(problems) > 1 else "")
+        )
     return reader

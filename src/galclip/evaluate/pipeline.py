@@ -10,8 +10,8 @@ import numpy as np
 
 from galclip.config import EvalConfig
 from galclip.evaluate.run import EvaluationInputs, run_evaluation
-from galclip.neighbours import zero_shot_shortfall
 from galclip.evaluate.survey_rows import SurveyRows
+from galclip.neighbours import zero_shot_shortfall
 from galclip.outputs import check_output_dir, output_dir
 from galclip.split import SELECTION, TEST, TRAIN, split_fractions
 from galclip.store import FeatureStore
@@ -21,18 +21,28 @@ logger = logging.getLogger(__name__)
 REPORT_NAMES = ("report.html", "metrics.json", "*.png")  # what an evaluate report folder holds
 
 
-def _labelled_train_rows(readable: np.ndarray, split: np.ndarray, labels: dict[str, np.ndarray],
-                         max_rows: int = 50_000) -> np.ndarray | None:
+def _labelled_train_rows(
+    readable: np.ndarray, split: np.ndarray, labels: dict[str, np.ndarray], max_rows: int = 50_000
+) -> np.ndarray | None:
     """Store rows (m,) of the labelled train pairs (at most ``max_rows``, evenly spaced) on which the
     supervised reference is fitted; None with fewer than 20."""
-    rows = np.flatnonzero(readable & (split == TRAIN) & np.isfinite(labels["redshift"]) & np.isfinite(labels["log_mstar"]))
+    rows = np.flatnonzero(
+        readable & (split == TRAIN) & np.isfinite(labels["redshift"]) & np.isfinite(labels["log_mstar"])
+    )
     if rows.size < 20:
         return None
     return rows[np.linspace(0, rows.size - 1, min(rows.size, max_rows)).astype(int)]
 
 
-def product_protocol(store: FeatureStore, heads, readable: np.ndarray, test_rows: np.ndarray,
-                     test_embeddings: dict[str, np.ndarray], labels: dict[str, np.ndarray], seed: int = 0) -> dict | None:
+def product_protocol(
+    store: FeatureStore,
+    heads,
+    readable: np.ndarray,
+    test_rows: np.ndarray,
+    test_embeddings: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    seed: int = 0,
+) -> dict | None:
     """The product's zero-shot protocol scored on the test pairs: the one predictor (``galclip predict``, the page,
     ``search --json``) with its reference set, the store's labelled train-split pairs in the query's own modality,
     k = 16. test_embeddings: modality -> (m, 128) unit vectors of ``test_rows``. Returns {"protocol", "k",
@@ -50,14 +60,20 @@ def product_protocol(store: FeatureStore, heads, readable: np.ndarray, test_rows
     ref_emb = {m: np.empty((len(ref_rows), heads.image.sizes[-1]), np.float32) for m in MODALITIES}
     for lo, z in embed_store(store, heads, ref_rows):
         for m in MODALITIES:
-            ref_emb[m][lo:lo + len(z[m])] = z[m]
+            ref_emb[m][lo : lo + len(z[m])] = z[m]
     targetid = store.targetids()
-    out: dict = {"protocol": "product: k-NN over the labelled train-split pairs in the query's modality, k = 16, "
-                             "scored on the test pairs (what 'galclip predict' and the page give)",
-                 "k": DEFAULT_K, "reference_n": int(len(ref_rows)), "r2": {}, "coverage_68": {}}
+    out: dict = {
+        "protocol": "product: k-NN over the labelled train-split pairs in the query's modality, k = 16, "
+        "scored on the test pairs (what 'galclip predict' and the page give)",
+        "k": DEFAULT_K,
+        "reference_n": int(len(ref_rows)),
+        "r2": {},
+        "coverage_68": {},
+    }
     for m in MODALITIES:
-        ref = Reference.from_arrays(m, "train", targetid[ref_rows], ref_emb[m],
-                                    {name: labels[name][ref_rows] for name in LABELS}, seed)
+        ref = Reference.from_arrays(
+            m, "train", targetid[ref_rows], ref_emb[m], {name: labels[name][ref_rows] for name in LABELS}, seed
+        )
         pred = ref.predict(test_embeddings[m], DEFAULT_K, targetid[test_rows])
         out["r2"][m], out["coverage_68"][m] = {}, {}
         for name in LABELS:
@@ -87,8 +103,14 @@ def _photometry(store: FeatureStore, targetid: np.ndarray) -> tuple[np.ndarray |
 
 
 def evaluate_store(
-    store_path: str | Path, heads_path: str | Path, out_dir: str | Path, config: EvalConfig,
-    extra_metrics: dict | None = None, allow_partial: bool = False, overwrite: bool = False, strict_k: bool = False,
+    store_path: str | Path,
+    heads_path: str | Path,
+    out_dir: str | Path,
+    config: EvalConfig,
+    extra_metrics: dict | None = None,
+    allow_partial: bool = False,
+    overwrite: bool = False,
+    strict_k: bool = False,
 ) -> dict:
     """Embed the store's test pairs (``galclip.split``: never used to fit or choose the heads) with the heads and
     write the report; returns metrics.
@@ -124,47 +146,83 @@ def evaluate_store(
     # only the rows evaluation uses are read, shard by shard: the test pairs and the reference's sample
     wanted = test_rows if fit_rows is None else np.union1d(test_rows, fit_rows)
     feats = store.read_rows(wanted, ("image_features", "spectrum_features"))
-    at = lambda rows: np.searchsorted(wanted, rows)  # noqa: E731 - store rows -> positions in ``feats``
+    at = lambda rows: np.searchsorted(wanted, rows)
     raw_image, raw_spectrum = feats["image_features"][at(test_rows)], feats["spectrum_features"][at(test_rows)]
     emb_i, emb_s = heads.embed(raw_image, raw_spectrum)
     from galclip.neighbours import l2_normalise
 
-    product = product_protocol(store, heads, readable, test_rows,
-                               {"image": l2_normalise(emb_i), "spectrum": l2_normalise(emb_s)}, labels, config.seed)
+    product = product_protocol(
+        store,
+        heads,
+        readable,
+        test_rows,
+        {"image": l2_normalise(emb_i), "spectrum": l2_normalise(emb_s)},
+        labels,
+        config.seed,
+    )
     history = ckpt.get("history", [])
-    supervised = None if fit_rows is None else {
-        "raw_image": feats["image_features"][at(fit_rows)], "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
-        "redshift": labels["redshift"][fit_rows], "log_mstar": labels["log_mstar"][fit_rows]}
+    supervised = (
+        None
+        if fit_rows is None
+        else {
+            "raw_image": feats["image_features"][at(fit_rows)],
+            "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
+            "redshift": labels["redshift"][fit_rows],
+            "log_mstar": labels["log_mstar"][fit_rows],
+        }
+    )
     photometry, photometry_note = _photometry(store, store.targetids()[test_rows])
     inputs = EvaluationInputs(
-        targetid=store.targetids()[test_rows], emb_image=emb_i, emb_spectrum=emb_s,
-        raw_image=raw_image, raw_spectrum=raw_spectrum,
-        redshift=labels["redshift"][test_rows], log_mstar=labels["log_mstar"][test_rows],
-        image_rgb=rows.image_rgb, spectrum=rows.spectrum,
+        targetid=store.targetids()[test_rows],
+        emb_image=emb_i,
+        emb_spectrum=emb_s,
+        raw_image=raw_image,
+        raw_spectrum=raw_spectrum,
+        redshift=labels["redshift"][test_rows],
+        log_mstar=labels["log_mstar"][test_rows],
+        image_rgb=rows.image_rgb,
+        spectrum=rows.spectrum,
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
-        supervised_train=supervised, photometry=photometry,
+        supervised_train=supervised,
+        photometry=photometry,
     )
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)
     extra["store_fingerprint"] = store.fingerprint()
     extra["splits"] = {
         "every_number_from": "test",
-        "test": {"rule": f"u < {test_fraction}", "n": int((split == TEST).sum()), "readable": int(len(test_rows)),
-                 "used_for": "every number of this report; the zero-shot k-NN runs on seeded halves of it"},
-        "selection": {"rule": f"{test_fraction} <= u < {test_fraction + selection_fraction}",
-                      "n": int((split == SELECTION).sum()),
-                      "used_for": "the learning-rate schedule, early stopping, the best epoch, the sweep's choice"},
-        "train": {"rule": f"u >= {test_fraction + selection_fraction}", "n": int((split == TRAIN).sum()),
-                  "used_for": "fitting the heads, the supervised reference"},
-        "u": "SplitMix64 hash of the targetid mapped to [0, 1)"}
+        "test": {
+            "rule": f"u < {test_fraction}",
+            "n": int((split == TEST).sum()),
+            "readable": int(len(test_rows)),
+            "used_for": "every number of this report; the zero-shot k-NN runs on seeded halves of it",
+        },
+        "selection": {
+            "rule": f"{test_fraction} <= u < {test_fraction + selection_fraction}",
+            "n": int((split == SELECTION).sum()),
+            "used_for": "the learning-rate schedule, early stopping, the best epoch, the sweep's choice",
+        },
+        "train": {
+            "rule": f"u >= {test_fraction + selection_fraction}",
+            "n": int((split == TRAIN).sum()),
+            "used_for": "fitting the heads, the supervised reference",
+        },
+        "u": "SplitMix64 hash of the targetid mapped to [0, 1)",
+    }
     extra["photometry_baseline"] = photometry_note
-    extra["zero_shot_protocol"] = ("seed: the k-NN fits on a seeded half of the labelled test pairs and predicts the "
-                                   "other half (zero_shot_r2, the numbers AstroCLIP reports)")
+    extra["zero_shot_protocol"] = (
+        "seed: the k-NN fits on a seeded half of the labelled test pairs and predicts the "
+        "other half (zero_shot_r2, the numbers AstroCLIP reports)"
+    )
     if product is not None:
         extra["zero_shot_product"] = product
-    extra["heads"] = {"best_epoch": ckpt.get("best_epoch"), "best_val_loss": ckpt.get("best_val_loss"),
-                      "config": ckpt.get("config")}
+    extra["heads"] = {
+        "best_epoch": ckpt.get("best_epoch"),
+        "best_val_loss": ckpt.get("best_val_loss"),
+        "config": ckpt.get("config"),
+    }
     extra["encoders"] = {k: v.get("weights", {}).get("source") for k, v in store.provenance.get("encoders", {}).items()}
     with output_dir(out_dir, "evaluate", REPORT_NAMES, overwrite=True):
-        return run_evaluation(inputs, config, Path(out_dir), extra_metrics=extra, started=t0,
-                              test_fraction=test_fraction)
+        return run_evaluation(
+            inputs, config, Path(out_dir), extra_metrics=extra, started=t0, test_fraction=test_fraction
+        )

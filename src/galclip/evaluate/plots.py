@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+    pass
 
 from galclip.figures import new_figure as _new_figure
 from galclip.figures import save_png
@@ -33,8 +33,9 @@ def plot_pred_vs_true(table: Mapping[str, Mapping[str, Mapping]], path: Path | s
     targets = list(dict.fromkeys(t for row in table.values() for t in row))  # first-seen order
     n_rows, n_cols = max(1, len(sources)), max(1, len(targets))
     fig = _new_figure(3.4 * n_cols, 3.0 * n_rows, layout=None)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.6 / (3.0 * n_rows), top=1 - 0.4 / (3.0 * n_rows),
-                        wspace=0.35, hspace=0.55)
+    fig.subplots_adjust(
+        left=0.1, right=0.97, bottom=0.6 / (3.0 * n_rows), top=1 - 0.4 / (3.0 * n_rows), wspace=0.35, hspace=0.55
+    )
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
     for i, source in enumerate(sources):
         for j, target in enumerate(targets):
@@ -124,8 +125,7 @@ def plot_gallery(
     wide = 2.4 if "spectrum" in (query_kind, target_kind) else 1.8
     height = 1.9 * max(1, len(queries)) + 0.5
     fig = _new_figure(wide * n_cols, height, layout=None)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.3 / height, top=1 - 0.5 / height,
-                        wspace=0.1, hspace=0.35)
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.3 / height, top=1 - 0.5 / height, wspace=0.1, hspace=0.35)
     axes = fig.subplots(max(1, len(queries)), n_cols, squeeze=False)
     label = (lambda i: f"#{i}") if names is None else (lambda i: str(int(names[i])))
     for r, q in enumerate(queries):

@@ -89,8 +89,13 @@ def label_deltas(neighbours: np.ndarray, labels: np.ndarray, seed: int = 0) -> d
     """
     y = np.asarray(labels, dtype=np.float64)
     n, k = neighbours.shape
-    out = {"k": int(k), "n_pairs": 0, "median_abs_delta_knn": float("nan"),
-           "median_abs_delta_random": float("nan"), "ratio": float("nan")}
+    out = {
+        "k": int(k),
+        "n_pairs": 0,
+        "median_abs_delta_knn": float("nan"),
+        "median_abs_delta_random": float("nan"),
+        "ratio": float("nan"),
+    }
     labelled = np.flatnonzero(np.isfinite(y))
     if labelled.size < 2 or k == 0:
         logger.warning("fewer than 2 labelled rows: label deltas are NaN")
@@ -104,8 +109,12 @@ def label_deltas(neighbours: np.ndarray, labels: np.ndarray, seed: int = 0) -> d
     b = (a + rng.integers(1, labelled.size, deltas.size)) % labelled.size  # b != a
     random_deltas = np.abs(y[labelled[a]] - y[labelled[b]])
     knn_med, rnd_med = float(np.median(deltas)), float(np.median(random_deltas))
-    out.update(n_pairs=int(deltas.size), median_abs_delta_knn=knn_med, median_abs_delta_random=rnd_med,
-               ratio=knn_med / rnd_med if rnd_med > 0 else float("nan"))
+    out.update(
+        n_pairs=int(deltas.size),
+        median_abs_delta_knn=knn_med,
+        median_abs_delta_random=rnd_med,
+        ratio=knn_med / rnd_med if rnd_med > 0 else float("nan"),
+    )
     return out
 
 

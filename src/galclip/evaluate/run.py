@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -12,12 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.vocabulary import LABELS
 from galclip.atomic import json_ready, write_json
 from galclip.config import EvalConfig
 from galclip.evaluate.report import write_report
-from galclip.heads.models import standardisation, standardise
-from galclip.photoz import label_metrics
 from galclip.evaluate.retrieval import (
     label_deltas,
     median_rank,
@@ -26,6 +22,7 @@ from galclip.evaluate.retrieval import (
     partner_ranks,
     partner_recall,
 )
+from galclip.heads.models import standardisation, standardise
 from galclip.neighbours import (
     drop_self,
     embedding_sources,
@@ -36,12 +33,18 @@ from galclip.neighbours import (
     zero_shot_split,
     zero_shot_table,
 )
+from galclip.photoz import label_metrics
+from galclip.vocabulary import LABELS
 
 logger = logging.getLogger(__name__)
 
 # direction -> (query modality, target modality)
-DIRECTIONS = {"im2im": ("image", "image"), "sp2sp": ("spectrum", "spectrum"),
-              "im2sp": ("image", "spectrum"), "sp2im": ("spectrum", "image")}
+DIRECTIONS = {
+    "im2im": ("image", "image"),
+    "sp2sp": ("spectrum", "spectrum"),
+    "im2sp": ("image", "spectrum"),
+    "sp2im": ("spectrum", "image"),
+}
 
 
 @dataclass
@@ -65,28 +68,33 @@ class EvaluationInputs:
     photometry: np.ndarray | None = None
 
     def labels(self) -> dict[str, np.ndarray]:
-        return {"redshift": np.asarray(self.redshift, dtype=np.float64),
-                "log_mstar": np.asarray(self.log_mstar, dtype=np.float64)}
+        return {
+            "redshift": np.asarray(self.redshift, dtype=np.float64),
+            "log_mstar": np.asarray(self.log_mstar, dtype=np.float64),
+        }
 
 
 def _check_inputs(inputs: EvaluationInputs) -> int:
     """Validate row counts and dimensions; return n."""
     n = len(inputs.targetid)
-    arrays = {name: getattr(inputs, name) for name in
-              ("emb_image", "emb_spectrum", "raw_image", "raw_spectrum", "redshift", "log_mstar")}
+    arrays = {
+        name: getattr(inputs, name)
+        for name in ("emb_image", "emb_spectrum", "raw_image", "raw_spectrum", "redshift", "log_mstar")
+    }
     wrong = {name: np.shape(a) for name, a in arrays.items() if np.shape(a)[:1] != (n,)}
     if wrong:
         raise ValueError(f"every input needs {n} rows (len(targetid)); mismatched: {wrong}")
     if np.shape(inputs.emb_image)[1:] != np.shape(inputs.emb_spectrum)[1:]:
-        raise ValueError(f"image and spectrum embeddings differ in dimension: "
-                         f"{np.shape(inputs.emb_image)} vs {np.shape(inputs.emb_spectrum)}")
+        raise ValueError(
+            f"image and spectrum embeddings differ in dimension: "
+            f"{np.shape(inputs.emb_image)} vs {np.shape(inputs.emb_spectrum)}"
+        )
     if n < 2:
         raise ValueError(f"evaluation needs at least 2 test pairs, got {n}")
     return n
 
 
-def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.ndarray],
-               config: EvalConfig) -> dict:
+def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.ndarray], config: EvalConfig) -> dict:
     """Cross-modal partner ranks and in-modal neighbour label deltas."""
     n = emb["image"].shape[0]
     out: dict = {}
@@ -96,18 +104,24 @@ def _retrieval(emb: dict[str, np.ndarray], indexes: dict, labels: dict[str, np.n
             out[name] = {label: label_deltas(nbrs, y, config.seed) for label, y in labels.items()}
         else:
             ranks = partner_ranks(emb[q], emb[t])
-            out[name] = {**partner_recall(ranks, (1, 5, 10)), "median_rank": median_rank(ranks),
-                         "chance_recall@10": min(10, n) / n, "n_queries": int(n)}
+            out[name] = {
+                **partner_recall(ranks, (1, 5, 10)),
+                "median_rank": median_rank(ranks),
+                "chance_recall@10": min(10, n) / n,
+                "n_queries": int(n),
+            }
             bad = non_finite_partners(ranks)
             if bad:  # only then, so metrics.json of a healthy run keeps its keys
                 out[name]["non_finite_partner_scores"] = bad
-                logger.warning("%s: %d of %d queries have a NaN/inf partner similarity; counted as misses",
-                               name, bad, n)
+                logger.warning(
+                    "%s: %d of %d queries have a NaN/inf partner similarity; counted as misses", name, bad, n
+                )
     return out
 
 
-def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: dict,
-               config: EvalConfig, out_dir: Path) -> dict[str, Path]:
+def _galleries(
+    inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: dict, config: EvalConfig, out_dir: Path
+) -> dict[str, Path]:
     """One PNG per direction: n_gallery_queries seeded queries, top gallery_k results each."""
     from galclip.evaluate.plots import plot_gallery
 
@@ -124,8 +138,17 @@ def _galleries(inputs: EvaluationInputs, emb: dict[str, np.ndarray], indexes: di
         if in_modal:
             scores, ids = drop_self(scores, ids, queries)
         figures[f"gallery_{name}"] = plot_gallery(
-            queries, ids, scores, q, t, inputs.image_rgb, inputs.spectrum,
-            out_dir / f"gallery_{name}.png", title=f"{name}: top {k} by cosine similarity", names=inputs.targetid)
+            queries,
+            ids,
+            scores,
+            q,
+            t,
+            inputs.image_rgb,
+            inputs.spectrum,
+            out_dir / f"gallery_{name}.png",
+            title=f"{name}: top {k} by cosine similarity",
+            names=inputs.targetid,
+        )
     return figures
 
 
@@ -135,8 +158,9 @@ def _standardise(x: np.ndarray, train: np.ndarray, test: np.ndarray) -> tuple[np
     return standardise(np.asarray(x)[train], mean, std), standardise(np.asarray(x)[test], mean, std)
 
 
-def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray],
-               config: EvalConfig) -> tuple[dict, dict]:
+def _zero_shot(
+    inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dict[str, np.ndarray], config: EvalConfig
+) -> tuple[dict, dict]:
     """k-NN table on a seeded split of the labelled pairs; returns (table, split info)."""
     tr, te = zero_shot_split(labels, config.knn_test_fraction, config.seed)
     sources = {
@@ -152,16 +176,29 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
             logger.warning("the photometry baseline is left out: some labelled pairs have no catalogue magnitudes")
     targets = {name: (y[tr], y[te]) for name, y in labels.items()}
     table = zero_shot_table(sources, targets, config.k)
-    info = {"k": config.k, "weights": "distance", "split": "seeded halves (fit, query) of the labelled test pairs",
-            "n_train": int(tr.size), "n_test": int(te.size),
-            "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()},
-            "baselines": {"raw_image": "k-NN on the standardised frozen image features (2048-d)",
-                          "raw_spectrum": "k-NN on the standardised frozen spectrum features (256-d)",
-                          **({"photometry": "k-NN on the catalogue's r, g-r, r-z (standardised): the classic "
-                              "photo-z baseline"} if "photometry" in sources else {})}}
+    info = {
+        "k": config.k,
+        "weights": "distance",
+        "split": "seeded halves (fit, query) of the labelled test pairs",
+        "n_train": int(tr.size),
+        "n_test": int(te.size),
+        "n_labelled": {name: int(np.isfinite(y).sum()) for name, y in labels.items()},
+        "baselines": {
+            "raw_image": "k-NN on the standardised frozen image features (2048-d)",
+            "raw_spectrum": "k-NN on the standardised frozen spectrum features (256-d)",
+            **(
+                {"photometry": "k-NN on the catalogue's r, g-r, r-z (standardised): the classic photo-z baseline"}
+                if "photometry" in sources
+                else {}
+            ),
+        },
+    }
     info["r2_other_k"] = {
-        f"k{k}": {s: {t: cell["r2"] for t, cell in row.items()} for s, row in zero_shot_table(sources, targets, k).items()}
-        for k in config.extra_k if k != config.k
+        f"k{k}": {
+            s: {t: cell["r2"] for t, cell in row.items()} for s, row in zero_shot_table(sources, targets, k).items()
+        }
+        for k in config.extra_k
+        if k != config.k
     }
     if config.supervised:
         from galclip.evaluate.supervised import supervised_table
@@ -171,7 +208,10 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
             raw = {}
             for name in ("raw_image", "raw_spectrum"):
                 mean, std = standardisation(fit[name])
-                raw[name] = standardise(fit[name], mean, std), standardise(np.asarray(getattr(inputs, name))[te], mean, std)
+                raw[name] = (
+                    standardise(fit[name], mean, std),
+                    standardise(np.asarray(getattr(inputs, name))[te], mean, std),
+                )
             sup_targets = {name: (np.asarray(fit[name], np.float64), y[te]) for name, y in labels.items()}
             info["supervised_fit_rows"] = int(len(fit["redshift"]))
         else:
@@ -184,23 +224,33 @@ def _zero_shot(inputs: EvaluationInputs, emb: dict[str, np.ndarray], labels: dic
 
 def photoz_table(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
     """The photo-z field's measures (``galclip.photoz``) of every cell of a zero-shot table, beside its R²."""
-    return {s: {t: label_metrics(t, cell["true"], cell["pred"], cell["lo"], cell["hi"]) for t, cell in row.items()}
-            for s, row in table.items()}
+    return {
+        s: {t: label_metrics(t, cell["true"], cell["pred"], cell["lo"], cell["hi"]) for t, cell in row.items()}
+        for s, row in table.items()
+    }
 
 
 def best_sources(r2: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Per target, the zero-shot sources ranked by R² (best first): {"ranking": [(source, r2), ...], "best": source}."""
     out = {}
     for target in LABELS:
-        ranked = sorted(((s, row[target]) for s, row in r2.items() if row.get(target) is not None
-                         and math.isfinite(row[target])), key=lambda item: -item[1])
+        ranked = sorted(
+            ((s, row[target]) for s, row in r2.items() if row.get(target) is not None and math.isfinite(row[target])),
+            key=lambda item: -item[1],
+        )
         if ranked:
             out[target] = {"best": ranked[0][0], "ranking": [[s, v] for s, v in ranked]}
     return out
 
 
-def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
-                   extra_metrics: dict | None = None, started: float | None = None, test_fraction: float = 0.1) -> dict:
+def run_evaluation(
+    inputs: EvaluationInputs,
+    config: EvalConfig,
+    out_dir: Path,
+    extra_metrics: dict | None = None,
+    started: float | None = None,
+    test_fraction: float = 0.1,
+) -> dict:
     """Evaluate one set of test-split embeddings; write figures, metrics.json, report.html.
 
     Embeddings are L2-normalised (eq. 5) and searched with exact FAISS inner product.
@@ -229,8 +279,10 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
     timings["eval_zero_shot"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    figures: dict[str, Path] = {"loss_curves": plot_loss_curves(inputs.loss_history, out_dir / "loss_curves.png"),
-                                "zero_shot": plot_pred_vs_true(table, out_dir / "zero_shot_pred_vs_true.png")}
+    figures: dict[str, Path] = {
+        "loss_curves": plot_loss_curves(inputs.loss_history, out_dir / "loss_curves.png"),
+        "zero_shot": plot_pred_vs_true(table, out_dir / "zero_shot_pred_vs_true.png"),
+    }
     figures.update(_galleries(inputs, emb, indexes, config, out_dir))
     timings["eval_figures"] = time.perf_counter() - t0
 
@@ -238,12 +290,17 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
         from galclip.index.embedding_map import cached_umap
 
         t0 = time.perf_counter()
-        umap_info = {"max_points": config.umap_max_points, "fit_points": min(n, config.umap_max_points),
-                     "cache": config.umap_cache, "from_cache": {}}
+        umap_info = {
+            "max_points": config.umap_max_points,
+            "fit_points": min(n, config.umap_max_points),
+            "cache": config.umap_cache,
+            "from_cache": {},
+        }
         for name, e in emb.items():
-            coords, umap_info["from_cache"][name] = cached_umap(e, config.umap_max_points, config.seed, config.umap_cache)
-            figures[f"umap_{name}"] = plot_umap(coords, labels, out_dir / f"umap_{name}.png",
-                                                title=f"{name} embedding")
+            coords, umap_info["from_cache"][name] = cached_umap(
+                e, config.umap_max_points, config.seed, config.umap_cache
+            )
+            figures[f"umap_{name}"] = plot_umap(coords, labels, out_dir / f"umap_{name}.png", title=f"{name} embedding")
         timings["eval_umap"] = time.perf_counter() - t0
 
     metrics: dict = {
@@ -274,9 +331,16 @@ def run_evaluation(inputs: EvaluationInputs, config: EvalConfig, out_dir: Path,
 
     cross = retrieval["im2sp"]
     r2 = metrics["zero_shot_r2"]
-    shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    logger.info("evaluation of %d pairs: im->sp recall@10 %.3f (chance %.3f), median rank %.0f; "
-                "zero-shot redshift R² image %s, spectrum %s, cross %s", n, cross["recall@10"],
-                cross["chance_recall@10"], cross["median_rank"], shown(r2["image"]["redshift"]),
-                shown(r2["spectrum"]["redshift"]), shown(r2["cross"]["redshift"]))
+    shown = lambda v: "n/a" if v is None else f"{v:.3f}"
+    logger.info(
+        "evaluation of %d pairs: im->sp recall@10 %.3f (chance %.3f), median rank %.0f; "
+        "zero-shot redshift R² image %s, spectrum %s, cross %s",
+        n,
+        cross["recall@10"],
+        cross["chance_recall@10"],
+        cross["median_rank"],
+        shown(r2["image"]["redshift"]),
+        shown(r2["spectrum"]["redshift"]),
+        shown(r2["cross"]["redshift"]),
+    )
     return metrics

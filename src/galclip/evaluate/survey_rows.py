@@ -23,18 +23,22 @@ class SurveyRows:
         self.reader, self.rows, self.crop, self.rgb = reader, rows, crop, rgb
 
     @classmethod
-    def for_store(cls, store: FeatureStore, rows: np.ndarray, blank_if_missing: bool = False) -> "SurveyRows":
+    def for_store(cls, store: FeatureStore, rows: np.ndarray, blank_if_missing: bool = False) -> SurveyRows:
         """Store rows (m,) of ``store``'s survey, drawn with the crop and RGB mapping the store was made with.
 
-        Survey files that changed since extraction are refused (:func:`galclip.data.survey.open_recorded_survey`), so no panel
+        Survey files that changed since extraction are refused
+        (:func:`galclip.data.survey.open_recorded_survey`), so no panel
         ever shows another galaxy than the one named; with ``blank_if_missing`` files that are gone give blank
         panels instead (galleries are optional, the metrics do not need the pixels)."""
         from galclip.data.survey import open_recorded_survey
 
         missing = [f for f in store.survey_files() if not Path(f).exists()]
         if blank_if_missing and (missing or not store.survey_files()):
-            logger.warning("the survey files of %s are not here (%s): galleries will be blank", store.path,
-                           missing[0] if missing else "none recorded")
+            logger.warning(
+                "the survey files of %s are not here (%s): galleries will be blank",
+                store.path,
+                missing[0] if missing else "none recorded",
+            )
             return cls(None, rows, *store.image_display())
         return cls(open_recorded_survey(store.provenance, store.path, store.targetids), rows, *store.image_display())
 
@@ -53,7 +57,9 @@ class SurveyRows:
 
         if self.reader is None:
             return desi_wavelength(), np.zeros((len(idx), DESI_N_BINS), np.float32)
-        return desi_wavelength(), np.concatenate([self.reader.read(int(r), int(r) + 1).spectrum for r in self.rows[idx]])
+        return desi_wavelength(), np.concatenate(
+            [self.reader.read(int(r), int(r) + 1).spectrum for r in self.rows[idx]]
+        )
 
 
 def plot_search_result(index: Index, result: dict, path: str | Path) -> Path:
@@ -63,6 +69,15 @@ def plot_search_result(index: Index, result: dict, path: str | Path) -> Path:
     pos = index.position(result["query"]["targetid"])
     neighbours = [index.position(n["targetid"]) for n in result["neighbours"]]
     rows = SurveyRows.for_store(index.open_store(), index.rows["row"])
-    return plot_gallery(np.array([pos]), np.array([neighbours]), np.array([[n["similarity"] for n in result["neighbours"]]]),
-                        result["query"]["modality"], result["target"], rows.image_rgb, rows.spectrum, Path(path),
-                        title=f"targetid {result['query']['targetid']}", names=index.rows["targetid"])
+    return plot_gallery(
+        np.array([pos]),
+        np.array([neighbours]),
+        np.array([[n["similarity"] for n in result["neighbours"]]]),
+        result["query"]["modality"],
+        result["target"],
+        rows.image_rgb,
+        rows.spectrum,
+        Path(path),
+        title=f"targetid {result['query']['targetid']}",
+        names=index.rows["targetid"],
+    )

@@ -23,8 +23,16 @@ JITTER_PX = 7
 # DECaLS log-normal fits (scipy's shape, loc, scale), g r z, as Stein et al.'s GaussianBlur and GaussianNoise
 # use them: the PSF's Gaussian sigma already in PIXELS (their sigma = psf_size / 0.262 / 2.3548, fitted to the
 # sweep catalogues; the draws go straight to skimage's gaussian as sigma), and the per-pixel noise in nanomaggies.
-PSF_SHAPE, PSF_LOC, PSF_SCALE = (0.2109966, 0.3008485, 0.3471172), (1.0807153, 1.2394326, 1.1928363), (1.3153171, 0.9164757, 0.8233702)
-NOISE_SHAPE, NOISE_LOC, NOISE_SCALE = (0.2264926, 0.2431146, 0.1334844), (-0.0006735, -0.0023663, -0.0143416), (0.0037602, 0.0067417, 0.0260779)
+PSF_SHAPE, PSF_LOC, PSF_SCALE = (
+    (0.2109966, 0.3008485, 0.3471172),
+    (1.0807153, 1.2394326, 1.1928363),
+    (1.3153171, 0.9164757, 0.8233702),
+)
+NOISE_SHAPE, NOISE_LOC, NOISE_SCALE = (
+    (0.2264926, 0.2431146, 0.1334844),
+    (-0.0006735, -0.0023663, -0.0143416),
+    (0.0037602, 0.0067417, 0.0260779),
+)
 
 
 def _uniforms(targetid: np.ndarray, variant: int, seed: int, n: int) -> np.ndarray:
@@ -63,10 +71,12 @@ def _gaussian_blur_fft(x: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
     fxp = torch.fft.rfftfreq(wp, device=x.device, dtype=x.dtype)[None, :]
     transfer = torch.exp(-2 * math.pi**2 * sigma_px[..., None, None] ** 2 * (fyp**2 + fxp**2))
     out = torch.fft.irfft2(torch.fft.rfft2(xp) * transfer, s=(hp, wp))
-    return out[..., pad:pad + h, pad:pad + w]
+    return out[..., pad : pad + h, pad : pad + w]
 
 
-def augment_images(images_chw: torch.Tensor, targetid: np.ndarray, variant: int, crop: int, seed: int = 0) -> torch.Tensor:
+def augment_images(
+    images_chw: torch.Tensor, targetid: np.ndarray, variant: int, crop: int, seed: int = 0
+) -> torch.Tensor:
     """One augmented view per cutout: (B, 3, 152, 152) g,r,z flux -> (B, 3, crop, crop) flux.
 
     Rotation, flips, jitter and the crop are one bilinear resampling (affine_grid); then
@@ -91,9 +101,9 @@ def augment_images(images_chw: torch.Tensor, targetid: np.ndarray, variant: int,
     x = _gaussian_blur_fft(x, torch.as_tensor(psf_blur_sigma_px(u[:, 5:8], u[:, 8:11]), dtype=dt, device=dev))
     noise_sigma = _extra_sigma(u[:, 11:14], u[:, 14:17], NOISE_SHAPE, NOISE_LOC, NOISE_SCALE)
     noise_seeds = (u[:, 17] * 2**62).astype(np.int64)
-    noise = torch.stack([
-        torch.randn(3, crop, crop, generator=torch.Generator().manual_seed(int(s)), dtype=dt) for s in noise_seeds
-    ]).to(dev)
+    noise = torch.stack(
+        [torch.randn(3, crop, crop, generator=torch.Generator().manual_seed(int(s)), dtype=dt) for s in noise_seeds]
+    ).to(dev)
     return x + noise * torch.as_tensor(noise_sigma, dtype=dt, device=dev)[:, :, None, None]
 
 
@@ -108,7 +118,10 @@ def augment_spectra(spectra: torch.Tensor, targetid: np.ndarray, variant: int, s
     """A noise re-draw of each spectrum at its own noise level: (B, L) -> (B, L). Deterministic."""
     sigma = robust_noise_level(spectra)
     seeds = (_uniforms(targetid, variant, seed + 7919, 1)[:, 0] * 2**62).astype(np.int64)
-    noise = torch.stack([
-        torch.randn(spectra.shape[1], generator=torch.Generator().manual_seed(int(s)), dtype=spectra.dtype) for s in seeds
-    ]).to(spectra.device)
+    noise = torch.stack(
+        [
+            torch.randn(spectra.shape[1], generator=torch.Generator().manual_seed(int(s)), dtype=spectra.dtype)
+            for s in seeds
+        ]
+    ).to(spectra.device)
     return spectra + noise * sigma

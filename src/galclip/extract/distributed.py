@@ -19,7 +19,7 @@ class Distributed:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls, device_type: str) -> "Distributed":
+    def from_env(cls, device_type: str) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:
             import torch.distributed as dist

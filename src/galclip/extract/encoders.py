@@ -6,16 +6,19 @@ import numpy as np
 import torch
 
 from galclip.config import ExtractConfig
+from galclip.data.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
 from galclip.extract.augment import augment_images, augment_spectra
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
-from galclip.data.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
 
 
 def feature_arrays(config: ExtractConfig) -> dict[str, tuple[int, ...]]:
     """The store's feature arrays for this configuration: name -> shape after the row axis."""
-    arrays = {f"{m}_features": (dim,) for m, dim in (("image", IMAGE_FEATURE_DIM), ("spectrum", SPECTRUM_FEATURE_DIM))
-              if m in config.modalities}
+    arrays = {
+        f"{m}_features": (dim,)
+        for m, dim in (("image", IMAGE_FEATURE_DIM), ("spectrum", SPECTRUM_FEATURE_DIM))
+        if m in config.modalities
+    }
     if config.variants and "image" in config.modalities:
         arrays["image_features_aug"] = (config.variants, IMAGE_FEATURE_DIM)
     if config.spectrum_variants and "spectrum" in config.modalities:
@@ -49,26 +52,38 @@ class Encoders:
             return self.spectrum_features(zscore_spectra(spectra)).float()
 
     @torch.inference_mode()
-    def __call__(self, images_whc: torch.Tensor | None, spectra: torch.Tensor | None,
-                 targetid: np.ndarray) -> dict[str, np.ndarray]:
+    def __call__(
+        self, images_whc: torch.Tensor | None, spectra: torch.Tensor | None, targetid: np.ndarray
+    ) -> dict[str, np.ndarray]:
         """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048); only the
         modalities of ``config.modalities`` are encoded (the other input may be None)."""
         cfg = self.config
         out = {}
         if "image" in cfg.modalities:
             images = images_whc.to(self.device, non_blocking=True)
-            out["image_features"] = self._image_features(preprocess_images(images, cfg.crop, cfg.rgb_mapping,
-                                                                                  cfg.image_orientation))
+            out["image_features"] = self._image_features(
+                preprocess_images(images, cfg.crop, cfg.rgb_mapping, cfg.image_orientation)
+            )
         if "spectrum" in cfg.modalities:
             spectra = spectra.to(self.device, non_blocking=True)
             out["spectrum_features"] = self._spectrum_features(spectra)
         if cfg.variants and "image" in cfg.modalities:
             chw = images_to_chw(images, cfg.image_orientation)
-            out["image_features_aug"] = torch.stack([
-                self._image_features(grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping))
-                for v in range(cfg.variants)], dim=1)
+            out["image_features_aug"] = torch.stack(
+                [
+                    self._image_features(
+                        grz_to_rgb(augment_images(chw, targetid, v, cfg.crop, cfg.seed), cfg.rgb_mapping)
+                    )
+                    for v in range(cfg.variants)
+                ],
+                dim=1,
+            )
         if cfg.spectrum_variants and "spectrum" in cfg.modalities:
-            out["spectrum_features_aug"] = torch.stack([
-                self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
-                for v in range(cfg.spectrum_variants)], dim=1)
+            out["spectrum_features_aug"] = torch.stack(
+                [
+                    self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
+                    for v in range(cfg.spectrum_variants)
+                ],
+                dim=1,
+            )
         return {k: v.cpu().numpy() for k, v in out.items()}

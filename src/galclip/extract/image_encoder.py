@@ -39,8 +39,14 @@ class ImageTrunk(nn.Module):
     def __init__(self, resnet: nn.Module):
         super().__init__()
         self.body = nn.Sequential(
-            resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool,
-            resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4,
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

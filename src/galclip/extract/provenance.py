@@ -17,27 +17,39 @@ AUGMENT_VERSION = 2  # bump when the augmentation recipe changes: stores then re
 
 
 def weights_record(path: str | None, seed: int, kind: str) -> dict:
-    """How the ``kind`` encoder's weights are identified: the checkpoint's path and SHA-256, or the seed of random ones."""
+    """How the ``kind`` encoder's weights are identified: the checkpoint's path and SHA-256, or the seed of random
+    ones."""
     if path is None:
         return {"source": "random", "seed": seed, "note": f"seeded random {kind} weights: NOT a pretrained encoder"}
     return {"source": str(Path(path).resolve()), "sha256": sha256_file(path)}
 
 
-def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str | None,
-                     device_type: str = "cpu") -> dict:
+def build_provenance(
+    config: ExtractConfig, reader: SurveyReader, catalogue: str | None, device_type: str = "cpu"
+) -> dict:
     """Everything needed to know what the store's features are and where they came from. A single-modality
     store (``config.modalities``, as ``galclip predict`` writes) records only its own encoder and preprocessing."""
     encoders = {
-        "image": {"architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
-                  "features": "global average pool", "dim": IMAGE_FEATURE_DIM,
-                  "weights": weights_record(config.image_weights, config.seed, "image")},
-        "spectrum": {"architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
-                     "features": "attention-weighted sum e = sum h*softmax(a)", "dim": SPECTRUM_FEATURE_DIM,
-                     "weights": weights_record(config.spectrum_weights, config.seed, "spectrum")},
+        "image": {
+            "architecture": "torchvision resnet50 trunk (MoCo-v2, Stein et al. 2021)",
+            "features": "global average pool",
+            "dim": IMAGE_FEATURE_DIM,
+            "weights": weights_record(config.image_weights, config.seed, "image"),
+        },
+        "spectrum": {
+            "architecture": "spender SpectrumEncoder (Melchior et al. 2023)",
+            "features": "attention-weighted sum e = sum h*softmax(a)",
+            "dim": SPECTRUM_FEATURE_DIM,
+            "weights": weights_record(config.spectrum_weights, config.seed, "spectrum"),
+        },
     }
     preprocessing = {
-        "image": {"layout_in": "(W,H,C) g,r,z", "centre_crop": config.crop, "rgb": config.rgb_mapping,
-                  "orientation": config.image_orientation},
+        "image": {
+            "layout_in": "(W,H,C) g,r,z",
+            "centre_crop": config.crop,
+            "rgb": config.rgb_mapping,
+            "orientation": config.image_orientation,
+        },
         "spectrum": {"normalisation": "per-spectrum z-score"},
     }
     return {
@@ -46,17 +58,26 @@ def build_provenance(config: ExtractConfig, reader: SurveyReader, catalogue: str
             **{m: preprocessing[m] for m in config.modalities},
             # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
             "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
-            "variants": {"image": config.variants, "spectrum": config.spectrum_variants,
-                         "seed": config.seed, "augment_version": AUGMENT_VERSION,
-                         "image_recipe": "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur (sigma in px), extra sky noise",
-                         "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level"},
+            "variants": {
+                "image": config.variants,
+                "spectrum": config.spectrum_variants,
+                "seed": config.seed,
+                "augment_version": AUGMENT_VERSION,
+                "image_recipe": (
+                    "rotate(any angle)+flips+jitter(7px)+crop, extra PSF blur (sigma in px), extra sky noise"
+                ),
+                "spectrum_recipe": "noise re-draw at the robust per-spectrum noise level",
+            },
         },
         "data": reader.fingerprint(),
         "data_content": reader.content(),  # what every reader of the survey rows checks the files against
         "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
-        "split": {"method": "u = splitmix64(targetid) in [0, 1): test u < test_fraction, selection u < test_fraction "
-                            "+ selection_fraction, train the rest", "test_fraction": config.test_fraction,
-                  "selection_fraction": config.selection_fraction},
+        "split": {
+            "method": "u = splitmix64(targetid) in [0, 1): test u < test_fraction, selection u < test_fraction "
+            "+ selection_fraction, train the rest",
+            "test_fraction": config.test_fraction,
+            "selection_fraction": config.selection_fraction,
+        },
         "rows_per_shard": config.rows_per_shard,
         "code_version": code_version(),
         "torch_version": torch.__version__,
@@ -78,10 +99,18 @@ def config_from_provenance(provenance: dict, **overrides) -> ExtractConfig:
 
 
 # the ExtractConfig fields that decide a store's bytes, and the 'galclip extract' option that sets each
-COMMAND_OPTIONS = {"image_weights": "--image-weights", "spectrum_weights": "--spectrum-weights",
-                   "catalogue": "--catalogue", "orientation": "--orientation", "rgb": "--rgb", "variants": "--variants",
-                   "spectrum_variants": "--spectrum-variants", "rows_per_shard": "--rows-per-shard",
-                   "bad_rows": "--bad-rows", "seed": "--seed"}
+COMMAND_OPTIONS = {
+    "image_weights": "--image-weights",
+    "spectrum_weights": "--spectrum-weights",
+    "catalogue": "--catalogue",
+    "orientation": "--orientation",
+    "rgb": "--rgb",
+    "variants": "--variants",
+    "spectrum_variants": "--spectrum-variants",
+    "rows_per_shard": "--rows-per-shard",
+    "bad_rows": "--bad-rows",
+    "seed": "--seed",
+}
 
 
 def extract_command(provenance: dict, store: str | Path) -> str:

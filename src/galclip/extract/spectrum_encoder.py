@@ -45,9 +45,14 @@ class SpenderSpectrumEncoder(nn.Module):
         blocks = []
         for i, (f, s) in enumerate(zip(filters, sizes)):
             f_in = 1 if i == 0 else filters[i - 1]
-            blocks.append(nn.Sequential(
-                nn.Conv1d(f_in, f, kernel_size=s, padding=s // 2), nn.InstanceNorm1d(f), nn.PReLU(f), nn.Dropout(0.0),
-            ))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv1d(f_in, f, kernel_size=s, padding=s // 2),
+                    nn.InstanceNorm1d(f),
+                    nn.PReLU(f),
+                    nn.Dropout(0.0),
+                )
+            )
         self.conv1, self.conv2, self.conv3 = blocks
         self.pool1, self.pool2 = (nn.MaxPool1d(s, padding=s // 2) for s in sizes[:2])
         self.softmax = nn.Softmax(dim=-1)

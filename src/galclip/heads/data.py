@@ -29,7 +29,8 @@ class FeatureSet:
         return len(self.image)
 
     def batch(self, idx: torch.Tensor, use_aug: torch.Tensor | None = None, view: torch.Tensor | None = None):
-        """Rows ``idx`` as float32: (B, 2048), (B, 256). Where ``use_aug``, image view ``view`` replaces the clean one."""
+        """Rows ``idx`` as float32: (B, 2048), (B, 256). Where ``use_aug``, image view ``view`` replaces the clean
+        one."""
         xi = self.image[idx]
         if use_aug is not None and self.image_aug is not None:
             xi = torch.where(use_aug[:, None], self.image_aug[idx, view], xi)
@@ -48,7 +49,8 @@ class TrainingData:
     """A store's train and selection pairs, as the trainer holds them, and where its test pairs are.
 
     train / selection: fp16 FeatureSets of the train and the selection split (which drives the schedule, early
-    stopping and the best epoch; the files name its loss "val_loss", as galclip 0.1 did), train with the augmented image views when asked for;
+    stopping and the best epoch; the files name its loss "val_loss", as galclip 0.1 did), train with the augmented
+    image views when asked for;
     standardised: whether they hold standardised features (then the heads' own standardisation is skipped in
     training); test_rows (b,): the test pairs' store rows; test_labels: {"redshift", "log_mstar"} (b,) each;
     stats: the train split's standardisation {"image": (mean, std), "spectrum": (mean, std)}, float64.
@@ -65,10 +67,13 @@ class TrainingData:
     def n_views(self) -> int:
         return 0 if self.train.image_aug is None else int(self.train.image_aug.shape[1])
 
-    def to(self, device: torch.device) -> "TrainingData":
-        move = lambda fs: FeatureSet(*(None if t is None else t.to(device) for t in (fs.image, fs.spectrum, fs.image_aug)))  # noqa: E731
-        return TrainingData(move(self.train), move(self.selection), self.test_rows, self.test_labels, self.stats,
-                            self.standardised)
+    def to(self, device: torch.device) -> TrainingData:
+        move = lambda fs: FeatureSet(
+            *(None if t is None else t.to(device) for t in (fs.image, fs.spectrum, fs.image_aug))
+        )
+        return TrainingData(
+            move(self.train), move(self.selection), self.test_rows, self.test_labels, self.stats, self.standardised
+        )
 
 
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -84,8 +89,9 @@ def to_fp16(x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None) -> np.nd
     return np.clip(x, -FP16_MAX, FP16_MAX).astype(np.float16)
 
 
-def load_training_data(store: FeatureStore, allow_partial: bool = False, with_aug: bool = True,
-                       standardise: bool = True) -> TrainingData:
+def load_training_data(
+    store: FeatureStore, allow_partial: bool = False, with_aug: bool = True, standardise: bool = True
+) -> TrainingData:
     """Read the store shard by shard into the trainer's arrays: train and selection features (and the train
     pairs' augmented views when ``with_aug`` and stored), standardised in float32 with the train split's
     statistics when ``standardise``, then held in fp16.
@@ -99,11 +105,16 @@ def load_training_data(store: FeatureStore, allow_partial: bool = False, with_au
     train_mask, selection_mask, test_mask = rows & (split == TRAIN), rows & (split == SELECTION), rows & (split == TEST)
     n_train, n_selection = int(train_mask.sum()), int(selection_mask.sum())
     if n_train < 2 or n_selection < 2:
-        raise GalclipError(f"{store.path}: needs at least 2 train and 2 selection pairs (has {n_train} and {n_selection})")
+        raise GalclipError(
+            f"{store.path}: needs at least 2 train and 2 selection pairs (has {n_train} and {n_selection})"
+        )
     aug = with_aug and "image_features_aug" in store.feature_arrays
     names = ("targetid", "image_features", "spectrum_features", *(("image_features_aug",) if aug else ()))
     dims = {name: tuple(store.group[name].shape[1:]) for name in names}
-    moments = {"image": RunningMoments(dims["image_features"][0]), "spectrum": RunningMoments(dims["spectrum_features"][0])}
+    moments = {
+        "image": RunningMoments(dims["image_features"][0]),
+        "spectrum": RunningMoments(dims["spectrum_features"][0]),
+    }
     for lo, keep, block in store.iter_shards(names[:3], rows):
         image, spectrum = block["image_features"], block["spectrum_features"]
         bad = ~(np.isfinite(image).all(1) & np.isfinite(spectrum).all(1))
@@ -112,29 +123,41 @@ def load_training_data(store: FeatureStore, allow_partial: bool = False, with_au
                 f"{store.path}: {int(bad.sum())} rows have non-finite features, e.g. targetid "
                 f"{block['targetid'][bad][:5].tolist()}; re-run extraction or check those inputs ('galclip check')"
             )
-        is_train = split[lo:lo + len(keep)][keep] == TRAIN
+        is_train = split[lo : lo + len(keep)][keep] == TRAIN
         moments["image"].update(image[is_train])
         moments["spectrum"].update(spectrum[is_train])
     stats = {name: m.standardisation() for name, m in moments.items()}
-    norm = {"image_features": stats["image"] if standardise else None,
-            "image_features_aug": stats["image"] if standardise else None,
-            "spectrum_features": stats["spectrum"] if standardise else None}
+    norm = {
+        "image_features": stats["image"] if standardise else None,
+        "image_features_aug": stats["image"] if standardise else None,
+        "spectrum_features": stats["spectrum"] if standardise else None,
+    }
     train = {name: np.empty((n_train, *dims[name]), np.float16) for name in names[1:]}
     selection = {name: np.empty((n_selection, *dims[name]), np.float16) for name in names[1:3]}
     at_train = at_selection = 0
     for lo, keep, block in store.iter_shards(names, train_mask | selection_mask):
-        is_train = split[lo:lo + len(keep)][keep] == TRAIN
+        is_train = split[lo : lo + len(keep)][keep] == TRAIN
         t, v = int(is_train.sum()), int((~is_train).sum())
         for name in names[1:]:
-            train[name][at_train:at_train + t] = to_fp16(block[name][is_train], norm[name])
+            train[name][at_train : at_train + t] = to_fp16(block[name][is_train], norm[name])
         for name in names[1:3]:
-            selection[name][at_selection:at_selection + v] = to_fp16(block[name][~is_train], norm[name])
+            selection[name][at_selection : at_selection + v] = to_fp16(block[name][~is_train], norm[name])
         at_train, at_selection = at_train + t, at_selection + v
     fp16 = torch.from_numpy  # already fp16: no copy
     test_rows = np.flatnonzero(test_mask)
-    labels = {"redshift": store.read_meta("label_redshift")[test_rows],
-              "log_mstar": store.read_meta("label_log_mstar")[test_rows]}
-    return TrainingData(FeatureSet(fp16(train["image_features"]), fp16(train["spectrum_features"]),
-                                   fp16(train["image_features_aug"]) if aug else None),
-                        FeatureSet(fp16(selection["image_features"]), fp16(selection["spectrum_features"]), None),
-                        test_rows, labels, stats, standardised=standardise)
+    labels = {
+        "redshift": store.read_meta("label_redshift")[test_rows],
+        "log_mstar": store.read_meta("label_log_mstar")[test_rows],
+    }
+    return TrainingData(
+        FeatureSet(
+            fp16(train["image_features"]),
+            fp16(train["spectrum_features"]),
+            fp16(train["image_features_aug"]) if aug else None,
+        ),
+        FeatureSet(fp16(selection["image_features"]), fp16(selection["spectrum_features"]), None),
+        test_rows,
+        labels,
+        stats,
+        standardised=standardise,
+    )

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from torch import nn
 
-
 CONSTANT_STD = 1e-6  # a feature whose training std is at most this is constant: it is centred, not scaled
 
 
@@ -24,7 +23,7 @@ class RunningMoments:
     def __init__(self, dim: int):
         self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros(dim)
 
-    def update(self, x: np.ndarray) -> "RunningMoments":
+    def update(self, x: np.ndarray) -> RunningMoments:
         """Add rows x (b, D)."""
         x64 = np.asarray(x, np.float64)
         b = len(x64)
@@ -69,11 +68,11 @@ class Standardise(nn.Module):
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("std", torch.ones(dim))
 
-    def fit(self, x: np.ndarray | torch.Tensor) -> "Standardise":
+    def fit(self, x: np.ndarray | torch.Tensor) -> Standardise:
         """Set mean/std from (n, D) training features."""
         return self.set(*standardisation(np.asarray(x)))
 
-    def set(self, mean: np.ndarray, std: np.ndarray) -> "Standardise":
+    def set(self, mean: np.ndarray, std: np.ndarray) -> Standardise:
         """Set the buffers from (D,) statistics (float64 in, float32 held)."""
         self.mean.copy_(torch.from_numpy(np.asarray(mean)).float())
         self.std.copy_(torch.from_numpy(np.asarray(std)).float())
@@ -109,9 +108,15 @@ class Head(nn.Module):
 class CLIPHeads(nn.Module):
     """Both heads: image (B, 2048) -> (B, 128), spectrum (B, 256) -> (B, 128); optional learnable τ."""
 
-    def __init__(self, image_sizes: tuple[int, ...] = (2048, 2048, 128),
-                 spectrum_sizes: tuple[int, ...] = (256, 256, 128, 128, 128), standardise: bool = True,
-                 tau: float = 0.1, learn_tau: bool = False, tau_min: float = 0.01):
+    def __init__(
+        self,
+        image_sizes: tuple[int, ...] = (2048, 2048, 128),
+        spectrum_sizes: tuple[int, ...] = (256, 256, 128, 128, 128),
+        standardise: bool = True,
+        tau: float = 0.1,
+        learn_tau: bool = False,
+        tau_min: float = 0.01,
+    ):
         super().__init__()
         self.image = Head(tuple(image_sizes), standardise)
         self.spectrum = Head(tuple(spectrum_sizes), standardise)
@@ -123,9 +128,11 @@ class CLIPHeads(nn.Module):
             self.register_buffer("log_inv_tau", log_inv_tau)
 
     @classmethod
-    def from_config(cls, config) -> "CLIPHeads":
+    def from_config(cls, config) -> CLIPHeads:
         """Heads for a ``HeadConfig``."""
-        return cls(config.image_sizes, config.spectrum_sizes, config.standardise, config.tau, config.learn_tau, config.tau_min)
+        return cls(
+            config.image_sizes, config.spectrum_sizes, config.standardise, config.tau, config.learn_tau, config.tau_min
+        )
 
     def tau(self) -> torch.Tensor:
         """Current temperature, clamped to >= tau_min (learnable τ is stored as log 1/τ)."""
@@ -146,10 +153,14 @@ class CLIPHeads(nn.Module):
         self.image.proj.load_state_dict(state, strict=True)
 
     @torch.no_grad()
-    def embed(self, image_features: np.ndarray, spectrum_features: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    def embed(
+        self, image_features: np.ndarray, spectrum_features: np.ndarray, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, 2048), (N, 256) -> two (N, 128) float32 embeddings (not normalised)."""
-        return (self.embed_modality("image", image_features, batch_size),
-                self.embed_modality("spectrum", spectrum_features, batch_size))
+        return (
+            self.embed_modality("image", image_features, batch_size),
+            self.embed_modality("spectrum", spectrum_features, batch_size),
+        )
 
     def embed_modality(self, modality: str, features: np.ndarray, batch_size: int = 4096) -> np.ndarray:
         """One modality's features (N, 2048) for "image" or (N, 256) for "spectrum" -> (N, 128) float32
@@ -161,6 +172,8 @@ class CLIPHeads(nn.Module):
         out = []
         with torch.no_grad():
             for lo in range(0, len(features), batch_size):
-                out.append(head(torch.as_tensor(features[lo:lo + batch_size], dtype=torch.float32, device=device)).cpu())
+                out.append(
+                    head(torch.as_tensor(features[lo : lo + batch_size], dtype=torch.float32, device=device)).cpu()
+                )
         self.train(was_training)
         return (torch.cat(out) if out else torch.zeros(0, head.sizes[-1])).numpy()

@@ -7,7 +7,6 @@ and per-epoch losses) and ``loss_curve.png``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -42,12 +41,16 @@ def check_heads_out(out: Path, resume: bool, overwrite: bool) -> None:
         return
     try:
         record = torch.load(existing, map_location="cpu", weights_only=True)
-        what = (f"trained heads (best epoch {record.get('best_epoch')}, selection loss "
-                f"{float(record.get('best_val_loss', float('nan'))):.4f})")
-    except Exception:  # noqa: BLE001 - whatever it is, it is not to be replaced silently
+        what = (
+            f"trained heads (best epoch {record.get('best_epoch')}, selection loss "
+            f"{float(record.get('best_val_loss', float('nan'))):.4f})"
+        )
+    except Exception:
         what = "a heads file"
-    raise OutputExistsError(f"{existing}: already holds {what}; training again would replace them. Pass --resume to "
-                            "continue an unfinished run, --overwrite to replace them, or choose another OUT folder")
+    raise OutputExistsError(
+        f"{existing}: already holds {what}; training again would replace them. Pass --resume to "
+        "continue an unfinished run, --overwrite to replace them, or choose another OUT folder"
+    )
 
 
 def stop_words(stop_reason: str, epochs: int) -> str:
@@ -62,9 +65,16 @@ def stored_fc_state(store: FeatureStore) -> dict[str, torch.Tensor] | None:
 
 
 def train_heads(
-    store_path: str | Path, out_dir: str | Path, config: HeadConfig,
-    fc_state: dict[str, torch.Tensor] | None = None, progress: bool = True, allow_partial: bool = False,
-    resume: bool = False, stop_after: int | None = None, overwrite: bool = False, save_every_s: float = 10.0,
+    store_path: str | Path,
+    out_dir: str | Path,
+    config: HeadConfig,
+    fc_state: dict[str, torch.Tensor] | None = None,
+    progress: bool = True,
+    allow_partial: bool = False,
+    resume: bool = False,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+    save_every_s: float = 10.0,
 ) -> dict:
     """Train heads on the store's train split, select on its selection split; returns a summary.
 
@@ -86,32 +96,62 @@ def train_heads(
     with output_dir(out, "heads", HEADS_OUTPUT_NAMES, overwrite=True):
         t_train = time.perf_counter()
         (result,), finished = train_configurations(
-            [config], data, device, fingerprint, fc_state if fc_state is not None else stored_fc_state(store),
-            state_path=state_path, resume=resume, stop_after=stop_after, progress=progress, save_every_s=save_every_s)
+            [config],
+            data,
+            device,
+            fingerprint,
+            fc_state if fc_state is not None else stored_fc_state(store),
+            state_path=state_path,
+            resume=resume,
+            stop_after=stop_after,
+            progress=progress,
+            save_every_s=save_every_s,
+        )
         train_wall = time.perf_counter() - t_train
-    record = heads_record(result.heads, config, fingerprint, store_path, best_epoch=result.best_epoch,
-                          best_val_loss=result.best_val_loss, history=result.history,
-                          finished=finished and result.diverged is None,
-                          stop_reason=result.stop_reason, n_train=n_train, n_val=n_val,
-                          image_head_init=result.image_head_init)
+    record = heads_record(
+        result.heads,
+        config,
+        fingerprint,
+        store_path,
+        best_epoch=result.best_epoch,
+        best_val_loss=result.best_val_loss,
+        history=result.history,
+        finished=finished and result.diverged is None,
+        stop_reason=result.stop_reason,
+        n_train=n_train,
+        n_val=n_val,
+        image_head_init=result.image_head_init,
+    )
     if result.diverged is not None:
         d = result.diverged
         if result.best_epoch >= 0:
             save_heads(record, out / HEADS_FILE)
-            kept = (f"{state_path} still holds the checkpoint of the last good epoch, and {out / HEADS_FILE} the best "
-                    f"heads (epoch {result.best_epoch})")
+            kept = (
+                f"{state_path} still holds the checkpoint of the last good epoch, and {out / HEADS_FILE} the best "
+                f"heads (epoch {result.best_epoch})"
+            )
         else:
             kept = "nothing was saved"
-        raise GalclipError(f"training diverged at epoch {d['epoch']}: train loss {d['train_loss']}, selection-split loss "
-                           f"{d['val_loss']}; {kept}. Lower --lr or raise --tau")
+        raise GalclipError(
+            f"training diverged at epoch {d['epoch']}: train loss {d['train_loss']}, selection-split loss "
+            f"{d['val_loss']}; {kept}. Lower --lr or raise --tau"
+        )
     if not result.history:
         raise GalclipError(f"{out}: no epoch was trained")
     save_heads(record, out / HEADS_FILE)
     summary = {
-        "epochs_run": len(result.history), "best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss,
-        "final_train_loss": result.history[-1]["train_loss"], "stop_reason": result.stop_reason,
-        "finished": finished, "seconds": time.perf_counter() - t0, "n_train": n_train, "n_val": n_val,
-        "store_fingerprint": fingerprint, "config": asdict(config), "device": str(device),
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "final_train_loss": result.history[-1]["train_loss"],
+        "stop_reason": result.stop_reason,
+        "finished": finished,
+        "seconds": time.perf_counter() - t0,
+        "n_train": n_train,
+        "n_val": n_val,
+        "store_fingerprint": fingerprint,
+        "config": asdict(config),
+        "device": str(device),
         "image_head_init": result.image_head_init,
         "augmented_views": data.n_views,
         "seconds_per_epoch": float(np.median([h["seconds"] for h in result.history])),
@@ -122,7 +162,15 @@ def train_heads(
     from galclip.figures import plot_loss_curves
 
     write_json({"summary": summary, "history": result.history}, out / HISTORY_FILE)
-    plot_loss_curves({k: [h[k] for h in result.history] for k in ("train_loss", "val_loss", "lr")}, out / LOSS_CURVE_FILE)
-    logger.info("heads: best selection-split loss %.4f at epoch %d, %s; %.1f s -> %s", result.best_val_loss,
-                result.best_epoch, stop_words(result.stop_reason, config.epochs), summary["seconds"], out / HEADS_FILE)
+    plot_loss_curves(
+        {k: [h[k] for h in result.history] for k in ("train_loss", "val_loss", "lr")}, out / LOSS_CURVE_FILE
+    )
+    logger.info(
+        "heads: best selection-split loss %.4f at epoch %d, %s; %.1f s -> %s",
+        result.best_val_loss,
+        result.best_epoch,
+        stop_words(result.stop_reason, config.epochs),
+        summary["seconds"],
+        out / HEADS_FILE,
+    )
     return summary

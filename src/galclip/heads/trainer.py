@@ -3,11 +3,11 @@
 The report's recipe for each configuration: batch 512, Adam, ReduceLROnPlateau(factor 0.5,
 patience 5) on the validation loss, 80 epochs; the "validation" pairs are the *selection* split
 (``galclip.split``), never the test pairs every reported number comes from. Features are
-standardised in float32, live on the training device in fp16 and are cast per batch; each step may swap a pair's clean image features for one of its stored
-augmented views (``aug_prob``), so augmentation costs nothing. Per configuration the heads kept
-are those of the epoch with the lowest validation loss; a configuration stops after
-``early_stopping`` epochs without improvement, or when its loss stops being finite (it keeps its
-best epoch and the others go on).
+standardised in float32, live on the training device in fp16 and are cast per batch; each step may swap a
+pair's clean image features for one of its stored augmented views (``aug_prob``), so augmentation costs
+nothing. Per configuration the heads kept are those of the epoch with the lowest validation loss; a
+configuration stops after ``early_stopping`` epochs without improvement, or when its loss stops being finite
+(it keeps its best epoch and the others go on).
 
 The K configurations share one pass over the data: one seeded batch order and one draw of
 augmented views per step, the standardisation fitted once, each pair's features gathered and
@@ -78,8 +78,9 @@ class TrainResult:
         return None if self.diverged is None else self.diverged["epoch"]
 
 
-def _new_run(config: HeadConfig, norms: tuple[torch.nn.Module, torch.nn.Module], fc_state: dict | None,
-             device: torch.device) -> ConfigRun:
+def _new_run(
+    config: HeadConfig, norms: tuple[torch.nn.Module, torch.nn.Module], fc_state: dict | None, device: torch.device
+) -> ConfigRun:
     torch.manual_seed(config.seed)  # the same initialisation as a separate run with this seed
     heads = CLIPHeads.from_config(config)
     heads.image.norm.load_state_dict(norms[0].state_dict())
@@ -88,9 +89,13 @@ def _new_run(config: HeadConfig, norms: tuple[torch.nn.Module, torch.nn.Module],
         heads.load_moco_fc(fc_state)  # folds the standardisation in: the head starts as the pretrained MLP
     heads.to(device)
     decayed = [p for name, p in heads.named_parameters() if name != "log_inv_tau"]
-    groups = [{"params": decayed}] + ([{"params": [heads.log_inv_tau], "weight_decay": 0.0}] if config.learn_tau else [])
+    groups = [{"params": decayed}] + (
+        [{"params": [heads.log_inv_tau], "weight_decay": 0.0}] if config.learn_tau else []
+    )
     opt = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=device.type == "cuda")
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=config.lr_factor, patience=config.lr_patience)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="min", factor=config.lr_factor, patience=config.lr_patience
+    )
     return ConfigRun(config, heads, opt, sched, copy.deepcopy(heads.state_dict()))
 
 
@@ -118,22 +123,32 @@ def _validation_losses(runs: list[ConfigRun], norm_i, norm_s, feats: FeatureSet,
         xi, xs = feats.batch(idx)
         xi, xs = norm_i(xi), norm_s(xs)
         for j, run in enumerate(runs):
-            totals[j] += float(info_nce(run.heads.image.proj(xi), run.heads.spectrum.proj(xs), run.heads.tau())) * len(idx)
+            totals[j] += float(info_nce(run.heads.image.proj(xi), run.heads.spectrum.proj(xs), run.heads.tau())) * len(
+                idx
+            )
         count += len(idx)
     for run in runs:
         run.heads.train()
     return [t / max(count, 1) for t in totals]
 
 
-def _train_epoch(runs: list[ConfigRun], norm_i, norm_s, feats: FeatureSet, batch_size: int, n_views: int,
-                 gen: torch.Generator, device: torch.device) -> list[float]:
+def _train_epoch(
+    runs: list[ConfigRun],
+    norm_i,
+    norm_s,
+    feats: FeatureSet,
+    batch_size: int,
+    n_views: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> list[float]:
     """One epoch over the training pairs for every active run; returns each one's mean training loss."""
     n = len(feats)
     perm = torch.randperm(n, generator=gen).to(device)
     totals, seen = [torch.zeros((), device=device) for _ in runs], 0
     aug_probs = torch.tensor([run.config.aug_prob for run in runs])
     for lo in range(0, n, batch_size):
-        idx = perm[lo:lo + batch_size]
+        idx = perm[lo : lo + batch_size]
         if len(idx) < 2:
             continue
         xi_clean, xs = feats.batch(idx)
@@ -165,9 +180,16 @@ def _end_epoch(run: ConfigRun, epoch: int, train_loss: float, val_loss: float, s
         run.stop_reason = f"diverged at epoch {epoch}"
         return
     run.scheduler.step(val_loss)
-    run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                        "lr": run.optimizer.param_groups[0]["lr"], "tau": float(run.heads.tau().detach()),
-                        "seconds": seconds})
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": run.optimizer.param_groups[0]["lr"],
+            "tau": float(run.heads.tau().detach()),
+            "seconds": seconds,
+        }
+    )
     if val_loss < run.best_val_loss:
         run.best_val_loss, run.best_epoch, run.best_state = val_loss, epoch, copy.deepcopy(run.heads.state_dict())
     stop = run.config.early_stopping
@@ -177,16 +199,39 @@ def _end_epoch(run: ConfigRun, epoch: int, train_loss: float, val_loss: float, s
         run.stop_reason = f"no validation improvement for {stop} epochs"
 
 
-def _state(runs: list[ConfigRun], epoch: int, gen: torch.Generator, fingerprint: str, n_train: int, n_val: int,
-           device: torch.device) -> dict:
+def _state(
+    runs: list[ConfigRun],
+    epoch: int,
+    gen: torch.Generator,
+    fingerprint: str,
+    n_train: int,
+    n_val: int,
+    device: torch.device,
+) -> dict:
     return {
-        "format": STATE_FORMAT, "configs": [asdict(r.config) for r in runs], "store_fingerprint": fingerprint,
-        "n_train": n_train, "n_val": n_val, "device_type": device.type, "epoch": epoch,
-        "finished": not any(r.active for r in runs), "generator": gen.get_state(),
-        "runs": [{"last_state_dict": r.heads.state_dict(), "optimizer": r.optimizer.state_dict(),
-                  "scheduler": r.scheduler.state_dict(), "best_state_dict": r.best_state, "best_epoch": r.best_epoch,
-                  "best_val_loss": r.best_val_loss, "history": r.history, "stop_reason": r.stop_reason,
-                  "diverged": r.diverged} for r in runs],
+        "format": STATE_FORMAT,
+        "configs": [asdict(r.config) for r in runs],
+        "store_fingerprint": fingerprint,
+        "n_train": n_train,
+        "n_val": n_val,
+        "device_type": device.type,
+        "epoch": epoch,
+        "finished": not any(r.active for r in runs),
+        "generator": gen.get_state(),
+        "runs": [
+            {
+                "last_state_dict": r.heads.state_dict(),
+                "optimizer": r.optimizer.state_dict(),
+                "scheduler": r.scheduler.state_dict(),
+                "best_state_dict": r.best_state,
+                "best_epoch": r.best_epoch,
+                "best_val_loss": r.best_val_loss,
+                "history": r.history,
+                "stop_reason": r.stop_reason,
+                "diverged": r.diverged,
+            }
+            for r in runs
+        ],
     }
 
 
@@ -196,16 +241,28 @@ def _restore(runs: list[ConfigRun], state: dict, gen: torch.Generator) -> int:
         run.heads.load_state_dict(saved["last_state_dict"])
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
-        run.best_state, run.best_epoch, run.best_val_loss = saved["best_state_dict"], saved["best_epoch"], saved["best_val_loss"]
+        run.best_state, run.best_epoch, run.best_val_loss = (
+            saved["best_state_dict"],
+            saved["best_epoch"],
+            saved["best_val_loss"],
+        )
         run.history, run.stop_reason, run.diverged = saved["history"], saved["stop_reason"], saved["diverged"]
     gen.set_state(state["generator"].cpu())
     return state["epoch"] + 1
 
 
 def train_configurations(
-    configs: list[HeadConfig], data: TrainingData, device: torch.device, fingerprint: str,
-    fc_state: dict[str, torch.Tensor] | None = None, state_path: Path | None = None, resume: bool = False,
-    stop_after: int | None = None, progress: bool = True, desc: str = "heads", save_every_s: float = 0.0,
+    configs: list[HeadConfig],
+    data: TrainingData,
+    device: torch.device,
+    fingerprint: str,
+    fc_state: dict[str, torch.Tensor] | None = None,
+    state_path: Path | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+    desc: str = "heads",
+    save_every_s: float = 0.0,
 ) -> tuple[list[TrainResult], bool]:
     """Train K configurations that share layer widths, batch size, epochs and schedule shape.
 
@@ -219,8 +276,11 @@ def train_configurations(
     base = configs[0]
     if base.image_sizes != MOCO_FC_SIZES:
         fc_state = None
-    norms = (Standardise(base.image_sizes[0]), Standardise(base.spectrum_sizes[0])) if base.standardise else \
-        (torch.nn.Identity(), torch.nn.Identity())
+    norms = (
+        (Standardise(base.image_sizes[0]), Standardise(base.spectrum_sizes[0]))
+        if base.standardise
+        else (torch.nn.Identity(), torch.nn.Identity())
+    )
     if base.standardise:  # the train split's statistics, the same in every configuration
         norms[0].set(*data.stats["image"])
         norms[1].set(*data.stats["spectrum"])
@@ -262,18 +322,38 @@ def train_configurations(
             _end_epoch(run, epoch, tl, vl, seconds)
             if run.diverged:
                 kept = f"keeps its best epoch {run.best_epoch}" if run.best_epoch >= 0 else "had no good epoch"
-                logger.warning("configuration %d (lr %g, tau %g, weight_decay %g) diverged at epoch %d; it %s",
-                               runs.index(run), run.config.lr, run.config.tau, run.config.weight_decay, epoch, kept)
+                logger.warning(
+                    "configuration %d (lr %g, tau %g, weight_decay %g) diverged at epoch %d; it %s",
+                    runs.index(run),
+                    run.config.lr,
+                    run.config.tau,
+                    run.config.weight_decay,
+                    epoch,
+                    kept,
+                )
         if len(runs) == 1 and runs[0].history and runs[0].history[-1]["epoch"] == epoch:
             h = runs[0].history[-1]
-            logger.info("epoch %3d: train %.4f  selection %.4f  lr %.2e  tau %.3f  %.2fs",
-                        epoch, h["train_loss"], h["val_loss"], h["lr"], h["tau"], h["seconds"])
+            logger.info(
+                "epoch %3d: train %.4f  selection %.4f  lr %.2e  tau %.3f  %.2fs",
+                epoch,
+                h["train_loss"],
+                h["val_loss"],
+                h["lr"],
+                h["tau"],
+                h["seconds"],
+            )
             bar.set_postfix(train=f"{h['train_loss']:.3f}", selection=f"{h['val_loss']:.3f}")
         elif len(runs) > 1:
             val_of = dict(zip(map(id, active), val_losses))
-            logger.info("epoch %3d: selection loss %s  %.2fs", epoch, " ".join(
-                f"{val_of[id(run)]:.3f}" if run.history and run.history[-1]["epoch"] == epoch else "-"
-                for run in runs), seconds)
+            logger.info(
+                "epoch %3d: selection loss %s  %.2fs",
+                epoch,
+                " ".join(
+                    f"{val_of[id(run)]:.3f}" if run.history and run.history[-1]["epoch"] == epoch else "-"
+                    for run in runs
+                ),
+                seconds,
+            )
         bar.update(1)
         epochs_this_session += 1
         if all(r.diverged for r in runs):
@@ -300,6 +380,14 @@ def train_configurations(
 def _result(run: ConfigRun, fc_state, epochs_this_session: int) -> TrainResult:
     heads = CLIPHeads.from_config(run.config)
     heads.load_state_dict({k: v.detach().cpu() for k, v in run.best_state.items()})
-    return TrainResult(run.config, heads.eval(), run.history, run.best_epoch, run.best_val_loss,
-                       run.stop_reason or "stopped", run.diverged, "moco_fc" if fc_state is not None else "random",
-                       epochs_this_session)
+    return TrainResult(
+        run.config,
+        heads.eval(),
+        run.history,
+        run.best_epoch,
+        run.best_val_loss,
+        run.stop_reason or "stopped",
+        run.diverged,
+        "moco_fc" if fc_state is not None else "random",
+        epochs_this_session,
+    )

@@ -28,20 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from galclip.atomic import atomic_dir, reserve_space
-from galclip.neighbours import drop_self
-from galclip.outputs import check_output_dir, foreign_entries, write_marker
 from galclip.errors import GalclipError
 from galclip.heads.checkpoint import checkpoint_file, load_heads
 from galclip.index.embed import embed_store
 from galclip.index.format import FILES as INDEX_FILES
 from galclip.index.format import FORMAT, MAP_FILE, ROWS_FILE, SIDECAR, file_manifest, write_sidecar
+from galclip.neighbours import drop_self
+from galclip.outputs import check_output_dir, foreign_entries, write_marker
 from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
 from galclip.store import FeatureStore
 from galclip.vocabulary import MODALITIES
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -114,8 +113,9 @@ def index_recall(index, truth: np.ndarray, queries: np.ndarray, self_ids: np.nda
     return float(np.mean([len(set(t) & set(g)) / k for t, g in zip(truth, got)]))
 
 
-def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,
-                self_ids: np.ndarray | None = None) -> tuple[int, float]:
+def tune_nprobe(
+    index, truth: np.ndarray, queries: np.ndarray, floor: float, self_ids: np.ndarray | None = None
+) -> tuple[int, float]:
     """Smallest power-of-two nprobe whose recall reaches ``floor``: (nprobe, recall); raises if none does."""
     nprobe = 1
     while True:
@@ -124,8 +124,10 @@ def tune_nprobe(index, truth: np.ndarray, queries: np.ndarray, floor: float,
         if recall >= floor:
             return index.nprobe, recall
         if index.nprobe == index.nlist:
-            raise GalclipError(f"the IVF index reaches recall@10 {recall:.3f} < floor {floor} even with "
-                               "every list probed; lower --recall-floor or raise --exact-max to keep exact search")
+            raise GalclipError(
+                f"the IVF index reaches recall@10 {recall:.3f} < floor {floor} even with "
+                "every list probed; lower --recall-floor or raise --exact-max to keep exact search"
+            )
         nprobe *= 2
 
 
@@ -136,7 +138,7 @@ def exact_neighbours_streamed(vectors: np.ndarray, queries: np.ndarray, k: int, 
     best_s = np.full((m, 0), -np.inf, np.float32)
     best_i = np.zeros((m, 0), np.int64)
     for lo in range(0, len(vectors), block):
-        chunk = np.ascontiguousarray(vectors[lo:lo + block], np.float32)
+        chunk = np.ascontiguousarray(vectors[lo : lo + block], np.float32)
         s, i = _knn(queries, chunk, min(k, len(chunk)))
         cand_s, cand_i = np.hstack([best_s, s]), np.hstack([best_i, i + lo])
         order = np.lexsort((cand_i, -cand_s), axis=-1)[:, :k]  # by score, then by id
@@ -157,10 +159,21 @@ def _foreign_files(out: Path, overwrite: bool) -> bool:
     return out.is_dir() and bool(foreign_entries(out, INDEX_FILES))
 
 
-def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str | Path, exact_max: int = 250_000,
-                  recall_floor: float = 0.95, n_queries: int = 1000, batch: int = 4096, seed: int = 0,
-                  allow_partial: bool = False, progress: bool = False, embedding_map: bool = False,
-                  map_max_points: int = 20000, overwrite: bool = False) -> dict:
+def build_indexes(
+    store_path: str | Path,
+    heads_path: str | Path,
+    out_dir: str | Path,
+    exact_max: int = 250_000,
+    recall_floor: float = 0.95,
+    n_queries: int = 1000,
+    batch: int = 4096,
+    seed: int = 0,
+    allow_partial: bool = False,
+    progress: bool = False,
+    embedding_map: bool = False,
+    map_max_points: int = 20000,
+    overwrite: bool = False,
+) -> dict:
     """Embed every pair and write ``image.faiss``, ``spectrum.faiss``, ``image.npy``, ``spectrum.npy``
     (the (N, 128) embeddings), ``rows.npz`` and ``index.json`` into ``out_dir``; with ``embedding_map``
     also ``map.npy``, the (N, 2) UMAP map of the image embeddings (fitted on ``map_max_points``).
@@ -194,7 +207,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
         with progress_bar(n, "embed", "pair", enabled=progress) as bar:
             for lo, z in embed_store(store, heads, rows, batch):
                 for m in MODALITIES:
-                    emb[m][lo:lo + len(z[m])] = z[m]
+                    emb[m][lo : lo + len(z[m])] = z[m]
                 bar.update(len(z["image"]))
         for m in MODALITIES:
             emb[m].flush()
@@ -203,7 +216,7 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
                 sample = np.sort(rng.choice(n, size=min(n, max(40 * spec.nlist, 50_000)), replace=False))
                 index.train(np.ascontiguousarray(emb[m][sample]))
             for lo in range(0, n, batch):
-                index.add(np.ascontiguousarray(emb[m][lo:lo + batch]))
+                index.add(np.ascontiguousarray(emb[m][lo : lo + batch]))
             index = to_cpu(index)  # tuned, saved and searched on the CPU
             if spec.kind == "ivf":
                 q = np.ascontiguousarray(emb[m][queries])
@@ -216,8 +229,14 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
             # RuntimeError)
             with open(tmp / f"{m}.faiss", "wb") as f:
                 f.write(memoryview(faiss.serialize_index(index)))
-            records[m] = {"file": f"{m}.faiss", "embeddings": f"{m}.npy", **asdict(spec), "nprobe": nprobe,
-                          "recall@10": recall, "ntotal": int(index.ntotal)}
+            records[m] = {
+                "file": f"{m}.faiss",
+                "embeddings": f"{m}.npy",
+                **asdict(spec),
+                "nprobe": nprobe,
+                "recall@10": recall,
+                "ntotal": int(index.ntotal),
+            }
             logger.info("%s index: %s over %d vectors, recall@10 %.3f (nprobe %d)", m, spec.kind, n, recall, nprobe)
             del index
         map_info = None
@@ -226,22 +245,39 @@ def build_indexes(store_path: str | Path, heads_path: str | Path, out_dir: str |
 
             t_map = time.perf_counter()
             np.save(tmp / MAP_FILE, fit_umap(emb["image"], map_max_points, seed))
-            map_info = {"file": MAP_FILE, "of": "image", "max_points": map_max_points,
-                        "seconds": time.perf_counter() - t_map}
+            map_info = {
+                "file": MAP_FILE,
+                "of": "image",
+                "max_points": map_max_points,
+                "seconds": time.perf_counter() - t_map,
+            }
         del emb
         heads_file = checkpoint_file(heads_path)
-        np.savez(tmp / ROWS_FILE, row=rows, targetid=store.read_meta("targetid")[rows], split=store.split()[rows],
-                 redshift=store.read_meta("label_redshift")[rows], log_mstar=store.read_meta("label_log_mstar")[rows])
+        np.savez(
+            tmp / ROWS_FILE,
+            row=rows,
+            targetid=store.read_meta("targetid")[rows],
+            split=store.split()[rows],
+            redshift=store.read_meta("label_redshift")[rows],
+            log_mstar=store.read_meta("label_log_mstar")[rows],
+        )
         sidecar = {
-            "format": FORMAT, "n": n, "dim": d, "indexes": records, "recall_floor": recall_floor,
+            "format": FORMAT,
+            "n": n,
+            "dim": d,
+            "indexes": records,
+            "recall_floor": recall_floor,
             "store": os.path.relpath(Path(store_path).resolve(), out.resolve()),
-            "store_absolute": str(Path(store_path).resolve()), "store_fingerprint": store.fingerprint(),
+            "store_absolute": str(Path(store_path).resolve()),
+            "store_fingerprint": store.fingerprint(),
             "heads": os.path.relpath(heads_file.resolve(), out.resolve()),
-            "heads_absolute": str(heads_file.resolve()), "heads_sha256": sha256_file(heads_file),
-            "build_seconds": time.perf_counter() - t0, "exact_max": exact_max, "map": map_info,
+            "heads_absolute": str(heads_file.resolve()),
+            "heads_sha256": sha256_file(heads_file),
+            "build_seconds": time.perf_counter() - t0,
+            "exact_max": exact_max,
+            "map": map_info,
             "files": file_manifest(tmp),
         }
         write_sidecar(tmp, sidecar)
         write_marker(tmp, "index")
     return sidecar
-

@@ -24,12 +24,17 @@ logger = logging.getLogger(__name__)
 BLOCK = 4096  # rows of features in memory at once
 
 
-def embed_store(store: FeatureStore, heads: CLIPHeads, rows: np.ndarray, batch: int = BLOCK,
-                modalities: tuple[str, ...] = MODALITIES) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+def embed_store(
+    store: FeatureStore,
+    heads: CLIPHeads,
+    rows: np.ndarray,
+    batch: int = BLOCK,
+    modalities: tuple[str, ...] = MODALITIES,
+) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """Yield (first position in ``rows``, {modality: (b, 128) float32 unit vectors}) for the store rows ``rows``
     (sorted), ``batch`` rows at a time: at most one block of features is in memory."""
     for lo in range(0, len(rows), batch):
-        sel = rows[lo:lo + batch]
+        sel = rows[lo : lo + batch]
         a, b = int(sel[0]), int(sel[-1]) + 1  # complete shards are contiguous blocks of rows
         out = {}
         for m in modalities:
@@ -40,8 +45,9 @@ def embed_store(store: FeatureStore, heads: CLIPHeads, rows: np.ndarray, batch: 
         yield lo, out
 
 
-def embed(store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = BLOCK,
-          allow_partial: bool = False) -> np.ndarray:
+def embed(
+    store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = BLOCK, allow_partial: bool = False
+) -> np.ndarray:
     """(N, 128) float32 unit vectors of ``modality`` for the store's readable rows, streamed ``batch`` rows at a time.
 
     The rows are ``np.flatnonzero(store.require_complete())``: every row of a finished store
@@ -51,5 +57,5 @@ def embed(store: FeatureStore, heads: CLIPHeads, modality: str, batch: int = BLO
     rows = np.flatnonzero(store.require_complete(allow_partial))
     out = np.empty((len(rows), heads.image.sizes[-1]), np.float32)
     for lo, z in embed_store(store, heads, rows, batch, (modality,)):
-        out[lo:lo + len(z[modality])] = z[modality]
+        out[lo : lo + len(z[modality])] = z[modality]
     return out

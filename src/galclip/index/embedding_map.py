@@ -38,8 +38,9 @@ def fit_umap(x: np.ndarray, max_points: int = 20000, seed: int = 0) -> np.ndarra
     m = fit_rows.size
     # spectral init needs more points than components + neighbours; tiny fits use random init
     init = "spectral" if m > 20 else "random"
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, m - 1), metric="cosine",
-                        random_state=seed, init=init, n_jobs=1)  # seeded UMAP is serial anyway
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=min(15, m - 1), metric="cosine", random_state=seed, init=init, n_jobs=1
+    )  # seeded UMAP is serial anyway
     coords[fit_rows] = reducer.fit_transform(arr[fit_rows])
     rest = np.setdiff1d(np.arange(n), fit_rows, assume_unique=True)
     if rest.size:
@@ -58,8 +59,9 @@ def umap_cache_key(x: np.ndarray, max_points: int, seed: int) -> str:
     return h.hexdigest()[:32]
 
 
-def cached_umap(x: np.ndarray, max_points: int = 20000, seed: int = 0,
-                cache_dir: str | Path | None = None) -> tuple[np.ndarray, bool]:
+def cached_umap(
+    x: np.ndarray, max_points: int = 20000, seed: int = 0, cache_dir: str | Path | None = None
+) -> tuple[np.ndarray, bool]:
     """``fit_umap`` through an on-disk cache: (coords (n, 2), True when read from the cache).
 
     The cache file ``umap-KEY.npy`` in ``cache_dir`` is keyed by the embeddings' bytes and the fit

@@ -72,8 +72,10 @@ class Index:
         """Position of ``targetid``; an error naming the fix when it is not indexed."""
         pos = self.find(targetid)
         if pos < 0:
-            raise NotIndexed(f"targetid {targetid} is not in the index at {self.path} ({len(self)} galaxies); "
-                               "check the number, or embed a galaxy from its survey file with --data FILE")
+            raise NotIndexed(
+                f"targetid {targetid} is not in the index at {self.path} ({len(self)} galaxies); "
+                "check the number, or embed a galaxy from its survey file with --data FILE"
+            )
         return pos
 
     def _candidates(self, part: str) -> list[Path]:
@@ -98,11 +100,15 @@ class Index:
         if found and sha256_file(found[0]) == self.sidecar["heads_sha256"]:
             return found[0]
         if found:
-            raise GalclipError(f"{self.path}: was built from other heads than the current {found[0]} (SHA-256 "
-                               "differs); rebuild the index with 'galclip index' so new queries land in the same space")
-        raise GalclipError(f"{self.path}: the heads it was built from (SHA-256 {self.sidecar['heads_sha256'][:16]}) "
-                           f"are not at {' nor '.join(map(str, tried))}; put them back there, or rebuild the index "
-                           "with 'galclip index'")
+            raise GalclipError(
+                f"{self.path}: was built from other heads than the current {found[0]} (SHA-256 "
+                "differs); rebuild the index with 'galclip index' so new queries land in the same space"
+            )
+        raise GalclipError(
+            f"{self.path}: the heads it was built from (SHA-256 {self.sidecar['heads_sha256'][:16]}) "
+            f"are not at {' nor '.join(map(str, tried))}; put them back there, or rebuild the index "
+            "with 'galclip index'"
+        )
 
     def store_path(self) -> Path:
         """Where the feature store the index was built from is (see :meth:`open_store`)."""
@@ -123,9 +129,11 @@ class Index:
                         return store
                 except GalclipError:
                     continue
-        raise GalclipError(f"{self.path}: the feature store it was built from (fingerprint "
-                           f"{self.sidecar['store_fingerprint']}) is not at {' nor '.join(map(str, tried))}; put it "
-                           "back there (the index finds it relative to its own folder too), or rebuild the index")
+        raise GalclipError(
+            f"{self.path}: the feature store it was built from (fingerprint "
+            f"{self.sidecar['store_fingerprint']}) is not at {' nor '.join(map(str, tried))}; put it "
+            "back there (the index finds it relative to its own folder too), or rebuild the index"
+        )
 
     def embedding_map(self, max_points: int = 20000, seed: int = 0) -> np.ndarray:
         """(N, 2) float32 UMAP coordinates of the image embeddings: the folder's ``map.npy`` written by
@@ -157,7 +165,9 @@ class Index:
                 self._references[modality] = None
         return self._references[modality]
 
-    def predict(self, vectors: np.ndarray, modality: str, query_targetid: np.ndarray | None = None) -> list[dict | None]:
+    def predict(
+        self, vectors: np.ndarray, modality: str, query_targetid: np.ndarray | None = None
+    ) -> list[dict | None]:
         """The zero-shot prediction record of each (m, 128) unit vector of ``modality`` (``Reference.predict`` at
         k = 16; a query that is a reference galaxy is left out of its own neighbours); None each without a reference
         set, or with one smaller than k."""
@@ -167,8 +177,16 @@ class Index:
         pred = ref.predict(np.asarray(vectors, np.float32), DEFAULT_K, query_targetid)
         return [pred.record(i) for i in range(len(vectors))]
 
-    def search(self, targetid: int, query: str = "image", target: str = "image", k: int = 5,
-               vector: np.ndarray | None = None, source: str = "index", survey_redshift: float | None = None) -> dict:
+    def search(
+        self,
+        targetid: int,
+        query: str = "image",
+        target: str = "image",
+        k: int = 5,
+        vector: np.ndarray | None = None,
+        source: str = "index",
+        survey_redshift: float | None = None,
+    ) -> dict:
         """The ``k`` galaxies nearest to galaxy ``targetid``'s ``query`` modality, in ``target``'s index, with its
         zero-shot prediction.
 
@@ -183,19 +201,28 @@ class Index:
             vector, pos = np.asarray(vector, np.float32).reshape(1, -1), self.find(targetid)
         else:
             pos = self.position(targetid)
-            vector, survey_redshift, source = np.asarray(self.embeddings[query][pos:pos + 1]), None, "index"
+            vector, survey_redshift, source = np.asarray(self.embeddings[query][pos : pos + 1]), None, "index"
         exclude = pos if query == target else -1
         others = len(self) - (1 if exclude >= 0 else 0)
         if k > others:
-            raise GalclipError(f"k {k}: the index holds {len(self)} galaxies ({others} besides the query in its own "
-                               f"modality); ask for k {others} or fewer")
+            raise GalclipError(
+                f"k {k}: the index holds {len(self)} galaxies ({others} besides the query in its own "
+                f"modality); ask for k {others} or fewer"
+            )
         neighbours = self._neighbours(vector, target, k, exclude=exclude, partner=pos)
         known = pos >= 0
-        return {"query": {"targetid": int(targetid), "modality": query, "source": source,
-                          "redshift": float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
-                          "log_mstar": float_or_none(self.rows["log_mstar"][pos]) if known else None},
-                "target": target, "neighbours": neighbours,
-                "prediction": self.predict(vector, query, np.array([targetid], np.int64))[0]}
+        return {
+            "query": {
+                "targetid": int(targetid),
+                "modality": query,
+                "source": source,
+                "redshift": float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
+                "log_mstar": float_or_none(self.rows["log_mstar"][pos]) if known else None,
+            },
+            "target": target,
+            "neighbours": neighbours,
+            "prediction": self.predict(vector, query, np.array([targetid], np.int64))[0],
+        }
 
     def search_embedding(self, vector: np.ndarray, target: str = "image", k: int = 5) -> dict:
         """The ``k`` galaxies nearest to a 128-d vector (normalised here) in ``target``'s index; its zero-shot
@@ -204,24 +231,36 @@ class Index:
         vector = np.asarray(vector, dtype=np.float64).reshape(1, -1)
         d = int(self.sidecar["dim"])
         if vector.shape[1] != d or not np.isfinite(vector).all():
-            raise GalclipError(f"the query vector must hold {d} finite numbers, got {vector.shape[1]}"
-                               + ("" if np.isfinite(vector).all() else " with NaN/inf"))
+            raise GalclipError(
+                f"the query vector must hold {d} finite numbers, got {vector.shape[1]}"
+                + ("" if np.isfinite(vector).all() else " with NaN/inf")
+            )
         if k < 1:
             raise GalclipError(f"k must be at least 1, got {k}")
         unit = l2_normalise(vector)
-        return {"query": {"targetid": None, "modality": None, "source": "embedding", "redshift": None, "log_mstar": None},
-                "target": target, "neighbours": self._neighbours(unit, target, k),
-                "prediction": self.predict(unit, target)[0]}
+        return {
+            "query": {"targetid": None, "modality": None, "source": "embedding", "redshift": None, "log_mstar": None},
+            "target": target,
+            "neighbours": self._neighbours(unit, target, k),
+            "prediction": self.predict(unit, target)[0],
+        }
 
     def _neighbours(self, vector: np.ndarray, target: str, k: int, exclude: int = -1, partner: int = -1) -> list[dict]:
         sims, ids = self.nearest(vector, target, min(len(self), k + (exclude >= 0)))
         if exclude >= 0:  # an in-modal search leaves the query out of its own results
             sims, ids = drop_self(sims, ids, np.array([exclude]))
         keep = [(s, i) for s, i in zip(sims[0], ids[0]) if i >= 0][:k]
-        return [{"rank": r + 1, "similarity": float(s), "targetid": int(self.rows["targetid"][i]),
-                 "redshift": float_or_none(self.rows["redshift"][i]),
-                 "log_mstar": float_or_none(self.rows["log_mstar"][i]), "is_partner": bool(i == partner)}
-                for r, (s, i) in enumerate(keep)]
+        return [
+            {
+                "rank": r + 1,
+                "similarity": float(s),
+                "targetid": int(self.rows["targetid"][i]),
+                "redshift": float_or_none(self.rows["redshift"][i]),
+                "log_mstar": float_or_none(self.rows["log_mstar"][i]),
+                "is_partner": bool(i == partner),
+            }
+            for r, (s, i) in enumerate(keep)
+        ]
 
 
 def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
@@ -235,8 +274,10 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
     sidecar = read_sidecar(path)
     problems = verify_files(path, sidecar, verify_hashes)
     if problems:
-        raise DamagedDataError(f"{problems[0]}: the index is damaged; {REPAIR}"
-                               + (f" ({len(problems) - 1} more file(s) differ)" if len(problems) > 1 else ""))
+        raise DamagedDataError(
+            f"{problems[0]}: the index is damaged; {REPAIR}"
+            + (f" ({len(problems) - 1} more file(s) differ)" if len(problems) > 1 else "")
+        )
     indexes = {}
     try:
         for m, rec in sidecar["indexes"].items():
@@ -247,7 +288,6 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
         with np.load(path / ROWS_FILE) as z:
             rows = {k: z[k] for k in z.files}
         embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
-    except Exception as err:  # noqa: BLE001 - a damaged .npy header (TokenError), rows.npz (BadZipFile), .faiss ...
-        raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); "
-                               f"{REPAIR}") from err
+    except Exception as err:
+        raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); {REPAIR}") from err
     return Index(path, sidecar, indexes, rows, embeddings)

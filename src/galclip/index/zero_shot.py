@@ -53,8 +53,10 @@ class Predictions:
 
     def record(self, i: int) -> dict:
         """Query ``i`` as JSON: {label: {"value", "lo", "hi"}, ..., "similarity", "ood", "k"}."""
-        out: dict = {name: {"value": float(v[i]), "lo": float(lo[i]), "hi": float(hi[i])}
-                     for name, (v, lo, hi) in self.labels.items()}
+        out: dict = {
+            name: {"value": float(v[i]), "lo": float(lo[i]), "hi": float(hi[i])}
+            for name, (v, lo, hi) in self.labels.items()
+        }
         out.update(similarity=float(self.similarity[i]), ood=bool(self.ood[i]), k=self.k)
         return out
 
@@ -78,13 +80,27 @@ class Reference:
         return len(self.targetid)
 
     @classmethod
-    def from_arrays(cls, modality: str, selection: str, targetid: np.ndarray, embeddings: np.ndarray,
-                    labels: dict[str, np.ndarray], seed: int = 0) -> Reference:
+    def from_arrays(
+        cls,
+        modality: str,
+        selection: str,
+        targetid: np.ndarray,
+        embeddings: np.ndarray,
+        labels: dict[str, np.ndarray],
+        seed: int = 0,
+    ) -> Reference:
         """A reference set of n galaxies: (n,) targetids, (n, d) unit vectors, name -> (n,) finite labels."""
         emb = np.ascontiguousarray(embeddings, np.float32)
         search = NeighbourSearch(emb)
-        return cls(modality, selection, np.asarray(targetid, np.int64), emb,
-                   {name: np.asarray(y, np.float64) for name, y in labels.items()}, search, ood_threshold(search, seed))
+        return cls(
+            modality,
+            selection,
+            np.asarray(targetid, np.int64),
+            emb,
+            {name: np.asarray(y, np.float64) for name, y in labels.items()},
+            search,
+            ood_threshold(search, seed),
+        )
 
     def holds(self, targetid: np.ndarray) -> np.ndarray:
         """(m,) int64 position of each targetid in the reference, -1 where it is not a reference galaxy."""
@@ -95,14 +111,18 @@ class Reference:
         """Zero-shot predictions of (m, d) unit-vector queries from their ``k`` nearest reference galaxies; a query
         whose targetid (``query_targetid``, (m,)) is a reference galaxy is left out of its own neighbours."""
         if not 1 <= k <= len(self):
-            raise InputError(f"k {k}: the {self.modality} reference set holds {len(self)} labelled galaxies "
-                             f"({self.selection} selection); choose k {len(self)} or fewer")
+            raise InputError(
+                f"k {k}: the {self.modality} reference set holds {len(self)} labelled galaxies "
+                f"({self.selection} selection); choose k {len(self)} or fewer"
+            )
         queries = np.asarray(queries)
         own = self.holds(query_targetid) if query_targetid is not None else np.full(len(queries), -1, np.int64)
         if (own >= 0).any():
             if k + 1 > len(self):
-                raise InputError(f"k {k}: the {self.modality} reference set holds {len(self)} labelled galaxies, "
-                                 f"one of them the query; choose k {len(self) - 1} or fewer")
+                raise InputError(
+                    f"k {k}: the {self.modality} reference set holds {len(self)} labelled galaxies, "
+                    f"one of them the query; choose k {len(self) - 1} or fewer"
+                )
             nn_dist, nn_idx = drop_self(*self.search.query(queries, k + 1), own)
         else:
             nn_dist, nn_idx = self.search.query(queries, k)
@@ -124,10 +144,17 @@ def load_reference(index, modality: str, selection: str = "train", seed: int = 0
         raise InputError(
             f"{index.path}: no labelled reference galaxies in its {where} ({int(labelled.sum())} labelled of "
             f"{len(index)}); build the index from a store extracted with a catalogue (galclip extract --catalogue), "
-            "or pass --reference all")
+            "or pass --reference all"
+        )
     pos = np.flatnonzero(chosen)
-    return Reference.from_arrays(modality, selection, rows["targetid"][pos], index.embeddings[modality][pos],
-                                 {name: rows[name][pos] for name in LABELS}, seed)
+    return Reference.from_arrays(
+        modality,
+        selection,
+        rows["targetid"][pos],
+        index.embeddings[modality][pos],
+        {name: rows[name][pos] for name in LABELS},
+        seed,
+    )
 
 
 def ood_threshold(search: NeighbourSearch, seed: int = 0, sample: int = OOD_SAMPLE) -> float:

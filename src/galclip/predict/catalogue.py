@@ -143,7 +143,7 @@ def _layout(path: Path) -> str | None:
     if head is None:
         return None
     if head.startswith(b"SIMPLE  ="):
-        cards = [head[i:i + 80].decode("ascii", "replace") for i in range(0, min(len(head), _FITS_BLOCK), 80)]
+        cards = [head[i : i + 80].decode("ascii", "replace") for i in range(0, min(len(head), _FITS_BLOCK), 80)]
         return "fits" if any(c.startswith("GALCLIP =") and "'catalogue'" in c for c in cards) else None
     if head.startswith(b"# %ECSV"):
         return "ecsv" if _ECSV_MARK in head else None
@@ -170,12 +170,16 @@ def check_output(path: Path, overwrite: bool = False, fmt: str | None = None) ->
     if overwrite:
         return
     if path.exists() and not is_galclip_catalogue(path):
-        raise InputError(f"{path}: exists and is not a galclip catalogue; it would be replaced. Choose a new "
-                         "output path, or pass --overwrite to replace it")
+        raise InputError(
+            f"{path}: exists and is not a galclip catalogue; it would be replaced. Choose a new "
+            "output path, or pass --overwrite to replace it"
+        )
     side = sidecar_path(path)
     if format_for(path, fmt) in SIDECAR_FORMATS and side.exists() and not _sidecar_marked(side):
-        raise InputError(f"{side}: exists and is not a galclip catalogue sidecar; writing {path} would replace it. "
-                         "Choose a new output path, or pass --overwrite to replace it")
+        raise InputError(
+            f"{side}: exists and is not a galclip catalogue sidecar; writing {path} would replace it. "
+            "Choose a new output path, or pass --overwrite to replace it"
+        )
 
 
 def empty_rows(n: int) -> np.ndarray:
@@ -199,8 +203,10 @@ def _plain_header(header: dict[str, object]) -> dict[str, object]:
 
 
 def _columns_record() -> list[dict[str, object]]:
-    return [{"name": name, "dtype": np.dtype(dtype).name, "unit": unit or None, "description": text}
-            for name, dtype, _, unit, text in COLUMNS]
+    return [
+        {"name": name, "dtype": np.dtype(dtype).name, "unit": unit or None, "description": text}
+        for name, dtype, _, unit, text in COLUMNS
+    ]
 
 
 def _astropy_table(meta: dict[str, object]):
@@ -208,8 +214,10 @@ def _astropy_table(meta: dict[str, object]):
     import astropy.units as u
     from astropy.table import Column, Table
 
-    cols = [Column(np.zeros(0, dtype), name=name, unit=u.Unit(unit) if unit else None, description=text)
-            for name, dtype, _, unit, text in COLUMNS]
+    cols = [
+        Column(np.zeros(0, dtype), name=name, unit=u.Unit(unit) if unit else None, description=text)
+        for name, dtype, _, unit, text in COLUMNS
+    ]
     return Table(cols, meta=meta)
 
 
@@ -239,8 +247,15 @@ class CatalogueWriter:
     which a CSV's or Parquet's sidecar is written at ``close``; default ``path``. row_group: Parquet rows per row
     group."""
 
-    def __init__(self, path: Path, fmt: str, n_rows: int, header: dict[str, object], final: Path | None = None,
-                 row_group: int = ROW_GROUP):
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        n_rows: int,
+        header: dict[str, object],
+        final: Path | None = None,
+        row_group: int = ROW_GROUP,
+    ):
         if fmt not in FORMATS:
             raise ValueError(f"catalogue format {fmt!r}: not one of {FORMATS}")
         self.path, self.fmt, self.n_rows, self.header = Path(path), fmt, int(n_rows), header
@@ -279,8 +294,10 @@ class CatalogueWriter:
 
         primary = fits.PrimaryHDU()
         # TUNIT only for units FITS defines and astropy reads: none of LOG_MASS_UNIT's (see the module's docstring)
-        cols = [fits.Column(name=name, format=tform, unit=None if unit in ("", LOG_MASS_UNIT) else unit)
-                for name, _, tform, unit, _ in COLUMNS]
+        cols = [
+            fits.Column(name=name, format=tform, unit=None if unit in ("", LOG_MASS_UNIT) else unit)
+            for name, _, tform, unit, _ in COLUMNS
+        ]
         table = fits.BinTableHDU.from_columns(cols, nrows=0, name="CATALOGUE")
         table.header["NAXIS2"] = self.n_rows
         for i, (*_, text) in enumerate(COLUMNS, 1):  # the column descriptions TOPCAT/STILTS show
@@ -321,7 +338,7 @@ class CatalogueWriter:
         rows = np.concatenate(self._pending) if self._pending else np.zeros(0, ROW_DTYPE)
         cut = len(rows) if final else len(rows) - len(rows) % self.row_group
         for lo in range(0, cut, self.row_group):
-            part = rows[lo:min(lo + self.row_group, cut)]
+            part = rows[lo : min(lo + self.row_group, cut)]
             arrays = [pa.array(np.ascontiguousarray(part[name])) for name in ROW_DTYPE.names]
             self._parquet.write_table(pa.Table.from_arrays(arrays, schema=self._schema), row_group_size=len(part))
         self._pending = [rows[cut:]] if cut < len(rows) else []
@@ -362,13 +379,23 @@ class CatalogueWriter:
         from galclip.provenance import canonical_sha256
 
         record: dict[str, object] = {
-            "format": FORMAT, "file": self.final.name, "file_format": self.fmt, "rows": self.written,
-            "bytes": self.path.stat().st_size, "sha256": sha256, "columns": _columns_record(),
+            "format": FORMAT,
+            "file": self.final.name,
+            "file_format": self.fmt,
+            "rows": self.written,
+            "bytes": self.path.stat().st_size,
+            "sha256": sha256,
+            "columns": _columns_record(),
             "header": _plain_header(self.header),
         }
         if self.fmt == "csv":
-            record["csv"] = {"delimiter": ",", "header_rows": 1, "missing": CSV_MISSING, "true": CSV_TRUE,
-                             "false": CSV_FALSE}
+            record["csv"] = {
+                "delimiter": ",",
+                "header_rows": 1,
+                "missing": CSV_MISSING,
+                "true": CSV_TRUE,
+                "false": CSV_FALSE,
+            }
         record["sidecar_sha256"] = canonical_sha256(record)
         side = sidecar_path(self.final)
         atomic_write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", side)
@@ -401,22 +428,29 @@ def _parquet_schema(header: dict[str, object]):
     from astropy.table import meta as table_meta
 
     plain = _plain_header(header)
-    fields = [pa.field(name, pa.from_numpy_dtype(np.dtype(dtype)), nullable=False,
-                       metadata={b"unit": unit.encode(), b"description": text.encode()} if unit
-                       else {b"description": text.encode()})
-              for name, dtype, _, unit, text in COLUMNS]
+    fields = [
+        pa.field(
+            name,
+            pa.from_numpy_dtype(np.dtype(dtype)),
+            nullable=False,
+            metadata={b"unit": unit.encode(), b"description": text.encode()}
+            if unit
+            else {b"description": text.encode()},
+        )
+        for name, dtype, _, unit, text in COLUMNS
+    ]
     record = {"format": FORMAT, "columns": _columns_record(), "header": plain}
-    yaml = "\n".join(table_meta.get_yaml_from_table(_astropy_table({"GALCLIP": "catalogue", "FORMAT": FORMAT,
-                                                                    **plain})))
-    return pa.schema(fields, metadata={_PARQUET_KEY: json.dumps(record).encode(),
-                                       b"table_meta_yaml": yaml.encode()})
+    yaml = "\n".join(
+        table_meta.get_yaml_from_table(_astropy_table({"GALCLIP": "catalogue", "FORMAT": FORMAT, **plain}))
+    )
+    return pa.schema(fields, metadata={_PARQUET_KEY: json.dumps(record).encode(), b"table_meta_yaml": yaml.encode()})
 
 
 def _sha_offset(head: bytes) -> int:
     """Byte offset of the GCSHA256 value (64 hex digits) in a FITS catalogue's first bytes (its primary header)."""
     head = head[:_FITS_BLOCK]
     for i in range(0, len(head), 80):
-        if head[i:i + 8].decode("ascii", "replace").rstrip() == _SHA_KEY:
+        if head[i : i + 8].decode("ascii", "replace").rstrip() == _SHA_KEY:
             at = head.find(b"'", i, i + 80)
             if at >= 0:
                 return at + 1
@@ -447,12 +481,20 @@ def _sidecar_problems(path: Path, layout: str) -> list[str]:
     if record is None:
         return problems
     if record.get("file_format") != layout:
-        return [(f"{path}: its sidecar describes a {record.get('file_format')} file, this is {layout} (damaged, "
-                 "or the sidecar is another catalogue's)")]
+        return [
+            (
+                f"{path}: its sidecar describes a {record.get('file_format')} file, this is {layout} (damaged, "
+                "or the sidecar is another catalogue's)"
+            )
+        ]
     size = path.stat().st_size
     if size != record.get("bytes"):
-        return [(f"{path}: {size} bytes, its sidecar records {record.get('bytes')} (damaged or cut, or the "
-                 "sidecar is another catalogue's)")]
+        return [
+            (
+                f"{path}: {size} bytes, its sidecar records {record.get('bytes')} (damaged or cut, or the "
+                "sidecar is another catalogue's)"
+            )
+        ]
     from galclip.provenance import sha256_file
 
     if sha256_file(path) != record.get("sha256"):
@@ -467,8 +509,12 @@ def catalogue_problems(path: Path) -> list[str]:
     layout = _layout(path)
     if layout is None:
         side = sidecar_path(path)
-        return [(f"{path}: not a galclip catalogue (no GALCLIP mark, and no galclip sidecar {side.name} beside "
-                 "it: damaged, its sidecar lost, or another file)")]
+        return [
+            (
+                f"{path}: not a galclip catalogue (no GALCLIP mark, and no galclip sidecar {side.name} beside "
+                "it: damaged, its sidecar lost, or another file)"
+            )
+        ]
     if layout in SIDECAR_FORMATS:
         return _sidecar_problems(path, layout)
     sha = hashlib.sha256()
@@ -477,7 +523,7 @@ def catalogue_problems(path: Path) -> list[str]:
             recorded, last = None, b""
             for line in f:
                 if line.startswith(_CSV_SHA.encode()):
-                    recorded = line[len(_CSV_SHA):].strip().decode(errors="replace")
+                    recorded = line[len(_CSV_SHA) :].strip().decode(errors="replace")
                     last = line
                     break
                 sha.update(line)
@@ -492,11 +538,11 @@ def catalogue_problems(path: Path) -> list[str]:
                     return [f"{path}: its {_SHA_KEY} card is missing or damaged"]
             else:
                 at = head.find(_ECSV_SHA)
-                if at < 0 or head[at + len(_ECSV_SHA) + 64:at + len(_ECSV_SHA) + 66] != b"'}":
+                if at < 0 or head[at + len(_ECSV_SHA) + 64 : at + len(_ECSV_SHA) + 66] != b"'}":
                     return [f"{path}: its {_SHA_KEY} meta line is missing or damaged"]
                 at += len(_ECSV_SHA)
-            recorded = head[at:at + 64].decode("ascii", "replace")
-            head[at:at + 64] = _ZEROS.encode()
+            recorded = head[at : at + 64].decode("ascii", "replace")
+            head[at : at + 64] = _ZEROS.encode()
             sha.update(bytes(head))
             for block in iter(lambda: f.read(1 << 20), b""):
                 sha.update(block)

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,10 +25,10 @@ import numpy as np
 from galclip.atomic import atomic_path, write_json
 from galclip.config import ExtractConfig
 from galclip.errors import InputError
-from galclip.outputs import check_output_dir, output_dir
-from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
 from galclip.index.embed import BLOCK, embed_store
 from galclip.index.zero_shot import Reference, load_reference
+from galclip.outputs import check_output_dir, output_dir
+from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
 from galclip.predict.truth import TruthAccumulator, load_truth
 from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
@@ -41,8 +40,19 @@ from galclip.vocabulary import LABELS, MODALITIES
 logger = logging.getLogger(__name__)
 
 # what a predict report folder may hold: the demo keeps the catalogue and its work store there too
-PREDICT_NAMES = ("metrics.json", "report.html", "*.png", "*.fits", "*.csv", "*.ecsv", "*.parquet", "*.csv.json",
-                 "*.parquet.json", "*.zarr", "*.zarr.lock")
+PREDICT_NAMES = (
+    "metrics.json",
+    "report.html",
+    "*.png",
+    "*.fits",
+    "*.csv",
+    "*.ecsv",
+    "*.parquet",
+    "*.csv.json",
+    "*.parquet.json",
+    "*.zarr",
+    "*.zarr.lock",
+)
 
 
 def default_work_store(out: Path) -> Path:
@@ -63,17 +73,22 @@ def choose_modality(held: tuple[str, ...], requested: str, where: str) -> str:
     """The modality to predict from: ``requested``, or with "auto" the one the input holds (image when both)."""
     if requested == "auto":
         if not held:
-            raise InputError(f"{where}: holds neither images nor spectra (image_features/spectrum_features); nothing to "
-                             "predict from")
+            raise InputError(
+                f"{where}: holds neither images nor spectra (image_features/spectrum_features); nothing to predict from"
+            )
         if len(held) > 1:
-            logger.info("%s holds both modalities: predicting from the images (--modality spectrum for the spectra)", where)
+            logger.info(
+                "%s holds both modalities: predicting from the images (--modality spectrum for the spectra)", where
+            )
         return "image" if "image" in held else held[0]
     if requested not in MODALITIES:
         raise InputError(f"--modality must be image, spectrum or auto, got {requested!r}")
     if requested not in held:
         plural = {"image": "images", "spectrum": "spectra"}
-        raise InputError(f"{where}: holds no {plural[requested]} (only {[plural[m] for m in held]}); pass --modality "
-                         f"{held[0] if held else 'auto'} or another input")
+        raise InputError(
+            f"{where}: holds no {plural[requested]} (only {[plural[m] for m in held]}); pass --modality "
+            f"{held[0] if held else 'auto'} or another input"
+        )
     return requested
 
 
@@ -85,8 +100,10 @@ def encoder_identity(provenance: dict, modality: str) -> dict:
     if "sha256" in weights:
         weights.pop("source", None)
     enc["weights"] = weights
-    return {"encoders": {modality: enc},
-            "preprocessing": {modality: (provenance.get("preprocessing") or {}).get(modality)}}
+    return {
+        "encoders": {modality: enc},
+        "preprocessing": {modality: (provenance.get("preprocessing") or {}).get(modality)},
+    }
 
 
 def check_same_encoder(reference: dict, other: dict, modality: str, what: str, behind: str) -> None:
@@ -95,10 +112,12 @@ def check_same_encoder(reference: dict, other: dict, modality: str, what: str, b
     if diffs:
         raise InputError(
             f"{what}: its {modality} features would not come from the encoder behind {behind}:\n  "
-            + "\n  ".join(d.replace("store has", "index's store has").replace("this run has", "this input has")
-                          for d in diffs)
+            + "\n  ".join(
+                d.replace("store has", "index's store has").replace("this run has", "this input has") for d in diffs
+            )
             + f"\nPredict with the weights and preprocessing the index was built from (--{modality}-weights PATH to "
-            "point at a moved checkpoint)")
+            "point at a moved checkpoint)"
+        )
 
 
 def extraction_config(reference: FeatureStore, modality: str, weights: str | None, **overrides) -> ExtractConfig:
@@ -106,13 +125,16 @@ def extraction_config(reference: FeatureStore, modality: str, weights: str | Non
     the recorded checkpoint path (checked by SHA-256 before anything runs)."""
     from galclip.extract.provenance import config_from_provenance
 
-    config = config_from_provenance(reference.provenance, variants=0, spectrum_variants=0, modalities=(modality,),
-                                    catalogue=None, **overrides)
+    config = config_from_provenance(
+        reference.provenance, variants=0, spectrum_variants=0, modalities=(modality,), catalogue=None, **overrides
+    )
     key = f"{modality}_weights"
     path = weights or getattr(config, key)
     if path is not None and not Path(path).exists():
-        raise InputError(f"{path}: the {modality} weights the index's store {reference.path} was extracted with are "
-                         f"not here; pass --{modality}-weights PATH (checked against their SHA-256)")
+        raise InputError(
+            f"{path}: the {modality} weights the index's store {reference.path} was extracted with are "
+            f"not here; pass --{modality}-weights PATH (checked against their SHA-256)"
+        )
     return dataclasses.replace(config, **{key: path})
 
 
@@ -123,13 +145,29 @@ def _planned_provenance(config: ExtractConfig, reader) -> dict:
     return build_provenance(config, reader, None)
 
 
-def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | Path, modality: str = "auto",
-                      k: int = 16, fmt: str | None = None, truth: str | Path | None = None, reference: str = "train",
-                      work: str | Path | None = None, report_dir: str | Path | None = None,
-                      image_weights: str | None = None, spectrum_weights: str | None = None, device: str = "auto",
-                      batch_size: int = 64, rows_per_shard: int = 256, num_workers: int | None = None,
-                      bad_rows: str = "fail", block: int = BLOCK, seed: int = 0, progress: bool = True,
-                      overwrite: bool = False) -> dict:
+def predict_catalogue(
+    index_dir: str | Path,
+    input_path: str | Path,
+    out: str | Path,
+    modality: str = "auto",
+    k: int = 16,
+    fmt: str | None = None,
+    truth: str | Path | None = None,
+    reference: str = "train",
+    work: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    image_weights: str | None = None,
+    spectrum_weights: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    rows_per_shard: int = 256,
+    num_workers: int | None = None,
+    bad_rows: str = "fail",
+    block: int = BLOCK,
+    seed: int = 0,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Write the zero-shot catalogue of every galaxy in ``input_path`` (survey files, or a feature store) to ``out``.
 
     Returns the run's metrics, also written to ``report_dir/metrics.json`` (default ``<stem>_report/``).
@@ -167,10 +205,18 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         with SurveyReader(input_path, require=()) as reader:
             modality = choose_modality(reader.modalities, modality, str(input_path))
             config = extraction_config(
-                ref_store, modality, image_weights if modality == "image" else spectrum_weights, device=device,
-                batch_size=batch_size, rows_per_shard=rows_per_shard, num_workers=num_workers, bad_rows=bad_rows)
-            check_same_encoder(ref_store.provenance, _planned_provenance(config, reader), modality,
-                               str(input_path), str(index_dir))
+                ref_store,
+                modality,
+                image_weights if modality == "image" else spectrum_weights,
+                device=device,
+                batch_size=batch_size,
+                rows_per_shard=rows_per_shard,
+                num_workers=num_workers,
+                bad_rows=bad_rows,
+            )
+            check_same_encoder(
+                ref_store.provenance, _planned_provenance(config, reader), modality, str(input_path), str(index_dir)
+            )
             targetid = reader.targetids()
     truth_labels, n_seen = None, 0
     if truth is not None:  # galaxies that fitted or chose the heads are not scored: only new ones and the test split
@@ -183,12 +229,16 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     n_in_reference = int((ref.holds(targetid) >= 0).sum())
     if k + (n_in_reference > 0) > len(ref):
         most = len(ref) - (n_in_reference > 0)
-        raise InputError(f"-k {k} is larger than the {most} labelled reference galaxies of {index_dir} "
-                         f"({ref.selection} selection{', less the query itself' if n_in_reference else ''}); choose "
-                         f"-k {most} or fewer")
+        raise InputError(
+            f"-k {k} is larger than the {most} labelled reference galaxies of {index_dir} "
+            f"({ref.selection} selection{', less the query itself' if n_in_reference else ''}); choose "
+            f"-k {most} or fewer"
+        )
     if n_in_reference:
-        logger.info("%d of the galaxies predicted are reference galaxies: each is left out of its own neighbours",
-                    n_in_reference)
+        logger.info(
+            "%d of the galaxies predicted are reference galaxies: each is left out of its own neighbours",
+            n_in_reference,
+        )
 
     if config is not None:
         work = Path(work) if work is not None else default_work_store(out)
@@ -209,7 +259,7 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
         writer = CatalogueWriter(tmp, fmt, store.n, header, final=out)
         try:
             with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
-                for lo, rows in _predictions(store, heads, ref, modality, k, readable, block, accumulate):
+                for _, rows in _predictions(store, heads, ref, modality, k, readable, block, accumulate):
                     writer.write(rows)
                     n_ood += int(rows["OOD"].sum())
                     n_pred += int((rows["N_NEIGHBOURS"] > 0).sum())
@@ -221,31 +271,51 @@ def predict_catalogue(index_dir: str | Path, input_path: str | Path, out: str | 
     timings["embed_knn"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics = {
-        "catalogue": str(out), "format": fmt, "modality": modality, "k": k, "n_galaxies": store.n,
-        "n_predicted": n_pred, "n_quarantined": store.n - int(readable.sum()), "n_ood": n_ood,
+        "catalogue": str(out),
+        "format": fmt,
+        "modality": modality,
+        "k": k,
+        "n_galaxies": store.n,
+        "n_predicted": n_pred,
+        "n_quarantined": store.n - int(readable.sum()),
+        "n_ood": n_ood,
         "ood_threshold": ref.ood_threshold,
-        "reference": {"selection": ref.selection, "n": len(ref), "n_in_reference": n_in_reference,
-                      "index": str(Path(index_dir).resolve())},
-        "input": str(input_path), "features": str(store.path), "header": header,
-        "timings_s": timings, "galaxies_per_s": store.n / max(timings["total"], 1e-9), "extraction": extraction,
+        "reference": {
+            "selection": ref.selection,
+            "n": len(ref),
+            "n_in_reference": n_in_reference,
+            "index": str(Path(index_dir).resolve()),
+        },
+        "input": str(input_path),
+        "features": str(store.path),
+        "header": header,
+        "timings_s": timings,
+        "galaxies_per_s": store.n / max(timings["total"], 1e-9),
+        "extraction": extraction,
     }
     if accumulate is not None:
         from galclip.predict.report import write_truth_report
 
-        metrics["truth"] = {"source": str(truth), "scored": "galaxies outside the index's store and those of its test "
-                            "split", "n_left_out_seen_in_training": n_seen, **accumulate.metrics()}
+        metrics["truth"] = {
+            "source": str(truth),
+            "scored": "galaxies outside the index's store and those of its test split",
+            "n_left_out_seen_in_training": n_seen,
+            **accumulate.metrics(),
+        }
     with output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite=True, option="--report"):
         if accumulate is not None:
             metrics["figures"] = write_truth_report(metrics, accumulate, metrics_dir)
         write_json(metrics, metrics_dir / "metrics.json")
     metrics["metrics_file"] = str(metrics_dir / "metrics.json")
-    logger.info("catalogue of %d galaxies (%d predicted, %d flagged out of distribution) -> %s", store.n, n_pred,
-                n_ood, out)
+    logger.info(
+        "catalogue of %d galaxies (%d predicted, %d flagged out of distribution) -> %s", store.n, n_pred, n_ood, out
+    )
     return metrics
 
 
-def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: int, readable: np.ndarray,
-                 block: int, accumulate):
+def _predictions(
+    store: FeatureStore, heads, ref: Reference, modality: str, k: int, readable: np.ndarray, block: int, accumulate
+):
     """Yield (first row, catalogue rows) in store order: the zero-shot predictions of the readable rows, embedded
     ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs. Memory: one
     block of features and its neighbours."""
@@ -253,7 +323,7 @@ def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: i
     rows = np.flatnonzero(readable)
     done = 0
     for lo, z in embed_store(store, heads, rows, block, (modality,)):
-        sel = rows[lo:lo + len(z[modality])]
+        sel = rows[lo : lo + len(z[modality])]
         end = int(sel[-1]) + 1
         out = empty_rows(end - done)
         out["TARGETID"] = targetid[done:end]
@@ -266,25 +336,35 @@ def _predictions(store: FeatureStore, heads, ref: Reference, modality: str, k: i
         out["N_NEIGHBOURS"][at] = k
         out["OOD"][at] = pred.ood
         if accumulate is not None:
-            accumulate.add(sel, pred.distances, {label: ref.labels[label][pred.neighbours] for label in LABELS},
-                           pred.labels)
+            accumulate.add(
+                sel, pred.distances, {label: ref.labels[label][pred.neighbours] for label in LABELS}, pred.labels
+            )
         yield done, out
         done = end
     for lo in range(done, store.n, block):  # quarantined rows after the last readable one
         out = empty_rows(min(lo + block, store.n) - lo)
-        out["TARGETID"] = targetid[lo:lo + len(out)]
+        out["TARGETID"] = targetid[lo : lo + len(out)]
         yield lo, out
 
 
-def _header(index, heads_file: Path, ref_store: FeatureStore, store: FeatureStore, modality: str, k: int,
-            ref: Reference) -> dict[str, object]:
+def _header(
+    index, heads_file: Path, ref_store: FeatureStore, store: FeatureStore, modality: str, k: int, ref: Reference
+) -> dict[str, object]:
     """The catalogue's provenance: FITS keywords (8 characters at most) -> values."""
     from galclip.provenance import code_version
 
     return {
-        "GCVERS": str(code_version())[:60], "MODALITY": modality, "KNN_K": k, "KNN_WGT": "inverse distance",
-        "INTERVAL": "weighted 16th-84th percentile", "REFSET": ref.selection, "NREF": len(ref),
-        "OODTHR": float(ref.ood_threshold), "OODPCT": 1.0,
-        "INDEXSHA": sha256_file(Path(index.path) / "index.json")[:16], "HEADSSHA": index.sidecar["heads_sha256"][:16],
-        "STOREFP": ref_store.fingerprint(), "INPUTFP": store.fingerprint(),
+        "GCVERS": str(code_version())[:60],
+        "MODALITY": modality,
+        "KNN_K": k,
+        "KNN_WGT": "inverse distance",
+        "INTERVAL": "weighted 16th-84th percentile",
+        "REFSET": ref.selection,
+        "NREF": len(ref),
+        "OODTHR": float(ref.ood_threshold),
+        "OODPCT": 1.0,
+        "INDEXSHA": sha256_file(Path(index.path) / "index.json")[:16],
+        "HEADSSHA": index.sidecar["heads_sha256"][:16],
+        "STOREFP": ref_store.fingerprint(),
+        "INPUTFP": store.fingerprint(),
     }

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from galclip.targetids import lookup
-from galclip.vocabulary import LABELS
-
 from galclip.errors import InputError
 from galclip.neighbours import idw_weights, weighted_quantile
 from galclip.photoz import is_outlier, label_metrics
+from galclip.targetids import lookup
+from galclip.vocabulary import LABELS
 
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)  # nominal central-interval probabilities
 
@@ -39,8 +38,10 @@ def load_truth(path: str | Path, targetid: np.ndarray) -> dict[str, np.ndarray]:
         joined, _ = join_columns(targetid, path, ("Z_HP", "PROVABGS_LOGMSTAR_BF"))  # float64, the cuts applied
         out = {"redshift": joined["Z_HP"], "log_mstar": joined["PROVABGS_LOGMSTAR_BF"]}
     if not any(np.isfinite(y).any() for y in out.values()):
-        raise InputError(f"{path}: holds no labels for any of the {len(targetid)} galaxies predicted (e.g. targetid "
-                         f"{int(targetid[0]) if len(targetid) else '-'}); pass the truth catalogue of these galaxies")
+        raise InputError(
+            f"{path}: holds no labels for any of the {len(targetid)} galaxies predicted (e.g. targetid "
+            f"{int(targetid[0]) if len(targetid) else '-'}); pass the truth catalogue of these galaxies"
+        )
     return out
 
 
@@ -53,8 +54,13 @@ class TruthAccumulator:
         self.parts: dict[str, list[np.ndarray]] = {label: [] for label in LABELS}
         self.hits = {label: np.zeros(len(COVERAGE_LEVELS), np.int64) for label in LABELS}
 
-    def add(self, rows: np.ndarray, nn_dist: np.ndarray, nn_y: dict[str, np.ndarray],
-            estimates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+    def add(
+        self,
+        rows: np.ndarray,
+        nn_dist: np.ndarray,
+        nn_y: dict[str, np.ndarray],
+        estimates: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    ) -> None:
         """rows (m,) store rows of a block; nn_dist (m, k); nn_y label -> (m, k) neighbour labels;
         estimates label -> (pred, lo, hi), each (m,)."""
         weights = idw_weights(nn_dist)
@@ -82,8 +88,10 @@ class TruthAccumulator:
             a = self.arrays(label)
             out[label] = label_metrics(label, a["true"], a["pred"], a["lo"], a["hi"])
             n = len(a["true"])
-            out[label]["coverage_curve"] = {"nominal": list(COVERAGE_LEVELS),
-                                            "empirical": (self.hits[label] / n).tolist() if n else None}
+            out[label]["coverage_curve"] = {
+                "nominal": list(COVERAGE_LEVELS),
+                "empirical": (self.hits[label] / n).tolist() if n else None,
+            }
             if label == "redshift":
                 out[label]["n_outliers"] = int(is_outlier(a["true"], a["pred"]).sum())
         out["n_with_truth"] = int(max(len(self.arrays(label)["true"]) for label in LABELS))

@@ -27,9 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from galclip.data.survey import SurveyReader, recorded_survey_problems
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.search import Index, NotIndexed, float_or_none, open_index
+from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 from galclip.split import SPLIT_NAMES
 from galclip.vocabulary import MODALITIES
-from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 
 logger = logging.getLogger(__name__)
 
@@ -68,14 +68,20 @@ class SearchService:
         pos = self.index.find(targetid)
         in_survey = bool(self.galaxies.holds(np.array([targetid]))[0])
         if pos < 0 and not in_survey:
-            raise NotIndexed(f"targetid {targetid} is neither in the index at {self.index.path} nor in the survey "
-                             "files; check the number")
+            raise NotIndexed(
+                f"targetid {targetid} is neither in the index at {self.index.path} nor in the survey "
+                "files; check the number"
+            )
         rows = self.index.rows
-        return {"targetid": int(targetid), "indexed": pos >= 0, "partner_indexed": pos >= 0,
-                "split": SPLIT_NAMES.get(int(rows["split"][pos])) if pos >= 0 else None,
-                "redshift": float_or_none(rows["redshift"][pos]) if pos >= 0 else None,
-                "log_mstar": float_or_none(rows["log_mstar"][pos]) if pos >= 0 else None,
-                "survey": self.galaxies.where(targetid) if in_survey else None}
+        return {
+            "targetid": int(targetid),
+            "indexed": pos >= 0,
+            "partner_indexed": pos >= 0,
+            "split": SPLIT_NAMES.get(int(rows["split"][pos])) if pos >= 0 else None,
+            "redshift": float_or_none(rows["redshift"][pos]) if pos >= 0 else None,
+            "log_mstar": float_or_none(rows["log_mstar"][pos]) if pos >= 0 else None,
+            "survey": self.galaxies.where(targetid) if in_survey else None,
+        }
 
     def embedding_map(self) -> dict:
         """2-d UMAP coordinates of every indexed galaxy's image embedding with its redshift: the index's
@@ -83,9 +89,12 @@ class SearchService:
         with self._map_lock:
             if self._map is None:
                 coords = self.index.embedding_map()
-                self._map = {"targetid": [str(t) for t in self.index.rows["targetid"].tolist()],
-                             "x": np.round(coords[:, 0], 4).tolist(), "y": np.round(coords[:, 1], 4).tolist(),
-                             "redshift": [float_or_none(z) for z in self.index.rows["redshift"]]}
+                self._map = {
+                    "targetid": [str(t) for t in self.index.rows["targetid"].tolist()],
+                    "x": np.round(coords[:, 0], 4).tolist(),
+                    "y": np.round(coords[:, 1], 4).tolist(),
+                    "redshift": [float_or_none(z) for z in self.index.rows["redshift"]],
+                }
             return self._map
 
 
@@ -121,37 +130,51 @@ def load_service(index_path: str | Path, data: list[str | Path] | None = None) -
         with SurveyReader(files, require=()) as reader:  # per process, caches included
             changed = recorded_survey_problems(store.provenance, reader, store.targetids)
     if changed:
-        raise GalclipError(f"{changed[0]}. {store.path} was extracted from the earlier file, so the page would show "
-                           "other galaxies than those it names: put the original back (or pass it with --data), or "
-                           "extract the new file and build a new index")
+        raise GalclipError(
+            f"{changed[0]}. {store.path} was extracted from the earlier file, so the page would show "
+            "other galaxies than those it names: put the original back (or pass it with --data), or "
+            "extract the new file and build a new index"
+        )
     galaxies = SurveyGalaxies(files, crop=crop, rgb=rgb)
     missing = index.rows["targetid"][~galaxies.holds(index.rows["targetid"])]
     if missing.size:
         names = ", ".join(map(str, files))
-        raise GalclipError(f"{names}: no row with targetid {int(missing[0])} (and {missing.size - 1} more of the "
-                           f"index's {len(index)} galaxies); pass the survey files the index was built from with --data")
+        raise GalclipError(
+            f"{names}: no row with targetid {int(missing[0])} (and {missing.size - 1} more of the "
+            f"index's {len(index)} galaxies); pass the survey files the index was built from with --data"
+        )
     return SearchService(index, galaxies)
 
 
 def create_app(service: SearchService) -> FastAPI:
     """The FastAPI application over one service."""
-    app = FastAPI(title="galclip search", version="1", docs_url=None, redoc_url=None, openapi_url="/openapi.json",
-                  description="Similarity search over galclip's FAISS indexes; every parameter is checked and "
-                              "a bad one gets a 4xx answer that names it.")
+    app = FastAPI(
+        title="galclip search",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        description="Similarity search over galclip's FAISS indexes; every parameter is checked and "
+        "a bad one gets a 4xx answer that names it.",
+    )
+
     @app.exception_handler(RequestValidationError)
     async def bad_parameters(request: Request, exc: RequestValidationError):
         problems = []
         for err in exc.errors():
             loc = list(err.get("loc", ()))
             where = ".".join(str(p) for p in (loc[1:] if loc[:1] in (["query"], ["path"], ["body"]) else loc))
-            problems.append(f"{where or 'request'}: {err.get('msg')}" + (f" (got {err['input']!r})"
-                                                                         if "input" in err and not isinstance(err["input"], (dict, list)) else ""))
+            problems.append(
+                f"{where or 'request'}: {err.get('msg')}"
+                + (f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], (dict, list)) else "")
+            )
         return JSONResponse(status_code=422, content={"error": "; ".join(problems), "detail": jsonable(exc.errors())})
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):  # unknown routes, wrong methods: one shape
-        message = f"{request.url.path}: {exc.detail}" + ("; the API is listed at /openapi.json"
-                                                          if exc.status_code in (404, 405) else "")
+        message = f"{request.url.path}: {exc.detail}" + (
+            "; the API is listed at /openapi.json" if exc.status_code in (404, 405) else ""
+        )
         return JSONResponse(status_code=exc.status_code, content={"error": message}, headers=exc.headers)
 
     @app.exception_handler(NotIndexed)
@@ -171,9 +194,16 @@ def create_app(service: SearchService) -> FastAPI:
     async def user_error(request: Request, exc: GalclipError):
         return JSONResponse(status_code=422, content={"error": str(exc)})
 
-    @app.get("/api/search", summary="Neighbours of an indexed galaxy, with its zero-shot prediction (k = 16, train-split reference)")
-    def search(targetid: int, query: Modality = "image", target: Modality = "image",
-               k: int = Query(16, ge=1, le=K_MAX, description=f"neighbours, 1 to {K_MAX}")) -> dict:
+    @app.get(
+        "/api/search",
+        summary="Neighbours of an indexed galaxy, with its zero-shot prediction (k = 16, train-split reference)",
+    )
+    def search(
+        targetid: int,
+        query: Modality = "image",
+        target: Modality = "image",
+        k: int = Query(16, ge=1, le=K_MAX, description=f"neighbours, 1 to {K_MAX}"),
+    ) -> dict:
         return service.search(targetid, query, target, k)
 
     @app.post("/api/search", summary="Neighbours of any vector in the shared space")
@@ -181,30 +211,57 @@ def create_app(service: SearchService) -> FastAPI:
         return service.search_embedding(body.embedding, body.target, body.k)
 
     @app.get("/api/search.csv", summary="The result table of GET /api/search as CSV")
-    def search_csv(targetid: int, query: Modality = "image", target: Modality = "image",
-                   k: int = Query(16, ge=1, le=K_MAX)) -> Response:
+    def search_csv(
+        targetid: int, query: Modality = "image", target: Modality = "image", k: int = Query(16, ge=1, le=K_MAX)
+    ) -> Response:
         result = service.search(targetid, query, target, k)
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["query_targetid", "query_modality", "target_modality", "rank", "targetid", "similarity",
-                         "redshift", "log_mstar", "is_partner"])
+        writer.writerow(
+            [
+                "query_targetid",
+                "query_modality",
+                "target_modality",
+                "rank",
+                "targetid",
+                "similarity",
+                "redshift",
+                "log_mstar",
+                "is_partner",
+            ]
+        )
         for n in result["neighbours"]:
-            writer.writerow([targetid, query, target, n["rank"], n["targetid"], f"{n['similarity']:.6f}",
-                             "" if n["redshift"] is None else n["redshift"],
-                             "" if n["log_mstar"] is None else n["log_mstar"], int(n["is_partner"])])
+            writer.writerow(
+                [
+                    targetid,
+                    query,
+                    target,
+                    n["rank"],
+                    n["targetid"],
+                    f"{n['similarity']:.6f}",
+                    "" if n["redshift"] is None else n["redshift"],
+                    "" if n["log_mstar"] is None else n["log_mstar"],
+                    int(n["is_partner"]),
+                ]
+            )
         name = f"galclip-{targetid}-{query}-to-{target}-k{k}.csv"
-        return Response(buffer.getvalue(), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            buffer.getvalue(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
 
     @app.get("/api/galaxy/{targetid}", summary="Labels, split, survey file and group of one galaxy")
     def galaxy(targetid: int) -> dict:
         return service.galaxy(targetid)
 
-    @app.get("/api/image/{targetid}.png", summary="The g,r,z cutout as RGB, as the store's preprocessing maps it",
-             response_class=Response)
+    @app.get(
+        "/api/image/{targetid}.png",
+        summary="The g,r,z cutout as RGB, as the store's preprocessing maps it",
+        response_class=Response,
+    )
     def image(targetid: int) -> Response:
-        return Response(service.galaxies.image_png(targetid), media_type="image/png",
-                        headers={"Cache-Control": "max-age=3600"})
+        return Response(
+            service.galaxies.image_png(targetid), media_type="image/png", headers={"Cache-Control": "max-age=3600"}
+        )
 
     @app.get("/api/spectrum/{targetid}", summary="The spectrum on the DESI grid, averaged into bins for display")
     def spectrum(targetid: int, bins: int = Query(400, ge=2, le=BINS_MAX)) -> dict:
@@ -221,8 +278,13 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.get("/api/health", summary="Liveness and what is served")
     def health() -> dict:
-        return {"status": "ok", "galaxies": len(service.index), "modalities": list(MODALITIES),
-                "k_max": K_MAX, "index": str(service.index.path)}
+        return {
+            "status": "ok",
+            "galaxies": len(service.index),
+            "modalities": list(MODALITIES),
+            "k_max": K_MAX,
+            "index": str(service.index.path),
+        }
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

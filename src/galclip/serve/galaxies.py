@@ -70,8 +70,10 @@ class SurveyGalaxies:
             try:
                 return self.reader.read(row, row + 1)
             except (OSError, RuntimeError, ValueError) as err:  # a damaged or truncated survey file
-                raise DamagedDataError(f"{self.reader.locate(row)}: targetid {targetid} cannot be read ({err}); the "
-                                       "survey file is damaged: restore it from a copy") from err
+                raise DamagedDataError(
+                    f"{self.reader.locate(row)}: targetid {targetid} cannot be read ({err}); the "
+                    "survey file is damaged: restore it from a copy"
+                ) from err
 
     def image_png(self, targetid: int) -> bytes:
         """The g,r,z cutout as an RGB PNG, with the crop and grz->RGB mapping the store's preprocessing used."""
@@ -103,8 +105,10 @@ class SurveyGalaxies:
         flux_b = np.add.reduceat(flux, edges[:-1]) / counts
         wave_b = np.add.reduceat(wave, edges[:-1]) / counts
         finite = np.isfinite(flux_b)
-        return {"wavelength": np.round(wave_b, 2).tolist(),
-                "flux": [float(round(v, 5)) if ok else None for v, ok in zip(flux_b, finite)]}
+        return {
+            "wavelength": np.round(wave_b, 2).tolist(),
+            "flux": [float(round(v, 5)) if ok else None for v, ok in zip(flux_b, finite)],
+        }
 
     def close(self) -> None:
         self.reader.close()

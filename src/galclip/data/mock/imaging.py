@@ -22,8 +22,13 @@ def sersic_b(n: np.ndarray) -> np.ndarray:
 
 
 def sersic_profiles(
-    n_sersic: np.ndarray, r_e_px: np.ndarray, axis_ratio: np.ndarray, position_angle: np.ndarray,
-    centre: np.ndarray, size: int = 152, oversample: int = 2,
+    n_sersic: np.ndarray,
+    r_e_px: np.ndarray,
+    axis_ratio: np.ndarray,
+    position_angle: np.ndarray,
+    centre: np.ndarray,
+    size: int = 152,
+    oversample: int = 2,
 ) -> np.ndarray:
     """Sérsic surface brightness, each stamp normalised to unit sum: (B,) params -> (B, size, size).
 
@@ -32,7 +37,7 @@ def sersic_profiles(
     """
     import torch
 
-    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))[:, None, None]  # noqa: E731
+    f32 = lambda a: torch.as_tensor(np.asarray(a, np.float32))[:, None, None]
     bn, inv_n = f32(sersic_b(np.asarray(n_sersic))), f32(1.0 / np.asarray(n_sersic))
     cos, sin = f32(np.cos(position_angle)), f32(np.sin(position_angle))
     inv_q, inv_re = f32(1.0 / np.asarray(axis_ratio)), f32(1.0 / np.asarray(r_e_px))
@@ -81,5 +86,5 @@ def fibre_fraction(image: np.ndarray, centre: np.ndarray, radius_px: float) -> n
     size = image.shape[-1]
     grid = np.arange(size)
     r2 = (grid[None, None, :] - centre[:, 0, None, None]) ** 2 + (grid[None, :, None] - centre[:, 1, None, None]) ** 2
-    inside = (r2 <= radius_px**2)
+    inside = r2 <= radius_px**2
     return (image * inside).sum(axis=(1, 2)) / image.sum(axis=(1, 2))

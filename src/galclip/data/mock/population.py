@@ -18,7 +18,15 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import nnls
 
-from galclip.data.mock.sed import DECAM_GRZ, SDSS_UGRIZ, Cosmology, kcorrect_data_dir, load_filter, load_templates, template_maggies
+from galclip.data.mock.sed import (
+    DECAM_GRZ,
+    SDSS_UGRIZ,
+    Cosmology,
+    kcorrect_data_dir,
+    load_filter,
+    load_templates,
+    template_maggies,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +92,8 @@ def build_population(redshift_stretch: float = 2.0, z_max: float = 0.6, r_limit:
     coeffs = coeffs * scale[:, None]
     decam_r = load_filter(DECAM_GRZ[1])
     r_mag = 22.5 - 2.5 * np.log10(
-        np.clip(np.einsum("nt,nt->n", coeffs, template_maggies(tmpl, (decam_r,), z_new, cosmo)[:, :, 0]), 1e-30, None) * 1e9
+        np.clip(np.einsum("nt,nt->n", coeffs, template_maggies(tmpl, (decam_r,), z_new, cosmo)[:, :, 0]), 1e-30, None)
+        * 1e9
     )
     keep = (z_new <= z_max) & (r_mag < r_limit)
     coeffs, z_new, rows = coeffs[keep], z_new[keep], rows[keep]
@@ -92,6 +101,11 @@ def build_population(redshift_stretch: float = 2.0, z_max: float = 0.6, r_limit:
     young = (coeffs @ tmpl.m300) / coeffs.sum(1)
     logger.info(
         "mock population: %d of %d SDSS galaxies kept (z <= %.2f, r < %.1f), median z %.3f, median log M* %.2f",
-        len(rows), len(z), z_max, r_limit, np.median(z_new), np.median(np.log10(mass)),
+        len(rows),
+        len(z),
+        z_max,
+        r_limit,
+        np.median(z_new),
+        np.median(np.log10(mass)),
     )
     return Population(coeffs, z_new, np.log10(mass), young, rows)

@@ -9,7 +9,7 @@ of ``gst_tests_small.fits``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ class Filter:
         return np.trapezoid(flux * wave * resp, wave, axis=-1) / self.ab_norm
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_filter(name: str) -> Filter:
     """A kcorrect response curve by file stem, e.g. ``decam_r`` or ``sdss_r0``."""
     path = kcorrect_data_dir() / "responses" / f"{name}.dat"

@@ -14,14 +14,41 @@ from galclip.data.mock.sed import PC_IN_MPC, Cosmology, Templates
 DESI_FLUX_UNIT = 1e-17
 
 # bright night-sky emission lines in the DESI range (Å, vacuum-ish; O I, Na D, OH bands)
-SKY_LINES = np.array([
-    5578.9, 5891.6, 5897.6, 6302.0, 6365.5, 6865.9, 7278.4, 7318.3, 7342.9, 7752.8, 7796.2,
-    7823.6, 7916.0, 7995.6, 8346.9, 8401.6, 8432.5, 8763.8, 8770.4, 8829.5, 8888.2, 8922.1,
-    8960.5, 9378.5, 9442.3, 9795.6,
-])
+SKY_LINES = np.array(
+    [
+        5578.9,
+        5891.6,
+        5897.6,
+        6302.0,
+        6365.5,
+        6865.9,
+        7278.4,
+        7318.3,
+        7342.9,
+        7752.8,
+        7796.2,
+        7823.6,
+        7916.0,
+        7995.6,
+        8346.9,
+        8401.6,
+        8432.5,
+        8763.8,
+        8770.4,
+        8829.5,
+        8888.2,
+        8922.1,
+        8960.5,
+        9378.5,
+        9442.3,
+        9795.6,
+    ]
+)
 
 
-def observed_flux(coeffs: np.ndarray, z: np.ndarray, wave: np.ndarray, templates: Templates, cosmo: Cosmology) -> np.ndarray:
+def observed_flux(
+    coeffs: np.ndarray, z: np.ndarray, wave: np.ndarray, templates: Templates, cosmo: Cosmology
+) -> np.ndarray:
     """f_λ in erg/s/cm²/Å seen at redshift z: coeffs (B, T) M☉ formed, z (B,), wave (L,) -> (B, L).
 
     f_obs(λ) = Σ_t c_t F_t(λ / (1+z)) · (10 pc / D_L)² / (1+z), F_t at 10 pc per M☉ formed.

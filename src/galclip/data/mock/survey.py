@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -24,8 +24,8 @@ from galclip.config import MockConfig
 from galclip.data.layout import DESI_N_BINS, IMAGE_SHAPE, PIXEL_SCALE_ARCSEC, desi_wavelength
 from galclip.data.mock import imaging, spectroscopy
 from galclip.data.mock.population import Population, build_population
-from galclip.errors import InputError
 from galclip.data.mock.sed import DECAM_GRZ, Cosmology, load_filter, load_templates, template_maggies
+from galclip.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +98,9 @@ class MockGenerator:
         depth = rng.lognormal(np.log(0.8), 0.3, n)
         sigma = spectroscopy.noise_sigma(self.wave, depth).astype(np.float32)
         spectrum = spec_clean + rng.standard_normal(spec_clean.shape, dtype=np.float32) * sigma
-        return MockBatch(image, clean, spectrum, spec_clean, z, log_mstar, coeffs, maggies,
-                         re_arcsec, sersic_n, seeing, fibre)
+        return MockBatch(
+            image, clean, spectrum, spec_clean, z, log_mstar, coeffs, maggies, re_arcsec, sersic_n, seeing, fibre
+        )
 
 
 def _unique_targetids(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -113,7 +114,10 @@ MOCK_NAMES = (SURVEY_FILE, CATALOGUE_FILE)
 
 
 def generate_mock(
-    config: MockConfig, out_dir: str | Path, progress: Callable[[int], None] | None = None, overwrite: bool = False,
+    config: MockConfig,
+    out_dir: str | Path,
+    progress: Callable[[int], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Write ``survey.h5`` and ``provabgs.h5`` into ``out_dir``; returns a summary dict.
 
@@ -128,9 +132,11 @@ def generate_mock(
         raise InputError(f"{out}: is a file; --out is the folder to write survey.h5 and provabgs.h5 into")
     existing = [out / name for name in MOCK_NAMES if (out / name).exists()]
     if existing and not overwrite:
-        raise InputError(f"{existing[0]}: already exists{' (an earlier galclip mock)' if owner(out) == 'mock' else ''}; "
-                         "feature stores extracted from it would no longer match it. Choose another --out, or pass "
-                         "--overwrite to replace it")
+        raise InputError(
+            f"{existing[0]}: already exists{' (an earlier galclip mock)' if owner(out) == 'mock' else ''}; "
+            "feature stores extracted from it would no longer match it. Choose another --out, or pass "
+            "--overwrite to replace it"
+        )
     created = not out.exists()
     fresh = created or owner(out) == "mock" or not any(e.name != MARKER for e in out.iterdir())
     out.mkdir(parents=True, exist_ok=True)
@@ -154,21 +160,37 @@ def _generate(config: MockConfig, out: Path, progress: Callable[[int], None] | N
     bounds = np.linspace(0, n, n_groups + 1).astype(int)
 
     truth = {k: np.empty(n) for k in ("z", "log_mstar", "mag_g", "mag_r", "mag_z")}
-    per_pair = (np.prod(IMAGE_SHAPE) if config.modality in ("both", "image") else 0) * 4 + 8 + (
-        (DESI_N_BINS + 1) * 4 if config.modality in ("both", "spectrum") else 0)
+    per_pair = (
+        (np.prod(IMAGE_SHAPE) if config.modality in ("both", "image") else 0) * 4
+        + 8
+        + ((DESI_N_BINS + 1) * 4 if config.modality in ("both", "spectrum") else 0)
+    )
     with atomic_path(out / SURVEY_FILE) as survey_tmp:
         reserve_space(survey_tmp, int(1.05 * n * per_pair) + 2**20, name=out / SURVEY_FILE)
         _write_survey(survey_tmp, config, gen, targetid, bounds, truth, progress)
     _write_catalogue(out / CATALOGUE_FILE, targetid, truth, config, rng)
     elapsed = time.perf_counter() - t0
-    summary = {"pairs": n, "modality": config.modality, "seconds": elapsed, "pairs_per_s": n / elapsed,
-               "survey": str(out / SURVEY_FILE), "catalogue": str(out / CATALOGUE_FILE)}
+    summary = {
+        "pairs": n,
+        "modality": config.modality,
+        "seconds": elapsed,
+        "pairs_per_s": n / elapsed,
+        "survey": str(out / SURVEY_FILE),
+        "catalogue": str(out / CATALOGUE_FILE),
+    }
     logger.info("mock survey: %d pairs in %.1f s (%.0f pairs/s) -> %s", n, elapsed, n / elapsed, out)
     return summary
 
 
-def _write_survey(path: Path, config: MockConfig, gen: MockGenerator, targetid: np.ndarray, bounds: np.ndarray,
-                  truth: dict, progress: Callable[[int], None] | None) -> None:
+def _write_survey(
+    path: Path,
+    config: MockConfig,
+    gen: MockGenerator,
+    targetid: np.ndarray,
+    bounds: np.ndarray,
+    truth: dict,
+    progress: Callable[[int], None] | None,
+) -> None:
     """Fill the survey HDF5 at ``path`` batch by batch, in AstroCLIP's layout; ``truth`` gets z, M* and magnitudes."""
     n, n_groups = len(targetid), len(bounds) - 1
     with h5py.File(path, "w") as f:
@@ -183,7 +205,7 @@ def _write_survey(path: Path, config: MockConfig, gen: MockGenerator, targetid: 
             if config.modality in ("both", "spectrum"):
                 grp.create_dataset("spectrum", (m, DESI_N_BINS, 1), np.float32, chunks=(min(m, 64), DESI_N_BINS, 1))
                 grp.create_dataset("redshift", data=np.zeros(m, np.float32))
-            grp.create_dataset("targetid", data=targetid[bounds[g]:bounds[g + 1]])
+            grp.create_dataset("targetid", data=targetid[bounds[g] : bounds[g + 1]])
             groups.append(grp)
         for lo in range(0, n, config.batch_size):
             hi = min(lo + config.batch_size, n)
@@ -197,15 +219,17 @@ def _write_survey(path: Path, config: MockConfig, gen: MockGenerator, targetid: 
                 if a < b:
                     sl = slice(a - bounds[g], b - bounds[g])
                     if "image" in groups[g]:
-                        groups[g]["image"][sl] = image_whc[a - lo:b - lo]
+                        groups[g]["image"][sl] = image_whc[a - lo : b - lo]
                     if "spectrum" in groups[g]:
-                        groups[g]["spectrum"][sl] = batch.spectrum[a - lo:b - lo, :, None]
-                        groups[g]["redshift"][sl] = batch.z[a - lo:b - lo].astype(np.float32)
+                        groups[g]["spectrum"][sl] = batch.spectrum[a - lo : b - lo, :, None]
+                        groups[g]["redshift"][sl] = batch.z[a - lo : b - lo].astype(np.float32)
             if progress is not None:
                 progress(hi - lo)
 
 
-def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: MockConfig, rng: np.random.Generator) -> None:
+def _write_catalogue(
+    path: Path, targetid: np.ndarray, truth: dict, config: MockConfig, rng: np.random.Generator
+) -> None:
     """PROVABGS-like catalogue: a labelled share of the pairs, a few spurious rows, some extras."""
     n = len(targetid)
     rows = np.flatnonzero(rng.random(n) < config.labelled_fraction)
@@ -225,7 +249,9 @@ def _write_catalogue(path: Path, targetid: np.ndarray, truth: dict, config: Mock
         "TARGETID": TARGETID_BASE - 1 - np.arange(n_extra),
         "Z_HP": rng.uniform(0.01, 0.5, n_extra),
         "PROVABGS_LOGMSTAR_BF": rng.normal(10.8, 0.5, n_extra),
-        "MAG_G": rng.uniform(18, 21, n_extra), "MAG_R": rng.uniform(17, 19.5, n_extra), "MAG_Z": rng.uniform(16, 19, n_extra),
+        "MAG_G": rng.uniform(18, 21, n_extra),
+        "MAG_R": rng.uniform(17, 19.5, n_extra),
+        "MAG_Z": rng.uniform(16, 19, n_extra),
     }
     with atomic_path(path) as tmp:
         reserve_space(tmp, 6 * 8 * (len(rows) + n_extra) + 2**20, name=path)
