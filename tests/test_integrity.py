@@ -7,21 +7,22 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
 
 from galclip.cli import main
 from galclip.config import ExtractConfig, HeadConfig, MockConfig
 from galclip.store import FeatureStore
-
-from conftest import SHARDED_EXTRACT_ARGS as EXTRACT_ARGS
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +36,23 @@ def artefacts(tiny_mock, tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("artefacts")
     run_extraction(tiny_mock, root / "store.zarr", ExtractConfig(rows_per_shard=16, batch_size=32), progress=False)
-    train_heads(root / "store.zarr", root / "heads", HeadConfig(epochs=1, batch_size=16, image_hidden=64),
-                progress=False)
+    train_heads(
+        root / "store.zarr", root / "heads", HeadConfig(epochs=1, batch_size=16, image_hidden=64), progress=False
+    )
     build_indexes(root / "store.zarr", root / "heads", root / "index")
     generate_mock(MockConfig(pairs=12, seed=8, batch_size=12, n_groups=1, modality="image"), root / "new")
     for fmt in ("fits", "csv"):
-        predict_catalogue(root / "index", root / "new", root / f"cat.{fmt}", k=4, progress=False,
-                          work=root / "new.features.zarr")
-    return {"store": root / "store.zarr", "heads": root / "heads", "index": root / "index",
-            "fits": root / "cat.fits", "csv": root / "cat.csv", "root": root}
+        predict_catalogue(
+            root / "index", root / "new", root / f"cat.{fmt}", k=4, progress=False, work=root / "new.features.zarr"
+        )
+    return {
+        "store": root / "store.zarr",
+        "heads": root / "heads",
+        "index": root / "index",
+        "fits": root / "cat.fits",
+        "csv": root / "cat.csv",
+        "root": root,
+    }
 
 
 def _check(path: Path) -> tuple[int, str]:
@@ -69,8 +78,9 @@ def _same_meaning(kind: str, file: Path, original: bytes, artefacts: dict) -> bo
         then = load_heads(file)[1]
         file.write_bytes(file_bytes)
         same = all(torch.equal(now["state_dict"][k], then["state_dict"][k]) for k in then["state_dict"])
-        return same and {k: v for k, v in now.items() if k != "state_dict"} == \
-            {k: v for k, v in then.items() if k != "state_dict"}
+        return same and {k: v for k, v in now.items() if k != "state_dict"} == {
+            k: v for k, v in then.items() if k != "state_dict"
+        }
     return False
 
 
@@ -88,8 +98,15 @@ def test_fault_injection_corpus_every_flip_detected_or_harmless(artefacts):
         "catalogue fits": [artefacts["fits"]],
         "catalogue csv": [artefacts["csv"]],
     }
-    target = {"store chunk": "store", "store zarr.json": "store", "index file": "index", "index.json": "index",
-              "heads": "heads", "catalogue fits": "fits", "catalogue csv": "csv"}
+    target = {
+        "store chunk": "store",
+        "store zarr.json": "store",
+        "index file": "index",
+        "index.json": "index",
+        "heads": "heads",
+        "catalogue fits": "fits",
+        "catalogue csv": "csv",
+    }
     rng = np.random.default_rng(2024)
     counts = {kind: {"flips": 0, "detected": 0, "harmless": 0, "silent": 0} for kind in kinds}
     silent = []
@@ -137,8 +154,18 @@ def test_every_reader_names_the_damaged_chunk_and_the_repair(artefacts, tmp_path
     heads = artefacts["heads"]
     runs = {
         "heads": ["heads", store, tmp_path / "h", "--epochs", "1", "--batch-size", "16", "--no-progress"],
-        "sweep": ["sweep", store, tmp_path / "s", "--grid", "lr=1e-4,3e-4", "--epochs", "1", "--batch-size", "16",
-                  "--no-progress"],
+        "sweep": [
+            "sweep",
+            store,
+            tmp_path / "s",
+            "--grid",
+            "lr=1e-4,3e-4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ],
         "evaluate": ["evaluate", store, heads, tmp_path / "e", "--no-umap", "--k", "2"],
         "index": ["index", store, heads, tmp_path / "i", "--no-progress"],
     }
@@ -152,8 +179,9 @@ def test_every_reader_names_the_damaged_chunk_and_the_repair(artefacts, tmp_path
     new = tmp_path / "new.features.zarr"  # predict's input: a store of new galaxies, damaged
     shutil.copytree(artefacts["root"] / "new.features.zarr", new)
     _flip(new / "image_features" / "c" / "0" / "0")
-    result = CliRunner().invoke(main, ["-q", "predict", str(artefacts["index"]), str(new), str(tmp_path / "p.fits"),
-                                       "-k", "2", "--no-progress"])
+    result = CliRunner().invoke(
+        main, ["-q", "predict", str(artefacts["index"]), str(new), str(tmp_path / "p.fits"), "-k", "2", "--no-progress"]
+    )
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "array 'image_features', shard 0" in result.output and f"galclip check {new} --repair" in result.output
     assert not (tmp_path / "p.fits").exists()
@@ -168,20 +196,31 @@ def test_every_reader_names_the_damaged_chunk_and_the_repair(artefacts, tmp_path
 
 
 def test_repair_round_trip_is_bitwise(tiny_mock, sharded_store, tmp_path):
-    """Flip bits in two shards -> check names both -> check --repair -> the same extract -> bitwise equal."""
+    """Flip bits in two shards' features, a redshift chunk and the quarantine chunk of a re-extracted shard -> check
+    names them -> check --repair marks the two shards incomplete and schedules the redshift chunk for rebuild -> the
+    same extract -> bitwise equal."""
     store = tmp_path / "s.zarr"
     shutil.copytree(sharded_store, store)
     _flip(store / "image_features" / "c" / "1" / "0")
     _flip(store / "spectrum_features" / "c" / "3" / "0", 50)
+    _flip(store / "redshift" / "c" / "2", 20)
+    _flip(store / "quarantine" / "c" / "1", 10)
     result = CliRunner().invoke(main, ["-q", "check", str(store)])
     assert result.exit_code == 1
     assert "array 'image_features', shard 1 (rows 16-31" in result.output
     assert "array 'spectrum_features', shard 3 (rows 48-63" in result.output
+    assert "array 'redshift', shard 2 (rows 32-47" in result.output
     result = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"])
-    assert "marked 2 shard(s) incomplete [1, 3]" in result.output
-    assert "bitwise identical" in result.output
-    done = subprocess.run([sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(store),
-                           *EXTRACT_ARGS], capture_output=True, text=True)
+    assert (
+        "marked 2 shard(s) incomplete [1, 3] and scheduled 1 damaged chunk(s) for rebuild ('redshift' shard 2)"
+        in result.output
+    ), result.output
+    assert "re-extracts only the incomplete shards" in result.output and "bitwise identical" in result.output
+    done = subprocess.run(
+        [sys.executable, "-m", "galclip", "-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "extracted 32 pairs" in done.stdout  # only the two repaired shards
     _assert_same_tree(store, sharded_store)
@@ -194,6 +233,109 @@ def _assert_same_tree(a: Path, b: Path) -> None:
     assert files_a == files_b
     for rel in files_a:
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+class _NoEncoder:
+    """Stands in for the encoders: rebuilding what is derived from the input files must never build one."""
+
+    def __init__(self, *args, **kwargs):
+        raise AssertionError("an encoder was built")
+
+
+def _printed_command(output: str) -> list[str]:
+    """The 'galclip extract ...' line that check --repair prints, as the CLI's arguments."""
+    line = next(line.strip() for line in output.splitlines() if line.strip().startswith("galclip extract "))
+    return shlex.split(line)[1:]
+
+
+def test_damaged_metadata_and_quarantine_are_rebuilt_from_the_inputs_without_an_encoder(
+    tiny_mock, sharded_store, tmp_path, monkeypatch
+):
+    """Flipped bits in a targetid, a label and a quarantine chunk and a deleted split chunk -> check names each ->
+    check --repair schedules them for rebuild, naming the input files, and marks no shard incomplete -> the command
+    it prints rebuilds them from the survey and catalogue with no encoder built -> bitwise equal to the
+    uninterrupted store, fingerprint included."""
+    store = tmp_path / "s.zarr"
+    shutil.copytree(sharded_store, store)
+    _flip(store / "targetid" / "c" / "0", 20)
+    _flip(store / "label_log_mstar" / "c" / "1", 20)
+    _flip(store / "quarantine" / "c" / "2", 10)
+    (store / "split" / "c" / "3").unlink()
+    code, output = _check(store)
+    assert code == 1
+    for name, shard in (("targetid", 0), ("label_log_mstar", 1), ("quarantine", 2), ("split", 3)):
+        assert f"array '{name}', shard {shard}" in output, output
+    t0 = time.perf_counter()
+    text = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"]).output
+    assert "scheduled 4 damaged chunk(s) for rebuild ('targetid' shard 0, 'split' shard 3" in text, text
+    assert "the same 'galclip extract' command rebuilds them from those files" in text and "marked" not in text
+    inputs = f"survey file {(tiny_mock / 'survey.h5').resolve()}; catalogue {(tiny_mock / 'provabgs.h5').resolve()}"
+    assert inputs in text
+    assert "without running an encoder" in text and "bitwise identical" in text
+    assert FeatureStore.open(store).complete_mask().all()  # nothing to re-extract
+    monkeypatch.setattr("galclip.extract.run.Encoders", _NoEncoder)
+    result = CliRunner().invoke(main, ["-q", *_printed_command(text), "--no-progress"])
+    seconds = time.perf_counter() - t0
+    assert result.exit_code == 0, result.output
+    print(f"\ncheck --repair + extract rebuilt 4 derived chunks in {seconds:.2f} s, no encoder built")
+    _assert_same_tree(store, sharded_store)
+    assert _check(store)[0] == 0
+    assert FeatureStore.open(store).fingerprint() == FeatureStore.open(sharded_store).fingerprint()
+
+
+def test_a_rebuild_names_the_input_files_that_are_gone_or_changed(tiny_mock, sharded_store, tmp_path):
+    """A damaged label chunk, and its inputs taken away or changed in turn: the survey file moved away (check
+    --repair and extract name it and the fix), the catalogue moved away (the same), a catalogue whose labels
+    changed in the intact shards' rows or only in the damaged shard's (refused by the intact chunks, then by the
+    SHA-256 recorded at creation). Nothing in the store is written."""
+    import h5py
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(sharded_store, store)
+    _flip(store / "label_redshift" / "c" / "1", 20)
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    survey, catalogue = tiny_mock / "survey.h5", tiny_mock / "provabgs.h5"
+    away = tmp_path / "away"
+    away.mkdir()
+    extract = ["-q", "extract", str(tiny_mock), str(store), *EXTRACT_ARGS]
+    try:
+        survey.rename(away / survey.name)
+        text = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"]).output
+        assert f"{survey.resolve()}: the survey file it is rebuilt from is not there" in text, text
+        assert "Put them back where they were" in text and "restore the store from a copy" in text
+        result = CliRunner().invoke(main, extract)  # the CLI refuses the folder, now without survey files, first
+        assert result.exit_code == 1 and str(tiny_mock) in result.output and "Traceback" not in result.output
+        from galclip.errors import InputError
+        from galclip.extract.run import run_extraction
+
+        with pytest.raises(InputError, match=f"was extracted from {survey.resolve()}, which is not there: put it back"):
+            run_extraction(tiny_mock, store, ExtractConfig(rows_per_shard=16, variants=1, batch_size=8), progress=False)
+        (away / survey.name).rename(survey)
+
+        catalogue.rename(away / catalogue.name)
+        text = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"]).output
+        assert f"{catalogue.resolve()}: the catalogue it is rebuilt from is not there" in text, text
+        result = CliRunner().invoke(main, extract)
+        assert result.exit_code == 1, result.output
+        gone = f"{catalogue.resolve()}: the catalogue the labels of {store} are rebuilt from is not there"
+        assert gone in result.output
+        assert "restore the store from a copy" in result.output
+
+        damaged = set(FeatureStore.open(sharded_store).targetids()[16:32].tolist())
+        for rows, why in (("intact", "holds in its intact shards"), ("damaged", "SHA-256 of its values")):
+            shutil.copy(away / catalogue.name, catalogue)
+            with h5py.File(catalogue, "r+") as f:
+                inside = np.isin(f["TARGETID"][:], list(damaged))
+                f["Z_HP"][...] = f["Z_HP"][:] + np.where(inside == (rows == "damaged"), 0.01, 0.0)
+            result = CliRunner().invoke(main, extract)
+            assert result.exit_code == 1, (rows, result.output)
+            assert f"{catalogue} (the catalogue): 'label_redshift' rebuilt from it differs" in result.output
+            assert why in result.output and "put the original back" in result.output, (rows, result.output)
+    finally:
+        for path in (survey, catalogue):
+            if (away / path.name).exists():
+                os.replace(away / path.name, path)
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
 
 
 def test_a_real_enospc_on_a_small_tmpfs_then_resume_is_bitwise(tiny_mock, sharded_store, tmp_path):
@@ -245,15 +387,24 @@ def test_permission_and_read_only_faults_at_the_write_call(tiny_mock, sharded_st
 
 
 def test_an_older_store_is_readable_and_check_says_it_has_no_checksums(tmp_path):
-    from galclip.store.feature_store import FORMAT_VERSION
-
     import zarr
 
+    from galclip.store.feature_store import FORMAT_VERSION
+
     n = 8
-    meta = {"targetid": np.arange(n) + 5, "split": np.zeros(n, np.uint8), "redshift": np.zeros(n),
-            "label_redshift": np.full(n, np.nan), "label_log_mstar": np.full(n, np.nan)}
-    store = FeatureStore.create(tmp_path / "old.zarr", meta, {"encoders": {}, "preprocessing": {}, "data": {},
-                                                              "rows_per_shard": 4}, rows_per_shard=4)
+    meta = {
+        "targetid": np.arange(n) + 5,
+        "split": np.zeros(n, np.uint8),
+        "redshift": np.zeros(n),
+        "label_redshift": np.full(n, np.nan),
+        "label_log_mstar": np.full(n, np.nan),
+    }
+    store = FeatureStore.create(
+        tmp_path / "old.zarr",
+        meta,
+        {"encoders": {}, "preprocessing": {}, "data": {}, "rows_per_shard": 4},
+        rows_per_shard=4,
+    )
     feats = {"image_features": np.ones((4, 2048), np.float32), "spectrum_features": np.ones((4, 256), np.float32)}
     store.write_shard(0, feats)
     store.write_shard(1, feats)
@@ -314,18 +465,50 @@ def test_every_writer_onto_a_full_disk_says_so_in_one_line(artefacts, tmp_path, 
     mnt = _small_tmpfs(tmp_path / "small", size)
     store, heads = artefacts["store"], artefacts["heads"]
     try:
-        runs = {"mock": ["mock", "--pairs", "64", "--out", mnt / "m"],
-                "heads": ["heads", store, mnt / "h", "--epochs", "1", "--batch-size", "16", "--image-hidden", "64",
-                          "--no-progress"],
-                "sweep": ["sweep", store, mnt / "s", "--grid", "lr=1e-4,3e-4", "--epochs", "1", "--batch-size", "16",
-                          "--image-hidden", "64", "--no-progress"],
-                "evaluate": ["evaluate", store, heads, mnt / "e", "--no-umap", "--k", "2"],
-                "index": ["index", store, heads, mnt / "i", "--no-progress"],
-                "predict": ["predict", artefacts["index"], artefacts["root"] / "new", mnt / "p.fits", "-k", "2",
-                            "--no-progress"]}
+        runs = {
+            "mock": ["mock", "--pairs", "64", "--out", mnt / "m"],
+            "heads": [
+                "heads",
+                store,
+                mnt / "h",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--image-hidden",
+                "64",
+                "--no-progress",
+            ],
+            "sweep": [
+                "sweep",
+                store,
+                mnt / "s",
+                "--grid",
+                "lr=1e-4,3e-4",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--image-hidden",
+                "64",
+                "--no-progress",
+            ],
+            "evaluate": ["evaluate", store, heads, mnt / "e", "--no-umap", "--k", "2"],
+            "index": ["index", store, heads, mnt / "i", "--no-progress"],
+            "predict": [
+                "predict",
+                artefacts["index"],
+                artefacts["root"] / "new",
+                mnt / "p.fits",
+                "-k",
+                "2",
+                "--no-progress",
+            ],
+        }
         for name, args in runs.items():
-            run = subprocess.run([sys.executable, "-m", "galclip", "-q", *map(str, args)], capture_output=True,
-                                 text=True)
+            run = subprocess.run(
+                [sys.executable, "-m", "galclip", "-q", *map(str, args)], capture_output=True, text=True
+            )
             assert run.returncode == 1, (name, run.returncode, run.stderr)
             assert f"Error: {mnt}/" in run.stderr and "no space left on the device" in run.stderr, (name, run.stderr)
             assert "free space and re-run" in run.stderr and "Traceback" not in run.stderr, (name, run.stderr)
@@ -339,27 +522,39 @@ def test_every_writer_onto_a_full_disk_says_so_in_one_line(artefacts, tmp_path, 
 
 def test_damaged_metadata_and_projection_mlp_are_named_never_read_as_fill(artefacts, tmp_path):
     """A missing metadata chunk would read back as fill values (NaN labels): every reader refuses it instead, and
-    the message says it cannot be repaired in place. The stored Stein projection MLP is checked by check and by
-    its reader."""
+    the message says the same 'galclip extract' rebuilds it from the input files. The stored Stein projection MLP is
+    checked by check and by its reader, and without the checkpoint it was copied from it is not repairable."""
     store = tmp_path / "s.zarr"
     shutil.copytree(artefacts["store"], store)
     (store / "label_redshift" / "c" / "1").unlink()
-    for args in (["info", store], ["evaluate", store, artefacts["heads"], tmp_path / "e", "--no-umap", "--k", "2"],
-                 ["check", store]):
+    for args in (
+        ["info", store],
+        ["evaluate", store, artefacts["heads"], tmp_path / "e", "--no-umap", "--k", "2"],
+        ["check", store],
+    ):
         result = CliRunner().invoke(main, ["-q", *map(str, args)])
         assert result.exit_code == 1 and "Traceback" not in result.output, (args[0], result.output)
         assert "'label_redshift', shard 1" in result.output, (args[0], result.output)
     result = CliRunner().invoke(main, ["-q", "check", str(store), "--repair"])
-    assert "Not repairable in place" in result.output and "new store" in result.output
-    with pytest.raises(Exception, match="written once, when the store is created"):
+    assert "scheduled 1 damaged chunk(s) for rebuild ('label_redshift' shard 1)" in result.output, result.output
+    assert "Not repairable" not in result.output
+    with pytest.raises(Exception, match="rebuilds it from them without running an encoder"):
         FeatureStore.open(store).read_meta("label_redshift")
 
     rng = np.random.default_rng(0)
-    fc = {"0.weight": rng.standard_normal((8, 8), np.float32), "0.bias": np.zeros(8, np.float32),
-          "2.weight": rng.standard_normal((4, 8), np.float32), "2.bias": np.zeros(4, np.float32)}
-    meta = {"targetid": np.arange(4, dtype=np.int64), "split": np.zeros(4, np.uint8),
-            "redshift": np.zeros(4, np.float32), "label_redshift": np.zeros(4, np.float32),
-            "label_log_mstar": np.zeros(4, np.float32)}
+    fc = {
+        "0.weight": rng.standard_normal((8, 8), np.float32),
+        "0.bias": np.zeros(8, np.float32),
+        "2.weight": rng.standard_normal((4, 8), np.float32),
+        "2.bias": np.zeros(4, np.float32),
+    }
+    meta = {
+        "targetid": np.arange(4, dtype=np.int64),
+        "split": np.zeros(4, np.uint8),
+        "redshift": np.zeros(4, np.float32),
+        "label_redshift": np.zeros(4, np.float32),
+        "label_log_mstar": np.zeros(4, np.float32),
+    }
     path = tmp_path / "fc.zarr"
     s = FeatureStore.create(path, meta, {"encoders": {}, "preprocessing": {}, "data": {}}, 4, moco_fc=fc)
     assert (path / "moco_fc" / "0.bias" / "c" / "0").exists()  # an all-zero bias is written all the same
@@ -370,6 +565,9 @@ def test_damaged_metadata_and_projection_mlp_are_named_never_read_as_fill(artefa
     assert code == 1 and "moco_fc/0.weight" in output
     with pytest.raises(Exception, match="projection MLP is damaged"):
         FeatureStore.open(path).moco_fc()
+    result = CliRunner().invoke(main, ["-q", "check", str(path), "--repair"])  # it records no checkpoint to copy from
+    assert "Not repairable in place: 1 damaged chunk(s)" in result.output and "'moco_fc/0.weight'" in result.output
+    assert "restore the store from a copy" in result.output
 
 
 def test_predict_verifies_the_index_hashes_and_search_never_tracebacks(artefacts, tmp_path):
@@ -379,8 +577,19 @@ def test_predict_verifies_the_index_hashes_and_search_never_tracebacks(artefacts
     index = tmp_path / "index"
     shutil.copytree(artefacts["index"], index)
     original = _flip(index / "image.npy", 300)
-    result = CliRunner().invoke(main, ["-q", "predict", str(index), str(artefacts["root"] / "new.features.zarr"),
-                                       str(tmp_path / "p.fits"), "-k", "2", "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "-q",
+            "predict",
+            str(index),
+            str(artefacts["root"] / "new.features.zarr"),
+            str(tmp_path / "p.fits"),
+            "-k",
+            "2",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 1 and "image.npy" in result.output and "galclip index" in result.output
     assert not (tmp_path / "p.fits").exists()
     (index / "image.npy").write_bytes(original)

@@ -25,6 +25,13 @@ Integrity (format 2): every chunk is Zstd-compressed and then carries a CRC-32C 
 numbers; the group attribute ``galclip_sha256`` is the SHA-256 of the ``galclip`` attribute and
 ``galclip.metadata_sha256`` holds the SHA-256 of every array's ``zarr.json``, checked whenever the
 store is opened. Format 1 stores (no checksums) stay readable; ``galclip check`` says so.
+
+Repair: a damaged feature chunk (or completion flag) is re-extracted (``galclip check --repair`` marks its shard
+incomplete). What extraction derives from its input files alone (``DERIVED_ARRAYS``: the per-row metadata, written
+at creation, and the quarantine codes of the input rows) is rebuilt from those files by the next ``galclip extract``
+of the store, without running an encoder; ``galclip.values_sha256`` (the SHA-256 of each metadata array's values,
+recorded at creation) proves a rebuilt array identical to the one written, and the stored Stein projection MLP is
+copied again from its checkpoint (whose SHA-256 the provenance records).
 """
 
 from __future__ import annotations
@@ -36,25 +43,36 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from galclip.atomic import fsync_path, naming_os_errors, remove_stale_temporaries, temporary_name
+from galclip.atomic import atomic_dir, fsync_path, naming_os_errors, temporary_name
 from galclip.errors import DamagedDataError, StoreError
 from galclip.provenance import canonical_sha256, sha256_file
+from galclip.split import SELECTION, TEST, TRAIN
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: CRC-32C on every chunk, SHA-256 of the metadata
 READABLE_FORMATS = (1, 2)
 META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
+META_DTYPES = {
+    "targetid": "int64",
+    "split": "uint8",
+    "redshift": "float32",
+    "label_redshift": "float32",
+    "label_log_mstar": "float32",
+}
 BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
 QUARANTINE = "quarantine"
 MOCO_FC = "moco_fc"
 MOCO_FC_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
+# what extraction derives from its input files alone (no encoder): the next 'galclip extract' rebuilds a damaged chunk
+DERIVED_ARRAYS = (*META_ARRAYS, QUARANTINE)
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
 
@@ -95,6 +113,17 @@ def _fsync_tree(path: Path) -> None:
     fsync_path(path.parent)
 
 
+def sorted_json(value) -> str:
+    """``value`` as JSON with sorted keys and json's default separators (", ", ": "): what ``fingerprint`` hashes.
+    Not ``provenance.canonical_sha256``'s compact form: every existing store's fingerprint depends on these bytes."""
+    return json.dumps(value, sort_keys=True)
+
+
+def values_sha256(values: np.ndarray) -> str:
+    """Hex SHA-256 of an array's values: its C-order bytes in its own dtype."""
+    return hashlib.sha256(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
 def leaf_diff(old, new, prefix: str = "") -> list[str]:
     """Paths and values where two JSON-like trees differ, e.g. 'encoders.image.weights.sha256: a -> b'."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -102,7 +131,7 @@ def leaf_diff(old, new, prefix: str = "") -> list[str]:
         for key in sorted(set(old) | set(new), key=str):
             out += leaf_diff(old.get(key), new.get(key), f"{prefix}.{key}" if prefix else str(key))
         return out
-    if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True):
+    if sorted_json(old) != sorted_json(new):
         return [f"{prefix}: store has {json.dumps(old)[:120]}, this run has {json.dumps(new)[:120]}"]
     return []
 
@@ -129,8 +158,10 @@ def metadata_problems(path: Path, meta: dict, recorded: str | None) -> list[str]
     return problems
 
 
-METADATA_FIX = ("the store's metadata cannot be trusted: restore the store from a copy, or extract again into a new "
-                "store ('galclip check' lists what is damaged)")
+METADATA_FIX = (
+    "the store's metadata cannot be trusted: restore the store from a copy, or extract again into a new "
+    "store ('galclip check' lists what is damaged)"
+)
 
 
 def _verify_metadata(path: Path, meta: dict, recorded: str | None) -> None:
@@ -159,8 +190,10 @@ class FeatureStore:
         meta = group.attrs.get("galclip", {})
         meta = dict(meta) if isinstance(meta, dict) else {}
         if meta.get("format_version") not in READABLE_FORMATS:
-            raise StoreError(f"{path}: not a galclip feature store (format {meta.get('format_version')!r}; its "
-                             "zarr.json may be damaged)")
+            raise StoreError(
+                f"{path}: not a galclip feature store (format {meta.get('format_version')!r}; its "
+                "zarr.json may be damaged)"
+            )
         self.format_version: int = int(meta["format_version"])
         self._complete = None
         if self.format_version >= 2 and verify:
@@ -172,17 +205,24 @@ class FeatureStore:
             self._recorded_provenance: dict = meta["provenance"]  # as written: the fingerprint hashes it
             self.provenance: dict = _with_defaults(copy.deepcopy(meta["provenance"]))
             self.feature_arrays: dict[str, tuple[int, ...]] = {
-                k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()}
+                k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()
+            }
         except (KeyError, TypeError, ValueError, AttributeError) as err:
-            raise DamagedDataError(f"{path}/zarr.json: the store's attributes are damaged ({type(err).__name__}: "
-                                   f"{err}); {METADATA_FIX}") from err
+            raise DamagedDataError(
+                f"{path}/zarr.json: the store's attributes are damaged ({type(err).__name__}: {err}); {METADATA_FIX}"
+            ) from err
 
     # ---- creation / opening -------------------------------------------------
     @classmethod
     def create(
-        cls, path: str | Path, meta: dict[str, np.ndarray], provenance: dict, rows_per_shard: int = 256,
-        feature_arrays: dict[str, tuple[int, ...]] | None = None, moco_fc: dict[str, np.ndarray] | None = None,
-    ) -> "FeatureStore":
+        cls,
+        path: str | Path,
+        meta: dict[str, np.ndarray],
+        provenance: dict,
+        rows_per_shard: int = 256,
+        feature_arrays: dict[str, tuple[int, ...]] | None = None,
+        moco_fc: dict[str, np.ndarray] | None = None,
+    ) -> FeatureStore:
         """Write a new empty store atomically (built under a temporary name, then renamed).
 
         ``feature_arrays`` maps each per-row feature array to its shape after the row axis
@@ -191,19 +231,14 @@ class FeatureStore:
         path = Path(path)
         if path.exists():
             raise StoreError(f"{path}: already exists; open it to resume, or remove it to start again")
-        path.parent.mkdir(parents=True, exist_ok=True)
         n = len(meta["targetid"])
         n_shards = max(1, -(-n // rows_per_shard))
-        remove_stale_temporaries(path)
-        tmp = temporary_name(path)
-        if tmp.exists():
-            shutil.rmtree(tmp)
         try:
-            with naming_os_errors(path):
+            with atomic_dir(path) as tmp:
                 cls._write_empty(tmp, meta, provenance, rows_per_shard, n, n_shards, feature_arrays, moco_fc)
                 _fsync_tree(tmp)
-            os.replace(tmp, path)
         finally:
+            tmp = temporary_name(Path(os.path.realpath(path)))  # atomic_dir's temporary folder
             for _ in range(20):  # a failure half-way leaves no temporary folder behind; zarr's writer threads may
                 if not tmp.exists():  # still land a file in it just after the error, so look again
                     break
@@ -213,38 +248,71 @@ class FeatureStore:
         return cls.open(path, mode="r+")
 
     @staticmethod
-    def _write_empty(tmp: Path, meta: dict[str, np.ndarray], provenance: dict, rows_per_shard: int, n: int,
-                     n_shards: int, feature_arrays: dict | None, moco_fc: dict | None) -> None:
+    def _write_empty(
+        tmp: Path,
+        meta: dict[str, np.ndarray],
+        provenance: dict,
+        rows_per_shard: int,
+        n: int,
+        n_shards: int,
+        feature_arrays: dict | None,
+        moco_fc: dict | None,
+    ) -> None:
         import zarr
 
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        dtypes = {"targetid": "int64", "split": "uint8"}
+        values = {}
         for name in META_ARRAYS:
-            arr = group.create_array(name, shape=(n,), chunks=(rows_per_shard,), dtype=dtypes.get(name, "float32"),
-                                     fill_value=0 if name in dtypes else np.nan, compressors=_codecs(),
-                                     config={"write_empty_chunks": True})
-            arr[:] = np.asarray(meta[name]).astype(dtypes.get(name, "float32"))
+            dtype = META_DTYPES[name]
+            arr = group.create_array(
+                name,
+                shape=(n,),
+                chunks=(rows_per_shard,),
+                dtype=dtype,
+                fill_value=np.nan if dtype == "float32" else 0,
+                compressors=_codecs(),
+                config={"write_empty_chunks": True},
+            )
+            data = np.ascontiguousarray(np.asarray(meta[name]).astype(dtype))
+            arr[:] = data
+            values[name] = values_sha256(data)
         feature_arrays = dict(feature_arrays or BASE_FEATURES)
         for name, tail in feature_arrays.items():
-            group.create_array(name, shape=(n, *tail), chunks=(rows_per_shard, *tail), dtype="float32",
-                               fill_value=np.nan, compressors=_codecs())
+            group.create_array(
+                name,
+                shape=(n, *tail),
+                chunks=(rows_per_shard, *tail),
+                dtype="float32",
+                fill_value=np.nan,
+                compressors=_codecs(),
+            )
         group.create_array(COMPLETE, shape=(n_shards,), chunks=(1,), dtype="uint8", fill_value=0, compressors=_codecs())
-        group.create_array(QUARANTINE, shape=(n,), chunks=(rows_per_shard,), dtype="uint8", fill_value=0,
-                           compressors=_codecs())
+        group.create_array(
+            QUARANTINE, shape=(n,), chunks=(rows_per_shard,), dtype="uint8", fill_value=0, compressors=_codecs()
+        )
         if moco_fc:
             fc = group.create_group(MOCO_FC)
             for key, value in moco_fc.items():
-                fc.create_array(key, shape=value.shape, dtype="float32", compressors=_codecs(),
-                                config={"write_empty_chunks": True})[...] = np.asarray(value, np.float32)
-        meta = {"format_version": FORMAT_VERSION, "n": n, "rows_per_shard": rows_per_shard, "n_shards": n_shards,
-                "feature_arrays": {k: list(v) for k, v in feature_arrays.items()}, "provenance": provenance,
-                "metadata_sha256": {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("zarr.json"))
-                                    if p.parent != tmp}}
+                fc.create_array(
+                    key, shape=value.shape, dtype="float32", compressors=_codecs(), config={"write_empty_chunks": True}
+                )[...] = np.asarray(value, np.float32)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "n": n,
+            "rows_per_shard": rows_per_shard,
+            "n_shards": n_shards,
+            "feature_arrays": {k: list(v) for k, v in feature_arrays.items()},
+            "provenance": provenance,
+            "metadata_sha256": {
+                str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("zarr.json")) if p.parent != tmp
+            },
+            "values_sha256": values,
+        }
         group.attrs["galclip"] = meta
         group.attrs["galclip_sha256"] = canonical_sha256(group.attrs["galclip"])
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r", validate: bool = True) -> "FeatureStore":
+    def open(cls, path: str | Path, mode: str = "r", validate: bool = True) -> FeatureStore:
         """Open a store; with ``validate`` refuse one whose arrays are missing (``galclip check`` opens
         without, to list every problem)."""
         import zarr
@@ -254,25 +322,29 @@ class FeatureStore:
             raise StoreError(f"{path}: no feature store here; run 'galclip extract DATA {path}' first")
         try:
             group = zarr.open_group(str(path), mode=mode, zarr_format=3)
-        except Exception as err:  # noqa: BLE001 - unreadable metadata is a damaged store, whatever zarr raises
+        except Exception as err:
             raise StoreError(f"{path}: unreadable store metadata ({err}); re-extract into a new store") from err
         store = cls(path, group, mode, verify=validate)
         try:
             missing = store.missing_arrays()
         except (ValueError, KeyError, TypeError) as err:  # array metadata that does not parse (format 1: no hashes)
-            raise DamagedDataError(f"{path}: array metadata unreadable ({type(err).__name__}: {err}); "
-                                   f"{METADATA_FIX}") from err
+            raise DamagedDataError(
+                f"{path}: array metadata unreadable ({type(err).__name__}: {err}); {METADATA_FIX}"
+            ) from err
         if validate and missing:
-            raise StoreError(f"{path}: damaged store, array(s) {missing} are missing; 'galclip check {path}' lists "
-                             "every problem. It cannot be repaired in place: extract again into a new store")
+            raise StoreError(
+                f"{path}: damaged store, array(s) {missing} are missing; 'galclip check {path}' lists "
+                "every problem. It cannot be repaired in place: extract again into a new store"
+            )
         return store
 
     def metadata_problems(self) -> list[str]:
         """Damaged metadata of a format-2 store (empty when intact, and for format 1, which records no hashes)."""
         if self.format_version < 2:
             return []
-        return metadata_problems(self.path, dict(self.group.attrs.get("galclip", {})),
-                                 self.group.attrs.get("galclip_sha256"))
+        return metadata_problems(
+            self.path, dict(self.group.attrs.get("galclip", {})), self.group.attrs.get("galclip_sha256")
+        )
 
     def missing_arrays(self) -> list[str]:
         """Names of the arrays every store has (metadata, features, completion flags) that are absent."""
@@ -308,12 +380,13 @@ class FeatureStore:
         except (ValueError, RuntimeError, OSError, KeyError) as err:
             n_chunks = -(-self.group[name].shape[0] // self.group[name].chunks[0])
             size = self.group[name].chunks[0]
-            bad = next((c for c in range(n_chunks) if not _decodes(self.group[name], c * size, (c + 1) * size)), 0)
+            bad = next((c for c in range(n_chunks) if not chunk_decodes(self.group[name], c * size, (c + 1) * size)), 0)
             if name == COMPLETE:
                 raise DamagedDataError(
                     f"{self.path}: array '{name}' (the completion flag of shard {bad}) is damaged "
                     f"({type(err).__name__}: {err}). Run 'galclip check {self.path} --repair', then the same "
-                    "'galclip extract'") from err
+                    "'galclip extract'"
+                ) from err
             raise self.damaged(name, bad, f"{type(err).__name__}: {err}") from err
 
     def targetids(self) -> np.ndarray:
@@ -343,20 +416,30 @@ class FeatureStore:
 
     def fingerprint(self) -> str:
         """Identity of the store's content: provenance and targetids (16 hex digits)."""
-        h = hashlib.sha256(json.dumps({k: self._recorded_provenance.get(k) for k in COMPAT_KEYS}, sort_keys=True).encode())
+        h = hashlib.sha256(sorted_json({k: self._recorded_provenance.get(k) for k in COMPAT_KEYS}).encode())
         h.update(np.ascontiguousarray(self.read_whole("targetid")).tobytes())
         return h.hexdigest()[:16]
 
     def info(self) -> StoreInfo:
         split = self.split()
         labelled = np.isfinite(self.read_whole("label_redshift")) & np.isfinite(self.read_whole("label_log_mstar"))
-        arrays = {name: (tuple(self.group[name].shape), str(self.group[name].dtype))
-                  for name in (*META_ARRAYS, *self.feature_arrays, QUARANTINE, COMPLETE) if name in self.group}
+        arrays = {
+            name: (tuple(self.group[name].shape), str(self.group[name].dtype))
+            for name in (*META_ARRAYS, *self.feature_arrays, QUARANTINE, COMPLETE)
+            if name in self.group
+        }
         return StoreInfo(
-            path=str(self.path), n=self.n, n_train=int((split == 0).sum()),
-            n_selection=int((split == 2).sum()), n_test=int((split == 1).sum()),
-            n_labelled=int(labelled.sum()), rows_per_shard=self.rows_per_shard, n_shards=self.n_shards,
-            n_complete=int(self.complete_mask().sum()), arrays=arrays, provenance=self.provenance,
+            path=str(self.path),
+            n=self.n,
+            n_train=int((split == TRAIN).sum()),
+            n_selection=int((split == SELECTION).sum()),
+            n_test=int((split == TEST).sum()),
+            n_labelled=int(labelled.sum()),
+            rows_per_shard=self.rows_per_shard,
+            n_shards=self.n_shards,
+            n_complete=int(self.complete_mask().sum()),
+            arrays=arrays,
+            provenance=self.provenance,
             fingerprint=self.fingerprint(),
         )
 
@@ -369,7 +452,9 @@ class FeatureStore:
         if diffs:
             raise StoreError(
                 f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "
-                + "\n  ".join(diffs) + "\n" + (fix or "Use another store path for these settings")
+                + "\n  ".join(diffs)
+                + "\n"
+                + (fix or "Use another store path for these settings")
             )
 
     # ---- writing -------------------------------------------------------------
@@ -406,12 +491,58 @@ class FeatureStore:
         self._complete = None
         self._write_chunk(COMPLETE, shard, shard, 0)
 
+    # ---- rebuilding what extraction derives from its input files ---------------------
+    def recorded_values_sha256(self, name: str) -> str | None:
+        """The SHA-256 of metadata array ``name``'s values (``values_sha256``) recorded when the store was created;
+        None for a store written before galclip recorded them."""
+        meta = self.group.attrs.get("galclip", {})
+        return ((meta.get("values_sha256") if isinstance(meta, dict) else None) or {}).get(name)
+
+    def rebuild_chunk(self, name: str, shard: int, values: np.ndarray) -> None:
+        """Write shard ``shard``'s chunk of derived array ``name`` (one of ``DERIVED_ARRAYS``) again: ``values`` holds
+        the shard's rows (hi - lo,). The damaged file is removed first (zarr never merges into it); the chunk is then
+        written and fsync'ed as at creation (same codecs), so its bytes are those of the original."""
+        if name not in DERIVED_ARRAYS:
+            raise KeyError(f"{name!r} is not derived from the input files alone; choose from {DERIVED_ARRAYS}")
+        lo, hi = self.shard_rows(shard)
+        values = np.asarray(values).astype(self.group[name].dtype, copy=False)
+        if values.shape != (hi - lo,):
+            raise ValueError(f"{name} for shard {shard} has shape {values.shape}, expected {(hi - lo,)}")
+        file = self.chunk_file(name, shard)
+        with naming_os_errors(file):
+            file.unlink(missing_ok=True)
+        self._write_chunk(name, shard, slice(lo, hi), values)
+
+    def rebuild_moco_fc(self, fc: dict[str, np.ndarray], keys: tuple[str, ...] = MOCO_FC_KEYS) -> None:
+        """Write the stored projection MLP's arrays ``keys`` again from ``fc``, the image checkpoint's fc state
+        (``0.weight`` (2048, 2048), ...) as at creation: every chunk, fsync'ed."""
+        for key in keys:
+            name = f"{MOCO_FC}/{key}"
+            array = self.group[name]
+            value = np.asarray(fc[key], np.float32)
+            if value.shape != tuple(array.shape):
+                raise ValueError(f"{name}: the checkpoint's array has shape {value.shape}, the store's {array.shape}")
+            with naming_os_errors(self.path / name):
+                shutil.rmtree(self.path / name / "c", ignore_errors=True)
+                array.with_config({"write_empty_chunks": True})[...] = value
+                _fsync_tree(self.path / name / "c")
+
     # ---- reading --------------------------------------------------------------
     def chunk_file(self, name: str, shard: int) -> Path:
         """The file of shard ``shard`` of per-row array ``name`` (its one chunk along the row axis); for an array in
         a subgroup (``moco_fc/0.weight``, one chunk) shard 0 is its chunk."""
         ndim = len(self.group[name].shape) if name in self.group else 1
         return self.path / name / "c" / str(shard) / Path(*(["0"] * (ndim - 1)))
+
+    def chunk_files(self, name: str) -> Iterator[Path]:
+        """Every chunk file of array ``name`` (e.g. the 32 of ``moco_fc/0.weight``, which zarr chunks (256, 512)), in
+        C order: in a format-2 store each one was written, so a missing one is damage."""
+        import itertools
+
+        array = self.group[name]
+        grid = [range(-(-size // chunk)) for size, chunk in zip(array.shape, array.chunks)]
+        for index in itertools.product(*grid):
+            yield self.path / name / "c" / Path(*map(str, index or (0,)))
 
     def read(self, name: str, lo: int, hi: int) -> np.ndarray:
         """Rows [lo, hi) of per-row array ``name``. A chunk that fails its checksum, does not decode, or is missing
@@ -422,8 +553,9 @@ class FeatureStore:
         try:
             return self.group[name][lo:hi]
         except (ValueError, RuntimeError, OSError, KeyError) as err:  # checksum mismatch, Zstd error, bad frame
-            shard = next((s for s in range(first, last + 1)
-                          if not _decodes(self.group[name], *self.shard_rows(s))), first)
+            shard = next(
+                (s for s in range(first, last + 1) if not chunk_decodes(self.group[name], *self.shard_rows(s))), first
+            )
             raise self.damaged(name, shard, f"{type(err).__name__}: {err}") from err
 
     def _require_chunk_files(self, name: str, shards: range, every: bool = False) -> None:
@@ -444,16 +576,19 @@ class FeatureStore:
             try:
                 t = self.group["targetid"][lo:hi]
                 ids = f", targetids {int(t.min())}..{int(t.max())}"
-            except Exception:  # noqa: BLE001 - the targetids may be damaged too
+            except Exception:
                 ids = ""
-        if name in META_ARRAYS:  # written once when the store is created: re-extracting a shard cannot redo it
+        if name in DERIVED_ARRAYS:  # derived from the input files alone: rebuilt from them, no encoder runs
             return DamagedDataError(
-                f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}); the "
-                "per-row metadata is written once, when the store is created, so it cannot be repaired in place: "
-                "restore the store from a copy, or extract again into a new store")
+                f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}). It holds "
+                f"what extraction derives from the input files, not features: run 'galclip check {self.path} "
+                "--repair' (it names the files needed), then the same 'galclip extract', which rebuilds it from them "
+                "without running an encoder"
+            )
         return DamagedDataError(
             f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}). Run "
-            f"'galclip check {self.path} --repair', then the same 'galclip extract' to re-extract that shard")
+            f"'galclip check {self.path} --repair', then the same 'galclip extract' to re-extract that shard"
+        )
 
     def quarantine(self) -> np.ndarray:
         """(N,) uint8: 0 for usable rows, else the reason code of a skipped bad input row."""
@@ -504,7 +639,7 @@ class FeatureStore:
         for _, keep, arrays in self.iter_shards(names, mask):
             n = int(keep.sum())
             for name, block in arrays.items():
-                out[name][at:at + n] = block
+                out[name][at : at + n] = block
             at += n
         return out
 
@@ -527,18 +662,25 @@ class FeatureStore:
         fc = self.group[MOCO_FC]
         try:
             if self.format_version >= 2:
-                missing = [key for key in MOCO_FC_KEYS if not self.chunk_file(f"{MOCO_FC}/{key}", 0).exists()]
+                missing = [
+                    key for key in MOCO_FC_KEYS if not all(f.exists() for f in self.chunk_files(f"{MOCO_FC}/{key}"))
+                ]
                 if missing:
-                    raise ValueError(f"chunk file of {missing} missing")
+                    raise ValueError(f"chunk file(s) of {missing} missing")
             return {key: fc[key][...] for key in MOCO_FC_KEYS}
         except (ValueError, RuntimeError, OSError, KeyError) as err:
-            raise DamagedDataError(f"{self.path}/{MOCO_FC}: the stored projection MLP is damaged ({err}); extract "
-                                   "again into a new store") from err
+            raise DamagedDataError(
+                f"{self.path}/{MOCO_FC}: the stored projection MLP is damaged ({err}); run 'galclip check {self.path} "
+                "--repair' (it says whether the image checkpoint it was copied from is there), then the same "
+                "'galclip extract', which copies it again from the checkpoint; or restore the store from a copy"
+            ) from err
 
 
-def _decodes(array, lo: int, hi: int) -> bool:
+def chunk_decodes(array, lo: int, hi: int) -> bool:
+    """Whether rows [lo, hi) of zarr array ``array`` read back: False when a chunk there fails its checksum or does
+    not decode (a missing chunk reads as fill values: see ``FeatureStore.chunk_file``)."""
     try:
         array[lo:hi]
         return True
-    except Exception:  # noqa: BLE001 - any decode failure marks this chunk as the damaged one
+    except Exception:
         return False

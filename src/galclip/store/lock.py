@@ -69,7 +69,7 @@ class StoreLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "StoreLock":
+    def __enter__(self) -> StoreLock:
         self.acquire()
         return self
 
