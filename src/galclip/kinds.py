@@ -31,7 +31,6 @@ DESCRIPTIONS = {
 }
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
-CATALOGUE_SUFFIXES = (".fits", ".fit", ".csv")
 INDEX_MEMBERS = ("rows.npz", "map.npy", "image.faiss", "spectrum.faiss", "image.npy", "spectrum.npy")
 
 
@@ -81,9 +80,9 @@ def kind_of(path: str | Path) -> str:
         return "heads"
     if path.suffix.lower() in HDF5_SUFFIXES:
         return "provabgs" if _is_provabgs_name(path) else "survey"
-    if path.suffix.lower() in CATALOGUE_SUFFIXES:
-        from galclip.predict.catalogue import is_galclip_catalogue  # the catalogue format's own mark
+    from galclip.predict.catalogue import SUFFIXES, is_galclip_catalogue  # the catalogue format's own list and mark
 
+    if path.suffix.lower() in SUFFIXES:
         if is_galclip_catalogue(path):
             return "catalogue"
     return "file"

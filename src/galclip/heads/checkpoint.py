@@ -39,6 +39,8 @@ STATE_FORMAT = "galclip-train-state/1"
 HEADS_FILE = "heads.pt"
 STATE_FILE = "train_state.pt"
 RETRAIN = "train heads with 'galclip heads STORE OUT'"
+NAME = "heads"
+REPAIR = f"retrain them ({RETRAIN}), or restore {HEADS_FILE} from a copy"
 
 
 def save_atomic(obj: object, path: Path) -> None:
@@ -65,15 +67,22 @@ def read_torch_file(path: Path, hint: str) -> dict:
     return obj
 
 
-def heads_record(heads: CLIPHeads, config: HeadConfig, store_fingerprint: str, store_path: str | Path,
-                 **summary) -> dict:
+def heads_record(
+    heads: CLIPHeads, config: HeadConfig, store_fingerprint: str, store_path: str | Path, **summary
+) -> dict:
     """The ``heads.pt`` content: weights (cloned, so the file holds nothing else) and what rebuilds them.
 
     ``summary`` adds small fields: best_epoch, best_val_loss, history, stop_reason, n_train, n_val, ...
     """
     state = {k: v.detach().cpu().clone() for k, v in heads.state_dict().items()}
-    return {"format": HEADS_FORMAT, "config": asdict(config), "store_fingerprint": store_fingerprint,
-            "store_path": str(Path(store_path).resolve()), "state_dict": state, **summary}
+    return {
+        "format": HEADS_FORMAT,
+        "config": asdict(config),
+        "store_fingerprint": store_fingerprint,
+        "store_path": str(Path(store_path).resolve()),
+        "state_dict": state,
+        **summary,
+    }
 
 
 def content_sha256(record: dict) -> str:
@@ -88,6 +97,16 @@ def content_sha256(record: dict) -> str:
     rest = {k: v for k, v in record.items() if k not in ("state_dict", "content_sha256")}
     h.update(json.dumps(rest, sort_keys=True, default=str).encode())
     return h.hexdigest()
+
+
+def verify(path: str | Path) -> tuple[list[str], dict | None]:
+    """Every problem of a heads file or folder (unreadable, foreign, damaged against its SHA-256, weights that do not
+    fit their config) and its record when readable: ([], record) when intact. Never raises on damage."""
+    try:
+        _, record = load_heads(path)
+    except GalclipError as err:
+        return [str(err)], None
+    return [], record
 
 
 def save_heads(record: dict, path: str | Path) -> Path:
@@ -108,14 +127,18 @@ def load_heads(path: str | Path, store=None, device: str = "cpu") -> tuple[CLIPH
     record = read_torch_file(path, RETRAIN)
     fmt = record.get("format")
     if fmt == STATE_FORMAT:
-        raise GalclipError(f"{path}: is a training state (for --resume), not heads; point at {path.parent / HEADS_FILE}")
+        raise GalclipError(
+            f"{path}: is a training state (for --resume), not heads; point at {path.parent / HEADS_FILE}"
+        )
     if fmt not in (HEADS_FORMAT, OLD_HEADS_FORMAT) or "state_dict" not in record or "config" not in record:
         raise GalclipError(f"{path}: not a galclip heads checkpoint (format {fmt!r}); {RETRAIN}")
     if fmt == OLD_HEADS_FORMAT:
         logger.info("%s: a galclip 0.1 checkpoint; reading its selected weights", path)
     if "content_sha256" in record and content_sha256(record) != record["content_sha256"]:
-        raise DamagedDataError(f"{path}: the heads do not match their SHA-256 (the file is damaged); {RETRAIN}, or "
-                               "restore the file from a copy")
+        raise DamagedDataError(
+            f"{path}: the heads do not match their SHA-256 (the file is damaged); {RETRAIN}, or "
+            "restore the file from a copy"
+        )
     if store is not None and record["store_fingerprint"] != store.fingerprint():
         raise GalclipError(
             f"{path}: these heads were trained on a store with fingerprint {record['store_fingerprint']} "
@@ -133,30 +156,38 @@ def load_heads(path: str | Path, store=None, device: str = "cpu") -> tuple[CLIPH
     return heads.to(device).eval(), record
 
 
-def read_train_state(path: Path, configs: list[HeadConfig], fingerprint: str, n_train: int, n_val: int,
-                     device_type: str) -> dict:
+def read_train_state(
+    path: Path, configs: list[HeadConfig], fingerprint: str, n_train: int, n_val: int, device_type: str
+) -> dict:
     """The resume state at ``path``, checked against this session: same settings, store, split sizes and
     device kind, else an error naming the difference (resuming would not reproduce the run)."""
     if not path.exists():
         old = path.parent / HEADS_FILE
         if old.exists() and torch.load(old, map_location="cpu", weights_only=True).get("format") == OLD_HEADS_FORMAT:
-            raise GalclipError(f"{old}: was written by galclip 0.1, whose runs cannot be resumed by this version; "
-                               "start without --resume (its heads still load for index, search and evaluate)")
+            raise GalclipError(
+                f"{old}: was written by galclip 0.1, whose runs cannot be resumed by this version; "
+                "start without --resume (its heads still load for index, search and evaluate)"
+            )
         raise GalclipError(f"{path}: nothing to resume; run without --resume")
     state = read_torch_file(path, "start without --resume")
     if state.get("format") != STATE_FORMAT:
         raise GalclipError(f"{path}: not a galclip training state; start without --resume")
     if state.get("store_fingerprint") != fingerprint:
-        raise GalclipError(f"{path}: was trained on another store (fingerprint {state.get('store_fingerprint')}, "
-                           f"this store {fingerprint}); cannot resume")
+        raise GalclipError(
+            f"{path}: was trained on another store (fingerprint {state.get('store_fingerprint')}, "
+            f"this store {fingerprint}); cannot resume"
+        )
     if len(state["configs"]) != len(configs):
-        raise GalclipError(f"{path}: holds {len(state['configs'])} configuration(s), this run has {len(configs)}; "
-                           "cannot resume")
+        raise GalclipError(
+            f"{path}: holds {len(state['configs'])} configuration(s), this run has {len(configs)}; cannot resume"
+        )
     for old, config in zip(state["configs"], configs):
         diff = _config_diff(old, asdict(config))
         if diff:
-            raise GalclipError(f"{path}: cannot resume with other settings: " +
-                               ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items()))
+            raise GalclipError(
+                f"{path}: cannot resume with other settings: "
+                + ", ".join(f"{k} was {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            )
     if (state["device_type"], state["n_train"], state["n_val"]) != (device_type, n_train, n_val):
         raise GalclipError(
             f"{path}: the run was on {state['device_type']} with {state['n_train']} train / {state['n_val']} "
@@ -168,6 +199,6 @@ def read_train_state(path: Path, configs: list[HeadConfig], fingerprint: str, n_
 
 def _config_diff(old: dict, new: dict) -> dict[str, tuple]:
     """Settings that differ between two ``asdict(HeadConfig)`` (the device may change)."""
-    norm = lambda d: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items() if k != "device"}  # noqa: E731
+    norm = lambda d: {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in d.items() if k != "device"}
     old, new = norm(old), norm(new)
     return {k: (old.get(k), new[k]) for k in new if old.get(k) != new[k]}
