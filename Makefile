@@ -9,7 +9,7 @@ TEST_STAMP = $(VENV)/.galclip-test-installed
 DEMO_PAIRS ?= 4000
 DEMO_OUT   ?= galclip-demo
 
-.PHONY: install demo test bench clean browser
+.PHONY: install demo test lint bench clean browser
 
 install: $(STAMP)
 
@@ -39,15 +39,23 @@ $(TEST_STAMP): $(STAMP) requirements-test.lock
 demo: $(STAMP)
 	$(VENV)/bin/galclip demo --pairs $(DEMO_PAIRS) --out $(DEMO_OUT)
 
-# the browser tests drive Debian's chromium through chromium-driver (the two packages match each other);
-# installed here when missing (CI runs as root on Debian). Nothing downloads a browser build.
+# the tests open galclip's files with the tools astronomers use: Debian's chromium through chromium-driver (the two
+# packages match each other), STILTS (TOPCAT's command line) and fitsverify. Installed here when missing (CI runs as
+# root on Debian); nothing downloads a browser build.
+TEST_TOOLS = chromium chromedriver stilts fitsverify
 browser:
-	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	@missing=""; for t in $(TEST_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
-	else echo "the browser tests need Debian's chromium and chromium-driver: sudo apt-get install chromium chromium-driver" >&2; exit 1; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver stilts fitsverify >/dev/null; \
+	else echo "the tests need Debian's chromium, chromium-driver, stilts and fitsverify (missing:$$missing): sudo apt-get install chromium chromium-driver stilts fitsverify" >&2; exit 1; fi
 
-test: $(TEST_STAMP) browser
+# the lint and format gate (ruff, pinned in requirements-test.lock, configured in pyproject.toml), before the tests
+lint: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+test: lint browser
 	SE_OFFLINE=true $(PY) -m pytest -q
 
 bench: $(STAMP)
