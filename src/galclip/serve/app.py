@@ -143,6 +143,8 @@ def load_service(index_path: str | Path, data: list[str | Path] | None = None) -
             f"{names}: no row with targetid {int(missing[0])} (and {missing.size - 1} more of the "
             f"index's {len(index)} galaxies); pass the survey files the index was built from with --data"
         )
+    for modality in MODALITIES:  # the zero-shot predictor's reference sets, built once at start, not on a request
+        index.reference(modality)
     return SearchService(index, galaxies)
 
 
