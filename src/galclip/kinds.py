@@ -19,7 +19,7 @@ DESCRIPTIONS = {
     "train_state": "a heads training state (train_state.pt, what --resume reads)",
     "sweep": "a galclip sweep folder",
     "report": "an evaluate report folder",
-    "survey": "survey data in the AstroCLIP HDF5 layout",
+    "survey": "survey data (AstroCLIP HDF5, Legacy Survey cutout FITS, DESI coadd FITS or Multimodal Universe HDF5)",
     "provabgs": "a PROVABGS-layout catalogue",
     "catalogue": "a galclip predict catalogue",
     "index_file": "one file of a galclip index folder",
@@ -30,6 +30,7 @@ DESCRIPTIONS = {
     "file": "a file that is none of galclip's kinds",
 }
 
+FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fits.fz")  # Legacy Survey cutouts, DESI coadds
 HDF5_SUFFIXES = (".h5", ".hdf5")
 INDEX_MEMBERS = ("rows.npz", "map.npy", "image.faiss", "spectrum.faiss", "image.npy", "spectrum.npy")
 
@@ -67,7 +68,7 @@ def kind_of(path: str | Path) -> str:
             return "folder"
         if not entries:
             return "empty"
-        if any(e.suffix.lower() in HDF5_SUFFIXES and not _is_provabgs_name(e) for e in entries):
+        if any(_is_survey_name(e) for e in entries):
             return "survey"
         return "folder"
     if _store_above(path) is not None:
@@ -85,7 +86,24 @@ def kind_of(path: str | Path) -> str:
     if path.suffix.lower() in SUFFIXES:
         if is_galclip_catalogue(path):
             return "catalogue"
+    if path.name.lower().endswith(FITS_SUFFIXES) and _sniffs_as_survey(path):
+        return "survey"
     return "file"
+
+
+def _sniffs_as_survey(path: Path) -> bool:
+    """Whether a FITS file is a Legacy Survey cutout or a DESI coadd, from its header (a user's other FITS is not)."""
+    from galclip.data import desi_fits, legacysurvey_fits
+
+    return legacysurvey_fits.sniff(path) or desi_fits.sniff(path)
+
+
+def _is_survey_name(path: Path) -> bool:
+    """Whether a folder entry looks like a survey file by its name (HDF5 other than a catalogue, or FITS)."""
+    name = path.name.lower()
+    return (path.suffix.lower() in HDF5_SUFFIXES and not _is_provabgs_name(path)) or (
+        name.endswith(FITS_SUFFIXES) and not name.startswith(("redrock", "zbest"))
+    )
 
 
 def describe(path: str | Path) -> str:

@@ -1,69 +1,128 @@
 """PROVABGS-layout catalogue: read, apply the AstroCLIP cuts, join labels onto survey rows.
 
-Columns (DESI EDR VAC ``BGS_ANY_full.provabgs.sv3.v0.hdf5``): TARGETID, Z_HP,
-PROVABGS_LOGMSTAR_BF, MAG_G, MAG_R, MAG_Z. The file may hold the columns as root datasets
-or as one compound (table) dataset, as astropy writes it.
+Columns (DESI EDR VAC ``BGS_ANY_full.provabgs.sv3.v0.hdf5``): TARGETID, Z_HP, PROVABGS_LOGMSTAR_BF, MAG_G, MAG_R,
+MAG_Z, and, where the file has them, the other PROVABGS properties (``layout.PROPERTY_COLUMNS``: mass-weighted
+metallicity and age, the SFR averaged over the last Gyr, as the VAC or the Multimodal Universe spells them) and RA,
+DEC. The file may hold the columns as root datasets or as one compound (table) dataset, as astropy writes it.
+
+Labels (``vocabulary.PROPERTIES``): redshift = Z_HP; log_mstar = PROVABGS_LOGMSTAR_BF; log_metallicity = log10 Z_MW;
+age = TAGE_MW (Gyr); log_ssfr = log10 AVGSFR − log_mstar (yr⁻¹; AstroCLIP's cross-match subtracts log Z_MW here, a
+bug not copied). ``--label NAME=COLUMN`` adds any other numeric column.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from galclip.data.layout import CATALOGUE_COLUMNS
+from galclip.data.layout import CATALOGUE_ALIASES, CATALOGUE_COLUMNS, PROPERTY_COLUMNS
 from galclip.errors import InputError
 from galclip.targetids import lookup
+from galclip.vocabulary import LABELS, PROPERTIES
 
 logger = logging.getLogger(__name__)
+
+LABEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 
 @dataclass(frozen=True)
 class Labels:
-    """Catalogue labels joined onto survey rows: (n,) float32 each, NaN where absent or cut."""
+    """Catalogue labels joined onto survey rows: label -> (n,) float32, NaN where absent or cut; ``sources``: label ->
+    the catalogue column(s) it comes from."""
 
-    redshift: np.ndarray
-    log_mstar: np.ndarray
+    values: dict[str, np.ndarray]
+    sources: dict[str, str]
     n_catalogue: int
     n_after_cuts: int
     n_matched: int
 
+    @property
+    def redshift(self) -> np.ndarray:
+        return self.values["redshift"]
 
-def read_catalogue(path: str | Path) -> dict[str, np.ndarray]:
-    """Read the six PROVABGS columns: name -> (n,) array."""
-    path = Path(path)
+    @property
+    def log_mstar(self) -> np.ndarray:
+        return self.values["log_mstar"]
+
+
+@dataclass
+class _Columns:
+    """The columns of one catalogue file, read lazily: name -> h5py dataset or compound field."""
+
+    path: Path
+    handle: h5py.File
+    root: dict = field(default_factory=dict)
+    table: h5py.Dataset | None = None
+
+    def names(self) -> list[str]:
+        return sorted(self.root) + (list(self.table.dtype.names) if self.table is not None else [])
+
+    def resolve(self, name: str) -> str | None:
+        """The column the file spells ``name`` as (itself or an alias), or None."""
+        for candidate in (name, *CATALOGUE_ALIASES.get(name, ())):
+            if candidate in self.root or (self.table is not None and candidate in self.table.dtype.names):
+                return candidate
+        return None
+
+    def read(self, name: str) -> np.ndarray:
+        data = self.root[name][:] if name in self.root else np.asarray(self.table[name])
+        if data.ndim == 2:  # posterior samples per galaxy: their median
+            data = np.median(data, axis=1)
+        return data
+
+
+def _open_columns(path: Path) -> _Columns:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
         raise InputError(f"{path}: not a readable HDF5 catalogue ({err})") from err
-    with f:
-        columns: dict[str, np.ndarray] = {}
-        if all(c in f and isinstance(f[c], h5py.Dataset) for c in CATALOGUE_COLUMNS):
-            columns = {c: f[c][:] for c in CATALOGUE_COLUMNS}
-        else:
-            tables = [k for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].dtype.names]
-            for name in tables:
-                fields = f[name].dtype.names
-                if all(c in fields for c in CATALOGUE_COLUMNS):
-                    data = f[name][:]
-                    columns = {c: np.asarray(data[c]) for c in CATALOGUE_COLUMNS}
-                    break
-            if not columns:
-                present = sorted(f.keys()) + [f"{t}.{n}" for t in tables for n in f[t].dtype.names]
-                missing = [
-                    c for c in CATALOGUE_COLUMNS if c not in present and not any(p.endswith("." + c) for p in present)
-                ]
+    root = {k: f[k] for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].dtype.names is None}
+    cols = _Columns(path, f, root)
+    if not all(cols.resolve(c) for c in CATALOGUE_COLUMNS):
+        for name in (k for k in f.keys() if isinstance(f[k], h5py.Dataset) and f[k].dtype.names):
+            candidate = _Columns(path, f, {}, f[name])
+            if all(candidate.resolve(c) for c in CATALOGUE_COLUMNS):
+                return candidate
+    return cols
+
+
+def read_catalogue(path: str | Path, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Read the six PROVABGS columns, each property column (``layout.PROPERTY_COLUMNS``) the file has, RA and DEC if
+    present, and the columns ``extra`` (refused when absent): name -> (n,) array, under the names the VAC uses for
+    the six and the property's key (Z_MW, TAGE_MW, AVGSFR) for the properties."""
+    path = Path(path)
+    cols = _open_columns(path)
+    with cols.handle:
+        missing = [c for c in CATALOGUE_COLUMNS if not cols.resolve(c)]
+        if missing:
+            raise InputError(
+                f"{path}: catalogue lacks column(s) {missing}; a PROVABGS catalogue needs "
+                f"{list(CATALOGUE_COLUMNS)} (found {cols.names()[:20]})"
+            )
+        out = {c: cols.read(cols.resolve(c)) for c in CATALOGUE_COLUMNS}
+        for key, spellings in PROPERTY_COLUMNS.items():
+            found = next((s for s in spellings if cols.resolve(s)), None)
+            if found:
+                out[key] = cols.read(found)
+                out[f"{key}:column"] = np.array(found)
+        for name in ("RA", "DEC"):
+            if cols.resolve(name):
+                out[name] = cols.read(name)
+        for name in extra:
+            if not cols.resolve(name):
                 raise InputError(
-                    f"{path}: catalogue lacks column(s) {missing}; a PROVABGS catalogue needs "
-                    f"{list(CATALOGUE_COLUMNS)} (found {present[:20]})"
+                    f"{path}: has no column {name!r} (--label ...={name}); its columns are {cols.names()[:40]}"
                 )
-    lengths = {c: len(v) for c, v in columns.items()}
+            out[name] = cols.read(name)
+    lengths = {c: len(v) for c, v in out.items() if not c.endswith(":column")}
     if len(set(lengths.values())) != 1:
         raise InputError(f"{path}: catalogue columns have different lengths {lengths}")
-    return columns
+    return out
 
 
 def apply_cuts(columns: dict[str, np.ndarray]) -> np.ndarray:
@@ -75,12 +134,73 @@ def apply_cuts(columns: dict[str, np.ndarray]) -> np.ndarray:
     return keep
 
 
+def parse_label_options(options: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``--label NAME=COLUMN`` options -> {name: column}; refused, naming the option and the fix, when malformed or
+    when NAME is one of the PROVABGS labels galclip already derives."""
+    out: dict[str, str] = {}
+    for option in options:
+        name, sep, column = option.partition("=")
+        name, column = name.strip(), column.strip()
+        if not sep or not column or not LABEL_NAME.match(name):
+            raise InputError(
+                f"--label {option!r}: expected NAME=COLUMN, NAME lower-case letters, digits and _ (e.g. "
+                "--label dn4000=DN4000)"
+            )
+        if name in PROPERTIES or name in out:
+            how = "derived" if name in PROPERTIES else "given"
+            raise InputError(f"--label {option!r}: the label {name!r} is already {how}; choose another NAME")
+        out[name] = column
+    return out
+
+
+def property_values(columns: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The PROVABGS labels of catalogue rows (see the module docstring): label -> (n,) float64 (NaN where not
+    finite or not positive before a log), and label -> the columns it comes from."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_mstar = np.asarray(columns["PROVABGS_LOGMSTAR_BF"], np.float64)
+        values = {"redshift": np.asarray(columns["Z_HP"], np.float64), "log_mstar": log_mstar}
+        sources = {"redshift": "Z_HP", "log_mstar": "PROVABGS_LOGMSTAR_BF"}
+
+        def positive_log(key: str) -> np.ndarray:
+            x = np.asarray(columns[key], np.float64)
+            return np.where(x > 0, np.log10(np.where(x > 0, x, 1.0)), np.nan)
+
+        if "Z_MW" in columns:
+            values["log_metallicity"] = positive_log("Z_MW")
+            sources["log_metallicity"] = f"log10 {columns['Z_MW:column']}"
+        if "TAGE_MW" in columns:
+            values["age"] = np.asarray(columns["TAGE_MW"], np.float64)
+            sources["age"] = str(columns["TAGE_MW:column"])
+        if "AVGSFR" in columns:
+            values["log_ssfr"] = positive_log("AVGSFR") - log_mstar
+            sources["log_ssfr"] = f"log10 {columns['AVGSFR:column']} - PROVABGS_LOGMSTAR_BF"
+    return values, sources
+
+
+def _numeric(path: Path, option: str, column: str, data: np.ndarray) -> np.ndarray:
+    try:
+        return np.asarray(data, np.float64)
+    except (TypeError, ValueError) as err:
+        raise InputError(
+            f"{path}: column {column!r} (--label {option}={column}) is not numeric (dtype {data.dtype}); "
+            "choose a numeric column"
+        ) from err
+
+
 def join_columns(
-    targetid: np.ndarray, path: str | Path, names: tuple[str, ...]
+    targetid: np.ndarray,
+    path: str | Path,
+    names: tuple[str, ...],
+    custom: dict[str, str] | None = None,
+    label_dtype: type = np.float32,
 ) -> tuple[dict[str, np.ndarray], Labels]:
     """Catalogue columns ``names`` for survey rows (n,) int64, after the cuts: (name -> (n,) float64, NaN where a
-    galaxy has no row, and the match counts as :class:`Labels` with the redshift and log M* labels)."""
-    columns = read_catalogue(path)
+    galaxy has no row, and the labels as :class:`Labels`, in ``label_dtype`` (float32, as a store holds them): every
+    PROVABGS property the file has, and ``custom`` {label: column})."""
+    path = Path(path)
+    custom = custom or {}
+    extra = tuple(dict.fromkeys([*custom.values(), *(n for n in names if n not in CATALOGUE_COLUMNS)]))
+    columns = read_catalogue(path, extra)
     keep = apply_cuts(columns)
     cat_ids = np.asarray(columns["TARGETID"]).astype(np.int64)[keep]
     uniq, counts = np.unique(cat_ids, return_counts=True)
@@ -99,14 +219,18 @@ def join_columns(
     pos = lookup(cat_ids[order], targetid, order)
     hit = pos >= 0
 
-    def joined(name: str, dtype) -> np.ndarray:
+    def joined(values: np.ndarray, dtype) -> np.ndarray:
         out = np.full(len(targetid), np.nan, dtype)
-        out[hit] = np.asarray(columns[name])[keep][pos[hit]]
+        out[hit] = np.asarray(values)[keep][pos[hit]]
         return out
 
+    values, sources = property_values(columns)
+    for name, column in custom.items():
+        values[name] = _numeric(path, name, column, columns[column])
+        sources[name] = column
     labels = Labels(
-        joined("Z_HP", np.float32),
-        joined("PROVABGS_LOGMSTAR_BF", np.float32),
+        {name: joined(v, label_dtype) for name, v in values.items()},
+        sources,
         len(keep),
         int(keep.sum()),
         int(hit.sum()),
@@ -117,21 +241,36 @@ def join_columns(
             f"{labels.n_after_cuts} rows after the cuts (e.g. TARGETID {int(cat_ids[0])}); is this the catalogue "
             "of this survey? Pass the matching PROVABGS file, or leave out --catalogue to extract without labels"
         )
-    return {name: joined(name, np.float64) for name in names}, labels
+    for name, column in custom.items():
+        if not np.isfinite(labels.values[name][hit]).any():
+            raise InputError(
+                f"{path}: column {column!r} (--label {name}={column}) has no finite value for any of the "
+                f"{labels.n_matched} matched galaxies; choose another column"
+            )
+    return {name: joined(_numeric(path, name, name, columns[name]), np.float64) for name in names}, labels
 
 
-def join_labels(targetid: np.ndarray, path: str | Path) -> Labels:
-    """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts."""
-    _, labels = join_columns(targetid, path, ())
+def join_labels(
+    targetid: np.ndarray, path: str | Path, custom: dict[str, str] | None = None, label_dtype: type = np.float32
+) -> Labels:
+    """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts: every PROVABGS property the
+    file has (redshift and log M* always) and ``custom`` {label: column}, in ``label_dtype``."""
+    _, labels = join_columns(targetid, path, (), custom, label_dtype)
     logger.info(
-        "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs",
+        "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs; labels %s",
         path,
         labels.n_catalogue,
         labels.n_after_cuts,
         labels.n_matched,
         len(targetid),
+        ", ".join(labels.values),
     )
     return labels
+
+
+def no_labels(n: int, names: tuple[str, ...] = LABELS) -> Labels:
+    """All-NaN labels for ``n`` rows extracted without a catalogue."""
+    return Labels({name: np.full(n, np.nan, np.float32) for name in names}, {}, 0, 0, 0)
 
 
 def photometry_features(targetid: np.ndarray, path: str | Path) -> np.ndarray:

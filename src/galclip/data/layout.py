@@ -22,6 +22,17 @@ SPECTRUM_SHAPE = (DESI_N_BINS, 1)
 SURVEY_DATASETS = ("image", "spectrum", "redshift", "targetid")
 
 CATALOGUE_COLUMNS = ("TARGETID", "Z_HP", "PROVABGS_LOGMSTAR_BF", "MAG_G", "MAG_R", "MAG_Z")
+# the same columns as the Multimodal Universe's PROVABGS files spell them, where they differ
+CATALOGUE_ALIASES = {"PROVABGS_LOGMSTAR_BF": ("LOG_MSTAR",)}
+# the PROVABGS properties beyond redshift and mass: raw quantity -> its columns, best fit first (DESI VAC, then MMU).
+# Z_MW is a mass fraction, TAGE_MW in Gyr, AVGSFR_1GYR in M☉/yr; a 2-d column (posterior samples) is reduced to its
+# median
+PROPERTY_COLUMNS = {
+    "Z_MW": ("PROVABGS_Z_MW_BF", "PROVABGS_Z_MW", "Z_MW"),
+    "TAGE_MW": ("PROVABGS_TAGE_MW_BF", "PROVABGS_TAGE_MW", "TAGE_MW"),
+    "AVGSFR": ("PROVABGS_AVGSFR_1GYR_BF", "PROVABGS_AVGSFR_1GYR", "AVG_SFR"),
+}
+POSITION_COLUMNS = ("RA", "DEC")
 
 
 def desi_wavelength() -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from galclip.data.layout import IMAGE_SHAPE, SPECTRUM_SHAPE, SURVEY_DATASETS
+from galclip.data.sources import ClosingSource
 from galclip.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -39,13 +40,30 @@ class SurveyBatch:
     """Rows ``[start, stop)`` of the survey.
 
     image (n, 152, 152, 3) float32, spectrum (n, 7781) float32, redshift (n,) float32 (NaN where a
-    file has none), targetid (n,) int64. A modality the files do not hold is None.
+    file has none), targetid (n,) int64. A modality the files do not hold is None. Where the layout carries them:
+    spectrum_ivar (n, 7781) float32 inverse variance, 0 where a pixel is masked or has no data; ra, dec (n,) float64
+    degrees, NaN where unknown (None for a layout with neither, such as AstroCLIP's).
     """
 
     image: np.ndarray | None
     spectrum: np.ndarray | None
     redshift: np.ndarray
     targetid: np.ndarray
+    spectrum_ivar: np.ndarray | None = None
+    ra: np.ndarray | None = None
+    dec: np.ndarray | None = None
+
+
+def concat_batches(parts: list[SurveyBatch]) -> SurveyBatch:
+    """Consecutive row blocks as one batch: every field concatenated (None stays None)."""
+    if len(parts) == 1:
+        return parts[0]
+    return SurveyBatch(
+        *(
+            None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
+            for k in SurveyBatch.__dataclass_fields__
+        )
+    )
 
 
 def _resolve_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
@@ -105,7 +123,30 @@ def _check_segment(path: Path, name: str, node: h5py.Group) -> tuple[int, tuple[
     return n, modalities
 
 
-class SurveyReader:
+LAYOUT = "astroclip"
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def sniff(path: Path) -> bool:
+    """Whether ``path`` is an AstroCLIP-layout HDF5: a 'targetid' at the root or in its groups ("0".."9"), beside
+    'image' or 'spectrum' (the Multimodal Universe's files hold 'object_id' instead)."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != HDF5_MAGIC:
+                return False
+        with h5py.File(path, "r") as f:
+            nodes = [f] + [f[k] for k in list(f.keys())[:16] if isinstance(f[k], h5py.Group)]
+            return any("targetid" in n and ("image" in n or "spectrum" in n) for n in nodes)
+    except OSError:
+        return False
+
+
+def open_source(files: list[Path], require: Sequence[str] = ()) -> SurveyReader:
+    """The AstroCLIP-layout reader of ``files`` (the :mod:`galclip.data.sources` interface)."""
+    return SurveyReader(files, require=require)
+
+
+class SurveyReader(ClosingSource):
     """Lists and reads the galaxies of one or more AstroCLIP-layout survey files.
 
     ``require``: the modalities every group must hold, ("image", "spectrum") for pairs (extraction,
@@ -156,6 +197,19 @@ class SurveyReader:
                 "has 0 rows); point galclip at the survey file(s) that hold the pairs"
             )
         self._handles: dict[str, h5py.File] = {}
+
+    layout = LAYOUT
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ra, dec) (n_rows,) float64 degrees from optional 'ra'/'dec' datasets (galclip's mock writes them; the
+        public AstroCLIP files have none): NaN where a group has none."""
+        ra = np.concatenate([self._optional(s, "ra", 0, s.n_rows) for s in self.segments])
+        dec = np.concatenate([self._optional(s, "dec", 0, s.n_rows) for s in self.segments])
+        return ra, dec
+
+    def _optional(self, seg: Segment, name: str, a: int, b: int) -> np.ndarray:
+        node = self._node(seg)
+        return node[name][a:b].astype(np.float64) if name in node else np.full(b - a, np.nan)
 
     def locate(self, row: int) -> str:
         """'file:group' holding survey row ``row`` (for error messages)."""
@@ -222,26 +276,13 @@ class SurveyReader:
                         ),
                         redshift=self._redshift(seg, a, b),
                         targetid=node["targetid"][a:b].astype(np.int64, copy=False),
+                        ra=self._optional(seg, "ra", a, b),
+                        dec=self._optional(seg, "dec", a, b),
                     )
                 )
         if not parts:
             raise IndexError(f"rows [{start}, {stop}) are outside the survey's {self.n_rows} rows")
-        if len(parts) == 1:
-            return parts[0]
-        return SurveyBatch(
-            *(
-                None if getattr(parts[0], k) is None else np.concatenate([getattr(p, k) for p in parts])
-                for k in SurveyBatch.__dataclass_fields__
-            )
-        )
-
-    def iter_batches(
-        self, batch_size: int, start: int = 0, stop: int | None = None
-    ) -> Iterator[tuple[int, SurveyBatch]]:
-        """Yield ``(first_row, batch)`` over rows ``[start, stop)`` in order; the last batch may be short."""
-        stop = self.n_rows if stop is None else stop
-        for lo in range(start, stop, batch_size):
-            yield lo, self.read(lo, min(lo + batch_size, stop))
+        return concat_batches(parts)
 
     def fingerprint(self) -> dict:
         """Cheap identity of the data: files, sizes, segment lengths (no bulk read)."""
@@ -283,12 +324,6 @@ class SurveyReader:
         for handle in self._handles.values():
             handle.close()
         self._handles.clear()
-
-    def __enter__(self) -> SurveyReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __getstate__(self) -> dict:  # DataLoader workers each open their own handles
         state = self.__dict__.copy()
@@ -362,7 +397,7 @@ def open_recorded_survey(
     store_path: str | Path,
     targetids: Callable[[], np.ndarray] | None = None,
     paths: Sequence[str | Path] | None = None,
-) -> SurveyReader:
+):
     """A reader of the survey files the store at ``store_path`` (with ``provenance``) was extracted from, or of
     ``paths`` (the same files elsewhere), refused with the file and what changed when they no longer hold what they
     held at extraction: no reader may draw or return a galaxy that is not the one named."""
@@ -375,7 +410,10 @@ def open_recorded_survey(
             f"{missing[0]}: the survey file {store_path} was extracted from is not there; put it back, "
             "or pass where it is now (--data)"
         )
-    reader = SurveyReader(files, require=())
+    from galclip.data.sources import open_survey
+
+    radius = float((provenance.get("config") or {}).get("match_radius_arcsec", 1.0))
+    reader = open_survey(files, require=(), match_radius_arcsec=radius)
     problems = recorded_survey_problems(provenance, reader, targetids)
     if problems:
         reader.close()

@@ -1,9 +1,9 @@
 """Spectral energy distributions: kcorrect NMF templates, filter curves, AB photometry, distances.
 
 All data come from the ``kcorrect`` package (BSD-3): the five NMF templates of
-``kcorrect-default-v4.fits`` (erg/s/cm²/Å at 10 pc per solar mass formed, with the surviving
-stellar mass per template), the DECam and SDSS response curves, and the 10,000 SDSS galaxies
-of ``gst_tests_small.fits``.
+``kcorrect-default-v4.fits`` (erg/s/cm²/Å at 10 pc per solar mass formed, with the per-template
+star-formation bookkeeping of its INTSFH, MREMAIN, METS, M300 and M1000 HDUs), the DECam and SDSS
+response curves, and the 10,000 SDSS galaxies of ``gst_tests_small.fits``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,20 @@ def kcorrect_data_dir() -> Path:
 
 @dataclass(frozen=True)
 class Templates:
-    """NMF templates: wave (L,) Å rest frame; flux (T, L) erg/s/cm²/Å at 10 pc per M☉ formed."""
+    """NMF templates: wave (L,) Å rest frame; flux (T, L) erg/s/cm²/Å at 10 pc per M☉ formed.
+
+    The per-template quantities are kcorrect's (``kcorrect.template.SED``), each per unit of ``intsfh``:
+    ``intsfh`` the integrated star formation (M☉ formed; 1 for every default template), ``mremain`` the mass left
+    in stars and remnants, ``mets`` the metallicity (mass fraction) of those current stars and remnants, ``m300``
+    and ``m1000`` the mass formed in the last 300 Myr and 1 Gyr."""
 
     wave: np.ndarray
     flux: np.ndarray
     mremain: np.ndarray  # (T,) surviving stellar mass per M☉ formed
     m300: np.ndarray  # (T,) share of star formation in the last 300 Myr
+    m1000: np.ndarray  # (T,) share of star formation in the last 1 Gyr
+    mets: np.ndarray  # (T,) metallicity (mass fraction) of the surviving stars and remnants
+    intsfh: np.ndarray  # (T,) M☉ formed (the unit the other quantities are per)
 
     def rest_flux(self, rest_wave: np.ndarray) -> np.ndarray:
         """Templates at rest wavelengths (..., n) -> (T, ..., n), zero outside coverage."""
@@ -51,7 +59,10 @@ def load_templates() -> Templates:
         flux = np.asarray(row["flux"], np.float64).reshape(-1, wave.size)
         mremain = np.asarray(hdul["MREMAIN"].data, np.float64)
         m300 = np.asarray(hdul["M300"].data, np.float64)
-    return Templates(wave, flux, mremain, m300)
+        m1000 = np.asarray(hdul["M1000"].data, np.float64)
+        mets = np.asarray(hdul["METS"].data, np.float64)
+        intsfh = np.asarray(hdul["INTSFH"].data, np.float64)
+    return Templates(wave, flux, mremain, m300, m1000, mets, intsfh)
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,7 @@ class Cosmology:
     """Flat ΛCDM distances on a precomputed redshift grid (H0 = 70, Ωm = 0.3 by default)."""
 
     def __init__(self, h0: float = 70.0, omega_m: float = 0.3, z_max: float = 3.0):
+        self.h0, self.omega_m = h0, omega_m
         self.z_grid = np.linspace(0.0, z_max, 6001)
         e = np.sqrt(omega_m * (1 + self.z_grid) ** 3 + (1 - omega_m))
         hubble_mpc = C_ANGSTROM_PER_S * 1e-13 / h0  # c/H0 in Mpc (c in km/s)
@@ -115,6 +127,14 @@ class Cosmology:
 
     def angular_mpc(self, z: np.ndarray) -> np.ndarray:
         return self.comoving_mpc(z) / (1 + np.asarray(z))
+
+    def age_gyr(self, z: np.ndarray) -> np.ndarray:
+        """Age of the universe at redshift z, Gyr (flat ΛCDM, radiation neglected):
+        t(z) = 2 / (3 H0 √Ω_Λ) · asinh(√(Ω_Λ/Ω_m) · (1+z)^-1.5); 13.47 Gyr today for H0 = 70, Ω_m = 0.3."""
+        omega_l = 1.0 - self.omega_m
+        hubble_gyr = 977.792221 / self.h0  # 1/H0 in Gyr (H0 in km/s/Mpc)
+        z = np.asarray(z, np.float64)
+        return 2 * hubble_gyr / (3 * np.sqrt(omega_l)) * np.arcsinh(np.sqrt(omega_l / self.omega_m) * (1 + z) ** -1.5)
 
 
 def template_maggies(templates: Templates, filters: tuple[Filter, ...], z: np.ndarray, cosmo: Cosmology) -> np.ndarray:
