@@ -13,6 +13,7 @@ import pytest
 
 import galclip
 from galclip.config import HeadConfig
+from galclip.vocabulary import PROPERTIES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "galclip"
@@ -90,7 +91,7 @@ def test_api_matches_the_cli_records(demo_layout):
     assert [n["targetid"] for n in by_vector["neighbours"]] == [n["targetid"] for n in record["neighbours"]]
     brute = np.argsort(-(index.embeddings["image"] @ z[5]))[:4]
     assert [n["targetid"] for n in record["neighbours"]] == store.targetids()[brute].tolist()
-    assert set(store.labels()) == {"redshift", "log_mstar"} and set(np.unique(store.split())) <= {0, 1, 2}
+    assert store.label_names == PROPERTIES and set(np.unique(store.split())) <= {0, 1, 2}  # every PROVABGS property
 
 
 def test_api_refuses_bad_arguments(demo_layout):

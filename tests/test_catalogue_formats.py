@@ -18,18 +18,25 @@ import pytest
 
 from galclip.atomic import atomic_path
 from galclip.errors import DamagedDataError, InputError
+from galclip.predict import catalogue as catalogue_module
 from galclip.predict.catalogue import (
+    COLUMNS,
+    FITS_DTYPE,
     FORMATS,
+    READABLE_FORMATS,
     ROW_DTYPE,
     CatalogueWriter,
+    catalogue_columns,
     catalogue_problems,
     check_output,
     empty_rows,
     format_for,
     is_galclip_catalogue,
     read_catalogue,
+    row_dtype,
     sidecar_path,
 )
+from galclip.vocabulary import PROPERTIES
 
 N = 300
 HEADER = {
@@ -43,6 +50,7 @@ HEADER = {
     "OODPCT": 1.0,
     "INDEXSHA": "0123456789abcdef",
 }
+SIDECAR_FORMATS = ("csv", "parquet")
 SUFFIX = {"fits": ".fits", "csv": ".csv", "ecsv": ".ecsv", "parquet": ".parquet"}
 STILTS = shutil.which("stilts")
 FITSVERIFY = shutil.which("fitsverify")
@@ -63,10 +71,10 @@ def _rows(n: int = N) -> np.ndarray:
     return rows
 
 
-def _write(out: Path, fmt: str, rows: np.ndarray, block: int = 70) -> Path:
+def _write(out: Path, fmt: str, rows: np.ndarray, block: int = 70, columns=COLUMNS) -> Path:
     """Write as predict does: to a temporary name inside atomic_path, the sidecar beside the final name."""
     with atomic_path(out) as tmp:
-        writer = CatalogueWriter(tmp, fmt, len(rows), HEADER, final=out, row_group=128)
+        writer = CatalogueWriter(tmp, fmt, len(rows), HEADER, final=out, row_group=128, columns=columns)
         try:
             for lo in range(0, len(rows), block):
                 writer.write(rows[lo : lo + block])
@@ -350,10 +358,162 @@ def test_format_1_csv_still_reads(rows, tmp_path):
     assert "do not match" in catalogue_problems(path)[0]
 
 
-def test_predict_help_lists_the_four_formats():
+def test_predict_help_lists_every_format():
     from click.testing import CliRunner
 
     from galclip.cli import main
 
     out = CliRunner().invoke(main, ["predict", "--help"]).output
-    assert "[fits|csv|ecsv|parquet]" in out
+    assert "[fits|csv|ecsv|parquet|hats]" in out
+
+
+# every PROVABGS property, an extra label and the input's positions: columns that follow the labels
+LABELLED = catalogue_columns((*PROPERTIES, "dn4000"), positions=True)
+PREFIXES = ("Z", "LOGMSTAR", "LOGZMW", "TAGEMW", "LOGSSFR", "DN4000")
+
+
+def _labelled_rows(n: int = N) -> np.ndarray:
+    """(n,) rows of LABELLED: every 7th without a prediction (NaN estimates, but its position), every 5th OOD."""
+    rng = np.random.default_rng(11)
+    rows = empty_rows(n, LABELLED)
+    rows["TARGETID"] = 39627000000000000 + np.arange(n)
+    rows["RA"], rows["DEC"] = 360 * rng.random(n), np.degrees(np.arcsin(2 * rng.random(n) - 1))
+    ok = np.arange(n) % 7 != 3
+    for i, prefix in enumerate(PREFIXES):
+        centre = i + rng.random(ok.sum())
+        rows[f"{prefix}_PRED"][ok], rows[f"{prefix}_LO"][ok], rows[f"{prefix}_HI"][ok] = (
+            centre,
+            centre - 0.1,
+            centre + 0.2,
+        )
+    rows["SIM_TOP1"][ok] = rng.random(ok.sum())
+    rows["N_NEIGHBOURS"][ok] = 16
+    rows["OOD"] = ok & (np.arange(n) % 5 == 0)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> tuple[np.ndarray, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("labelled")
+    rows = _labelled_rows()
+    return rows, {fmt: _write(root / f"lab{SUFFIX[fmt]}", fmt, rows, columns=LABELLED) for fmt in FORMATS}
+
+
+def test_the_columns_follow_the_labels():
+    assert catalogue_columns(("redshift", "log_mstar"), positions=False) == COLUMNS
+    assert row_dtype(COLUMNS) == ROW_DTYPE and FITS_DTYPE.names == ROW_DTYPE.names
+    assert ROW_DTYPE.names == (
+        "TARGETID",
+        *("Z_PRED", "Z_LO", "Z_HI", "LOGMSTAR_PRED", "LOGMSTAR_LO", "LOGMSTAR_HI"),
+        *("SIM_TOP1", "N_NEIGHBOURS", "OOD"),
+    )
+    names = [c.name for c in LABELLED]
+    assert names == [
+        "TARGETID",
+        "RA",
+        "DEC",
+        *(f"{p}{e}" for p in PREFIXES for e in ("_PRED", "_LO", "_HI")),
+        "SIM_TOP1",
+        "N_NEIGHBOURS",
+        "OOD",
+    ]
+    by_name = {c.name: c for c in LABELLED}
+    assert by_name["RA"].unit == by_name["DEC"].unit == "deg" and by_name["RA"].dtype == "f8"
+    assert by_name["TAGEMW_HI"].unit == "Gyr" and by_name["DN4000_PRED"].unit == ""
+    assert by_name["LOGZMW_PRED"].description == "log10 mass-weighted metallicity, dex: weighted k-NN mean"
+    assert by_name["LOGSSFR_LO"].description.endswith("dex: calibrated 16th percentile")
+    assert by_name["Z_HI"].description == "redshift: calibrated 84th percentile"
+    for c in LABELLED:  # FITS TCOMMn: ASCII, within one card
+        assert c.description.isascii() and len(c.description) <= 68, c
+    with pytest.raises(InputError, match="'redshift' and 'z' both give the catalogue columns Z_PRED"):
+        catalogue_columns(("redshift", "z"), positions=False)
+    with pytest.raises(InputError, match="at least one label"):
+        catalogue_columns((), positions=True)
+    with pytest.raises(ValueError, match="at least one P_PRED, P_LO, P_HI triple"):
+        CatalogueWriter(Path("unused.csv"), "csv", 0, {}, columns=[c for c in COLUMNS if c.name != "Z_HI"][:1])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_catalogue_of_every_property_positions_and_an_extra_label(labelled, fmt):
+    """Round trip through read_catalogue; astropy (no warning, the units), pandas with their defaults."""
+    import pandas as pd
+
+    rows, paths = labelled
+    path = paths[fmt]
+    back, header = read_catalogue(path)
+    assert back.dtype == row_dtype(LABELLED) and header["MODALITY"] == "image"
+    for name in back.dtype.names:
+        np.testing.assert_array_equal(back[name], rows[name])
+    assert catalogue_problems(path) == [] and is_galclip_catalogue(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = _astropy(path)
+    assert table.colnames == list(back.dtype.names) and len(table) == N
+    for name in back.dtype.names:
+        _same(table[name], rows[name])
+    if fmt == "csv":  # a plain CSV has no units: the sidecar holds them
+        units = {c["name"]: c["unit"] for c in json.loads(sidecar_path(path).read_text())["columns"]}
+        assert units["TAGEMW_PRED"] == "Gyr" and units["RA"] == units["DEC"] == "deg"
+        assert units["LOGSSFR_HI"] == "dex(1/yr)" and units["DN4000_PRED"] is None
+        frame = pd.read_csv(path)
+    else:
+        assert str(table["TAGEMW_PRED"].unit) == "Gyr" and str(table["TAGEMW_LO"].unit) == "Gyr"
+        assert str(table["RA"].unit) == "deg" and str(table["DEC"].unit) == "deg"
+        assert table["DN4000_PRED"].unit is None
+        if fmt == "fits":  # no TUNIT for a dex column; its TCOMMn says dex
+            assert table["LOGZMW_PRED"].unit is None and table["LOGSSFR_PRED"].unit is None
+            at = table.colnames.index("LOGZMW_PRED") + 1
+            assert "dex" in table.meta[f"TCOMM{at}"]
+        else:
+            assert str(table["LOGZMW_PRED"].unit) == "dex" and table["LOGSSFR_PRED"].unit.to_string() == "dex(1 / yr)"
+        frame = pd.read_parquet(path) if fmt == "parquet" else table.to_pandas()
+    assert list(frame.columns) == list(back.dtype.names) and len(frame) == N
+    np.testing.assert_array_equal(frame["TAGEMW_PRED"].to_numpy(np.float64), rows["TAGEMW_PRED"])
+    np.testing.assert_array_equal(frame["RA"].to_numpy(), rows["RA"])
+    np.testing.assert_array_equal(frame["TARGETID"].to_numpy(), rows["TARGETID"])
+
+
+def test_the_format_version_follows_the_columns(catalogues, labelled):
+    """The default columns stay galclip-catalogue/2 (as earlier galclip reads it); others are /3."""
+    from astropy.io import fits
+    from astropy.table import Table
+
+    assert READABLE_FORMATS == ("galclip-catalogue/1", "galclip-catalogue/2", "galclip-catalogue/3")
+    for paths, version in ((catalogues, "galclip-catalogue/2"), (labelled[1], "galclip-catalogue/3")):
+        for fmt in SIDECAR_FORMATS:
+            assert json.loads(sidecar_path(paths[fmt]).read_text())["format"] == version
+        assert Table.read(paths["ecsv"]).meta["FORMAT"] == version
+        assert fits.getheader(paths["fits"], 1).comments["GALCLIP"] == version
+
+
+def test_a_catalogue_without_its_columns_or_of_a_newer_format_is_refused(tmp_path, monkeypatch):
+    columns = [c for c in COLUMNS if c.name not in ("OOD", "Z_LO")]
+    monkeypatch.setattr(catalogue_module, "_columns_problem", lambda names: None)  # let the writer write it
+    path = _write(tmp_path / "lacking.ecsv", "ecsv", empty_rows(3, columns), columns=columns)
+    monkeypatch.undo()
+    with pytest.raises(DamagedDataError, match=r"columns \['TARGETID', 'Z_PRED', 'Z_HI'.*missing \['OOD'\]"):
+        read_catalogue(path)
+    monkeypatch.setattr(catalogue_module, "FORMAT", "galclip-catalogue/9")
+    for fmt in ("ecsv", "fits"):  # (a CSV's or Parquet's sidecar of a newer format is a problem check reports)
+        newer = _write(tmp_path / f"newer{SUFFIX[fmt]}", fmt, _labelled_rows(4), columns=LABELLED)
+        with pytest.raises(InputError, match="a catalogue of format 'galclip-catalogue/9'; this galclip reads"):
+            read_catalogue(newer)
+
+
+def test_fits_with_labelled_columns_passes_fitsverify(labelled):
+    if FITSVERIFY is None:
+        pytest.skip("fitsverify is not installed (Debian package fitsverify)")
+    path = labelled[1]["fits"]
+    done = subprocess.run([FITSVERIFY, str(path)], capture_output=True, text=True, timeout=60, check=False)
+    assert "Verification found 0 warning(s) and 0 error(s)" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("fmt", ["csv", "ecsv", "fits"])
+def test_stilts_reads_labelled_columns(labelled, fmt):
+    path = labelled[1][fmt]
+    count = _stilts("tpipe", f"in={path}", f"ifmt={fmt}", "omode=count").split()
+    assert count == ["columns:", str(len(LABELLED)), "rows:", str(N)]
+    meta = _stilts("tpipe", f"in={path}", f"ifmt={fmt}", "omode=meta")
+    assert "TAGEMW_PRED(Double)" in meta and "DN4000_HI(Double)" in meta and "RA(Double)" in meta
+    if fmt != "csv":
+        assert "TAGEMW_PRED(Double)/Gyr" in meta and "RA(Double)/deg" in meta

@@ -552,7 +552,7 @@ MISTAKES = [
     Case(
         "extract STORE DATA",
         extract_arguments_swapped,
-        ("is a galclip feature store", "DATA of 'galclip extract DATA STORE'", "look swapped", "galclip extract "),
+        ("is a galclip feature store", "DATA of 'galclip extract DATA... STORE'", "look swapped", "galclip extract "),
         writes_nothing=True,
     ),
     Case(

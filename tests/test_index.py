@@ -110,7 +110,7 @@ def test_search_embeds_a_pair_from_a_data_file(tiny_mock, tiny_store, tiny_heads
     build_indexes(tiny_store, heads, tmp_path / "idx")
     idx = load_index(tmp_path / "idx")
     tid = int(idx.rows["targetid"][11])
-    emb, survey_z = embed_survey_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
+    emb, survey_z, _ = embed_survey_pair(idx, tiny_mock / "survey.h5", tid, device="cpu")
     # the same pair embedded on the fly lands where the index holds it
     np.testing.assert_allclose(emb["image"][0], idx.embeddings["image"][11], atol=1e-4)
     np.testing.assert_allclose(emb["spectrum"][0], idx.embeddings["spectrum"][11], atol=1e-4)

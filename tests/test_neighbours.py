@@ -238,3 +238,28 @@ def test_zero_shot_shortfall_counts_the_fit_half_and_what_is_needed():
     assert short["needed_labelled"] == 34 and short["max_k"] == min(short["fit_rows"].values()) - 1
     assert "30 labelled pair(s)" in short["note"] and "about 454 pairs in all" in short["note"]  # 34 / (0.1 * 0.75)
     assert zero_shot_shortfall(labels, EvalConfig(k=short["max_k"])) is None
+
+
+def test_conformal_stretch_and_pit_match_loops():
+    """The split-conformal stretch is the smallest s covering ⌈0.68 (n + 1)⌉ calibration galaxies, and the PIT is the
+    stretched neighbour distribution's CDF at the truth, both against plain loops."""
+    from galclip.index.zero_shot import Neighbourhood, conformal_stretch
+
+    rng = np.random.default_rng(4)
+    centre, half, truth = rng.normal(size=200), rng.uniform(0.1, 1.0, 200), rng.normal(size=200) * 1.7
+    s = conformal_stretch(centre, half, truth)
+    covered = lambda s: sum(abs(t - c) <= s * h for t, c, h in zip(truth, centre, half))
+    need = int(np.ceil(0.68 * 201))
+    assert covered(s) >= need and covered(s * (1 - 1e-9)) < need
+    assert conformal_stretch(centre, half, np.full(200, np.nan)) == 1.0
+
+    dist, y = rng.uniform(0.1, 1.0, (30, 8)), rng.normal(size=(30, 8))
+    y[3, 2] = np.nan  # a neighbour without the label weighs nothing
+    hood = Neighbourhood.of(dist, y)
+    t = rng.normal(size=30)
+    got = hood.pit(t, 1.7)
+    for i in range(30):
+        keep = np.isfinite(y[i])
+        w, v = 1 / dist[i][keep], hood.centre[i] + 1.7 * (y[i][keep] - hood.centre[i])
+        assert got[i] == pytest.approx((w[v < t[i]].sum() + 0.5 * w[v == t[i]].sum()) / w.sum(), abs=1e-12)
+        assert hood.mean[i] == pytest.approx(np.sum(w * y[i][keep]) / w.sum(), abs=1e-12)

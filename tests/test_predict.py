@@ -17,7 +17,15 @@ import pytest
 import torch
 
 from galclip.config import ExtractConfig, HeadConfig, MockConfig
-from galclip.predict.catalogue import ROW_DTYPE, CatalogueWriter, empty_rows, is_galclip_catalogue, read_catalogue
+from galclip.predict.catalogue import (
+    ROW_DTYPE,
+    CatalogueWriter,
+    catalogue_columns,
+    empty_rows,
+    is_galclip_catalogue,
+    read_catalogue,
+)
+from galclip.vocabulary import PROPERTIES, label_info
 
 K = 4
 
@@ -80,7 +88,7 @@ def predicted(reference_index, image_only, tmp_path_factory) -> Path:
 def test_mock_writes_single_modality_files(image_only):
     with h5py.File(image_only / "survey.h5") as f:
         for group in f.values():
-            assert set(group) == {"image", "targetid"}
+            assert set(group) == {"image", "targetid", "ra", "dec"}
     from galclip.data.survey import SurveyReader
 
     with SurveyReader(image_only, require=()) as reader:
@@ -95,7 +103,8 @@ def test_mock_writes_single_modality_files(image_only):
 
 def test_catalogue_matches_sklearn_and_numpy(reference_index, image_only, predicted):
     """Every estimate, interval, similarity and flag recomputed independently: sklearn's distance-weighted
-    KNeighborsRegressor and a per-row numpy weighted quantile over the index's labelled training split."""
+    KNeighborsRegressor and a per-row numpy weighted quantile over the index's labelled training split, the interval
+    stretched by the split-conformal factor recomputed by a loop over the labelled selection split."""
     from sklearn.neighbors import KNeighborsRegressor
 
     from galclip.heads.checkpoint import load_heads
@@ -114,18 +123,32 @@ def test_catalogue_matches_sklearn_and_numpy(reference_index, image_only, predic
     sel = (index.rows["split"] == 0) & np.isfinite(index.rows["redshift"]) & np.isfinite(index.rows["log_mstar"])
     ref = np.asarray(index.embeddings["image"])[sel]
     assert int(header["NREF"]) == sel.sum() and header["MODALITY"] == "image" and int(header["KNN_K"]) == K
+    cal = (index.rows["split"] == 2) & np.isfinite(index.rows["redshift"]) & np.isfinite(index.rows["log_mstar"])
+    cal_q = np.asarray(index.embeddings["image"])[cal].astype(np.float64)
+
+    def neighbourhood(vector, y):
+        d = np.linalg.norm(ref.astype(np.float64) - vector, axis=1)
+        nn = np.argsort(d, kind="stable")[:K]
+        w = 1.0 / d[nn]
+        lo, hi = (np.quantile(y[nn], level, weights=w, method="inverted_cdf") for level in (0.16, 0.84))
+        return (lo + hi) / 2, (hi - lo) / 2, np.sum(w * y[nn]) / np.sum(w)
+
+    metrics = json.loads((predicted.with_name("cat_report") / "metrics.json").read_text())
     for label, col in (("redshift", "Z"), ("log_mstar", "LOGMSTAR")):
         y = index.rows[label][sel].astype(np.float64)
         sk = KNeighborsRegressor(n_neighbors=K, weights="distance").fit(ref.astype(np.float64), y)
         np.testing.assert_allclose(rows[f"{col}_PRED"], sk.predict(q.astype(np.float64)), rtol=1e-6, atol=1e-6)
+        truth = index.rows[label][cal].astype(np.float64)
+        scores = sorted(
+            abs(t - c) / max(h, 1e-9) for t, (c, h, _) in zip(truth, map(lambda v: neighbourhood(v, y), cal_q))
+        )
+        stretch = scores[min(len(scores), int(np.ceil((len(scores) + 1) * 0.68))) - 1] if scores else 1.0
+        assert metrics["interval_calibration"]["stretch"][label] == pytest.approx(stretch, rel=1e-9)
         for i in range(len(q)):
-            d = np.linalg.norm(ref.astype(np.float64) - q[i].astype(np.float64), axis=1)
-            nn = np.argsort(d, kind="stable")[:K]
-            w = 1.0 / d[nn]
-            for suffix, level in (("LO", 0.16), ("HI", 0.84)):
-                assert rows[f"{col}_{suffix}"][i] == pytest.approx(
-                    np.quantile(y[nn], level, weights=w, method="inverted_cdf"), abs=1e-9
-                )
+            c, h, mean = neighbourhood(q[i].astype(np.float64), y)
+            h = max(h, 1e-9)
+            assert rows[f"{col}_LO"][i] == pytest.approx(min(c - stretch * h, mean), abs=1e-9)
+            assert rows[f"{col}_HI"][i] == pytest.approx(max(c + stretch * h, mean), abs=1e-9)
     sims = q.astype(np.float64) @ ref.astype(np.float64).T
     np.testing.assert_allclose(rows["SIM_TOP1"], sims.max(axis=1), atol=1e-5)
     assert (rows["N_NEIGHBOURS"] == K).all()
@@ -159,8 +182,11 @@ def test_one_galaxy_gets_the_same_prediction_from_the_catalogue_search_json_api_
     for tid in picks:
         r = rows[rows["TARGETID"] == tid][0]
         expected = {
-            "redshift": {"value": r["Z_PRED"], "lo": r["Z_LO"], "hi": r["Z_HI"]},
-            "log_mstar": {"value": r["LOGMSTAR_PRED"], "lo": r["LOGMSTAR_LO"], "hi": r["LOGMSTAR_HI"]},
+            label: {"value": r[f"{p}_PRED"], "lo": r[f"{p}_LO"], "hi": r[f"{p}_HI"]}
+            for label, p in ((label, label_info(label)[1]) for label in index.label_names)
+        }
+        assert len(expected) == 5  # every PROVABGS property
+        expected |= {
             "similarity": float(np.float32(r["SIM_TOP1"])),
             "ood": bool(r["OOD"]),
             "k": 16,
@@ -243,10 +269,13 @@ def test_fits_catalogue_reads_back_in_astropy_with_units_and_provenance(predicte
         table = Table.read(predicted)
     assert [str(w.message) for w in caught] == []  # no UnitsWarning: no TUNIT astropy cannot read
     rows, header = read_catalogue(predicted)
-    assert table.colnames == list(ROW_DTYPE.names)
+    # the mock's image-only galaxies have positions, and the index every PROVABGS property
+    assert table.colnames == [c.name for c in catalogue_columns(PROPERTIES, positions=True)] == list(rows.dtype.names)
     np.testing.assert_array_equal(np.asarray(table["TARGETID"]), rows["TARGETID"])
     np.testing.assert_array_equal(np.asarray(table["OOD"]), rows["OOD"])
-    assert table["LOGMSTAR_PRED"].unit is None and table.meta["TCOMM5"].startswith("log10(M*/solMass)")
+    at = table.colnames.index("LOGMSTAR_PRED") + 1
+    assert table["LOGMSTAR_PRED"].unit is None and table.meta[f"TCOMM{at}"].startswith("log10(M*/solMass)")
+    assert str(table["RA"].unit) == "deg" and str(table["TAGEMW_PRED"].unit) == "Gyr"
     assert table.meta["GALCLIP"] == "catalogue" and len(table.meta["HEADSSHA"]) == 16 and table.meta["STOREFP"]
 
 

@@ -94,7 +94,8 @@ def _flat(record: dict, prefix: str = "") -> dict:
 
 def _brute_force_prediction(index, pos: int, modality: str) -> dict:
     """The zero-shot prediction of indexed galaxy ``pos`` by a Python loop: inverse-distance weights over its 16
-    nearest labelled train-split galaxies in its own modality (itself left out), weighted 16th/84th percentiles."""
+    nearest labelled train-split galaxies in its own modality (itself left out), weighted 16th/84th percentiles
+    stretched about their centre by the reference's split-conformal factor (recomputed in tests/test_predict.py)."""
     rows, emb = index.rows, np.asarray(index.embeddings[modality], np.float64)
     ref = [
         i
@@ -103,7 +104,8 @@ def _brute_force_prediction(index, pos: int, modality: str) -> dict:
     ]
     dist = sorted((float(np.sqrt(np.sum((emb[i] - emb[pos]) ** 2))), i) for i in ref)[:16]
     out = {}
-    for label in ("redshift", "log_mstar"):
+    stretch = index.reference(modality).stretch(16)
+    for label in index.label_names:
         w = [1 / d for d, _ in dist]
         y = [float(rows[label][i]) for _, i in dist]
         pairs = sorted(zip(y, w))
@@ -113,7 +115,9 @@ def _brute_force_prediction(index, pos: int, modality: str) -> dict:
             for level in (0.16, 0.84):
                 if level not in q and cum / total >= level - 1e-12:
                     q[level] = v
-        out[label] = {"value": sum(a * b for a, b in zip(w, y)) / total, "lo": q[0.16], "hi": q[0.84]}
+        mean, c, h = sum(a * b for a, b in zip(w, y)) / total, (q[0.16] + q[0.84]) / 2, (q[0.84] - q[0.16]) / 2
+        h = max(h, 1e-9)
+        out[label] = {"value": mean, "lo": min(c - stretch[label] * h, mean), "hi": max(c + stretch[label] * h, mean)}
     out.update(similarity=1 - dist[0][0] ** 2 / 2, k=16)
     out["ood"] = out["similarity"] < index.reference(modality).ood_threshold
     return out

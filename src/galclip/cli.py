@@ -68,7 +68,7 @@ GALCLIP_KINDS = frozenset(
 )
 STORE_IN, INDEX_IN, HEADS_IN, SURVEY_IN = ("store",), ("index",), ("heads",), ("survey",)
 USAGE = {
-    "extract": "DATA STORE",
+    "extract": "DATA... STORE",
     "heads": "STORE OUT",
     "sweep": "STORE OUT",
     "evaluate": "STORE HEADS OUT",
@@ -82,7 +82,8 @@ WHAT_MAKES = {
     "store": "what 'galclip extract DATA STORE' writes (a folder with zarr.json)",
     "index": "what 'galclip index STORE HEADS OUT' writes (a folder with index.json)",
     "heads": "what 'galclip heads STORE OUT' writes (OUT/heads.pt)",
-    "survey": "AstroCLIP-layout .h5 files, such as 'galclip mock' writes",
+    "survey": "survey files: AstroCLIP HDF5 (what 'galclip mock' writes), Legacy Survey cutout FITS, DESI coadd FITS "
+    "or Multimodal Universe HDF5",
 }
 
 
@@ -207,23 +208,40 @@ def main(verbose: int, quiet: bool) -> None:
     "provabgs.h5 still holds their true labels.",
 )
 @click.option(
+    "--layout",
+    type=click.Choice(["astroclip", "legacysurvey-fits", "desi-fits", "mmu"]),
+    default="astroclip",
+    show_default=True,
+    help="The files to write the galaxies as: AstroCLIP's HDF5 (survey.h5); Legacy Survey cutout FITS (cutouts/) "
+    "with DESI coadds (coadds/); DESI coadds with an image-only AstroCLIP file (images.h5); or the Multimodal "
+    "Universe's legacysurvey and desi HDF5 (mmu/). The same galaxies and catalogue in each.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace survey.h5 / provabgs.h5 already in OUT (stores extracted from them then refuse to read them).",
 )
 @user_errors
-def mock(pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str, overwrite: bool) -> None:
-    """Write a physically grounded mock survey (survey.h5 + provabgs.h5) into OUT."""
+def mock(
+    pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str, layout: str, overwrite: bool
+) -> None:
+    """Write a physically grounded mock survey (survey.h5 + provabgs.h5, or --layout) into OUT."""
     from galclip.config import MockConfig
-    from galclip.data.mock.survey import generate_mock
+    from galclip.data.mock.layouts import generate_in_layout, layout_paths
 
-    summary = generate_mock(
+    if layout != "astroclip" and modality != "both":
+        raise click.BadParameter("--layout writes image-spectrum pairs; leave out --modality", param_hint="--layout")
+    summary = generate_in_layout(
         MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction, modality=modality),
         out,
+        layout,
         overwrite=overwrite,
     )
     what = "pairs" if modality == "both" else f"{modality}-only galaxies"
     click.echo(f"mock survey: {summary['pairs']} {what} ({summary['pairs_per_s']:.0f}/s) -> {out}")
+    if layout != "astroclip":
+        data = " ".join(str(p) for p in layout_paths(out, layout))
+        click.echo(f"as {layout}: {data}\nextract with: galclip extract {data} STORE --catalogue {out / 'provabgs.h5'}")
 
 
 def _extract_options(func):
@@ -312,13 +330,28 @@ def _extract_options(func):
 
 
 @main.command()
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.argument("store", type=click.Path(path_type=Path))
 @_extract_options
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="NAME=COLUMN",
+    help="Store the catalogue's numeric COLUMN as the label NAME too (repeatable); every PROVABGS property the "
+    "catalogue has is stored anyway.",
+)
+@click.option(
+    "--match-radius",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Arcsec: images and spectra that share no TARGETID are paired on the sky within this radius.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @user_errors
 def extract(
-    data: Path,
+    data: tuple[Path, ...],
     store: Path,
     image_weights,
     spectrum_weights,
@@ -334,16 +367,20 @@ def extract(
     bad_rows,
     device,
     seed,
+    labels,
+    match_radius,
     no_progress,
 ) -> None:
     """Run the frozen encoders over every pair in DATA and write features into STORE (resumable).
 
-    Many GPUs or nodes: torchrun --nproc-per-node P -m galclip extract DATA STORE ...
+    DATA: survey files or folders of one layout holding pairs, or an image-only set (Legacy Survey cutouts, Multimodal
+    Universe legacysurvey) and a spectrum-only set (DESI coadds, Multimodal Universe desi), paired by TARGETID or on
+    the sky. Many GPUs or nodes: torchrun --nproc-per-node P -m galclip extract DATA STORE ...
     """
     from galclip.config import ExtractConfig
     from galclip.extract.run import run_extraction
 
-    _require_kinds("extract", [("DATA", data, SURVEY_IN), ("STORE", store, _out_kinds("store"))])
+    _require_kinds("extract", [*(("DATA", d, SURVEY_IN) for d in data), ("STORE", store, _out_kinds("store"))])
     cfg = ExtractConfig(
         image_weights=image_weights,
         spectrum_weights=spectrum_weights,
@@ -359,12 +396,24 @@ def extract(
         seed=seed,
         device=device,
         catalogue=catalogue,
+        labels=labels,
+        match_radius_arcsec=match_radius,
     )
+    from galclip.data.catalogue import parse_label_options
+
+    parse_label_options(labels)  # a malformed --label is refused before anything runs
     try:
-        s = run_extraction(data, store, cfg, progress=not no_progress)
+        s = run_extraction(data[0] if len(data) == 1 else list(data), store, cfg, progress=not no_progress)
     except KeyboardInterrupt:
         _interrupted_extraction(store)
     where = f" (rank {s['rank']}/{s['world_size']})" if s.get("world_size", 1) > 1 else ""
+    m = s.get("matching")
+    if m:
+        click.echo(
+            f"paired on the sky (within {match_radius}″): {m['matched']} matched ({m['by_targetid']} by TARGETID, "
+            f"{m['by_position']} by position), {m['image_only']} image-only, {m['spectrum_only']} spectrum-only, "
+            f"{m['ambiguous']} ambiguous; unmatched: {m['unmatched_file']}"
+        )
     if s.get("already_complete"):
         click.echo(f"{store}: already complete ({s['pairs']} pairs); nothing to do{where}")
     elif s["pairs_extracted"] == 0:
@@ -797,14 +846,16 @@ def index(
 @click.option(
     "--targetid",
     type=int,
-    required=True,
-    help="The query galaxy: in the index, or in the survey file given with --data.",
+    default=None,
+    help="The query galaxy: in the index, or in the survey file given with --data (not needed when that file holds "
+    "one galaxy).",
 )
 @click.option(
     "--data",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, path_type=Path),
     default=None,
-    help="Read the query pair from this AstroCLIP-layout file and embed it on the fly (encoders + heads).",
+    help="Read the query galaxy from this survey file (any layout: AstroCLIP HDF5, a Legacy Survey cutout, a DESI "
+    "coadd, Multimodal Universe) and embed it on the fly (encoders + heads).",
 )
 @click.option("--query", "query_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("--target", "target_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
@@ -826,11 +877,14 @@ def search(
     _require_kinds("search", [("INDEX", index_dir, INDEX_IN)])
     if data is not None and plot is not None:
         raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
+    if targetid is None and data is None:
+        raise click.BadParameter("give the query galaxy: --targetid N (and --data FILE for one not indexed)")
     idx = open_index(index_dir)
     if data is not None:
         from galclip.embed_survey import search_survey_pair
 
         result = search_survey_pair(idx, data, targetid, query=query_kind, target=target_kind, k=k)
+        targetid = result["query"]["targetid"]
     else:
         result = idx.search(targetid, query=query_kind, target=target_kind, k=k)
     if plot is not None:
@@ -855,11 +909,13 @@ def search(
     p = result["prediction"]
     if p is not None:
         click.echo(
-            f"zero-shot prediction (k {p['k']} over the index's labelled training galaxies, 16th-84th "
-            f"percentile): z {p['redshift']['value']:.4f} ({p['redshift']['lo']:.4f}-{p['redshift']['hi']:.4f}), "
-            f"log M* {p['log_mstar']['value']:.2f} ({p['log_mstar']['lo']:.2f}-{p['log_mstar']['hi']:.2f}), "
-            f"nearest cos {p['similarity']:.3f}{'  OUT OF DISTRIBUTION' if p['ood'] else ''}"
+            f"zero-shot prediction (k {p['k']} over the index's labelled training galaxies, calibrated 16th-84th "
+            f"percentile), nearest cos {p['similarity']:.3f}{'  OUT OF DISTRIBUTION' if p['ood'] else ''}:"
         )
+        for name, title in result["labels"].items():
+            if name in p:
+                e = p[name]
+                click.echo(f"  {title:<40} {e['value']:10.4f}  ({e['lo']:.4f} - {e['hi']:.4f})")
     if plot is not None:
         click.echo(f"plot: {plot}")
 
@@ -953,9 +1009,10 @@ def _bind(host: str, port: int):
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["fits", "csv", "ecsv", "parquet"]),
+    type=click.Choice(["fits", "csv", "ecsv", "parquet", "hats"]),
     default=None,
-    help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits].",
+    help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits]. hats: OUT is a folder of "
+    "HEALPix-partitioned Parquet that lsdb.read_hats opens (needs RA/Dec; pip install 'galclip[hats]').",
 )
 @click.option(
     "--truth",
@@ -1119,7 +1176,8 @@ def _interrupted_extraction(store_path: Path) -> None:
 
 
 def _echo_targetids(store) -> None:
-    """Every galaxy of a store as CSV on stdout: targetid, split, redshift, log_mstar (empty where unlabelled)."""
+    """Every galaxy of a store as CSV on stdout: targetid, split, then each label (redshift, log_mstar, ...; empty
+    where unlabelled)."""
     import csv
 
     import numpy as np
@@ -1128,13 +1186,10 @@ def _echo_targetids(store) -> None:
 
     labels, split = store.labels(), store.split()
     writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["targetid", "split", "redshift", "log_mstar"])
-    for tid, code, z, m in zip(
-        store.targetids().tolist(), split.tolist(), labels["redshift"].tolist(), labels["log_mstar"].tolist()
-    ):
-        writer.writerow(
-            [tid, SPLIT_NAMES[code], "" if not np.isfinite(z) else f"{z:.6g}", "" if not np.isfinite(m) else f"{m:.4f}"]
-        )
+    writer.writerow(["targetid", "split", *labels])
+    columns = [values.tolist() for values in labels.values()]
+    for i, (tid, code) in enumerate(zip(store.targetids().tolist(), split.tolist())):
+        writer.writerow([tid, SPLIT_NAMES[code], *("" if not np.isfinite(c[i]) else f"{c[i]:.6g}" for c in columns)])
 
 
 def _echo_summary(metrics: dict) -> None:

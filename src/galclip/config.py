@@ -52,9 +52,12 @@ class ExtractConfig:
     compile: bool = False  # torch.compile the encoders
     bad_rows: str = "fail"  # "fail": stop at the first bad input row; "skip": quarantine it and go on
     modalities: tuple[str, ...] = ("image", "spectrum")  # one alone: galclip predict's single-modality stores
+    labels: tuple[str, ...] = ()  # --label NAME=COLUMN: more catalogue columns to store as labels
+    match_radius_arcsec: float = 1.0  # images and spectra without a shared TARGETID are paired within this radius
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "labels", tuple(self.labels))
         if not self.modalities or any(m not in ("image", "spectrum") for m in self.modalities):
             raise ValueError(f"modalities must be 'image', 'spectrum' or both, got {self.modalities!r}")
         if self.orientation is not None and self.orientation not in ORIENTATIONS:
@@ -67,6 +70,13 @@ class ExtractConfig:
             raise ValueError("variants must be >= 0")
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
+
+    @property
+    def custom_labels(self) -> dict[str, str]:
+        """``labels`` as {name: catalogue column} (refused, naming the option, when malformed)."""
+        from galclip.data.catalogue import parse_label_options
+
+        return parse_label_options(self.labels)
 
     @property
     def image_orientation(self) -> str:

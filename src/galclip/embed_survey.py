@@ -7,7 +7,9 @@ The one place where survey pixels and fluxes become a search vector outside an e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -19,15 +21,16 @@ logger = logging.getLogger(__name__)
 
 
 def embed_survey_pair(
-    index: Index, data: str | Path, targetid: int, device: str = "auto"
-) -> tuple[dict[str, np.ndarray], float | None]:
-    """Embed the pair ``targetid`` of a survey file (in the index's store or not) as the index was built.
+    index: Index, data: str | Path, targetid: int | None = None, device: str = "auto"
+) -> tuple[dict[str, np.ndarray], float | None, int]:
+    """Embed galaxy ``targetid`` of a survey file (any layout galclip reads; in the index's store or not) as the index
+    was built; ``targetid`` None takes the file's only galaxy. A file holding one modality gives that one.
 
-    Returns ({"image": (1, 128), "spectrum": (1, 128)} float32 unit vectors, the pair's survey redshift or None).
-    Refuses when the heads file no longer matches the one the index was built from."""
+    Returns ({modality: (1, 128) float32 unit vector} for each modality the file holds, the galaxy's survey redshift
+    or None, its targetid). Refuses when the heads file no longer matches the one the index was built from."""
     import torch
 
-    from galclip.data.survey import SurveyReader
+    from galclip.data.sources import open_survey
     from galclip.extract.encoders import Encoders
     from galclip.extract.provenance import config_from_provenance
     from galclip.extract.validate import bad_row_codes
@@ -38,37 +41,52 @@ def embed_survey_pair(
 
     heads_file = index.check_heads()
     store = index.open_store()
-    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
-    with SurveyReader(data) as reader:
-        hit = np.flatnonzero(reader.targetids() == targetid)
+    with closing(open_survey(data, require=())) as reader:
+        ids = reader.targetids()
+        if targetid is None:
+            if len(ids) != 1:
+                raise InputError(
+                    f"{data}: holds {len(ids)} galaxies (e.g. targetid {int(ids[0])}); name one with --targetid"
+                )
+            targetid = int(ids[0])
+        hit = np.flatnonzero(ids == targetid)
         if hit.size == 0:
-            raise InputError(f"{data}: no row with targetid {targetid}")
+            raise InputError(f"{data}: no row with targetid {targetid} (it holds {len(ids)}, e.g. {int(ids[0])})")
         row = int(hit[0])
         batch = reader.read(row, row + 1)
+        modalities = reader.modalities
         code = int(bad_row_codes(batch.image, batch.spectrum)[0])
         if code:
             raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
+    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
+    config = dataclasses.replace(config, modalities=modalities)
+    tensor = lambda a: None if a is None else torch.from_numpy(a)
     feats = Encoders(config, resolve_device(device))(
-        torch.from_numpy(batch.image), torch.from_numpy(batch.spectrum), batch.targetid
+        tensor(batch.image), tensor(batch.spectrum), batch.targetid, tensor(batch.spectrum_ivar)
     )
     heads, _ = load_heads(heads_file, store)
-    vectors = {m: l2_normalise(heads.embed_modality(m, feats[f"{m}_features"])) for m in ("image", "spectrum")}
+    vectors = {m: l2_normalise(heads.embed_modality(m, feats[f"{m}_features"])) for m in modalities}
     z = float(batch.redshift[0])
-    return vectors, (z if np.isfinite(z) else None)
+    return vectors, (z if np.isfinite(z) else None), int(targetid)
 
 
 def search_survey_pair(
     index: Index,
     data: str | Path,
-    targetid: int,
+    targetid: int | None = None,
     query: str = "image",
     target: str = "image",
     k: int = 5,
     device: str = "auto",
 ) -> dict:
-    """``Index.search`` for a pair read from the survey file ``data`` and embedded here: the same records, with
-    ``query.source`` the file."""
-    vectors, survey_redshift = embed_survey_pair(index, data, targetid, device)
+    """``Index.search`` for a galaxy read from the survey file ``data`` and embedded here (``targetid`` None: the
+    file's only galaxy): the same records, with ``query.source`` the file."""
+    vectors, survey_redshift, targetid = embed_survey_pair(index, data, targetid, device)
+    if query not in vectors:
+        raise InputError(
+            f"{data}: holds no {query} of targetid {targetid} (only {', '.join(vectors)}); search with "
+            f"--query {next(iter(vectors))}"
+        )
     return index.search(
         targetid,
         query=query,

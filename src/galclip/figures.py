@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from galclip.vocabulary import label_info
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -84,9 +86,14 @@ def plot_val_loss_curves(curves: Sequence[tuple[str, list[float]]], path: Path |
 def plot_photoz(panels: Mapping[str, Mapping[str, np.ndarray]], path: Path | str, title: str = "") -> Path:
     """Predicted against true, one panel per label: panels[label] = {"true", "pred", "lo", "hi"} (n,) each, and
     optionally "outlier" (n,) bool, drawn in red. Error bars are the [lo, hi] intervals (up to 2000 drawn)."""
-    names = {"redshift": "redshift z", "log_mstar": "log M* [dex]"}
-    fig = new_figure(5.2 * len(panels), 4.8)
-    for ax, (label, a) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+    names = {label: label_info(label)[0] for label in panels}
+    ncol = min(3, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig = new_figure(5.2 * ncol, 4.8 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
+    for ax in axes[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (label, a) in zip(axes, panels.items()):
         true, pred = np.asarray(a["true"]), np.asarray(a["pred"])
         if true.size:
             outlier = np.asarray(a.get("outlier", np.zeros(true.size, bool)))
@@ -132,4 +139,23 @@ def plot_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Pat
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
+    return save_png(fig, path)
+
+
+def plot_pit(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path | str) -> Path:
+    """Probability integral transform histograms, one step line per label (histograms[label] = {"bin_edges",
+    "counts"}), as densities: a calibrated predictor's PIT is flat at 1, a too-narrow one is U-shaped, a biased one
+    tilted."""
+    fig = new_figure(5.4, 4.4)
+    ax = fig.subplots()
+    ax.axhline(1.0, color="k", lw=0.8, label="calibrated (uniform)")
+    for label, h in histograms.items():
+        counts, edges = np.asarray(h["counts"], float), np.asarray(h["bin_edges"], float)
+        if counts.sum():
+            density = counts / counts.sum() / np.diff(edges)
+            ax.stairs(density, edges, label=label, lw=1.4)
+    ax.set_xlabel("PIT: predictive CDF at the true value")
+    ax.set_ylabel("density")
+    ax.set_xlim(0, 1)
+    ax.legend(loc="upper center", fontsize=7, ncol=2)
     return save_png(fig, path)

@@ -71,11 +71,32 @@ def preprocess_images(
     return grz_to_rgb(centre_crop(images_to_chw(images_whc, orientation), crop), variant)
 
 
-def zscore_spectra(spectra: np.ndarray | torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Per-spectrum Z-score: (B, L) -> (B, L) with zero mean and unit variance along L."""
+MASKED_PIXELS = (
+    "pixels with inverse variance 0 (masked or no data) take no part in the mean and standard deviation, and reach "
+    "the encoder as 0 (the spectrum's mean)"
+)
+
+
+def zscore_spectra(
+    spectra: np.ndarray | torch.Tensor, eps: float = 1e-12, good: np.ndarray | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-spectrum Z-score: (B, L) -> (B, L) with zero mean and unit variance along L.
+
+    ``good`` (B, L) bool marks the pixels to use (the readers' inverse variance > 0): the others take no part in the
+    mean and the standard deviation and come out as 0 (``MASKED_PIXELS``). Without ``good``, or when every pixel is
+    good, every pixel is used, as for AstroCLIP's files, which carry no inverse variance."""
     y = torch.as_tensor(spectra, dtype=torch.float32)
     if y.ndim == 3:
         y = y.squeeze(-1)
+    if good is not None:
+        good = torch.as_tensor(good, dtype=torch.bool, device=y.device)
+        if not bool(good.all()):
+            w = good.to(y.dtype)
+            n = w.sum(dim=1, keepdim=True).clamp(min=2.0)
+            y = torch.where(good, y, torch.zeros_like(y))
+            mean = (y * w).sum(dim=1, keepdim=True) / n
+            std = torch.sqrt((((y - mean) * w) ** 2).sum(dim=1, keepdim=True) / (n - 1))
+            return (y - mean) / (std + eps) * w
     mean = y.mean(dim=1, keepdim=True)
     std = y.std(dim=1, keepdim=True)
     return (y - mean) / (std + eps)

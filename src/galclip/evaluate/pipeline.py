@@ -51,37 +51,54 @@ def product_protocol(
     from galclip.index.embed import embed_store
     from galclip.index.zero_shot import DEFAULT_K, Reference
     from galclip.neighbours import r2_score
+    from galclip.photoz import pit_histogram
     from galclip.vocabulary import LABELS, MODALITIES
 
     split = store.split()
-    ref_rows = np.flatnonzero(readable & (split == TRAIN) & np.all([np.isfinite(labels[name]) for name in LABELS], 0))
+    labelled = readable & np.all([np.isfinite(labels[name]) for name in LABELS], 0)
+    ref_rows = np.flatnonzero(labelled & (split == TRAIN))
     if len(ref_rows) < DEFAULT_K + 1:
         return None
-    ref_emb = {m: np.empty((len(ref_rows), heads.image.sizes[-1]), np.float32) for m in MODALITIES}
-    for lo, z in embed_store(store, heads, ref_rows):
+    cal_rows = np.flatnonzero(labelled & (split == SELECTION))  # the intervals are calibrated here, never on test
+    rows = np.union1d(ref_rows, cal_rows)
+    emb_all = {m: np.empty((len(rows), heads.image.sizes[-1]), np.float32) for m in MODALITIES}
+    for lo, z in embed_store(store, heads, rows):
         for m in MODALITIES:
-            ref_emb[m][lo : lo + len(z[m])] = z[m]
+            emb_all[m][lo : lo + len(z[m])] = z[m]
+    at_ref, at_cal = np.searchsorted(rows, ref_rows), np.searchsorted(rows, cal_rows)
     targetid = store.targetids()
     out: dict = {
         "protocol": "product: k-NN over the labelled train-split pairs in the query's modality, k = 16, "
-        "scored on the test pairs (what 'galclip predict' and the page give)",
+        "intervals calibrated on the selection split, scored on the test pairs (what 'galclip predict' and the "
+        "page give)",
         "k": DEFAULT_K,
         "reference_n": int(len(ref_rows)),
+        "calibration_n": int(len(cal_rows)),
         "r2": {},
         "coverage_68": {},
+        "pit_max_over_uniform": {},
+        "stretch": {},
     }
     for m in MODALITIES:
         ref = Reference.from_arrays(
-            m, "train", targetid[ref_rows], ref_emb[m], {name: labels[name][ref_rows] for name in LABELS}, seed
+            m,
+            "train",
+            targetid[ref_rows],
+            emb_all[m][at_ref],
+            {name: y[ref_rows] for name, y in labels.items()},
+            seed,
+            (emb_all[m][at_cal], {name: y[cal_rows] for name, y in labels.items()}),
         )
         pred = ref.predict(test_embeddings[m], DEFAULT_K, targetid[test_rows])
-        out["r2"][m], out["coverage_68"][m] = {}, {}
-        for name in LABELS:
+        out["r2"][m], out["coverage_68"][m], out["pit_max_over_uniform"][m] = {}, {}, {}
+        out["stretch"][m] = ref.stretch(DEFAULT_K)
+        for name in labels:
             true = labels[name][test_rows].astype(np.float64)
-            has = np.isfinite(true)
+            has = np.isfinite(true) & np.isfinite(pred.labels[name][0])
             value, lo, hi = (a[has] for a in pred.labels[name])
-            out["r2"][m][name] = r2_score(true[has], value)
+            out["r2"][m][name] = r2_score(true[has], value) if has.sum() > 1 else None
             out["coverage_68"][m][name] = float(np.mean((lo <= true[has]) & (true[has] <= hi))) if has.any() else None
+            out["pit_max_over_uniform"][m][name] = pit_histogram(pred.pit(name, true)[has])["max_over_uniform"]
     return out
 
 
@@ -167,8 +184,7 @@ def evaluate_store(
         else {
             "raw_image": feats["image_features"][at(fit_rows)],
             "raw_spectrum": feats["spectrum_features"][at(fit_rows)],
-            "redshift": labels["redshift"][fit_rows],
-            "log_mstar": labels["log_mstar"][fit_rows],
+            **{name: y[fit_rows] for name, y in labels.items()},
         }
     )
     photometry, photometry_note = _photometry(store, store.targetids()[test_rows])
@@ -185,6 +201,7 @@ def evaluate_store(
         loss_history={k: [h[k] for h in history] for k in ("train_loss", "val_loss", "lr")},
         supervised_train=supervised,
         photometry=photometry,
+        other_labels={name: y[test_rows] for name, y in labels.items() if name not in ("redshift", "log_mstar")},
     )
     extra = dict(extra_metrics or {})
     extra.setdefault("n_pairs", store.n)

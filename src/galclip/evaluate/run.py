@@ -34,7 +34,6 @@ from galclip.neighbours import (
     zero_shot_table,
 )
 from galclip.photoz import label_metrics
-from galclip.vocabulary import LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +65,15 @@ class EvaluationInputs:
     supervised_train: dict | None = None
     # optional: the classic photo-z baseline's inputs, (n, 3) r, g - r, r - z from the catalogue (NaN without a row)
     photometry: np.ndarray | None = None
+    # the store's other labels (the PROVABGS properties, --label columns): name -> (n,) float, NaN where none
+    other_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
     def labels(self) -> dict[str, np.ndarray]:
+        """Every label of the n pairs: redshift, log_mstar, then the others; name -> (n,) float64."""
         return {
             "redshift": np.asarray(self.redshift, dtype=np.float64),
             "log_mstar": np.asarray(self.log_mstar, dtype=np.float64),
+            **{name: np.asarray(y, dtype=np.float64) for name, y in self.other_labels.items()},
         }
 
 
@@ -233,7 +236,7 @@ def photoz_table(table: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]
 def best_sources(r2: dict[str, dict[str, float]]) -> dict[str, dict]:
     """Per target, the zero-shot sources ranked by R² (best first): {"ranking": [(source, r2), ...], "best": source}."""
     out = {}
-    for target in LABELS:
+    for target in dict.fromkeys(t for row in r2.values() for t in row):
         ranked = sorted(
             ((s, row[target]) for s, row in r2.items() if row.get(target) is not None and math.isfinite(row[target])),
             key=lambda item: -item[1],

@@ -47,16 +47,21 @@ class Encoders:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.image(rgb.contiguous(memory_format=torch.channels_last)).float()
 
-    def _spectrum_features(self, spectra: torch.Tensor) -> torch.Tensor:
+    def _spectrum_features(self, spectra: torch.Tensor, good: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return self.spectrum_features(zscore_spectra(spectra)).float()
+            return self.spectrum_features(zscore_spectra(spectra, good=good)).float()
 
     @torch.inference_mode()
     def __call__(
-        self, images_whc: torch.Tensor | None, spectra: torch.Tensor | None, targetid: np.ndarray
+        self,
+        images_whc: torch.Tensor | None,
+        spectra: torch.Tensor | None,
+        targetid: np.ndarray,
+        spectrum_ivar: torch.Tensor | None = None,
     ) -> dict[str, np.ndarray]:
         """(B, 152, 152, 3), (B, 7781), (B,) -> feature arrays, e.g. image_features (B, 2048); only the
-        modalities of ``config.modalities`` are encoded (the other input may be None)."""
+        modalities of ``config.modalities`` are encoded (the other input may be None). ``spectrum_ivar`` (B, 7781):
+        pixels with 0 are left out of the spectra's Z-score (``preprocess.MASKED_PIXELS``)."""
         cfg = self.config
         out = {}
         if "image" in cfg.modalities:
@@ -66,7 +71,8 @@ class Encoders:
             )
         if "spectrum" in cfg.modalities:
             spectra = spectra.to(self.device, non_blocking=True)
-            out["spectrum_features"] = self._spectrum_features(spectra)
+            good = None if spectrum_ivar is None else spectrum_ivar.to(self.device, non_blocking=True) > 0
+            out["spectrum_features"] = self._spectrum_features(spectra, good)
         if cfg.variants and "image" in cfg.modalities:
             chw = images_to_chw(images, cfg.image_orientation)
             out["image_features_aug"] = torch.stack(
@@ -81,7 +87,7 @@ class Encoders:
         if cfg.spectrum_variants and "spectrum" in cfg.modalities:
             out["spectrum_features_aug"] = torch.stack(
                 [
-                    self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed))
+                    self._spectrum_features(augment_spectra(spectra, targetid, v, cfg.seed), good)
                     for v in range(cfg.spectrum_variants)
                 ],
                 dim=1,

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from galclip.config import ExtractConfig
-from galclip.data.survey import SurveyReader
+from galclip.data.preprocess import MASKED_PIXELS
+from galclip.data.sources import SurveySource
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM
 from galclip.provenance import code_version, sha256_file
@@ -25,7 +26,11 @@ def weights_record(path: str | None, seed: int, kind: str) -> dict:
 
 
 def build_provenance(
-    config: ExtractConfig, reader: SurveyReader, catalogue: str | None, device_type: str = "cpu"
+    config: ExtractConfig,
+    reader: SurveySource,
+    catalogue: str | None,
+    device_type: str = "cpu",
+    data_arguments: list | None = None,
 ) -> dict:
     """Everything needed to know what the store's features are and where they came from. A single-modality
     store (``config.modalities``, as ``galclip predict`` writes) records only its own encoder and preprocessing."""
@@ -52,6 +57,8 @@ def build_provenance(
         },
         "spectrum": {"normalisation": "per-spectrum z-score"},
     }
+    if "spectrum" in config.modalities and reader.read(0, 1).spectrum_ivar is not None:
+        preprocessing["spectrum"]["masked_pixels"] = MASKED_PIXELS  # absent for AstroCLIP's files: they carry none
     return {
         "encoders": {m: encoders[m] for m in config.modalities},
         "preprocessing": {
@@ -70,6 +77,7 @@ def build_provenance(
             },
         },
         "data": reader.fingerprint(),
+        "data_arguments": [str(Path(p).resolve()) for p in data_arguments] if data_arguments else None,
         "data_content": reader.content(),  # what every reader of the survey rows checks the files against
         "catalogue": str(Path(catalogue).resolve()) if catalogue else None,
         "split": {
@@ -110,6 +118,8 @@ COMMAND_OPTIONS = {
     "rows_per_shard": "--rows-per-shard",
     "bad_rows": "--bad-rows",
     "seed": "--seed",
+    "labels": "--label",
+    "match_radius_arcsec": "--match-radius",
 }
 
 
@@ -124,16 +134,21 @@ def extract_command(provenance: dict, store: str | Path) -> str:
     recorded = provenance.get("config") or {}
     files = list((provenance.get("data") or {}).get("files") or [])
     found_beside = provenance.get("catalogue") and not recorded.get("catalogue")  # found in DATA's folder
-    if len(files) == 1 and not found_beside:
-        data = files[0]
+    if provenance.get("data_arguments"):  # the DATA arguments as given (several for images + spectra)
+        data = list(provenance["data_arguments"])
+    elif len(files) == 1 and not found_beside:
+        data = [files[0]]
     elif files:
-        data = os.path.commonpath([str(Path(f).parent) for f in files])
+        data = [os.path.commonpath([str(Path(f).parent) for f in files])]
     else:
-        data = "DATA"
+        data = ["DATA"]
     default = ExtractConfig()
-    words = ["galclip", "extract", data, str(store)]
+    words = ["galclip", "extract", *data, str(store)]
     for field, option in COMMAND_OPTIONS.items():
         value = recorded.get(field)
-        if value is not None and value != getattr(default, field):
+        if isinstance(value, list | tuple):
+            for item in value:
+                words += [option, str(item)]
+        elif value is not None and value != getattr(default, field):
             words += [option, str(value)]
     return " ".join(shlex.quote(w) for w in words)

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from galclip.config import ExtractConfig
-from galclip.data.catalogue import join_labels
-from galclip.data.survey import SurveyReader, recorded_survey_problems, survey_changes
+from galclip.data.catalogue import join_labels, no_labels
+from galclip.data.sources import SurveySource, open_survey
+from galclip.data.survey import recorded_survey_problems, survey_changes
 from galclip.errors import InputError
 from galclip.extract.distributed import Distributed
 from galclip.extract.encoders import Encoders, feature_arrays
@@ -33,7 +34,15 @@ from galclip.progress import progress as progress_bar
 from galclip.provenance import resolve_device
 from galclip.split import assign_split, split_fractions
 from galclip.store import FeatureStore
-from galclip.store.feature_store import META_ARRAYS, META_DTYPES, MOCO_FC, QUARANTINE, chunk_decodes, values_sha256
+from galclip.store.feature_store import (
+    LABEL_PREFIX,
+    MOCO_FC,
+    QUARANTINE,
+    chunk_decodes,
+    meta_array_names,
+    meta_dtype,
+    values_sha256,
+)
 from galclip.store.quarantine import REASONS
 
 logger = logging.getLogger(__name__)
@@ -41,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 def _open_or_create(
     store_path: Path,
-    reader: SurveyReader,
+    reader: SurveySource,
     config: ExtractConfig,
     catalogue: str | None,
     provenance: dict,
@@ -112,7 +121,7 @@ def resume_advice(store: FeatureStore, provenance: dict) -> str:
 
 def _create(
     store_path: Path,
-    reader: SurveyReader,
+    reader: SurveySource,
     config: ExtractConfig,
     catalogue: str | None,
     provenance: dict,
@@ -121,34 +130,46 @@ def _create(
     """Rank 0: join the labels and write the new, empty store."""
     if not catalogue and len(config.modalities) == 2:  # galaxies to predict (one modality) need no labels
         logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
-    meta = derive_meta(reader, catalogue, config.test_fraction, config.selection_fraction)
+    meta = derive_meta(
+        reader, catalogue, config.test_fraction, config.selection_fraction, custom_labels=config.custom_labels
+    )
     fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
     FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)
 
 
 def derive_meta(
-    reader: SurveyReader,
+    reader: SurveySource,
     catalogue: str | Path | None,
     test_fraction: float,
     selection_fraction: float,
-    names: tuple[str, ...] = META_ARRAYS,
+    names: tuple[str, ...] | None = None,
+    custom_labels: dict[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """The per-row metadata arrays ``names`` of a store of the survey ``reader`` reads, (N,) each in survey order,
-    as its creation writes them: targetid and redshift from the survey, split from the targetids (``assign_split``),
-    label_redshift and label_log_mstar joined from ``catalogue`` after its cuts (NaN where none, all NaN without a
-    catalogue). The one recipe of creation and of ``rebuild_derived``."""
+    """The per-row metadata arrays ``names`` (default: every one a new store gets) of a store of the survey ``reader``
+    reads, (N,) each in survey order, as its creation writes them: targetid and redshift from the survey, split from
+    the targetids (``assign_split``), a ``label_*`` per label joined from ``catalogue`` after its cuts (every PROVABGS
+    property it has and ``custom_labels`` {name: column}; NaN where none; redshift and log M* all NaN without a
+    catalogue), and RA/Dec where the survey files give them. The one recipe of creation and of ``rebuild_derived``."""
     targetid = reader.targetids()
     out = {"targetid": targetid}
-    if "split" in names:
-        out["split"] = assign_split(targetid, test_fraction, selection_fraction)
-    if "redshift" in names:
-        out["redshift"] = reader.redshifts()
-    if {"label_redshift", "label_log_mstar"} & set(names):
-        if catalogue:
-            labels = join_labels(targetid, catalogue)
-            out["label_redshift"], out["label_log_mstar"] = labels.redshift, labels.log_mstar
-        else:
-            out["label_redshift"] = out["label_log_mstar"] = np.full(len(targetid), np.nan, np.float32)
+    out["split"] = assign_split(targetid, test_fraction, selection_fraction)
+    out["redshift"] = reader.redshifts()
+    wanted_labels = names is None or any(n.startswith(LABEL_PREFIX) for n in names)
+    labels = (
+        join_labels(targetid, catalogue, custom_labels) if catalogue and wanted_labels else no_labels(len(targetid))
+    )
+    out.update({f"{LABEL_PREFIX}{name}": values for name, values in labels.values.items()})
+    ra, dec = reader.positions()
+    positions = bool(np.isfinite(ra).any())
+    out["ra"], out["dec"] = ra, dec
+    if names is None:
+        names = meta_array_names(tuple(labels.values), positions)
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise InputError(
+            f"{catalogue}: gives no {', '.join(missing)}, which the store holds; pass the catalogue (and --label "
+            "options) the store was extracted with"
+        )
     return {name: out[name] for name in names}
 
 
@@ -156,7 +177,7 @@ REBUILD_FIX = "put the original back and run the same command, or restore the st
 
 
 def rebuild_derived(
-    store: FeatureStore, reader: SurveyReader, config: ExtractConfig, catalogue: str | None
+    store: FeatureStore, reader: SurveySource, config: ExtractConfig, catalogue: str | None
 ) -> list[dict]:
     """Rebuild every damaged chunk of what extraction derives from its input files alone (``damaged_derived_chunks``:
     per-row metadata from the survey and catalogue, quarantine codes from the survey rows, the stored projection MLP
@@ -192,11 +213,13 @@ def rebuild_derived(
                 f"{changed[0]}: {store.path} was extracted from the earlier file, so its damaged chunk(s) "
                 f"cannot be rebuilt from this one; {REBUILD_FIX}"
             )
-    names = tuple(n for n in META_ARRAYS if any(d["array"] == n for d in todo))
+    names = tuple(n for n in store.meta_arrays if any(d["array"] == n for d in todo))
     if names:
-        labels = {"label_redshift", "label_log_mstar"} & set(names)
+        labels = {n for n in names if n.startswith(LABEL_PREFIX)}
         cat = _rebuild_catalogue(store, catalogue) if labels else None
-        values = derive_meta(reader, cat, *split_fractions(store.provenance), ("targetid", *names))
+        values = derive_meta(
+            reader, cat, *split_fractions(store.provenance), ("targetid", *names), config.custom_labels
+        )
         for name in names:
             source = f"{cat} (the catalogue)" if name in labels else survey
             _verify_rebuilt(
@@ -248,7 +271,7 @@ def _verify_rebuilt(
 ) -> None:
     """Refuse to rebuild metadata array ``name`` from ``values`` (N,) unless they equal, byte for byte, what the store
     holds in every intact chunk, and hash to the SHA-256 its creation recorded (stores that record one)."""
-    values = np.ascontiguousarray(np.asarray(values).astype(META_DTYPES[name]))
+    values = np.ascontiguousarray(np.asarray(values).astype(meta_dtype(name)))
     width = values.dtype.itemsize
     intact = [s for s in range(store.n_shards) if s not in damaged]
     runs = np.split(np.asarray(intact), np.flatnonzero(np.diff(intact) != 1) + 1) if intact else []
@@ -297,6 +320,52 @@ def _verify_codes(store: FeatureStore, shard: int, codes: np.ndarray, survey: st
         return
 
 
+UNMATCHED_HEADER = "side,targetid,ra,dec,where"
+
+
+def report_match(reader: SurveySource, store_path: Path) -> dict | None:
+    """For images and spectra paired on the sky (:class:`galclip.data.match.MatchedSurvey`): log the matched,
+    image-only, spectrum-only and ambiguous counts, write the unmatched galaxies to ``<store>.unmatched.csv`` (side,
+    targetid, ra, dec, where), and return the counts with that file's path; None for a survey of pairs."""
+    match = getattr(reader, "match", None)
+    if match is None:
+        return None
+    counts = dict(match.counts())
+    table = reader.unmatched_table()
+    out = Path(f"{store_path}.unmatched.csv")
+    if out.exists():
+        with open(out, encoding="utf-8", errors="replace") as f:
+            if f.readline().strip() != UNMATCHED_HEADER:
+                raise InputError(
+                    f"{out}: exists and is not galclip's list of unmatched galaxies; move it away, or extract into "
+                    "another store path"
+                )
+    lines = [UNMATCHED_HEADER]
+    for i in range(len(table["targetid"])):
+        where = str(table["where"][i]).replace('"', "'")
+        lines.append(
+            f"{table['side'][i]},{int(table['targetid'][i])},{float(table['ra'][i]):.7f},"
+            f'{float(table["dec"][i]):.7f},"{where}"'
+        )
+    from galclip.atomic import atomic_write_text
+
+    atomic_write_text("\n".join(lines) + "\n", out)
+    counts["unmatched_file"] = str(out)
+    logger.info(
+        "sky match within %.2f″: %d matched (%d by TARGETID, %d by position), %d image-only, %d spectrum-only, "
+        "%d ambiguous; unmatched galaxies listed in %s",
+        reader.radius_arcsec if hasattr(reader, "radius_arcsec") else float("nan"),
+        counts.get("matched", 0),
+        counts.get("by_targetid", 0),
+        counts.get("by_position", 0),
+        counts.get("image_only", 0),
+        counts.get("spectrum_only", 0),
+        counts.get("ambiguous", 0),
+        out,
+    )
+    return counts
+
+
 def run_extraction(
     data: str | Path | list, store_path: str | Path, config: ExtractConfig, progress: bool = True
 ) -> dict:
@@ -310,7 +379,7 @@ def run_extraction(
     from galclip.store.lock import StoreLock
 
     try:
-        reader = SurveyReader(data, require=config.modalities)  # refused input or device: no lock, nothing written
+        reader = open_survey(data, config.modalities, config.match_radius_arcsec)  # refused: no lock, nothing written
     except InputError as err:
         raise InputError(f"{err}{_recorded_files_gone(store_path)}") from err
     try:
@@ -345,22 +414,18 @@ def _recorded_files_gone(store_path: str | Path) -> str:
 
 
 def _extract_with(
-    reader: SurveyReader, data, store_path: str | Path, config: ExtractConfig, progress: bool, lock
+    reader: SurveySource, data, store_path: str | Path, config: ExtractConfig, progress: bool, lock
 ) -> dict:
     t0 = time.perf_counter()
     catalogue = config.catalogue
     pairs = len(config.modalities) == 2  # galaxies to predict (one modality) are extracted without labels
-    if (
-        pairs
-        and catalogue is None
-        and isinstance(data, (str, Path))
-        and Path(data).is_dir()
-        and (Path(data) / "provabgs.h5").exists()
-    ):
-        catalogue = str(Path(data) / "provabgs.h5")
+    arguments = [data] if isinstance(data, (str, Path)) else list(data)
+    beside = [Path(a) / "provabgs.h5" for a in arguments if Path(a).is_dir() and (Path(a) / "provabgs.h5").exists()]
+    if pairs and catalogue is None and beside:
+        catalogue = str(beside[0])
         logger.info("using the catalogue found beside the survey: %s", catalogue)
     device = resolve_device(config.device)
-    provenance = build_provenance(config, reader, catalogue, device.type)
+    provenance = build_provenance(config, reader, catalogue, device.type, arguments if len(arguments) > 1 else None)
     dist = Distributed.from_env(device.type)
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
@@ -370,6 +435,7 @@ def _extract_with(
     store, rebuilt = _open_or_create(
         store_path, reader, config, catalogue, provenance, encoders.fc_state if encoders else None, dist, lock
     )
+    matching = report_match(reader, store_path) if dist.rank == 0 else None
 
     complete = store.complete_mask()
     todo = [s for s in range(store.n_shards) if not complete[s] and s % dist.world == dist.rank]
@@ -392,6 +458,7 @@ def _extract_with(
             "rank": dist.rank,
             "world_size": dist.world,
             "chunks_rebuilt": len(rebuilt),
+            "matching": matching,
         }
     for kind in config.modalities:
         if provenance["encoders"][kind]["weights"]["source"] == "random" and dist.rank == 0:
@@ -452,7 +519,8 @@ def _extract_with(
                 )
             logger.warning("%s: quarantining %d bad row(s) — %s", where, len(bad), listing)
             n_bad += len(bad)
-        for name, value in encoders(item["image"], item["spectrum"], np.asarray(item["targetid"])).items():
+        features = encoders(item["image"], item["spectrum"], np.asarray(item["targetid"]), item["spectrum_ivar"])
+        for name, value in features.items():
             if codes.any():
                 value[codes != 0] = np.nan
             pending.setdefault(name, []).append(value)
@@ -477,6 +545,7 @@ def _extract_with(
         "variants": config.variants,
         "quarantined": n_bad,
         "chunks_rebuilt": len(rebuilt),
+        "matching": matching,
     }
     if device.type == "cuda":
         summary["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

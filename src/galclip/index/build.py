@@ -253,13 +253,14 @@ def build_indexes(
             }
         del emb
         heads_file = checkpoint_file(heads_path)
+        positions = store.positions()
         np.savez(
             tmp / ROWS_FILE,
             row=rows,
             targetid=store.read_meta("targetid")[rows],
             split=store.split()[rows],
-            redshift=store.read_meta("label_redshift")[rows],
-            log_mstar=store.read_meta("label_log_mstar")[rows],
+            **{name: values[rows] for name, values in store.labels().items()},
+            **({} if positions is None else {"ra": positions[0][rows], "dec": positions[1][rows]}),
         )
         sidecar = {
             "format": FORMAT,

@@ -2,10 +2,11 @@
 
 Every search returns the same records (``galclip search --json`` and ``/api/search`` give them)::
 
-    {"query": {"targetid", "modality", "source", "redshift", "log_mstar"},
+    {"query": {"targetid", "modality", "source", "redshift", "log_mstar", <every other label>},
      "target": "image" | "spectrum",
-     "neighbours": [{"rank", "similarity", "targetid", "redshift", "log_mstar", "is_partner"}, ...],
-     "prediction": {"redshift": {"value", "lo", "hi"}, "log_mstar": {...}, "similarity", "ood", "k"} or null}
+     "neighbours": [{"rank", "similarity", "targetid", "redshift", "log_mstar", ..., "is_partner"}, ...],
+     "prediction": {"redshift": {"value", "lo", "hi"}, "log_mstar": {...}, ..., "similarity", "ood", "k"} or null,
+     "labels": {label: its title with unit}}
 
 ``is_partner`` marks the query galaxy's own other modality in a cross-modal search. ``prediction`` is the
 zero-shot predictor's (:mod:`galclip.index.zero_shot`): the index's labelled train-split galaxies in the query's
@@ -25,7 +26,7 @@ from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.format import MAP_FILE, REPAIR, ROWS_FILE, read_sidecar, verify_files
 from galclip.index.zero_shot import DEFAULT_K, Reference, load_reference
 from galclip.neighbours import drop_self, l2_normalise
-from galclip.vocabulary import MODALITIES
+from galclip.vocabulary import MODALITIES, label_info
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def float_or_none(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+ROW_KEYS = ("row", "targetid", "split", "ra", "dec")  # the per-row arrays of rows.npz that are not labels
+
+
 def _check_modality(name: str, value: str) -> None:
     if value not in MODALITIES:
         raise GalclipError(f"{name} must be one of {list(MODALITIES)}, got {value!r}")
@@ -49,7 +53,8 @@ def _check_modality(name: str, value: str) -> None:
 class Index:
     """An index folder: sidecar, per-modality FAISS indexes, and per-row arrays.
 
-    rows: targetid, row, split, redshift, log_mstar, each (N,); embeddings: modality -> (N, 128)
+    rows: targetid, row, split, then each label (redshift, log_mstar, ...) and, where known, ra and dec, each (N,);
+    embeddings: modality -> (N, 128)
     float32 memory map, L2-normalised.
     """
 
@@ -62,6 +67,19 @@ class Index:
 
     def __len__(self) -> int:
         return int(self.sidecar["n"])
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The catalogue labels the index holds per galaxy: redshift, log_mstar, then any other the store had."""
+        return tuple(k for k in self.rows if k not in ROW_KEYS)
+
+    def label_titles(self) -> dict[str, str]:
+        """label -> its title with unit, in the index's order (what pages and tables call it)."""
+        return {name: label_info(name)[0] for name in self.label_names}
+
+    def label_record(self, pos: int) -> dict[str, float | None]:
+        """Galaxy ``pos``'s labels, None where it has none: {label: value}."""
+        return {name: float_or_none(self.rows[name][pos]) for name in self.label_names}
 
     def find(self, targetid: int) -> int:
         """Position of ``targetid`` in the index, or -1 when it is not indexed."""
@@ -216,12 +234,13 @@ class Index:
                 "targetid": int(targetid),
                 "modality": query,
                 "source": source,
-                "redshift": float_or_none(self.rows["redshift"][pos]) if known else survey_redshift,
-                "log_mstar": float_or_none(self.rows["log_mstar"][pos]) if known else None,
+                **(self.label_record(pos) if known else dict.fromkeys(self.label_names)),
+                **({} if known else {"redshift": survey_redshift}),
             },
             "target": target,
             "neighbours": neighbours,
             "prediction": self.predict(vector, query, np.array([targetid], np.int64))[0],
+            "labels": self.label_titles(),
         }
 
     def search_embedding(self, vector: np.ndarray, target: str = "image", k: int = 5) -> dict:
@@ -239,10 +258,11 @@ class Index:
             raise GalclipError(f"k must be at least 1, got {k}")
         unit = l2_normalise(vector)
         return {
-            "query": {"targetid": None, "modality": None, "source": "embedding", "redshift": None, "log_mstar": None},
+            "query": {"targetid": None, "modality": None, "source": "embedding", **dict.fromkeys(self.label_names)},
             "target": target,
             "neighbours": self._neighbours(unit, target, k),
             "prediction": self.predict(unit, target)[0],
+            "labels": self.label_titles(),
         }
 
     def _neighbours(self, vector: np.ndarray, target: str, k: int, exclude: int = -1, partner: int = -1) -> list[dict]:
@@ -255,8 +275,7 @@ class Index:
                 "rank": r + 1,
                 "similarity": float(s),
                 "targetid": int(self.rows["targetid"][i]),
-                "redshift": float_or_none(self.rows["redshift"][i]),
-                "log_mstar": float_or_none(self.rows["log_mstar"][i]),
+                **self.label_record(i),
                 "is_partner": bool(i == partner),
             }
             for r, (s, i) in enumerate(keep)

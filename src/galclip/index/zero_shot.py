@@ -9,18 +9,24 @@ The product's reference set is the index's labelled train-split galaxies in the 
 that is itself a reference galaxy is left out of its own neighbours (its partner, the same targetid in the other
 modality, is never in a one-modality reference). It does not depend on the k or the target modality a search shows.
 The evaluation report and the sweep score the seed's protocol with the same k-NN (``neighbours.knn_interval``).
+
+Calibration (split-conformal, on the selection split, never on test): the neighbours' weighted distribution is
+stretched about the centre c of its 16–84 interval by a factor s per label, the conformal quantile of
+|y − c| / half-width over the index's labelled selection-split galaxies (queried against the train reference exactly
+as a product query), so that [c − s·h, c + s·h] holds 68% of them. The estimate itself (the weighted mean) is not
+changed. The probability integral transform (PIT) of a truth is the stretched distribution's CDF at it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from galclip.errors import InputError
-from galclip.neighbours import NeighbourSearch, drop_self, knn_interval
-from galclip.split import TRAIN
+from galclip.neighbours import NeighbourSearch, drop_self, idw_weights, weighted_quantile
+from galclip.split import SELECTION, TRAIN
 from galclip.targetids import lookup
 from galclip.vocabulary import LABELS
 
@@ -31,6 +37,61 @@ SELECTIONS = ("train", "all")
 OOD_PERCENTILE = 1.0  # an input whose top similarity is below this percentile of the reference's own is flagged
 OOD_SAMPLE = 10_000  # reference galaxies whose nearest other reference galaxy sets the threshold
 INTERVAL = (0.16, 0.84)  # the neighbours' weighted quantiles reported as lo and hi (±1σ for a Gaussian)
+NOMINAL = INTERVAL[1] - INTERVAL[0]
+MIN_HALF_WIDTH = 1e-9  # a 16-84 interval narrower than this (every neighbour alike) counts as this wide
+
+
+@dataclass(frozen=True)
+class Neighbourhood:
+    """The k neighbours of m queries for one label: weights (m, k) float64 (0 where a neighbour has no label),
+    values (m, k) float64 (0 there), the centre (m,) and half-width (m,) of their weighted 16–84 interval, and the
+    weighted mean (m,)."""
+
+    weights: np.ndarray
+    values: np.ndarray
+    centre: np.ndarray
+    half_width: np.ndarray
+    mean: np.ndarray
+
+    @classmethod
+    def of(cls, nn_dist: np.ndarray, nn_y: np.ndarray) -> Neighbourhood:
+        has = np.isfinite(nn_y)
+        weights = idw_weights(nn_dist) * has
+        values = np.where(has, nn_y, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.sum(weights * values, axis=1) / np.sum(weights, axis=1)
+        lo, hi = (weighted_quantile(values, weights, q) for q in INTERVAL)
+        return cls(weights, values, (lo + hi) / 2, np.maximum((hi - lo) / 2, MIN_HALF_WIDTH), mean)
+
+    def quantile(self, q: float, stretch: float = 1.0) -> np.ndarray:
+        """(m,) the ``q`` quantile of the neighbours' distribution stretched by ``stretch`` about the centre."""
+        return self.centre + stretch * (weighted_quantile(self.values, self.weights, q) - self.centre)
+
+    def interval(self, stretch: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) (m,) each: the calibrated 16–84 interval [c − s·h, c + s·h], widened to hold the mean."""
+        lo, hi = self.centre - stretch * self.half_width, self.centre + stretch * self.half_width
+        return np.minimum(lo, self.mean), np.maximum(hi, self.mean)
+
+    def pit(self, truth: np.ndarray, stretch: float = 1.0) -> np.ndarray:
+        """(m,) probability integral transform of the truths: the stretched distribution's CDF at each (ties count
+        half), NaN where the truth or every neighbour's label is missing."""
+        y = self.centre[:, None] + stretch * (self.values - self.centre[:, None])
+        t = np.asarray(truth, np.float64)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cdf = (np.sum(self.weights * (y < t), 1) + 0.5 * np.sum(self.weights * (y == t), 1)) / self.weights.sum(1)
+        return np.where(np.isfinite(truth), cdf, np.nan)
+
+
+def conformal_stretch(centre: np.ndarray, half_width: np.ndarray, truth: np.ndarray, level: float = NOMINAL) -> float:
+    """The split-conformal stretch: the ceil((n + 1)·level)-th smallest |y − c| / h over the n calibration galaxies
+    with a truth ((n,) each), so that [c − s·h, c + s·h] covers ``level`` of exchangeable new galaxies. 1.0 (no
+    calibration) when there are none."""
+    keep = np.isfinite(truth) & np.isfinite(centre)
+    n = int(keep.sum())
+    if n == 0:
+        return 1.0
+    scores = np.sort(np.abs(truth[keep] - centre[keep]) / half_width[keep])
+    return float(scores[min(n - 1, int(np.ceil((n + 1) * level)) - 1)])
 
 
 def cosine_from_distance(dist: np.ndarray) -> np.ndarray:
@@ -50,6 +111,16 @@ class Predictions:
     k: int
     distances: np.ndarray
     neighbours: np.ndarray
+    neighbourhoods: dict[str, Neighbourhood] | None = None
+    stretch: dict[str, float] | None = None
+
+    def pit(self, label: str, truth: np.ndarray) -> np.ndarray:
+        """(m,) probability integral transform of the truths of ``label`` under the calibrated prediction."""
+        return self.neighbourhoods[label].pit(truth, self.stretch[label])
+
+    def quantile(self, label: str, q: float) -> np.ndarray:
+        """(m,) the calibrated predictive ``q`` quantile of ``label``."""
+        return self.neighbourhoods[label].quantile(q, self.stretch[label])
 
     def record(self, i: int) -> dict:
         """Query ``i`` as JSON: {label: {"value", "lo", "hi"}, ..., "similarity", "ood", "k"}."""
@@ -75,6 +146,30 @@ class Reference:
     labels: dict[str, np.ndarray]
     search: NeighbourSearch
     ood_threshold: float
+    # the calibration set: (n, d) unit vectors and name -> (n,) truths of labelled selection-split galaxies
+    calibration_embeddings: np.ndarray | None = None
+    calibration_labels: dict[str, np.ndarray] | None = None
+    _stretch: dict = field(default_factory=dict, repr=False)
+
+    def stretch(self, k: int) -> dict[str, float]:
+        """label -> the split-conformal stretch of the k-neighbour intervals (1.0 each without a calibration set),
+        computed once per k from the calibration set."""
+        if k not in self._stretch:
+            out = dict.fromkeys(self.labels, 1.0)
+            if self.calibration_embeddings is not None and len(self.calibration_embeddings):
+                nn_dist, nn_idx = self.search.query(self.calibration_embeddings, k)
+                for name, y in self.labels.items():
+                    hood = Neighbourhood.of(nn_dist, y[nn_idx])
+                    out[name] = conformal_stretch(hood.centre, hood.half_width, self.calibration_labels[name])
+                logger.info(
+                    "%s reference: interval stretch at k=%d from %d selection-split galaxies: %s",
+                    self.modality,
+                    k,
+                    len(self.calibration_embeddings),
+                    ", ".join(f"{n} {v:.3f}" for n, v in out.items()),
+                )
+            self._stretch[k] = out
+        return self._stretch[k]
 
     def __len__(self) -> int:
         return len(self.targetid)
@@ -88,8 +183,11 @@ class Reference:
         embeddings: np.ndarray,
         labels: dict[str, np.ndarray],
         seed: int = 0,
+        calibration: tuple[np.ndarray, dict[str, np.ndarray]] | None = None,
     ) -> Reference:
-        """A reference set of n galaxies: (n,) targetids, (n, d) unit vectors, name -> (n,) finite labels."""
+        """A reference set of n galaxies: (n,) targetids, (n, d) unit vectors, name -> (n,) labels (NaN where a
+        galaxy lacks one; redshift and log M* finite); ``calibration``: (c, d) unit vectors and name -> (c,) truths
+        of other galaxies to calibrate the intervals on."""
         emb = np.ascontiguousarray(embeddings, np.float32)
         search = NeighbourSearch(emb)
         return cls(
@@ -100,6 +198,8 @@ class Reference:
             {name: np.asarray(y, np.float64) for name, y in labels.items()},
             search,
             ood_threshold(search, seed),
+            None if calibration is None else np.ascontiguousarray(calibration[0], np.float32),
+            None if calibration is None else {n: np.asarray(y, np.float64) for n, y in calibration[1].items()},
         )
 
     def holds(self, targetid: np.ndarray) -> np.ndarray:
@@ -126,9 +226,11 @@ class Reference:
             nn_dist, nn_idx = drop_self(*self.search.query(queries, k + 1), own)
         else:
             nn_dist, nn_idx = self.search.query(queries, k)
-        labels = {name: knn_interval(nn_dist, y[nn_idx], *INTERVAL) for name, y in self.labels.items()}
+        stretch = self.stretch(k)
+        hoods = {name: Neighbourhood.of(nn_dist, y[nn_idx]) for name, y in self.labels.items()}
+        labels = {name: (h.mean, *h.interval(stretch[name])) for name, h in hoods.items()}
         similarity = cosine_from_distance(nn_dist[:, 0])
-        return Predictions(labels, similarity, similarity < self.ood_threshold, k, nn_dist, nn_idx)
+        return Predictions(labels, similarity, similarity < self.ood_threshold, k, nn_dist, nn_idx, hoods, stretch)
 
 
 def load_reference(index, modality: str, selection: str = "train", seed: int = 0) -> Reference:
@@ -139,6 +241,7 @@ def load_reference(index, modality: str, selection: str = "train", seed: int = 0
     rows = index.rows
     labelled = np.all([np.isfinite(rows[name]) for name in LABELS], axis=0)
     chosen = labelled & (rows["split"] == TRAIN) if selection == "train" else labelled
+    calibrate = np.flatnonzero(labelled & (rows["split"] == SELECTION)) if selection == "train" else np.zeros(0, int)
     if not chosen.any():
         where = "training split" if selection == "train" else "index"
         raise InputError(
@@ -152,8 +255,9 @@ def load_reference(index, modality: str, selection: str = "train", seed: int = 0
         selection,
         rows["targetid"][pos],
         index.embeddings[modality][pos],
-        {name: rows[name][pos] for name in LABELS},
+        {name: rows[name][pos] for name in index.label_names},
         seed,
+        (index.embeddings[modality][calibrate], {name: rows[name][calibrate] for name in index.label_names}),
     )
 
 

@@ -1,26 +1,37 @@
 """The zero-shot catalogue's columns and its four formats, FITS, CSV, ECSV and Parquet, written as a stream.
 
-One row per input galaxy, in input order::
+One row per input galaxy, in input order; the columns follow the labels the index predicts and whether the input
+gives positions (:func:`catalogue_columns`)::
 
-    TARGETID       int64
-    Z_PRED         float64   distance-weighted k-NN mean of the neighbours' redshifts
-    Z_LO, Z_HI     float64   the neighbours' weighted 16th and 84th percentiles
-    LOGMSTAR_PRED  float64   log10(M*/solMass), likewise (astropy unit dex(solMass))
-    LOGMSTAR_LO, LOGMSTAR_HI
-    SIM_TOP1       float32   cosine similarity of the nearest reference galaxy
-    N_NEIGHBOURS   int16     neighbours used (0 for a quarantined input row: its predictions are NaN)
-    OOD            bool      SIM_TOP1 below the reference set's own 1st percentile
+    TARGETID        int64
+    RA, DEC         float64   ICRS right ascension and declination of the input galaxy, degrees (unit deg); only
+                              when the input gives positions
+    P_PRED          float64   per label, in the index's order: the distance-weighted k-NN mean of the neighbours'
+                              values
+    P_LO, P_HI      float64   the neighbours' weighted 16th and 84th percentiles, stretched about their centre by
+                              the split-conformal factor fitted on the index's selection split (calibrated 68%)
+    SIM_TOP1        float32   cosine similarity of the nearest reference galaxy
+    N_NEIGHBOURS    int16     neighbours used (0 for a quarantined input row: its predictions are NaN)
+    OOD             bool      SIM_TOP1 below the reference set's own 1st percentile
+
+P is the label's prefix (``galclip.vocabulary.label_info``): Z (redshift), LOGMSTAR (log10(M*/solMass), astropy
+unit ``dex(solMass)``), LOGZMW (log10 of the mass-weighted metallicity, ``dex``), TAGEMW (mass-weighted age,
+``Gyr``), LOGSSFR (log10 of the 1-Gyr specific star-formation rate, ``dex(1/yr)``); another label NAME gives
+NAME upper-cased, without a unit. The default, redshift and log_mstar without positions, is ``COLUMNS`` (rows of
+``ROW_DTYPE``): TARGETID, Z_PRED/LO/HI, LOGMSTAR_PRED/LO/HI, SIM_TOP1, N_NEIGHBOURS, OOD.
 
 The format follows OUT's suffix (``.csv``, ``.ecsv``, ``.parquet``; anything else is FITS) unless asked for.
 Rows are streamed to disk in blocks, so memory does not grow with the catalogue.
 
-- FITS: a primary HDU and one BINTABLE whose header records the provenance (keyword ``GALCLIP = 'catalogue'``
-  marks the file as galclip's). The LOGMSTAR columns carry no TUNIT: the FITS standard's ``log(solMass)`` is a
-  function unit astropy cannot read, and astropy's ``dex(solMass)`` is no FITS unit (astropy warns on both);
-  their descriptions (TCOMMn, as TOPCAT shows them) say ``log10(M*/solMass)``.
+- FITS: a primary HDU and one BINTABLE whose header records the provenance (keyword ``GALCLIP = 'catalogue'``,
+  its comment the format version, marks the file as galclip's). The log columns (LOGMSTAR, LOGZMW, LOGSSFR) carry
+  no TUNIT: the FITS standard's ``log(solMass)`` is a function unit astropy cannot read, and astropy's
+  ``dex(solMass)``/``dex`` are no FITS units (astropy warns on both); their descriptions (TCOMMn, as TOPCAT shows
+  them) say ``log10(M*/solMass)`` or ``dex``. RA, DEC (``deg``) and TAGEMW (``Gyr``) carry their TUNIT.
 - CSV: one header row of column names, then one line per galaxy; nothing else, so every CSV reader opens it with
-  its defaults. A missing value is ``NaN``, OOD is ``1``/``0``. The provenance, the columns' units and the file's
-  size and SHA-256 are in the sidecar ``<name>.csv.json`` beside it, which also marks it as galclip's.
+  its defaults. A missing value is ``NaN``, OOD is ``1``/``0``. The provenance, the columns' dtypes, units and
+  descriptions and the file's size and SHA-256 are in the sidecar ``<name>.csv.json`` beside it, which also marks
+  it as galclip's.
 - ECSV: astropy's ECSV 1.0 (YAML header: units and descriptions per column, the provenance in ``meta``), NaN as
   ``nan``, OOD as ``True``/``False``.
 - Parquet: one row group per 131072 rows (pyarrow), the provenance as JSON under the schema metadata key
@@ -31,8 +42,15 @@ Integrity: FITS and ECSV carry their own SHA-256 (``GCSHA256``, in the FITS prim
 of the whole file with that value read as 64 zeros; CSV and Parquet have their sidecar's. The sidecar is written
 at ``close`` beside the catalogue's final path (``final``) before predict renames the finished file into place,
 so a crash leaves the old pair, or a new sidecar beside the old file (galclip's, so predict may replace it, and
-reported damaged by ``galclip check``), never a catalogue without a sidecar. Format ``galclip-catalogue/1`` CSVs
-(provenance in ``#`` lines, ``# SHA256 = ...`` last) still read and verify.
+reported damaged by ``galclip check``), never a catalogue without a sidecar.
+
+Versions: a catalogue with the default columns is written as ``galclip-catalogue/2``, in the layout it always had, so
+earlier galclip still reads it; any other column list (more or other labels, RA/DEC) as ``galclip-catalogue/3``,
+the same layout with the columns the file itself names, because a format-2 reader expects the fixed list (it
+refuses such a CSV as damaged, and finds in the other formats only the default columns, if they are there); with
+the new version an earlier galclip names the format of a CSV's or Parquet's sidecar it does not read, instead.
+``read_catalogue`` reads all three, the columns each file has: format ``galclip-catalogue/1`` CSVs (provenance in
+``#`` lines, ``# SHA256 = ...`` last) still read and verify.
 """
 
 from __future__ import annotations
@@ -44,37 +62,134 @@ import json
 import logging
 import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 
 from galclip.errors import InputError
+from galclip.vocabulary import LABELS, label_info
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "galclip-catalogue/2"  # 2: plain CSV with a sidecar; ECSV and Parquet
+FORMAT = "galclip-catalogue/3"  # 3: the columns follow the labels (and RA/DEC); written unless the default columns
+FORMAT_2 = "galclip-catalogue/2"  # 2: plain CSV with a sidecar; ECSV and Parquet; the fixed default columns
 FORMAT_1 = "galclip-catalogue/1"
-READABLE_FORMATS = (FORMAT_1, FORMAT)
+READABLE_FORMATS = (FORMAT_1, FORMAT_2, FORMAT)
+SIDECAR_VERSIONS = (FORMAT_2, FORMAT)  # the versions with a sidecar (format 1 had none)
 FORMATS = ("fits", "csv", "ecsv", "parquet")
 SUFFIXES = {".fits": "fits", ".fit": "fits", ".csv": "csv", ".ecsv": "ecsv", ".parquet": "parquet"}
 SIDECAR_FORMATS = ("csv", "parquet")  # the formats whose SHA-256 is in a sidecar <name>.json
 LOG_MASS_UNIT = "dex(solMass)"  # astropy's unit for log10(M/solMass); not a FITS unit
-COLUMNS: tuple[tuple[str, str, str, str, str], ...] = (  # name, numpy dtype, FITS TFORM, unit, description
-    ("TARGETID", "i8", "K", "", "target ID of the input galaxy"),
-    ("Z_PRED", "f8", "D", "", "redshift: weighted k-NN mean"),
-    ("Z_LO", "f8", "D", "", "redshift: weighted 16th percentile"),
-    ("Z_HI", "f8", "D", "", "redshift: weighted 84th percentile"),
-    ("LOGMSTAR_PRED", "f8", "D", LOG_MASS_UNIT, "log10(M*/solMass): weighted k-NN mean"),
-    ("LOGMSTAR_LO", "f8", "D", LOG_MASS_UNIT, "log10(M*/solMass): weighted 16th percentile"),
-    ("LOGMSTAR_HI", "f8", "D", LOG_MASS_UNIT, "log10(M*/solMass): weighted 84th percentile"),
-    ("SIM_TOP1", "f4", "E", "", "cosine similarity of the nearest reference"),
-    ("N_NEIGHBOURS", "i2", "I", "", "neighbours used; 0: no prediction (NaN)"),
-    ("OOD", "?", "L", "", "SIM_TOP1 below the reference 1st percentile"),
+
+
+class Column(NamedTuple):
+    """One catalogue column: name, numpy dtype, FITS TFORM, astropy unit ("" for none) and description (ASCII)."""
+
+    name: str
+    dtype: str
+    tform: str
+    unit: str
+    description: str
+
+
+# label -> (what the column descriptions call it, ASCII and short enough for a FITS TCOMMn; astropy unit or "")
+_QUANTITIES = {
+    "redshift": ("redshift", ""),
+    "log_mstar": ("log10(M*/solMass)", LOG_MASS_UNIT),
+    "log_metallicity": ("log10 mass-weighted metallicity, dex", "dex"),
+    "age": ("mass-weighted age t_age,MW, Gyr", "Gyr"),
+    "log_ssfr": ("log10(sSFR/yr^-1), 1 Gyr average, dex", "dex(1/yr)"),
+}
+_QUANTITY_LEN = 38  # "<quantity>: calibrated 16th percentile" fits a FITS card's 68-character string
+_PREFIX = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_TARGETID = Column("TARGETID", "i8", "K", "", "target ID of the input galaxy")
+_POSITIONS = (
+    Column("RA", "f8", "D", "deg", "right ascension of the input galaxy, ICRS degrees"),
+    Column("DEC", "f8", "D", "deg", "declination of the input galaxy, ICRS degrees"),
 )
-ROW_DTYPE = np.dtype([(c[0], c[1]) for c in COLUMNS])
-# FITS binary tables are big-endian; a logical is one byte, 'T' or 'F'
-FITS_DTYPE = np.dtype([(c[0], "S1" if c[1] == "?" else ">" + c[1]) for c in COLUMNS])
+_TAIL = (
+    Column("SIM_TOP1", "f4", "E", "", "cosine similarity of the nearest reference"),
+    Column("N_NEIGHBOURS", "i2", "I", "", "neighbours used; 0: no prediction (NaN)"),
+    Column("OOD", "?", "L", "", "SIM_TOP1 below the reference 1st percentile"),
+)
+REQUIRED = ("TARGETID", "SIM_TOP1", "N_NEIGHBOURS", "OOD")  # and at least one P_PRED, P_LO, P_HI triple
+ESTIMATES = ("_PRED", "_LO", "_HI")
+
+
+def _quantity(label: str) -> tuple[str, str]:
+    """(what a label's column descriptions call it, its astropy unit); from its title for a label not listed."""
+    if label in _QUANTITIES:
+        return _QUANTITIES[label]
+    title, _, kind = label_info(label)
+    what = title.encode("ascii", "replace").decode("ascii")
+    if kind == "log":
+        return what[: _QUANTITY_LEN - 5] + ", dex", ""
+    return what[:_QUANTITY_LEN], ""
+
+
+def catalogue_columns(labels: Sequence[str] = LABELS, positions: bool = False) -> tuple[Column, ...]:
+    """The catalogue's columns: TARGETID; RA, DEC when ``positions``; per label, in order, P_PRED, P_LO, P_HI
+    (P its prefix, ``label_info``); then SIM_TOP1, N_NEIGHBOURS, OOD. The default is ``COLUMNS``. Refuses no
+    label, and two labels with one prefix."""
+    labels = tuple(labels)
+    if not labels:
+        raise InputError("a catalogue needs at least one label to predict")
+    cols = [_TARGETID, *(_POSITIONS if positions else ())]
+    seen: dict[str, str] = {}
+    for label in labels:
+        prefix = label_info(label)[1]
+        if not _PREFIX.match(prefix):
+            raise InputError(f"label {label!r}: its catalogue column prefix {prefix!r} is not a column name")
+        if prefix in seen:
+            raise InputError(
+                f"labels {seen[prefix]!r} and {label!r} both give the catalogue columns {prefix}_PRED/_LO/_HI; "
+                "rename one (--label NAME=COLUMN)"
+            )
+        seen[prefix] = label
+        what, unit = _quantity(label)
+        cols += [
+            Column(f"{prefix}_PRED", "f8", "D", unit, f"{what}: weighted k-NN mean"),
+            Column(f"{prefix}_LO", "f8", "D", unit, f"{what}: calibrated 16th percentile"),
+            Column(f"{prefix}_HI", "f8", "D", unit, f"{what}: calibrated 84th percentile"),
+        ]
+    return (*cols, *_TAIL)
+
+
+def row_dtype(columns: Sequence[Sequence[str]]) -> np.dtype:
+    """The numpy dtype of catalogue rows with ``columns``."""
+    return np.dtype([(c[0], c[1]) for c in columns])
+
+
+def _fits_dtype(columns: Sequence[Sequence[str]]) -> np.dtype:
+    # FITS binary tables are big-endian; a logical is one byte, 'T' or 'F'
+    return np.dtype([(c[0], "S1" if c[1] == "?" else ">" + c[1]) for c in columns])
+
+
+def _estimate_prefixes(names: Sequence[str]) -> list[str]:
+    """The prefixes P with all of P_PRED, P_LO and P_HI among ``names``, in order."""
+    have = set(names)
+    return [n[:-5] for n in names if n.endswith("_PRED") and {n[:-5] + e for e in ESTIMATES} <= have]
+
+
+def _columns_problem(names: Sequence[str]) -> str | None:
+    """What a catalogue with columns ``names`` lacks (None when it is complete)."""
+    if len(set(names)) != len(names):
+        return f"columns {list(names)}: a column name repeats"
+    missing = [n for n in REQUIRED if n not in names]
+    if missing or not _estimate_prefixes(names):
+        return (
+            f"columns {list(names)}: a galclip catalogue has {', '.join(REQUIRED)} and at least one "
+            f"P_PRED, P_LO, P_HI triple{f' (missing {missing})' if missing else ''}"
+        )
+    return None
+
+
+COLUMNS: tuple[Column, ...] = catalogue_columns()  # the default: redshift and log_mstar, no positions
+ROW_DTYPE = row_dtype(COLUMNS)
+FITS_DTYPE = _fits_dtype(COLUMNS)
 ROW_GROUP = 1 << 17  # Parquet rows per row group (about 7 MB in memory)
 CSV_MISSING, CSV_TRUE, CSV_FALSE = "NaN", "1", "0"
 _FITS_BLOCK = 2880
@@ -182,10 +297,11 @@ def check_output(path: Path, overwrite: bool = False, fmt: str | None = None) ->
         )
 
 
-def empty_rows(n: int) -> np.ndarray:
-    """(n,) catalogue rows for galaxies without a prediction: NaN estimates, 0 neighbours, not OOD."""
-    rows = np.zeros(n, ROW_DTYPE)
-    for name, dtype, *_ in COLUMNS:
+def empty_rows(n: int, columns: Sequence[Sequence[str]] = COLUMNS) -> np.ndarray:
+    """(n,) catalogue rows with ``columns`` for galaxies without a prediction: NaN estimates (and positions),
+    0 neighbours, not OOD."""
+    rows = np.zeros(n, row_dtype(columns))
+    for name, dtype, *_ in columns:
         if dtype.startswith("f"):
             rows[name] = np.nan
     return rows
@@ -202,29 +318,43 @@ def _plain_header(header: dict[str, object]) -> dict[str, object]:
     return out
 
 
-def _columns_record() -> list[dict[str, object]]:
+def _columns_record(columns: Sequence[Column]) -> list[dict[str, object]]:
     return [
         {"name": name, "dtype": np.dtype(dtype).name, "unit": unit or None, "description": text}
-        for name, dtype, _, unit, text in COLUMNS
+        for name, dtype, _, unit, text in columns
     ]
 
 
-def _astropy_table(meta: dict[str, object]):
+def _fits_unit(unit: str) -> str | None:
+    """A column's FITS TUNIT: its unit as FITS writes it, or None for none and for a function unit (``dex(...)``,
+    which FITS cannot write and astropy cannot read back; see the module's docstring)."""
+    if not unit:
+        return None
+    import astropy.units as u
+
+    try:
+        return u.Unit(unit).to_string("fits")
+    except ValueError:
+        return None
+
+
+def _astropy_table(meta: dict[str, object], columns: Sequence[Column]):
     """An empty astropy Table of the catalogue's columns, units, descriptions and ``meta``."""
     import astropy.units as u
-    from astropy.table import Column, Table
+    from astropy.table import Column as TableColumn
+    from astropy.table import Table
 
     cols = [
-        Column(np.zeros(0, dtype), name=name, unit=u.Unit(unit) if unit else None, description=text)
-        for name, dtype, _, unit, text in COLUMNS
+        TableColumn(np.zeros(0, dtype), name=name, unit=u.Unit(unit) if unit else None, description=text)
+        for name, dtype, _, unit, text in columns
     ]
     return Table(cols, meta=meta)
 
 
-def _text_lines(rows: np.ndarray, sep: str, missing: str, true: str, false: str) -> bytes:
+def _text_lines(rows: np.ndarray, columns: Sequence[Column], sep: str, missing: str, true: str, false: str) -> bytes:
     """(m,) rows as m text lines: shortest round-trip numbers, ``missing`` for NaN, ``true``/``false`` for OOD."""
     cols = []
-    for name, dtype, *_ in COLUMNS:
+    for name, dtype, *_ in columns:
         values = rows[name]
         if dtype == "?":
             cols.append([true if v else false for v in values.tolist()])
@@ -245,7 +375,8 @@ class CatalogueWriter:
     header: keyword -> value (str, int or float), recorded in the FITS header, the ECSV meta, the Parquet metadata
     or the CSV's sidecar. final: the path ``path`` will be renamed to (predict writes to a temporary name), beside
     which a CSV's or Parquet's sidecar is written at ``close``; default ``path``. row_group: Parquet rows per row
-    group."""
+    group. columns: the catalogue's columns (``catalogue_columns``; default ``COLUMNS``); the file is format
+    ``galclip-catalogue/2`` with the default columns, else ``galclip-catalogue/3`` (``version``)."""
 
     def __init__(
         self,
@@ -255,9 +386,16 @@ class CatalogueWriter:
         header: dict[str, object],
         final: Path | None = None,
         row_group: int = ROW_GROUP,
+        columns: Sequence[Sequence[str]] = COLUMNS,
     ):
         if fmt not in FORMATS:
             raise ValueError(f"catalogue format {fmt!r}: not one of {FORMATS}")
+        self.columns = tuple(Column(*c) for c in columns)
+        problem = _columns_problem([c.name for c in self.columns])
+        if problem:
+            raise ValueError(f"catalogue {path}: {problem}")
+        self.dtype, self.fits_dtype = row_dtype(self.columns), _fits_dtype(self.columns)
+        self.version = FORMAT_2 if [c[:4] for c in self.columns] == [c[:4] for c in COLUMNS] else FORMAT
         self.path, self.fmt, self.n_rows, self.header = Path(path), fmt, int(n_rows), header
         self.final = Path(final) if final is not None else self.path
         self.row_group = int(row_group)
@@ -270,7 +408,7 @@ class CatalogueWriter:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._schema = _parquet_schema(header)
+            self._schema = _parquet_schema(header, self.columns, self.version)
             self._parquet = pq.ParquetWriter(str(self.path), self._schema)
             return
         self._file = open(self.path, "wb")  # open until close or abort
@@ -279,11 +417,11 @@ class CatalogueWriter:
             self._sha_at = _sha_offset(head)
             self._emit(head)
         elif fmt == "ecsv":
-            head = _ecsv_header(header)
+            head = _ecsv_header(header, self.columns, self.version)
             self._sha_at = head.index(_ECSV_SHA + _ZEROS.encode()) + len(_ECSV_SHA)
             self._emit(head)
         else:
-            self._emit((",".join(ROW_DTYPE.names) + "\n").encode("ascii"))
+            self._emit((",".join(self.dtype.names) + "\n").encode("ascii"))
 
     def _emit(self, data: bytes) -> None:
         self._sha.update(data)
@@ -293,18 +431,15 @@ class CatalogueWriter:
         from astropy.io import fits
 
         primary = fits.PrimaryHDU()
-        # TUNIT only for units FITS defines and astropy reads: none of LOG_MASS_UNIT's (see the module's docstring)
-        cols = [
-            fits.Column(name=name, format=tform, unit=None if unit in ("", LOG_MASS_UNIT) else unit)
-            for name, _, tform, unit, _ in COLUMNS
-        ]
+        # TUNIT only for units FITS defines and astropy reads: no dex(...) (see the module's docstring)
+        cols = [fits.Column(name=name, format=tform, unit=_fits_unit(unit)) for name, _, tform, unit, _ in self.columns]
         table = fits.BinTableHDU.from_columns(cols, nrows=0, name="CATALOGUE")
         table.header["NAXIS2"] = self.n_rows
-        for i, (*_, text) in enumerate(COLUMNS, 1):  # the column descriptions TOPCAT/STILTS show
+        for i, (*_, text) in enumerate(self.columns, 1):  # the column descriptions TOPCAT/STILTS show
             table.header.insert(f"TFORM{i}", (f"TCOMM{i}", text), after=True)
         primary.header[_SHA_KEY] = _ZEROS  # the SHA-256 of this file with this value as zeros, filled in at close
         for hdr in (primary.header, table.header):
-            hdr["GALCLIP"] = ("catalogue", FORMAT)
+            hdr["GALCLIP"] = ("catalogue", self.version)
             for key, value in self.header.items():
                 if isinstance(value, float) and not math.isfinite(value):
                     value = str(value)
@@ -312,19 +447,23 @@ class CatalogueWriter:
         return primary.header.tostring().encode() + table.header.tostring().encode()
 
     def write(self, rows: np.ndarray) -> None:
-        """Append (m,) rows of ``ROW_DTYPE``."""
-        rows = np.asarray(rows, ROW_DTYPE)
+        """Append (m,) rows with the writer's columns (``empty_rows(m, columns)`` filled in)."""
+        if np.asarray(rows).dtype.names != self.dtype.names:
+            raise ValueError(
+                f"catalogue {self.path}: rows with columns {np.asarray(rows).dtype.names}, it has {self.dtype.names}"
+            )
+        rows = np.asarray(rows, self.dtype)
         if self.written + len(rows) > self.n_rows:
             raise ValueError(f"catalogue {self.path}: more than the {self.n_rows} rows announced")
         if self.fmt == "fits":
-            out = np.empty(len(rows), FITS_DTYPE)
-            for name, dtype, *_ in COLUMNS:
+            out = np.empty(len(rows), self.fits_dtype)
+            for name, dtype, *_ in self.columns:
                 out[name] = np.where(rows[name], b"T", b"F") if dtype == "?" else rows[name]
             self._emit(out.tobytes())
         elif self.fmt == "csv":
-            self._emit(_text_lines(rows, ",", CSV_MISSING, CSV_TRUE, CSV_FALSE))
+            self._emit(_text_lines(rows, self.columns, ",", CSV_MISSING, CSV_TRUE, CSV_FALSE))
         elif self.fmt == "ecsv":
-            self._emit(_text_lines(rows, " ", "nan", "True", "False"))
+            self._emit(_text_lines(rows, self.columns, " ", "nan", "True", "False"))
         else:
             self._pending.append(rows.copy())
             if sum(len(r) for r in self._pending) >= self.row_group:
@@ -335,11 +474,11 @@ class CatalogueWriter:
         """Write the pending rows as whole row groups (all of them when ``final``)."""
         import pyarrow as pa
 
-        rows = np.concatenate(self._pending) if self._pending else np.zeros(0, ROW_DTYPE)
+        rows = np.concatenate(self._pending) if self._pending else np.zeros(0, self.dtype)
         cut = len(rows) if final else len(rows) - len(rows) % self.row_group
         for lo in range(0, cut, self.row_group):
             part = rows[lo : min(lo + self.row_group, cut)]
-            arrays = [pa.array(np.ascontiguousarray(part[name])) for name in ROW_DTYPE.names]
+            arrays = [pa.array(np.ascontiguousarray(part[name])) for name in self.dtype.names]
             self._parquet.write_table(pa.Table.from_arrays(arrays, schema=self._schema), row_group_size=len(part))
         self._pending = [rows[cut:]] if cut < len(rows) else []
 
@@ -360,7 +499,7 @@ class CatalogueWriter:
             self._write_sidecar(sha256_file(self.path))
             return
         if self.fmt == "fits":
-            size = self.written * FITS_DTYPE.itemsize
+            size = self.written * self.fits_dtype.itemsize
             self._emit(b"\0" * (-size % _FITS_BLOCK))
         if self._sha_at is not None:
             self._file.flush()
@@ -379,13 +518,13 @@ class CatalogueWriter:
         from galclip.provenance import canonical_sha256
 
         record: dict[str, object] = {
-            "format": FORMAT,
+            "format": self.version,
             "file": self.final.name,
             "file_format": self.fmt,
             "rows": self.written,
             "bytes": self.path.stat().st_size,
             "sha256": sha256,
-            "columns": _columns_record(),
+            "columns": _columns_record(self.columns),
             "header": _plain_header(self.header),
         }
         if self.fmt == "csv":
@@ -410,18 +549,18 @@ class CatalogueWriter:
             self._parquet = None
 
 
-def _ecsv_header(header: dict[str, object]) -> bytes:
+def _ecsv_header(header: dict[str, object], columns: Sequence[Column], version: str) -> bytes:
     """The ECSV 1.0 header and column-name line, written by astropy from an empty table; ``GCSHA256`` as zeros."""
-    meta = {"GALCLIP": "catalogue", "FORMAT": FORMAT, **_plain_header(header), _SHA_KEY: _ZEROS}
+    meta = {"GALCLIP": "catalogue", "FORMAT": version, **_plain_header(header), _SHA_KEY: _ZEROS}
     buf = io.StringIO()
-    _astropy_table(meta).write(buf, format="ascii.ecsv")
+    _astropy_table(meta, columns).write(buf, format="ascii.ecsv")
     text = buf.getvalue().replace("\r\n", "\n").encode("ascii")
     if _ECSV_MARK not in text or text.count(_ECSV_SHA + _ZEROS.encode()) != 1 or len(text) > _HEAD // 2:
         raise ValueError("catalogue header: astropy's ECSV header lacks the GALCLIP or GCSHA256 line, or is too long")
     return text
 
 
-def _parquet_schema(header: dict[str, object]):
+def _parquet_schema(header: dict[str, object], columns: Sequence[Column], version: str):
     """The Parquet schema: per field its unit and description; the provenance as JSON under ``galclip`` and as
     astropy's ``table_meta_yaml``."""
     import pyarrow as pa
@@ -437,11 +576,11 @@ def _parquet_schema(header: dict[str, object]):
             if unit
             else {b"description": text.encode()},
         )
-        for name, dtype, _, unit, text in COLUMNS
+        for name, dtype, _, unit, text in columns
     ]
-    record = {"format": FORMAT, "columns": _columns_record(), "header": plain}
+    record = {"format": version, "columns": _columns_record(columns), "header": plain}
     yaml = "\n".join(
-        table_meta.get_yaml_from_table(_astropy_table({"GALCLIP": "catalogue", "FORMAT": FORMAT, **plain}))
+        table_meta.get_yaml_from_table(_astropy_table({"GALCLIP": "catalogue", "FORMAT": version, **plain}, columns))
     )
     return pa.schema(fields, metadata={_PARQUET_KEY: json.dumps(record).encode(), b"table_meta_yaml": yaml.encode()})
 
@@ -468,9 +607,9 @@ def _read_sidecar(path: Path) -> tuple[dict | None, list[str]]:
         record = json.loads(side.read_text(encoding="utf-8"))
     except (OSError, ValueError, UnicodeDecodeError) as err:
         return None, [f"{side}: the sidecar of {path.name} is not readable JSON ({err}) (damaged)"]
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+    if not isinstance(record, dict) or record.get("format") not in SIDECAR_VERSIONS:
         fmt = record.get("format") if isinstance(record, dict) else None
-        return None, [f"{side}: sidecar format {fmt!r}, this galclip reads {FORMAT!r}"]
+        return None, [f"{side}: sidecar format {fmt!r}, this galclip reads {' and '.join(SIDECAR_VERSIONS)}"]
     if record.get("sidecar_sha256") != canonical_sha256({k: v for k, v in record.items() if k != "sidecar_sha256"}):
         return None, [f"{side}: the sidecar of {path.name} does not match its own SHA-256 (damaged)"]
     return record, []
@@ -552,7 +691,10 @@ def catalogue_problems(path: Path) -> list[str]:
 
 
 def read_catalogue(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """A galclip catalogue back in memory, verified: ((n,) rows of ``ROW_DTYPE``, header keyword -> value)."""
+    """A galclip catalogue back in memory, verified: ((n,) rows with the columns the file has, in its order and with
+    its dtypes (``ROW_DTYPE`` for the default columns), header keyword -> value). Refuses a damaged file, one of a
+    format this galclip does not read, and one without TARGETID, SIM_TOP1, N_NEIGHBOURS, OOD and at least one
+    P_PRED, P_LO, P_HI triple."""
     from galclip.errors import DamagedDataError
 
     path = Path(path)
@@ -561,52 +703,83 @@ def read_catalogue(path: Path) -> tuple[np.ndarray, dict[str, str]]:
         raise DamagedDataError(f"{problems[0]}; write it again with 'galclip predict'")
     layout = _layout(path)
     if layout == "csv1":
-        return _read_csv1(path)
-    if layout == "csv":
-        record, _ = _read_sidecar(path)
-        with open(path, newline="", encoding="ascii") as f:
-            reader = csv.reader(f)
-            names = next(reader)
-            body = list(reader)
-        if tuple(names) != ROW_DTYPE.names:
-            raise DamagedDataError(f"{path}: columns {names}, a catalogue has {list(ROW_DTYPE.names)}")
-        rows = np.zeros(len(body), ROW_DTYPE)
-        for name, values in zip(names, zip(*body)):
-            text = np.asarray(values, dtype=str)
-            rows[name] = text == CSV_TRUE if name == "OOD" else text.astype(ROW_DTYPE[name])
-        return rows, {k: str(v) for k, v in record["header"].items()}
-    if layout == "ecsv":
+        version, (arrays, header) = FORMAT_1, _read_csv1(path)
+    elif layout == "csv":
+        arrays, header, version = _read_csv(path)
+    elif layout == "ecsv":
         from astropy.table import Table
 
         table = Table.read(path, format="ascii.ecsv")
-        rows = np.zeros(len(table), ROW_DTYPE)
-        for name in ROW_DTYPE.names:
-            rows[name] = np.asarray(table[name])
+        arrays = [(name, np.asarray(table[name])) for name in table.colnames]
+        version = table.meta.get("FORMAT")
         skip = ("GALCLIP", "FORMAT", _SHA_KEY)
-        return rows, {k: str(v) for k, v in table.meta.items() if k not in skip}
-    if layout == "parquet":
+        header = {k: str(v) for k, v in table.meta.items() if k not in skip}
+    elif layout == "parquet":
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
-        rows = np.zeros(table.num_rows, ROW_DTYPE)
-        for name in ROW_DTYPE.names:
-            rows[name] = table.column(name).to_numpy()
+        arrays = [
+            (field.name, np.asarray(table.column(field.name).to_numpy(), np.dtype(field.type.to_pandas_dtype())))
+            for field in table.schema
+        ]
         record = json.loads(table.schema.metadata[_PARQUET_KEY])
-        return rows, {k: str(v) for k, v in record["header"].items()}
-    from astropy.io import fits
+        version = record.get("format")
+        header = {k: str(v) for k, v in record["header"].items()}
+    else:
+        from astropy.io import fits
 
-    with fits.open(path) as hdul:
-        data, hdr = hdul[1].data, hdul[1].header
-        rows = np.zeros(len(data), ROW_DTYPE)
-        for name in ROW_DTYPE.names:
-            rows[name] = data[name]
-        columns = ("TTYPE", "TFORM", "TUNIT", "TCOMM", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "XTENSION", "BITPIX")
-        header = {k: str(v) for k, v in hdr.items() if not k.startswith(columns)}
+        with fits.open(path) as hdul:
+            data, hdr = hdul[1].data, hdul[1].header
+            arrays = [(name, np.array(data[name])) for name in hdul[1].columns.names]
+            version = hdr.comments["GALCLIP"] if "GALCLIP" in hdr else None
+            columns = ("TTYPE", "TFORM", "TUNIT", "TCOMM", "NAXIS", "PCOUNT", "GCOUNT", "TFIELDS", "XTENSION", "BITPIX")
+            header = {k: str(v) for k, v in hdr.items() if not k.startswith(columns)}
+    if version not in READABLE_FORMATS:
+        raise InputError(
+            f"{path}: a catalogue of format {version!r}; this galclip reads {', '.join(READABLE_FORMATS)} (read it "
+            "with a galclip as new as the one that wrote it)"
+        )
+    problem = _columns_problem([name for name, _ in arrays])
+    if problem:
+        raise DamagedDataError(f"{path}: {problem}; write it again with 'galclip predict'")
+    dtype = np.dtype([(name, values.dtype.newbyteorder("=")) for name, values in arrays])
+    rows = np.zeros(len(arrays[0][1]), dtype)
+    for name, values in arrays:
+        rows[name] = values
     return rows, header
 
 
-def _read_csv1(path: Path) -> tuple[np.ndarray, dict[str, str]]:
-    """A format-1 CSV (``#`` provenance lines, ``# SHA256 = ...`` last), already verified."""
+def _read_csv(path: Path) -> tuple[list[tuple[str, np.ndarray]], dict[str, str], str]:
+    """A CSV with a sidecar (already verified): (column name, values) in the file's order, the provenance and the
+    format version. The dtypes are the sidecar's; its column names must be the header row's."""
+    from galclip.errors import DamagedDataError
+
+    record, _ = _read_sidecar(path)
+    with open(path, newline="", encoding="ascii") as f:
+        reader = csv.reader(f)
+        names = next(reader, [])
+        body = list(reader)
+    recorded = [c.get("name") if isinstance(c, dict) else None for c in record.get("columns", [])]
+    if names != recorded:
+        raise DamagedDataError(f"{path}: columns {names}, its sidecar records {recorded}")
+    if any(len(line) != len(names) for line in body):
+        raise DamagedDataError(f"{path}: a line without one value per column ({len(names)}); write it again")
+    true = record.get("csv", {}).get("true", CSV_TRUE)
+    arrays = []
+    for column, values in zip(record["columns"], zip(*body) if body else [()] * len(names)):
+        text = np.asarray(values, dtype=str)
+        try:
+            dtype = np.dtype(column.get("dtype"))
+        except TypeError as err:
+            raise DamagedDataError(f"{path}: its sidecar gives column {column['name']} the dtype {err}") from None
+        arrays.append((column["name"], text == true if dtype.kind == "b" else text.astype(dtype)))
+    return arrays, {k: str(v) for k, v in record["header"].items()}, record["format"]
+
+
+def _read_csv1(path: Path) -> tuple[list[tuple[str, np.ndarray]], dict[str, str]]:
+    """A format-1 CSV (``#`` provenance lines, ``# SHA256 = ...`` last; the default columns), already verified."""
+    from galclip.errors import DamagedDataError
+
     header, names, body = {}, None, []
     for line in path.read_text().splitlines():
         if line.startswith(_CSV_SHA):
@@ -618,8 +791,12 @@ def _read_csv1(path: Path) -> tuple[np.ndarray, dict[str, str]]:
             names = line.split(",")
         elif not line.startswith("#"):
             body.append(line.split(","))
-    rows = np.zeros(len(body), ROW_DTYPE)
-    for j, name in enumerate(names or []):
+    names = names or []
+    if any(name not in ROW_DTYPE.names for name in names):
+        raise DamagedDataError(f"{path}: columns {names}, a format-1 catalogue has {list(ROW_DTYPE.names)}")
+    arrays = []
+    for j, name in enumerate(names):
         col = [b[j] for b in body]
-        rows[name] = [c == "1" for c in col] if name == "OOD" else np.asarray(col, dtype=ROW_DTYPE[name])
-    return rows, header
+        values = np.asarray([c == "1" for c in col], bool) if name == "OOD" else np.asarray(col, ROW_DTYPE[name])
+        arrays.append((name, values))
+    return arrays, header

@@ -6,35 +6,29 @@ import html
 from pathlib import Path
 
 from galclip.atomic import atomic_write_text
-from galclip.figures import plot_coverage, plot_photoz
+from galclip.figures import plot_coverage, plot_photoz, plot_pit
 from galclip.html_page import figure, page, table
-from galclip.photoz import is_outlier
+from galclip.photoz import is_outlier, measure_keys
 from galclip.predict.truth import TruthAccumulator
-from galclip.vocabulary import LABELS
 
-ROWS = {
-    "redshift": (
-        ("sigma_nmad", "σ_NMAD of Δz/(1+z)"),
-        ("outlier_fraction", "η: share with |Δz|/(1+z) > 0.15"),
-        ("bias", "bias: median Δz/(1+z)"),
-        ("mean_bias", "mean Δz/(1+z)"),
-        ("coverage", "coverage of [z_lo, z_hi] (calibrated: 0.68)"),
-        ("n", "galaxies with a true z"),
-    ),
-    "log_mstar": (
-        ("scatter_nmad_dex", "scatter (NMAD), dex"),
-        ("scatter_std_dex", "scatter (std), dex"),
-        ("bias_dex", "bias: median Δ, dex"),
-        ("coverage", "coverage of [lo, hi] (calibrated: 0.68)"),
-        ("n", "galaxies with a true log M*"),
-    ),
+KEY_NAMES = {
+    "sigma_nmad": "σ_NMAD of Δz/(1+z)",
+    "outlier_fraction": "η: share with |Δz|/(1+z) > 0.15",
+    "bias": "bias: median Δ",
+    "coverage": "coverage of [lo, hi] (calibrated: 0.68)",
+    "n": "galaxies with a truth",
+    "scatter_nmad_dex": "scatter (NMAD), dex",
+    "bias_dex": "bias: median Δ, dex",
+    "scatter_nmad": "scatter (NMAD)",
+    "max_over_uniform": "PIT: largest bin / uniform (1 = flat)",
 }
 
 
 def write_truth_report(metrics: dict, truth: TruthAccumulator, out_dir: Path) -> dict[str, str]:
-    """Write pred_vs_true.png, coverage.png and report.html into ``out_dir``; returns {figure: file name}."""
+    """Write pred_vs_true.png, coverage.png, pit.png and report.html into ``out_dir``; returns {figure: file name}."""
+    labels = metrics["truth"]["labels_scored"]
     panels = {}
-    for label in LABELS:
+    for label in labels:
         a = truth.arrays(label)
         if label == "redshift":
             a["outlier"] = is_outlier(a["true"], a["pred"])
@@ -44,18 +38,24 @@ def write_truth_report(metrics: dict, truth: TruthAccumulator, out_dir: Path) ->
             panels, out_dir / "pred_vs_true.png", title=f"zero-shot from {metrics['modality']}s, k = {metrics['k']}"
         ),
         "coverage": plot_coverage(
-            {label: metrics["truth"][label]["coverage_curve"] for label in LABELS}, out_dir / "coverage.png"
+            {label: metrics["truth"][label]["coverage_curve"] for label in labels}, out_dir / "coverage.png"
         ),
+        "pit": plot_pit({label: metrics["truth"][label]["pit_histogram"] for label in labels}, out_dir / "pit.png"),
     }
-    tables = "".join(
-        table(
-            "Redshift" if label == "redshift" else "Stellar mass",
-            [name for _, name in ROWS[label]],
-            ["value"],
-            {name: {"value": metrics["truth"][label].get(key)} for key, name in ROWS[label]},
-            spec=".4f",
-        )
-        for label in LABELS
+    values = {
+        label: {
+            **metrics["truth"][label],
+            "max_over_uniform": metrics["truth"][label]["pit_histogram"]["max_over_uniform"],
+        }
+        for label in labels
+    }
+    keys = list(dict.fromkeys(key for label in labels for key in (*measure_keys(label), "max_over_uniform")))
+    tables = table(
+        "The catalogue against the truth, per label",
+        labels,
+        [KEY_NAMES.get(key, key) for key in keys],
+        {label: {KEY_NAMES.get(key, key): values[label].get(key) for key in keys} for label in labels},
+        spec=".4f",
     )
     images = "".join(figure(name, path) for name, path in figures.items())
     ref = metrics["reference"]
@@ -64,7 +64,8 @@ def write_truth_report(metrics: dict, truth: TruthAccumulator, out_dir: Path) ->
         f"({metrics['n_predicted']} predicted, {metrics['n_ood']} flagged out of distribution), each from its "
         f"k = {metrics['k']} nearest of {ref['n']} labelled reference galaxies ({html.escape(ref['selection'])} "
         "split of the index), weighted by inverse distance; intervals are the neighbours' weighted "
-        f"16th&ndash;84th percentiles. Truth: {html.escape(str(metrics['truth']['source']))}. Catalogue: "
+        "16th&ndash;84th percentiles, stretched by the split-conformal factor fitted on the index's selection "
+        f"split (never test). Truth: {html.escape(str(metrics['truth']['source']))}. Catalogue: "
         f"{html.escape(metrics['catalogue'])}.</p>\n"
     )
     text = page("Zero-shot catalogue against the truth", intro + tables + images)

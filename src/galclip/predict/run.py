@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +29,14 @@ from galclip.errors import InputError
 from galclip.index.embed import BLOCK, embed_store
 from galclip.index.zero_shot import Reference, load_reference
 from galclip.outputs import check_output_dir, output_dir
-from galclip.predict.catalogue import CatalogueWriter, check_output, empty_rows, format_for
+from galclip.predict.catalogue import CatalogueWriter, catalogue_columns, check_output, empty_rows, format_for
 from galclip.predict.truth import TruthAccumulator, load_truth
 from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
 from galclip.split import TEST
 from galclip.store import FeatureStore
 from galclip.store.feature_store import leaf_diff
-from galclip.vocabulary import LABELS, MODALITIES
+from galclip.vocabulary import MODALITIES, label_info
 
 logger = logging.getLogger(__name__)
 
@@ -178,8 +179,13 @@ def predict_catalogue(
 
     t0 = time.perf_counter()
     out = Path(out)
-    fmt = format_for(out, fmt)
-    check_output(out, overwrite, fmt)
+    if fmt == "hats":  # a folder of HEALPix-partitioned Parquet (the optional extra galclip[hats])
+        from galclip.predict.hats_catalogue import check_hats_output
+
+        check_hats_output(out, overwrite)
+    else:
+        fmt = format_for(out, fmt)
+        check_output(out, overwrite, fmt)
     metrics_dir = Path(report_dir) if report_dir is not None else default_report_dir(out)
     check_output_dir(metrics_dir, "predict", PREDICT_NAMES, overwrite, option="--report")
     if k < 1:
@@ -199,10 +205,11 @@ def predict_catalogue(
         modality = choose_modality(held, modality, str(input_path))
         check_same_encoder(ref_store.provenance, store.provenance, modality, str(input_path), str(index_dir))
         targetid = store.targetids()
+        positions = store.positions()
     else:
-        from galclip.data.survey import SurveyReader
+        from galclip.data.sources import open_survey
 
-        with SurveyReader(input_path, require=()) as reader:
+        with closing(open_survey(input_path, require=())) as reader:
             modality = choose_modality(reader.modalities, modality, str(input_path))
             config = extraction_config(
                 ref_store,
@@ -218,9 +225,15 @@ def predict_catalogue(
                 ref_store.provenance, _planned_provenance(config, reader), modality, str(input_path), str(index_dir)
             )
             targetid = reader.targetids()
+            positions = reader.positions()
+    if fmt == "hats" and (positions is None or not np.isfinite(np.concatenate(positions)).all()):
+        raise InputError(
+            f"{input_path}: --format hats partitions the catalogue on the sky, so it needs RA and Dec for every "
+            "galaxy, and these files give none for some; write another format (--format fits, csv, ecsv or parquet)"
+        )
     truth_labels, n_seen = None, 0
     if truth is not None:  # galaxies that fitted or chose the heads are not scored: only new ones and the test split
-        truth_labels = load_truth(truth, targetid)
+        truth_labels = load_truth(truth, targetid, index.label_names)
         seen = np.isin(targetid, index.rows["targetid"][index.rows["split"] != TEST])
         n_seen = int(seen.sum())
         for y in truth_labels.values():
@@ -251,23 +264,37 @@ def predict_catalogue(
     readable = store.require_complete()
     heads, _ = load_heads(heads_file, ref_store)
     header = _header(index, heads_file, ref_store, store, modality, k, ref)
+    columns = catalogue_columns(tuple(ref.labels), store.positions() is not None)
 
     t = time.perf_counter()
     accumulate = TruthAccumulator(truth_labels) if truth_labels is not None else None
     n_ood = n_pred = 0
-    with atomic_path(out) as tmp:
-        writer = CatalogueWriter(tmp, fmt, store.n, header, final=out)
-        try:
-            with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
-                for _, rows in _predictions(store, heads, ref, modality, k, readable, block, accumulate):
-                    writer.write(rows)
-                    n_ood += int(rows["OOD"].sum())
-                    n_pred += int((rows["N_NEIGHBOURS"] > 0).sum())
-                    bar.update(len(rows))
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
+    predictions = _predictions(store, heads, ref, modality, k, readable, block, accumulate, columns)
+    if fmt == "hats":
+        from galclip.predict.hats_catalogue import write_hats
+
+        parts = []
+        with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
+            for _, rows in predictions:
+                parts.append(rows)
+                bar.update(len(rows))
+        rows = np.concatenate(parts)
+        n_ood, n_pred = int(rows["OOD"].sum()), int((rows["N_NEIGHBOURS"] > 0).sum())
+        write_hats({name: rows[name] for name in rows.dtype.names}, out, out.name, header, overwrite=overwrite)
+    else:
+        with atomic_path(out) as tmp:
+            writer = CatalogueWriter(tmp, fmt, store.n, header, final=out, columns=columns)
+            try:
+                with progress_bar(store.n, "predict", "galaxy", enabled=progress) as bar:
+                    for _, rows in predictions:
+                        writer.write(rows)
+                        n_ood += int(rows["OOD"].sum())
+                        n_pred += int((rows["N_NEIGHBOURS"] > 0).sum())
+                        bar.update(len(rows))
+                writer.close()
+            except BaseException:
+                writer.abort()
+                raise
     timings["embed_knn"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     metrics = {
@@ -280,6 +307,13 @@ def predict_catalogue(
         "n_quarantined": store.n - int(readable.sum()),
         "n_ood": n_ood,
         "ood_threshold": ref.ood_threshold,
+        "labels": list(ref.labels),
+        "interval_calibration": {
+            "method": "split-conformal stretch of the neighbours' 16-84 interval about its centre",
+            "calibrated_on": f"{0 if ref.calibration_embeddings is None else len(ref.calibration_embeddings)} "
+            "labelled selection-split galaxies of the index (never test)",
+            "stretch": ref.stretch(k),
+        },
         "reference": {
             "selection": ref.selection,
             "n": len(ref),
@@ -314,37 +348,50 @@ def predict_catalogue(
 
 
 def _predictions(
-    store: FeatureStore, heads, ref: Reference, modality: str, k: int, readable: np.ndarray, block: int, accumulate
+    store: FeatureStore,
+    heads,
+    ref: Reference,
+    modality: str,
+    k: int,
+    readable: np.ndarray,
+    block: int,
+    accumulate,
+    columns,
 ):
-    """Yield (first row, catalogue rows) in store order: the zero-shot predictions of the readable rows, embedded
-    ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs. Memory: one
-    block of features and its neighbours."""
+    """Yield (first row, catalogue rows with ``columns``) in store order: the zero-shot predictions of the readable
+    rows, embedded ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs.
+    Memory: one block of features and its neighbours."""
     targetid = store.targetids()
+    positions = store.positions()
     rows = np.flatnonzero(readable)
     done = 0
+
+    def start(lo: int, hi: int) -> np.ndarray:
+        out = empty_rows(hi - lo, columns)
+        out["TARGETID"] = targetid[lo:hi]
+        if positions is not None:
+            out["RA"], out["DEC"] = positions[0][lo:hi], positions[1][lo:hi]
+        return out
+
     for lo, z in embed_store(store, heads, rows, block, (modality,)):
         sel = rows[lo : lo + len(z[modality])]
         end = int(sel[-1]) + 1
-        out = empty_rows(end - done)
-        out["TARGETID"] = targetid[done:end]
+        out = start(done, end)
         pred = ref.predict(z[modality], k, targetid[sel])
         at = sel - done
-        for label, prefix in (("redshift", "Z"), ("log_mstar", "LOGMSTAR")):
-            for col, value in zip((f"{prefix}_PRED", f"{prefix}_LO", f"{prefix}_HI"), pred.labels[label]):
+        for label, values in pred.labels.items():
+            prefix = label_info(label)[1]
+            for col, value in zip((f"{prefix}_PRED", f"{prefix}_LO", f"{prefix}_HI"), values):
                 out[col][at] = value
         out["SIM_TOP1"][at] = pred.similarity
         out["N_NEIGHBOURS"][at] = k
         out["OOD"][at] = pred.ood
         if accumulate is not None:
-            accumulate.add(
-                sel, pred.distances, {label: ref.labels[label][pred.neighbours] for label in LABELS}, pred.labels
-            )
+            accumulate.add(sel, pred)
         yield done, out
         done = end
     for lo in range(done, store.n, block):  # quarantined rows after the last readable one
-        out = empty_rows(min(lo + block, store.n) - lo)
-        out["TARGETID"] = targetid[lo : lo + len(out)]
-        yield lo, out
+        yield lo, start(lo, min(lo + block, store.n))
 
 
 def _header(
@@ -358,7 +405,7 @@ def _header(
         "MODALITY": modality,
         "KNN_K": k,
         "KNN_WGT": "inverse distance",
-        "INTERVAL": "weighted 16th-84th percentile",
+        "INTERVAL": "16th-84th percentile, conformal on selection",
         "REFSET": ref.selection,
         "NREF": len(ref),
         "OODTHR": float(ref.ood_threshold),

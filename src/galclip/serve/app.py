@@ -12,6 +12,7 @@ import csv
 import io
 import logging
 import threading
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,7 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from galclip.data.survey import SurveyReader, recorded_survey_problems
+from galclip.data.sources import open_survey
+from galclip.data.survey import recorded_survey_problems
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.search import Index, NotIndexed, float_or_none, open_index
 from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
@@ -78,8 +80,7 @@ class SearchService:
             "indexed": pos >= 0,
             "partner_indexed": pos >= 0,
             "split": SPLIT_NAMES.get(int(rows["split"][pos])) if pos >= 0 else None,
-            "redshift": float_or_none(rows["redshift"][pos]) if pos >= 0 else None,
-            "log_mstar": float_or_none(rows["log_mstar"][pos]) if pos >= 0 else None,
+            **(self.index.label_record(pos) if pos >= 0 else dict.fromkeys(self.index.label_names)),
             "survey": self.galaxies.where(targetid) if in_survey else None,
         }
 
@@ -127,7 +128,7 @@ def load_service(index_path: str | Path, data: list[str | Path] | None = None) -
         store = None  # without the store there is no record to check the files against (only their targetids)
     changed = []
     if store is not None:  # checked and closed before the service opens the files: HDF5 shares one open file
-        with SurveyReader(files, require=()) as reader:  # per process, caches included
+        with closing(open_survey(files, require=())) as reader:  # per process, caches included
             changed = recorded_survey_problems(store.provenance, reader, store.targetids)
     if changed:
         raise GalclipError(
@@ -227,8 +228,7 @@ def create_app(service: SearchService) -> FastAPI:
                 "rank",
                 "targetid",
                 "similarity",
-                "redshift",
-                "log_mstar",
+                *service.index.label_names,
                 "is_partner",
             ]
         )
@@ -241,8 +241,7 @@ def create_app(service: SearchService) -> FastAPI:
                     n["rank"],
                     n["targetid"],
                     f"{n['similarity']:.6f}",
-                    "" if n["redshift"] is None else n["redshift"],
-                    "" if n["log_mstar"] is None else n["log_mstar"],
+                    *("" if n[name] is None else n[name] for name in service.index.label_names),
                     int(n["is_partner"]),
                 ]
             )

@@ -15,8 +15,6 @@ from galclip.split import SPLIT_NAMES
 from galclip.store.feature_store import (
     COMPAT_KEYS,
     COMPLETE,
-    DERIVED_ARRAYS,
-    META_ARRAYS,
     MOCO_FC,
     MOCO_FC_KEYS,
     QUARANTINE,
@@ -56,11 +54,11 @@ def _damaged_chunks(
     is read whole, once. ``derived_only``: only what extraction rebuilds from its input files."""
     g = store.group
     found = []
-    names = DERIVED_ARRAYS if derived_only else (*META_ARRAYS, *store.feature_arrays, QUARANTINE)
+    names = store.derived_arrays if derived_only else (*store.meta_arrays, *store.feature_arrays, QUARANTINE)
     for name in (name for name in names if name in g):
-        shards = range(store.n_shards) if name in META_ARRAYS else np.flatnonzero(complete).tolist()
+        shards = range(store.n_shards) if name in store.meta_arrays else np.flatnonzero(complete).tolist()
         missing = {s for s in shards if store.format_version >= 2 and not store.chunk_file(name, s).exists()}
-        if not missing and name in DERIVED_ARRAYS and chunk_decodes(g[name], 0, store.n):
+        if not missing and name in store.derived_arrays and chunk_decodes(g[name], 0, store.n):
             continue  # every chunk there and decoding: no need to look chunk by chunk
         for shard in shards:
             lo, hi = store.shard_rows(shard)
@@ -79,7 +77,7 @@ def _damaged_chunks(
                         "targetids": ids,
                         "why": why,
                         "repairable": True,
-                        "repair": REBUILD if name in DERIVED_ARRAYS else REEXTRACT,
+                        "repair": REBUILD if name in store.derived_arrays else REEXTRACT,
                     }
                 )
     if MOCO_FC in g:  # the image checkpoint's projection MLP, copied from the checkpoint at creation
@@ -170,7 +168,7 @@ def check_store(store: FeatureStore) -> dict:
             **base,
         }
     problems += [f"array '{name}' is missing" for name in missing_arrays]
-    for name in (*META_ARRAYS, *store.feature_arrays):
+    for name in (*store.meta_arrays, *store.feature_arrays):
         tail = store.feature_arrays.get(name, ())
         if name in g and tuple(g[name].shape) != (store.n, *tail):
             problems.append(f"array '{name}' has shape {tuple(g[name].shape)}, expected {(store.n, *tail)}")
@@ -248,10 +246,10 @@ def rebuild_inputs(store: FeatureStore, records: list[dict]) -> tuple[list[tuple
 
     arrays = {d["array"] for d in records}
     inputs: list[tuple[str, str]] = []
-    if arrays & set(DERIVED_ARRAYS):
+    if arrays & set(store.derived_arrays):
         inputs += [("survey file", f) for f in store.survey_files()]
     catalogue = store.provenance.get("catalogue")
-    if catalogue and arrays & {"label_redshift", "label_log_mstar"}:
+    if catalogue and any(a.startswith("label_") for a in arrays):
         inputs.append(("catalogue", str(catalogue)))
     checkpoint = image_checkpoint(store)
     if any(a.startswith(f"{MOCO_FC}/") for a in arrays) and checkpoint.get("sha256"):

@@ -7,6 +7,8 @@ Layout (one Zarr group)::
     redshift          (N,)        float32  survey (DESI) redshift
     label_redshift    (N,)        float32  catalogue Z_HP after cuts, NaN if none
     label_log_mstar   (N,)        float32  catalogue PROVABGS_LOGMSTAR_BF after cuts, NaN if none
+    label_<name>      (N,)        float32  every other label (the PROVABGS properties, --label), NaN if none
+    ra, dec           (N,)        float64  sky position in degrees where the survey files give one, else NaN
     image_features    (N, 2048)   float32  frozen ResNet-50 pooled features
     spectrum_features (N, 256)    float32  frozen Spender attention features
     image_features_aug    (N, K, 2048)   features of K augmented views (only when K > 0)
@@ -18,7 +20,8 @@ Layout (one Zarr group)::
 Rows are grouped in shards of ``rows_per_shard`` rows; a shard is exactly one chunk of every
 per-row array, so a writer that owns a shard owns whole chunks and never shares one with
 another writer. A shard is flagged complete only after its chunk files are fsync'ed.
-The group attribute ``galclip`` holds the format version, sizes and provenance.
+The group attribute ``galclip`` holds the format version, sizes and provenance, and ``meta_arrays``, the per-row
+metadata arrays the store holds (stores written before the PROVABGS properties hold ``META_ARRAYS``, no ``ra``/``dec``).
 
 Integrity (format 2): every chunk is Zstd-compressed and then carries a CRC-32C (Zarr v3's
 ``crc32c`` codec), so any flipped bit in a chunk fails to decode instead of decoding into other
@@ -58,20 +61,39 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: CRC-32C on every chunk, SHA-256 of the metadata
 READABLE_FORMATS = (1, 2)
-META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")
+META_ARRAYS = ("targetid", "split", "redshift", "label_redshift", "label_log_mstar")  # what every store holds
+POSITION_ARRAYS = ("ra", "dec")
+LABEL_PREFIX = "label_"
 META_DTYPES = {
     "targetid": "int64",
     "split": "uint8",
     "redshift": "float32",
     "label_redshift": "float32",
     "label_log_mstar": "float32",
+    "ra": "float64",
+    "dec": "float64",
 }
+
+
+def meta_dtype(name: str) -> str:
+    """The dtype of per-row metadata array ``name`` (every ``label_*`` is float32)."""
+    return META_DTYPES.get(name, "float32" if name.startswith(LABEL_PREFIX) else "")
+
+
+def meta_array_names(labels: tuple[str, ...] | list[str], positions: bool) -> tuple[str, ...]:
+    """The metadata arrays of a store holding ``labels`` (redshift and log_mstar first, always) and, with
+    ``positions``, RA/Dec."""
+    extra = [f"{LABEL_PREFIX}{name}" for name in labels if f"{LABEL_PREFIX}{name}" not in META_ARRAYS]
+    return (*META_ARRAYS, *extra, *(POSITION_ARRAYS if positions else ()))
+
+
 BASE_FEATURES = {"image_features": (2048,), "spectrum_features": (256,)}
 COMPLETE = "shard_complete"
 QUARANTINE = "quarantine"
 MOCO_FC = "moco_fc"
 MOCO_FC_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
 # what extraction derives from its input files alone (no encoder): the next 'galclip extract' rebuilds a damaged chunk
+# (a store's own list adds its extra labels and positions: FeatureStore.derived_arrays)
 DERIVED_ARRAYS = (*META_ARRAYS, QUARANTINE)
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
@@ -207,6 +229,8 @@ class FeatureStore:
             self.feature_arrays: dict[str, tuple[int, ...]] = {
                 k: tuple(v) for k, v in meta.get("feature_arrays", BASE_FEATURES).items()
             }
+            self.meta_arrays: tuple[str, ...] = tuple(meta.get("meta_arrays", META_ARRAYS))
+            self.derived_arrays: tuple[str, ...] = (*self.meta_arrays, QUARANTINE)
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise DamagedDataError(
                 f"{path}/zarr.json: the store's attributes are damaged ({type(err).__name__}: {err}); {METADATA_FIX}"
@@ -262,8 +286,14 @@ class FeatureStore:
 
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         values = {}
-        for name in META_ARRAYS:
-            dtype = META_DTYPES[name]
+        names = (*META_ARRAYS, *(n for n in meta if n not in META_ARRAYS))
+        unknown = [n for n in names if not meta_dtype(n)]
+        if unknown:
+            raise ValueError(
+                f"unknown per-row metadata array(s) {unknown}: a store holds {META_ARRAYS}, label_*, ra, dec"
+            )
+        for name in names:
+            dtype = meta_dtype(name)
             arr = group.create_array(
                 name,
                 shape=(n,),
@@ -303,6 +333,7 @@ class FeatureStore:
             "n_shards": n_shards,
             "feature_arrays": {k: list(v) for k, v in feature_arrays.items()},
             "provenance": provenance,
+            **({"meta_arrays": list(names)} if names != META_ARRAYS else {}),
             "metadata_sha256": {
                 str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("zarr.json")) if p.parent != tmp
             },
@@ -348,7 +379,7 @@ class FeatureStore:
 
     def missing_arrays(self) -> list[str]:
         """Names of the arrays every store has (metadata, features, completion flags) that are absent."""
-        return [name for name in (*META_ARRAYS, *self.feature_arrays, COMPLETE) if name not in self.group]
+        return [name for name in (*self.meta_arrays, *self.feature_arrays, COMPLETE) if name not in self.group]
 
     # ---- metadata ---------------------------------------------------------------
     def complete_mask(self) -> np.ndarray:
@@ -364,17 +395,17 @@ class FeatureStore:
         return lo, min(lo + self.rows_per_shard, self.n)
 
     def read_meta(self, name: str) -> np.ndarray:
-        """One per-row metadata array (N,): targetid, split, redshift, label_redshift or label_log_mstar."""
-        if name not in META_ARRAYS:
-            raise KeyError(f"{name!r} is not a per-row metadata array; choose from {META_ARRAYS}")
+        """One per-row metadata array (N,): targetid, split, redshift, label_<name> or, where held, ra / dec."""
+        if name not in self.meta_arrays:
+            raise KeyError(f"{name!r} is not a per-row metadata array of {self.path}; choose from {self.meta_arrays}")
         return self.read_whole(name)
 
     def read_whole(self, name: str) -> np.ndarray:
         """A whole small array (metadata, completion flags, quarantine codes), checked like ``read``: in a format-2
         store every metadata chunk, and the quarantine chunk of every complete shard, must exist (a missing one
         would read back as fill values)."""
-        if name in (*META_ARRAYS, QUARANTINE):
-            self._require_chunk_files(name, range(self.n_shards), every=name in META_ARRAYS)
+        if name in self.derived_arrays:
+            self._require_chunk_files(name, range(self.n_shards), every=name in self.meta_arrays)
         try:
             return self.group[name][:]
         except (ValueError, RuntimeError, OSError, KeyError) as err:
@@ -400,9 +431,21 @@ class FeatureStore:
 
         return assign_split(self.targetids(), *split_fractions(self.provenance))
 
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The labels the store holds: redshift and log_mstar, then the other PROVABGS properties and ``--label``
+        columns the catalogue gave (none for a store extracted before them)."""
+        return tuple(n[len(LABEL_PREFIX) :] for n in self.meta_arrays if n.startswith(LABEL_PREFIX))
+
     def labels(self) -> dict[str, np.ndarray]:
-        """Catalogue labels, (N,) float32 each, NaN where a galaxy has none: {"redshift", "log_mstar"}."""
-        return {"redshift": self.read_meta("label_redshift"), "log_mstar": self.read_meta("label_log_mstar")}
+        """Catalogue labels, (N,) float32 each, NaN where a galaxy has none: {"redshift", "log_mstar", ...}."""
+        return {name: self.read_meta(f"{LABEL_PREFIX}{name}") for name in self.label_names}
+
+    def positions(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ra, dec) (N,) float64 degrees each (NaN where the survey files gave none); None for a store without."""
+        if "ra" not in self.meta_arrays:
+            return None
+        return self.read_meta("ra"), self.read_meta("dec")
 
     def survey_files(self) -> list[str]:
         """The survey files the store was extracted from, as its provenance records them (may be empty)."""
@@ -425,7 +468,7 @@ class FeatureStore:
         labelled = np.isfinite(self.read_whole("label_redshift")) & np.isfinite(self.read_whole("label_log_mstar"))
         arrays = {
             name: (tuple(self.group[name].shape), str(self.group[name].dtype))
-            for name in (*META_ARRAYS, *self.feature_arrays, QUARANTINE, COMPLETE)
+            for name in (*self.meta_arrays, *self.feature_arrays, QUARANTINE, COMPLETE)
             if name in self.group
         }
         return StoreInfo(
@@ -502,8 +545,8 @@ class FeatureStore:
         """Write shard ``shard``'s chunk of derived array ``name`` (one of ``DERIVED_ARRAYS``) again: ``values`` holds
         the shard's rows (hi - lo,). The damaged file is removed first (zarr never merges into it); the chunk is then
         written and fsync'ed as at creation (same codecs), so its bytes are those of the original."""
-        if name not in DERIVED_ARRAYS:
-            raise KeyError(f"{name!r} is not derived from the input files alone; choose from {DERIVED_ARRAYS}")
+        if name not in self.derived_arrays:
+            raise KeyError(f"{name!r} is not derived from the input files alone; choose from {self.derived_arrays}")
         lo, hi = self.shard_rows(shard)
         values = np.asarray(values).astype(self.group[name].dtype, copy=False)
         if values.shape != (hi - lo,):
@@ -578,7 +621,7 @@ class FeatureStore:
                 ids = f", targetids {int(t.min())}..{int(t.max())}"
             except Exception:
                 ids = ""
-        if name in DERIVED_ARRAYS:  # derived from the input files alone: rebuilt from them, no encoder runs
+        if name in self.derived_arrays:  # derived from the input files alone: rebuilt from them, no encoder runs
             return DamagedDataError(
                 f"{self.path}: array '{name}', shard {shard} (rows {lo}-{hi - 1}{ids}) is damaged ({why}). It holds "
                 f"what extraction derives from the input files, not features: run 'galclip check {self.path} "
@@ -616,7 +659,7 @@ class FeatureStore:
         holds a wanted row, where ``keep`` (hi - lo,) bool marks the wanted rows of [lo, hi) and ``arrays``
         maps each name to its block of the kept rows. ``rows`` (N,) bool picks rows (default: every readable
         row, ``require_complete(allow_partial=True)``). Memory: one shard of each array at a time."""
-        unknown = [n for n in names if n not in self.feature_arrays and n not in META_ARRAYS]
+        unknown = [n for n in names if n not in self.feature_arrays and n not in self.meta_arrays]
         if unknown:
             raise StoreError(f"{self.path}: no array {unknown}; it holds {sorted(self.feature_arrays)}")
         wanted = self.require_complete(allow_partial=True) if rows is None else np.asarray(rows, bool)
@@ -653,7 +696,7 @@ class FeatureStore:
         unknown = [f for f in names if f not in self.feature_arrays]
         if unknown:
             raise StoreError(f"{self.path}: no feature array {unknown}; it holds {sorted(self.feature_arrays)}")
-        return self.read_rows(np.flatnonzero(rows), (*META_ARRAYS, *names))
+        return self.read_rows(np.flatnonzero(rows), (*self.meta_arrays, *names))
 
     def moco_fc(self) -> dict[str, np.ndarray] | None:
         """The image checkpoint's projection MLP (keys 0.weight, 0.bias, 2.weight, 2.bias), if stored."""

@@ -2,6 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const escapeHtml = (text) => String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"})[c]);
 const LINES = [  // rest-frame wavelengths (Å) marked on spectra at the galaxy's redshift
   ["[OII]", 3727], ["K", 3934], ["H", 3969], ["Hδ", 4102], ["Hγ", 4340], ["Hβ", 4861], ["[OIII]", 5007],
   ["Mg b", 5175], ["Na D", 5893], ["Hα", 6563], ["[NII]", 6583], ["[SII]", 6724],
@@ -94,6 +95,8 @@ function renderQuery(result) {
   facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">zero-shot prediction (16th–84th)</span>
     <span>redshift</span><span id="q-z">${fmt(q.redshift, 4)}</span><span id="p-z">${est("redshift", 4)}</span>
     <span>log M*</span><span>${fmt(q.log_mstar, 2)}</span><span id="p-m">${est("log_mstar", 2)}</span>
+    ${Object.entries(result.labels || {}).filter(([name]) => name !== "redshift" && name !== "log_mstar").map(([name, title]) =>
+      `<span>${escapeHtml(title)}</span><span>${fmt(q[name], 3)}</span><span id="p-${name}">${est(name, 3)}</span>`).join("")}
     <span>nearest</span><span></span><span id="p-sim">${p.similarity === undefined ? "–" : `cos ${fmt(p.similarity, 3)}${p.ood ? ' <span class="badge" id="p-ood">out of distribution</span>' : ""}`}</span>`;
   right.append(title, canvas, facts);
   card.replaceChildren(img, right);
