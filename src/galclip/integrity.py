@@ -77,6 +77,7 @@ FORMATS = (
     ArtefactFormat("index", lambda p: (p / "index.json").exists(), lambda p, _: _check_index(p)),
     ArtefactFormat("heads", _is_heads, lambda p, _: _check_heads(p)),
     ArtefactFormat("catalogue", _is_catalogue, lambda p, _: _check_catalogue(p)),
+    ArtefactFormat("hats catalogue", lambda p: _is_hats(p), lambda p, _: _check_hats(p)),
 )
 
 
@@ -230,13 +231,30 @@ def _check_heads(path: Path) -> dict:
     return {"kind": "heads", "ok": True, "lines": lines, "problems": []}
 
 
+def _is_hats(path: Path) -> bool:
+    from galclip.predict.hats_catalogue import is_galclip_hats
+
+    return is_galclip_hats(path)
+
+
+def _catalogue_report(kind: str, line: str, problems: list[str], again: str) -> dict:
+    """``galclip check``'s record of a catalogue: each problem with the command that writes it again."""
+    return {
+        "kind": kind,
+        "ok": not problems,
+        "lines": [line],
+        "problems": [f"{p}; write it again with '{again}'" for p in problems],
+    }
+
+
+def _check_hats(path: Path) -> dict:
+    from galclip.predict.hats_catalogue import verify_hats
+
+    line = f"{path}: HATS catalogue (HEALPix-partitioned Parquet)"
+    return _catalogue_report("hats catalogue", line, verify_hats(path), "galclip predict --format hats")
+
+
 def _check_catalogue(path: Path) -> dict:
     from galclip.predict.catalogue import catalogue_problems
 
-    problems = catalogue_problems(path)
-    return {
-        "kind": "catalogue",
-        "ok": not problems,
-        "lines": [f"{path}: catalogue"],
-        "problems": [f"{p}; write it again with 'galclip predict'" for p in problems],
-    }
+    return _catalogue_report("catalogue", f"{path}: catalogue", catalogue_problems(path), "galclip predict")
