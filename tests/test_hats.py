@@ -171,3 +171,44 @@ def test_missing_packages_name_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "hats_import", None)  # import hats_import now raises ImportError
     with pytest.raises(InputError, match=r"pip install 'galclip\[hats\]'"):
         write_hats(_table(20), tmp_path / "out", "galclip_zeroshot", META)
+
+
+def test_predict_writes_hats_that_lsdb_crossmatches_with_the_input_catalogue(tiny_store, tiny_heads, tmp_path):
+    """galclip's own output: 'galclip predict --format hats' over image-only galaxies, opened with lsdb.read_hats and
+    cross-matched by position with the PROVABGS catalogue it was predicted for: one match per galaxy, the same
+    TARGETID; galclip check verifies it."""
+    import h5py
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+    from galclip.config import MockConfig
+    from galclip.data.mock.survey import generate_mock
+
+    new = tmp_path / "new"
+    generate_mock(MockConfig(pairs=20, seed=11, batch_size=20, n_groups=1, modality="image"), new)
+    runner = CliRunner()
+    index = tmp_path / "index"
+    assert runner.invoke(main, ["-q", "index", str(tiny_store), str(tiny_heads), str(index), "--no-map"]).exit_code == 0
+    out = tmp_path / "catalogue_hats"
+    result = runner.invoke(
+        main, ["-q", "predict", str(index), str(new), str(out), "--format", "hats", "--no-progress"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with h5py.File(new / "provabgs.h5") as f:
+        given = pd.DataFrame({"TARGETID": f["TARGETID"][:], "RA": f["RA"][:], "DEC": f["DEC"][:]})
+    with h5py.File(new / "survey.h5") as f:
+        predicted = np.concatenate([g["targetid"][:] for g in f.values()])
+    given = given[given["TARGETID"].isin(predicted)]  # the catalogue rows of these galaxies, not its other rows
+    with dask.config.set(scheduler="synchronous"):
+        hats = lsdb.read_hats(out)
+        cat = lsdb.from_dataframe(given, ra_column="RA", dec_column="DEC", catalog_name="provabgs")
+        matched = hats.crossmatch(
+            cat, radius_arcsec=1.0, n_neighbors=1, suffixes=("_hats", "_in"), suffix_method="all_columns"
+        ).compute()
+    # every catalogue galaxy (the mock labels 85% of them) finds its own row, once
+    assert len(matched) == len(given) > 10 and matched["TARGETID_hats"].is_unique
+    assert (matched["TARGETID_hats"].to_numpy() == matched["TARGETID_in"].to_numpy()).all()
+    assert {"Z_PRED", "LOGSSFR_HI", "RA", "DEC"} <= {c.removesuffix("_hats") for c in matched.columns}
+    check = runner.invoke(main, ["-q", "check", str(out)])
+    assert check.exit_code == 0, check.output
