@@ -1,11 +1,17 @@
 """Extraction throughput: the full pipeline against the bare encoder forward passes, in one run.
 
     python bench/extract.py [--pairs 512] [--batch-size 64] [--variants 0] [--device auto]
+    python bench/extract.py --layouts [--pairs 256] [--rounds 2]
 
 Full pipeline = read HDF5 -> preprocess -> both encoders -> Zarr store (run_extraction).
 Baseline = the same encoders' forward passes on in-memory, already preprocessed tensors of the
 same batch size. The baseline runs before and after the pipeline and is averaged, since these
 machines are noisy. Prints a table and writes bench/out/extract.json.
+
+``--layouts``: the same mock galaxies written in every layout galclip reads (``galclip mock --layout``), each
+extracted end to end and, alone, only read (the reader and the sky match, no encoder), in interleaved rounds
+(astroclip, X, astroclip, Y, ...); every rate is a ratio against the AstroCLIP layout's mean in the same run (goal
+>= 0.95 end to end). Writes bench/out/extract_layouts.json.
 """
 
 from __future__ import annotations
@@ -32,6 +38,60 @@ def bare_forward(encoders, images_rgb: torch.Tensor, spectra: torch.Tensor, batc
     return time.perf_counter() - t
 
 
+def read_rate(data: list[Path], batch: int) -> float:
+    """Rows/s of opening the survey (sniffing, listing, matching) and reading every row, no encoder."""
+    from contextlib import closing
+
+    from galclip.data.sources import iter_batches, open_survey
+
+    t = time.perf_counter()
+    with closing(open_survey([str(p) for p in data])) as source:
+        n = sum(len(b.targetid) for _, b in iter_batches(source, batch))
+    return n / (time.perf_counter() - t)
+
+
+def bench_layouts(args) -> None:
+    from galclip.config import ExtractConfig, MockConfig
+    from galclip.data.mock.layouts import LAYOUTS, convert
+    from galclip.data.mock.survey import generate_mock
+    from galclip.extract.run import run_extraction
+
+    work = Path(tempfile.mkdtemp(prefix="galclip-bench-layouts-"))
+    generate_mock(MockConfig(pairs=args.pairs, seed=1), work / "astroclip")
+    data = {"astroclip": [work / "astroclip" / "survey.h5"]}
+    for layout in LAYOUTS[1:]:
+        data[layout] = convert(work / "astroclip" / "survey.h5", work / layout, layout)
+    cfg = ExtractConfig(batch_size=args.batch_size, device=args.device)
+    end_to_end = {layout: [] for layout in LAYOUTS}
+    reading = {layout: [] for layout in LAYOUTS}
+    order = [x for layout in LAYOUTS[1:] for x in ("astroclip", layout)]
+    for r in range(args.rounds):
+        for i, layout in enumerate(order):
+            store = work / f"s-{r}-{i}-{layout}.zarr"
+            summary = run_extraction([str(p) for p in data[layout]], store, cfg, progress=False)
+            end_to_end[layout].append(summary["pairs"] / summary["seconds"])
+            reading[layout].append(read_rate(data[layout], args.batch_size))
+            print(f"round {r} {layout:<18} {end_to_end[layout][-1]:7.1f} pairs/s end to end, "
+                  f"{reading[layout][-1]:9.0f} rows/s read")  # fmt: skip
+    base_e, base_r = np.mean(end_to_end["astroclip"]), np.mean(reading["astroclip"])
+    result = {
+        "pairs": args.pairs,
+        "rounds": args.rounds,
+        "torch_threads": torch.get_num_threads(),
+        "end_to_end_pairs_per_s": end_to_end,
+        "read_rows_per_s": reading,
+        "ratio_end_to_end": {k: float(np.mean(v) / base_e) for k, v in end_to_end.items()},
+        "ratio_read": {k: float(np.mean(v) / base_r) for k, v in reading.items()},
+    }
+    out = args.out.with_name("extract_layouts.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{'layout':<18} {'end to end / astroclip':>24} {'read only / astroclip':>22}")
+    for layout in LAYOUTS:
+        print(f"{layout:<18} {result['ratio_end_to_end'][layout]:24.3f} {result['ratio_read'][layout]:22.3f}")
+    print(f"-> {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=512)
@@ -39,7 +99,12 @@ def main() -> None:
     ap.add_argument("--variants", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "extract.json")
+    ap.add_argument("--layouts", action="store_true", help="compare every input layout against AstroCLIP's HDF5")
+    ap.add_argument("--rounds", type=int, default=2, help="--layouts: interleaved rounds")
     args = ap.parse_args()
+    if args.layouts:
+        bench_layouts(args)
+        return
 
     from galclip.config import ExtractConfig, MockConfig
     from galclip.data.mock.survey import generate_mock

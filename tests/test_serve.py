@@ -409,6 +409,10 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     expected = service.search(int(tid), "image", "image", 16)["prediction"]["redshift"]
     shown = browser.find_element(By.ID, "p-z").text
     assert shown == f"{expected['value']:.4f} ({expected['lo']:.4f}–{expected['hi']:.4f})", shown
+    ssfr = service.search(int(tid), "image", "image", 16)["prediction"]["log_ssfr"]  # every label has its row
+    shown = browser.find_element(By.ID, "p-log_ssfr").text
+    assert shown == f"{ssfr['value']:.3f} ({ssfr['lo']:.3f}–{ssfr['hi']:.3f})", shown
+    assert "log sSFR" in browser.find_element(By.ID, "query-card").text
     assert f"targetid={tid}" in browser.current_url
     browser.save_screenshot(str(ARTIFACTS / "serve_search.png"))
     # a click on a result searches from it, and the URL says so

@@ -92,7 +92,7 @@ function renderQuery(result) {
   const est = (label, digits) => (p[label] ? `${fmt(p[label].value, digits)} <small>(${fmt(p[label].lo, digits)}–${fmt(p[label].hi, digits)})</small>` : "–");
   const facts = document.createElement("div");
   facts.className = "facts";
-  facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">zero-shot prediction (16th–84th)</span>
+  facts.innerHTML = `<span class="head"></span><span class="head">catalogue</span><span class="head">zero-shot prediction (calibrated 16th–84th)</span>
     <span>redshift</span><span id="q-z">${fmt(q.redshift, 4)}</span><span id="p-z">${est("redshift", 4)}</span>
     <span>log M*</span><span>${fmt(q.log_mstar, 2)}</span><span id="p-m">${est("log_mstar", 2)}</span>
     ${Object.entries(result.labels || {}).filter(([name]) => name !== "redshift" && name !== "log_mstar").map(([name, title]) =>
