@@ -140,3 +140,44 @@ def test_reader_single_modality_files_and_pairs_that_disagree(tmp_path):
         f["1/targetid"] = np.arange(2, 4)
     with pytest.raises(InputError, match="no modality is held by every group"):
         SurveyReader(tmp_path / "mixed.h5", require=())
+
+
+def test_properties_mmu_spellings_and_label_columns(tmp_path):
+    """Every PROVABGS property under the Multimodal Universe's names, log sSFR = log SFR - log M* (not log Z_MW),
+    --label NAME=COLUMN for a numeric column; a text column or a missing one is refused naming it."""
+    cols = _catalogue_columns()
+    cols["LOG_MSTAR"] = cols.pop("PROVABGS_LOGMSTAR_BF")
+    cols["Z_MW"] = np.full(6, 0.02)
+    cols["TAGE_MW"] = np.linspace(1, 6, 6)
+    cols["AVG_SFR"] = np.full(6, 10.0)
+    cols["NAME"] = np.array([b"a", b"b", b"c", b"d", b"e", b"f"])
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    labels = join_labels(np.array([100, 103]), tmp_path / "c.h5", {"mag_r": "MAG_R"})
+    assert list(labels.values) == ["redshift", "log_mstar", "log_metallicity", "age", "log_ssfr", "mag_r"]
+    np.testing.assert_allclose(labels.values["log_ssfr"], 1.0 - labels.log_mstar, rtol=1e-6)
+    np.testing.assert_allclose(labels.values["log_metallicity"], np.log10(0.02), rtol=1e-6)
+    with pytest.raises(InputError, match="'NAME'.*not numeric"):
+        join_labels(np.array([100]), tmp_path / "c.h5", {"name": "NAME"})
+    with pytest.raises(InputError, match="has no column 'NOPE'"):
+        join_labels(np.array([100]), tmp_path / "c.h5", {"nope": "NOPE"})
+
+
+def test_a_store_written_before_the_properties_opens_with_its_two_labels(tmp_path):
+    """A store whose metadata is the five arrays of earlier versions (no meta_arrays record, no RA/Dec)."""
+    from galclip.store import FeatureStore
+    from galclip.store.feature_store import META_ARRAYS
+
+    meta = {
+        "targetid": np.arange(1, 9, dtype=np.int64),
+        "split": np.zeros(8, np.uint8),
+        "redshift": np.full(8, 0.1, np.float32),
+        "label_redshift": np.full(8, 0.1, np.float32),
+        "label_log_mstar": np.full(8, 10.0, np.float32),
+    }
+    FeatureStore.create(tmp_path / "old.zarr", meta, {}, rows_per_shard=4)
+    store = FeatureStore.open(tmp_path / "old.zarr")
+    assert "meta_arrays" not in store.group.attrs["galclip"] and store.meta_arrays == META_ARRAYS
+    assert store.label_names == ("redshift", "log_mstar") and store.positions() is None
+    assert set(store.labels()) == {"redshift", "log_mstar"}
