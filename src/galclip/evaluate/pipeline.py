@@ -69,11 +69,11 @@ def product_protocol(
     targetid = store.targetids()
     out: dict = {
         "protocol": "product: k-NN over the labelled train-split pairs in the query's modality, k = 16, "
-        "intervals calibrated on the selection split, scored on the test pairs (what 'galclip predict' and the "
-        "page give)",
+        "intervals calibrated on the selection split and the reference left out one by one, scored on the test "
+        "pairs (what 'galclip predict' and the page give)",
         "k": DEFAULT_K,
         "reference_n": int(len(ref_rows)),
-        "calibration_n": int(len(cal_rows)),
+        "calibration_n": None,
         "r2": {},
         "coverage_68": {},
         "pit_max_over_uniform": {},
@@ -92,6 +92,7 @@ def product_protocol(
         pred = ref.predict(test_embeddings[m], DEFAULT_K, targetid[test_rows])
         out["r2"][m], out["coverage_68"][m], out["pit_max_over_uniform"][m] = {}, {}, {}
         out["stretch"][m] = ref.stretch(DEFAULT_K)
+        out["calibration_n"] = ref.n_calibration(DEFAULT_K)
         for name in labels:
             true = labels[name][test_rows].astype(np.float64)
             has = np.isfinite(true) & np.isfinite(pred.labels[name][0])

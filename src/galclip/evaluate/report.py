@@ -122,7 +122,8 @@ def write_report(metrics: Mapping, figures: Mapping[str, Path], path: Path | str
             parts.append(
                 table(
                     f"The product's intervals on the test pairs: coverage (calibrated: 0.68) and PIT flatness (1 = "
-                    f"uniform), calibrated on {product.get('calibration_n', 0)} selection-split pairs",
+                    f"uniform), calibrated on {product.get('calibration_n', 0)} selection-split and leave-one-out "
+                    "reference pairs",
                     list(cov),
                     targets_of(product["coverage_68"]),
                     cov,

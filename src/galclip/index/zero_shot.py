@@ -10,11 +10,16 @@ that is itself a reference galaxy is left out of its own neighbours (its partner
 modality, is never in a one-modality reference). It does not depend on the k or the target modality a search shows.
 The evaluation report and the sweep score the seed's protocol with the same k-NN (``neighbours.knn_interval``).
 
-Calibration (split-conformal, on the selection split, never on test): the neighbours' weighted distribution is
-stretched about the centre c of its 16–84 interval by a factor s per label, the conformal quantile of
-|y − c| / half-width over the index's labelled selection-split galaxies (queried against the train reference exactly
-as a product query), so that [c − s·h, c + s·h] holds 68% of them. The estimate itself (the weighted mean) is not
-changed. The probability integral transform (PIT) of a truth is the stretched distribution's CDF at it.
+Calibration (split-conformal, never on test): the neighbours' weighted distribution is stretched about the centre c
+of its 16–84 interval by a factor s per label, the conformal quantile of |y − c| / half-width over the calibration
+galaxies, so that [c − s·h, c + s·h] holds 68% of them. The calibration galaxies are the index's labelled
+selection-split galaxies, queried against the train reference exactly as a product query, and the reference galaxies
+themselves, each queried with itself left out (as a query that is a reference galaxy is; up to
+``LOO_CALIBRATION_SAMPLE`` of them, seeded): the selection split alone (~10% of the labels) leaves the factor
+noisy, and on the demo the pooled set brings the test split's coverage of every label within 0.68 ± 0.03 where the
+selection split alone does not (the closing note of issue 21 has the numbers). The estimate itself (the weighted
+mean) is not changed. The probability integral transform (PIT) of a truth is the stretched distribution's CDF at
+it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ OOD_SAMPLE = 10_000  # reference galaxies whose nearest other reference galaxy s
 INTERVAL = (0.16, 0.84)  # the neighbours' weighted quantiles reported as lo and hi (±1σ for a Gaussian)
 NOMINAL = INTERVAL[1] - INTERVAL[0]
 MIN_HALF_WIDTH = 1e-9  # a 16-84 interval narrower than this (every neighbour alike) counts as this wide
+LOO_CALIBRATION_SAMPLE = 20_000  # reference galaxies queried leave-one-out to calibrate the intervals
 
 
 @dataclass(frozen=True)
@@ -151,25 +157,46 @@ class Reference:
     calibration_labels: dict[str, np.ndarray] | None = None
     _stretch: dict = field(default_factory=dict, repr=False)
 
+    seed: int = 0
+
     def stretch(self, k: int) -> dict[str, float]:
-        """label -> the split-conformal stretch of the k-neighbour intervals (1.0 each without a calibration set),
-        computed once per k from the calibration set."""
+        """label -> the split-conformal stretch of the k-neighbour intervals, computed once per k from the calibration
+        set (the selection-split galaxies given, and up to ``LOO_CALIBRATION_SAMPLE`` reference galaxies each left
+        out of its own neighbours); 1.0 each without any."""
         if k not in self._stretch:
-            out = dict.fromkeys(self.labels, 1.0)
+            parts: list[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []  # (distances, positions, truths)
             if self.calibration_embeddings is not None and len(self.calibration_embeddings):
-                nn_dist, nn_idx = self.search.query(self.calibration_embeddings, k)
-                for name, y in self.labels.items():
-                    hood = Neighbourhood.of(nn_dist, y[nn_idx])
-                    out[name] = conformal_stretch(hood.centre, hood.half_width, self.calibration_labels[name])
-                logger.info(
-                    "%s reference: interval stretch at k=%d from %d selection-split galaxies: %s",
-                    self.modality,
-                    k,
-                    len(self.calibration_embeddings),
-                    ", ".join(f"{n} {v:.3f}" for n, v in out.items()),
-                )
+                parts.append((*self.search.query(self.calibration_embeddings, k), self.calibration_labels))
+            if len(self) > k + 1:
+                picks = np.arange(len(self))
+                if len(self) > LOO_CALIBRATION_SAMPLE:
+                    rng = np.random.default_rng(self.seed)
+                    picks = np.sort(rng.choice(len(self), LOO_CALIBRATION_SAMPLE, replace=False))
+                dist, pos = drop_self(*self.search.query(self.embeddings[picks], k + 1), picks)
+                parts.append((dist, pos, {name: y[picks] for name, y in self.labels.items()}))
+            out = dict.fromkeys(self.labels, 1.0)
+            for name, y in self.labels.items():
+                if parts:
+                    hoods = [Neighbourhood.of(d, y[i]) for d, i, _ in parts]
+                    out[name] = conformal_stretch(
+                        np.concatenate([h.centre for h in hoods]),
+                        np.concatenate([h.half_width for h in hoods]),
+                        np.concatenate([np.asarray(t[name], np.float64) for *_, t in parts]),
+                    )
+            logger.info(
+                "%s reference: interval stretch at k=%d from %d calibration galaxies: %s",
+                self.modality,
+                k,
+                sum(len(d) for d, *_ in parts),
+                ", ".join(f"{n} {v:.3f}" for n, v in out.items()),
+            )
             self._stretch[k] = out
         return self._stretch[k]
+
+    def n_calibration(self, k: int = DEFAULT_K) -> int:
+        """How many galaxies calibrate the k-neighbour intervals."""
+        given = 0 if self.calibration_embeddings is None else len(self.calibration_embeddings)
+        return given + (min(len(self), LOO_CALIBRATION_SAMPLE) if len(self) > k + 1 else 0)
 
     def __len__(self) -> int:
         return len(self.targetid)
@@ -200,6 +227,7 @@ class Reference:
             ood_threshold(search, seed),
             None if calibration is None else np.ascontiguousarray(calibration[0], np.float32),
             None if calibration is None else {n: np.asarray(y, np.float64) for n, y in calibration[1].items()},
+            seed=seed,
         )
 
     def holds(self, targetid: np.ndarray) -> np.ndarray:

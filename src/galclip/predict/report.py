@@ -65,7 +65,8 @@ def write_truth_report(metrics: dict, truth: TruthAccumulator, out_dir: Path) ->
         f"k = {metrics['k']} nearest of {ref['n']} labelled reference galaxies ({html.escape(ref['selection'])} "
         "split of the index), weighted by inverse distance; intervals are the neighbours' weighted "
         "16th&ndash;84th percentiles, stretched by the split-conformal factor fitted on the index's selection "
-        f"split (never test). Truth: {html.escape(str(metrics['truth']['source']))}. Catalogue: "
+        "split and its reference galaxies left out one by one (never test). Truth: "
+        f"{html.escape(str(metrics['truth']['source']))}. Catalogue: "
         f"{html.escape(metrics['catalogue'])}.</p>\n"
     )
     text = page("Zero-shot catalogue against the truth", intro + tables + images)

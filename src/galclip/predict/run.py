@@ -310,8 +310,8 @@ def predict_catalogue(
         "labels": list(ref.labels),
         "interval_calibration": {
             "method": "split-conformal stretch of the neighbours' 16-84 interval about its centre",
-            "calibrated_on": f"{0 if ref.calibration_embeddings is None else len(ref.calibration_embeddings)} "
-            "labelled selection-split galaxies of the index (never test)",
+            "calibrated_on": f"{ref.n_calibration(k)} galaxies: the index's labelled selection split, and its "
+            "reference galaxies each left out of its own neighbours (never test)",
             "stretch": ref.stretch(k),
         },
         "reference": {
