@@ -149,11 +149,14 @@ def plot_pit(histograms: Mapping[str, Mapping[str, Sequence[float]]], path: Path
     fig = new_figure(5.4, 4.4)
     ax = fig.subplots()
     ax.axhline(1.0, color="k", lw=0.8, label="calibrated (uniform)")
+    top = 1.0
     for label, h in histograms.items():
         counts, edges = np.asarray(h["counts"], float), np.asarray(h["bin_edges"], float)
         if counts.sum():
             density = counts / counts.sum() / np.diff(edges)
             ax.stairs(density, edges, label=label, lw=1.4)
+            top = max(top, float(density.max()))
+    ax.set_ylim(0, top * 1.35)  # room for the legend above the bars
     ax.set_xlabel("PIT: predictive CDF at the true value")
     ax.set_ylabel("density")
     ax.set_xlim(0, 1)
