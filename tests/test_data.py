@@ -181,3 +181,22 @@ def test_a_store_written_before_the_properties_opens_with_its_two_labels(tmp_pat
     assert "meta_arrays" not in store.group.attrs["galclip"] and store.meta_arrays == META_ARRAYS
     assert store.label_names == ("redshift", "log_mstar") and store.positions() is None
     assert set(store.labels()) == {"redshift", "log_mstar"}
+
+
+def test_galaxies_without_a_targetid_join_the_catalogue_on_the_sky(tmp_path):
+    """A cutout's position id finds its catalogue row within 1″; two rows within the radius are refused by name."""
+    from galclip.data.sources import position_targetid
+
+    cols = _catalogue_columns()
+    cols["RA"] = np.array([150.0, 150.1, 150.2, 150.3, 150.4, 150.4 + 0.5 / 3600])
+    cols["DEC"] = np.full(6, 2.0)
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        for k, v in cols.items():
+            f[k] = v
+    ra, dec = np.array([150.3 + 0.3 / 3600, 150.0, 151.0]), np.full(3, 2.0)
+    ids = position_targetid(ra, dec)
+    labels = join_labels(ids, tmp_path / "c.h5", positions=(ra, dec))
+    np.testing.assert_allclose(labels.log_mstar, [10.5, 10.0, np.nan])  # rows 3 and 0; nothing near 151°
+    ra[0] = 150.4 + 0.2 / 3600  # now two catalogue rows (4 and 5) lie within 1″
+    with pytest.raises(InputError, match="two or more counterparts within --match-radius 1″.*smaller --match-radius"):
+        join_labels(position_targetid(ra, dec), tmp_path / "c.h5", positions=(ra, dec))

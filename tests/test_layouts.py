@@ -152,8 +152,9 @@ def test_a_label_column_is_stored_and_old_stores_keep_two_labels(tiny_mock, tiny
     assert set(old.label_names) >= {"redshift", "log_mstar"}
 
 
-def test_search_a_single_cutout_needs_no_targetid(layouts, tiny_store, tiny_heads, tmp_path):
-    """A file that holds one galaxy, only its image: search --data finds its neighbours without --targetid."""
+def test_search_a_single_cutout_needs_no_targetid(layouts, tiny_mock, tiny_store, tiny_heads, tmp_path):
+    """A file that holds one galaxy, only its image: search --data finds its neighbours without --targetid; cutouts
+    (which name no TARGETID) are predicted and joined to their truth on the sky."""
     index = tmp_path / "index"
     runner = CliRunner()
     result = runner.invoke(main, ["-q", "index", str(tiny_store), str(tiny_heads), str(index), "--no-map"])
@@ -163,3 +164,18 @@ def test_search_a_single_cutout_needs_no_targetid(layouts, tiny_store, tiny_head
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["-q", "search", str(index), "--data", str(cutout), "--query", "spectrum"])
     assert result.exit_code != 0 and "holds no spectrum" in result.output
+    some = tmp_path / "cutouts"
+    some.mkdir()
+    for f in sorted(cutout.parent.iterdir())[:12]:
+        shutil.copy(f, some / f.name)
+    out = tmp_path / "cat.fits"
+    truth = str(tiny_mock / "provabgs.h5")
+    result = runner.invoke(main, ["-q", "predict", str(index), str(some), str(out), "--truth", truth, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    store = FeatureStore.open(tiny_store)
+    labelled = dict(zip(store.targetids().tolist(), np.isfinite(store.labels()["redshift"]).tolist()))
+    expected = sum(labelled[int(f.stem.split("-")[1])] for f in some.iterdir())  # cutout-<TARGETID>.fits
+    metrics = json.loads((tmp_path / "cat_report" / "metrics.json").read_text())
+    assert metrics["truth"]["n_with_truth"] == expected > 5

@@ -187,16 +187,61 @@ def _numeric(path: Path, option: str, column: str, data: np.ndarray) -> np.ndarr
         ) from err
 
 
+def match_positions(
+    path: Path,
+    targetid: np.ndarray,
+    positions: tuple[np.ndarray, np.ndarray],
+    cat_ra: np.ndarray,
+    cat_dec: np.ndarray,
+    radius_arcsec: float,
+) -> np.ndarray:
+    """For survey rows with a position id (a cutout names no TARGETID): the catalogue row (after the cuts) within
+    ``radius_arcsec`` of each, -1 where none and for the other rows; (n,) int64. Two catalogue rows within the
+    radius of one galaxy, or one catalogue row near two, is refused by name: no row is picked by guess."""
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    from galclip.data.sources import is_position_targetid
+
+    out = np.full(len(targetid), -1, np.int64)
+    ra, dec = (np.asarray(a, np.float64) for a in positions)
+    rows = np.flatnonzero(is_position_targetid(targetid) & np.isfinite(ra) & np.isfinite(dec))
+    known = np.flatnonzero(np.isfinite(cat_ra) & np.isfinite(cat_dec))
+    if not rows.size or not known.size:
+        return out
+    mine = SkyCoord(ra[rows] * u.deg, dec[rows] * u.deg)
+    theirs = SkyCoord(cat_ra[known] * u.deg, cat_dec[known] * u.deg)
+    i, j, sep, _ = mine.search_around_sky(theirs, radius_arcsec * u.arcsec)  # i: catalogue side, j: survey side
+    for side, index in (("galaxy", j), ("catalogue row", i)):
+        values, counts = np.unique(index, return_counts=True)
+        if (counts > 1).any():
+            first = values[counts > 1][0]
+            which = np.flatnonzero(index == first)
+            at = rows[j[which[0]]] if side == "galaxy" else rows[j[which]]
+            raise InputError(
+                f"{path}: {int((counts > 1).sum())} {side}(s) with two or more counterparts within "
+                f"--match-radius {radius_arcsec:g}″ (e.g. targetid {np.atleast_1d(targetid[at]).tolist()} at "
+                f"{', '.join(f'{s:.2f}″' for s in sep[which].arcsec)}); galclip never picks one: pass a smaller "
+                "--match-radius, or remove the duplicate"
+            )
+    out[rows[j]] = known[i]
+    return out
+
+
 def join_columns(
     targetid: np.ndarray,
     path: str | Path,
     names: tuple[str, ...],
     custom: dict[str, str] | None = None,
     label_dtype: type = np.float32,
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
+    radius_arcsec: float = 1.0,
 ) -> tuple[dict[str, np.ndarray], Labels]:
     """Catalogue columns ``names`` for survey rows (n,) int64, after the cuts: (name -> (n,) float64, NaN where a
     galaxy has no row, and the labels as :class:`Labels`, in ``label_dtype`` (float32, as a store holds them): every
-    PROVABGS property the file has, and ``custom`` {label: column})."""
+    PROVABGS property the file has, and ``custom`` {label: column}). Rows are joined by TARGETID; rows with a
+    position id (cutouts) and ``positions`` (ra, dec) (n,) each are joined by position within ``radius_arcsec``,
+    when the catalogue has RA and DEC."""
     path = Path(path)
     custom = custom or {}
     extra = tuple(dict.fromkeys([*custom.values(), *(n for n in names if n not in CATALOGUE_COLUMNS)]))
@@ -217,6 +262,16 @@ def join_columns(
         )
     order = np.argsort(cat_ids)
     pos = lookup(cat_ids[order], targetid, order)
+    if positions is not None and "RA" in columns and "DEC" in columns:
+        by_sky = match_positions(
+            path,
+            targetid,
+            positions,
+            np.asarray(columns["RA"], np.float64)[keep],
+            np.asarray(columns["DEC"], np.float64)[keep],
+            radius_arcsec,
+        )
+        pos = np.where(by_sky >= 0, by_sky, pos)
     hit = pos >= 0
 
     def joined(values: np.ndarray, dtype) -> np.ndarray:
@@ -251,11 +306,17 @@ def join_columns(
 
 
 def join_labels(
-    targetid: np.ndarray, path: str | Path, custom: dict[str, str] | None = None, label_dtype: type = np.float32
+    targetid: np.ndarray,
+    path: str | Path,
+    custom: dict[str, str] | None = None,
+    label_dtype: type = np.float32,
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
+    radius_arcsec: float = 1.0,
 ) -> Labels:
     """Labels for survey rows (n,) int64 from the catalogue at ``path``, after the cuts: every PROVABGS property the
-    file has (redshift and log M* always) and ``custom`` {label: column}, in ``label_dtype``."""
-    _, labels = join_columns(targetid, path, (), custom, label_dtype)
+    file has (redshift and log M* always) and ``custom`` {label: column}, in ``label_dtype``; galaxies with a
+    position id are joined on the sky (``join_columns``)."""
+    _, labels = join_columns(targetid, path, (), custom, label_dtype, positions, radius_arcsec)
     logger.info(
         "catalogue %s: %d rows, %d after cuts, %d matched to %d survey pairs; labels %s",
         path,
@@ -273,9 +334,11 @@ def no_labels(n: int, names: tuple[str, ...] = LABELS) -> Labels:
     return Labels({name: np.full(n, np.nan, np.float32) for name in names}, {}, 0, 0, 0)
 
 
-def photometry_features(targetid: np.ndarray, path: str | Path) -> np.ndarray:
+def photometry_features(
+    targetid: np.ndarray, path: str | Path, positions: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """The classic photo-z inputs of survey rows (n,): (n, 3) float64 r, g - r, r - z from the catalogue's
-    MAG_G, MAG_R, MAG_Z after the cuts; NaN rows where a galaxy has no catalogue row."""
-    mags, _ = join_columns(targetid, path, ("MAG_G", "MAG_R", "MAG_Z"))
+    MAG_G, MAG_R, MAG_Z after the cuts; NaN rows where a galaxy has no catalogue row (joined as ``join_columns``)."""
+    mags, _ = join_columns(targetid, path, ("MAG_G", "MAG_R", "MAG_Z"), positions=positions)
     g, r, z = mags["MAG_G"], mags["MAG_R"], mags["MAG_Z"]
     return np.stack([r, g - r, r - z], axis=1)

@@ -103,7 +103,9 @@ def product_protocol(
     return out
 
 
-def _photometry(store: FeatureStore, targetid: np.ndarray) -> tuple[np.ndarray | None, str]:
+def _photometry(
+    store: FeatureStore, targetid: np.ndarray, positions: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray | None, str]:
     """(n, 3) r, g - r, r - z of the evaluated pairs from the catalogue the store was labelled with, and a note
     saying where they came from (or why the photometry baseline is left out)."""
     from galclip.data.catalogue import photometry_features
@@ -115,7 +117,7 @@ def _photometry(store: FeatureStore, targetid: np.ndarray) -> tuple[np.ndarray |
     if not Path(path).exists():
         return None, f"left out: the store's catalogue {path} is not here"
     try:
-        return photometry_features(targetid, path), f"r, g-r, r-z from {path}"
+        return photometry_features(targetid, path, positions), f"r, g-r, r-z from {path}"
     except GalclipError as err:
         return None, f"left out: {err}"
 
@@ -188,7 +190,10 @@ def evaluate_store(
             **{name: y[fit_rows] for name, y in labels.items()},
         }
     )
-    photometry, photometry_note = _photometry(store, store.targetids()[test_rows])
+    sky = store.positions()
+    photometry, photometry_note = _photometry(
+        store, store.targetids()[test_rows], None if sky is None else (sky[0][test_rows], sky[1][test_rows])
+    )
     inputs = EvaluationInputs(
         targetid=store.targetids()[test_rows],
         emb_image=emb_i,

@@ -131,7 +131,12 @@ def _create(
     if not catalogue and len(config.modalities) == 2:  # galaxies to predict (one modality) need no labels
         logger.warning("no catalogue given: stellar-mass and catalogue-redshift labels will be empty")
     meta = derive_meta(
-        reader, catalogue, config.test_fraction, config.selection_fraction, custom_labels=config.custom_labels
+        reader,
+        catalogue,
+        config.test_fraction,
+        config.selection_fraction,
+        custom_labels=config.custom_labels,
+        radius_arcsec=config.match_radius_arcsec,
     )
     fc = {k: v.numpy() for k, v in fc_state.items()} if fc_state else None
     FeatureStore.create(store_path, meta, provenance, config.rows_per_shard, feature_arrays(config), fc)
@@ -144,22 +149,26 @@ def derive_meta(
     selection_fraction: float,
     names: tuple[str, ...] | None = None,
     custom_labels: dict[str, str] | None = None,
+    radius_arcsec: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """The per-row metadata arrays ``names`` (default: every one a new store gets) of a store of the survey ``reader``
     reads, (N,) each in survey order, as its creation writes them: targetid and redshift from the survey, split from
     the targetids (``assign_split``), a ``label_*`` per label joined from ``catalogue`` after its cuts (every PROVABGS
     property it has and ``custom_labels`` {name: column}; NaN where none; redshift and log M* all NaN without a
-    catalogue), and RA/Dec where the survey files give them. The one recipe of creation and of ``rebuild_derived``."""
+    catalogue), and RA/Dec where the survey files give them (a galaxy without a TARGETID, a cutout, is joined to the
+    catalogue on the sky within ``radius_arcsec``). The one recipe of creation and of ``rebuild_derived``."""
     targetid = reader.targetids()
+    ra, dec = reader.positions()
     out = {"targetid": targetid}
     out["split"] = assign_split(targetid, test_fraction, selection_fraction)
     out["redshift"] = reader.redshifts()
     wanted_labels = names is None or any(n.startswith(LABEL_PREFIX) for n in names)
     labels = (
-        join_labels(targetid, catalogue, custom_labels) if catalogue and wanted_labels else no_labels(len(targetid))
+        join_labels(targetid, catalogue, custom_labels, positions=(ra, dec), radius_arcsec=radius_arcsec)
+        if catalogue and wanted_labels
+        else no_labels(len(targetid))
     )
     out.update({f"{LABEL_PREFIX}{name}": values for name, values in labels.values.items()})
-    ra, dec = reader.positions()
     positions = bool(np.isfinite(ra).any())
     out["ra"], out["dec"] = ra, dec
     if names is None:
@@ -218,7 +227,12 @@ def rebuild_derived(
         labels = {n for n in names if n.startswith(LABEL_PREFIX)}
         cat = _rebuild_catalogue(store, catalogue) if labels else None
         values = derive_meta(
-            reader, cat, *split_fractions(store.provenance), ("targetid", *names), config.custom_labels
+            reader,
+            cat,
+            *split_fractions(store.provenance),
+            ("targetid", *names),
+            config.custom_labels,
+            config.match_radius_arcsec,
         )
         for name in names:
             source = f"{cat} (the catalogue)" if name in labels else survey

@@ -233,7 +233,7 @@ def predict_catalogue(
         )
     truth_labels, n_seen = None, 0
     if truth is not None:  # galaxies that fitted or chose the heads are not scored: only new ones and the test split
-        truth_labels = load_truth(truth, targetid, index.label_names)
+        truth_labels = load_truth(truth, targetid, index.label_names, positions)
         seen = np.isin(targetid, index.rows["targetid"][index.rows["split"] != TEST])
         n_seen = int(seen.sum())
         for y in truth_labels.values():

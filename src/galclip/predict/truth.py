@@ -14,10 +14,16 @@ from galclip.vocabulary import LABELS
 COVERAGE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.68, 0.7, 0.8, 0.9, 0.95)  # nominal central-interval probabilities
 
 
-def load_truth(path: str | Path, targetid: np.ndarray, labels: tuple[str, ...] = LABELS) -> dict[str, np.ndarray]:
+def load_truth(
+    path: str | Path,
+    targetid: np.ndarray,
+    labels: tuple[str, ...] = LABELS,
+    positions: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """True ``labels`` of the galaxies ``targetid`` (n,): label -> (n,) float64, NaN where the truth has no row or
     no such label. ``path``: a PROVABGS-layout catalogue (its cuts applied; its properties derived as extraction
-    derives them) or a feature store's labels."""
+    derives them; galaxies without a TARGETID joined on the sky by their ``positions``) or a feature store's
+    labels."""
     path = Path(path)
     if (path / "zarr.json").exists():
         from galclip.store import FeatureStore
@@ -35,7 +41,7 @@ def load_truth(path: str | Path, targetid: np.ndarray, labels: tuple[str, ...] =
     else:
         from galclip.data.catalogue import join_labels
 
-        found = dict(join_labels(targetid, path, label_dtype=np.float64).values)  # the catalogue's own precision
+        found = dict(join_labels(targetid, path, label_dtype=np.float64, positions=positions).values)
     out = {label: found.get(label, np.full(len(targetid), np.nan)) for label in labels}
     if not any(np.isfinite(y).any() for y in out.values()):
         raise InputError(
