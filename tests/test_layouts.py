@@ -179,3 +179,10 @@ def test_search_a_single_cutout_needs_no_targetid(layouts, tiny_mock, tiny_store
     expected = sum(labelled[int(f.stem.split("-")[1])] for f in some.iterdir())  # cutout-<TARGETID>.fits
     metrics = json.loads((tmp_path / "cat_report" / "metrics.json").read_text())
     assert metrics["truth"]["n_with_truth"] == expected > 5
+    # --format hats partitions on the sky: files without positions are refused before anything runs
+    bare = tmp_path / "bare.h5"
+    with h5py.File(tiny_mock / "survey.h5") as src, h5py.File(bare, "w") as dst:
+        dst["image"], dst["targetid"] = src["0"]["image"][:4], src["0"]["targetid"][:4]
+    result = runner.invoke(main, ["-q", "predict", str(index), str(bare), str(tmp_path / "h"), "--format", "hats"])
+    assert result.exit_code != 0 and "needs RA and Dec" in result.output, result.output
+    assert not (tmp_path / "h").exists() and not (tmp_path / "h.features.zarr").exists()
