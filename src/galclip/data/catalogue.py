@@ -94,7 +94,7 @@ def _open_columns(path: Path) -> _Columns:
 def read_catalogue(path: str | Path, extra: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Read the six PROVABGS columns, each property column (``layout.PROPERTY_COLUMNS``) the file has, RA and DEC if
     present, and the columns ``extra`` (refused when absent): name -> (n,) array, under the names the VAC uses for
-    the six and the property's key (Z_MW, TAGE_MW, AVGSFR) for the properties."""
+    the six and as the file spells them for the others."""
     path = Path(path)
     cols = _open_columns(path)
     with cols.handle:
@@ -105,11 +105,10 @@ def read_catalogue(path: str | Path, extra: tuple[str, ...] = ()) -> dict[str, n
                 f"{list(CATALOGUE_COLUMNS)} (found {cols.names()[:20]})"
             )
         out = {c: cols.read(cols.resolve(c)) for c in CATALOGUE_COLUMNS}
-        for key, spellings in PROPERTY_COLUMNS.items():
+        for spellings in PROPERTY_COLUMNS.values():
             found = next((s for s in spellings if cols.resolve(s)), None)
             if found:
-                out[key] = cols.read(found)
-                out[f"{key}:column"] = np.array(found)
+                out[found] = cols.read(found)
         for name in ("RA", "DEC"):
             if cols.resolve(name):
                 out[name] = cols.read(name)
@@ -119,7 +118,7 @@ def read_catalogue(path: str | Path, extra: tuple[str, ...] = ()) -> dict[str, n
                     f"{path}: has no column {name!r} (--label ...={name}); its columns are {cols.names()[:40]}"
                 )
             out[name] = cols.read(name)
-    lengths = {c: len(v) for c, v in out.items() if not c.endswith(":column")}
+    lengths = {c: len(v) for c, v in out.items()}
     if len(set(lengths.values())) != 1:
         raise InputError(f"{path}: catalogue columns have different lengths {lengths}")
     return out
@@ -161,19 +160,22 @@ def property_values(columns: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarra
         values = {"redshift": np.asarray(columns["Z_HP"], np.float64), "log_mstar": log_mstar}
         sources = {"redshift": "Z_HP", "log_mstar": "PROVABGS_LOGMSTAR_BF"}
 
-        def positive_log(key: str) -> np.ndarray:
-            x = np.asarray(columns[key], np.float64)
+        def spelling(key: str) -> str | None:  # the property's column as read_catalogue found it
+            return next((s for s in PROPERTY_COLUMNS[key] if s in columns), None)
+
+        def positive_log(column: str) -> np.ndarray:
+            x = np.asarray(columns[column], np.float64)
             return np.where(x > 0, np.log10(np.where(x > 0, x, 1.0)), np.nan)
 
-        if "Z_MW" in columns:
-            values["log_metallicity"] = positive_log("Z_MW")
-            sources["log_metallicity"] = f"log10 {columns['Z_MW:column']}"
-        if "TAGE_MW" in columns:
-            values["age"] = np.asarray(columns["TAGE_MW"], np.float64)
-            sources["age"] = str(columns["TAGE_MW:column"])
-        if "AVGSFR" in columns:
-            values["log_ssfr"] = positive_log("AVGSFR") - log_mstar
-            sources["log_ssfr"] = f"log10 {columns['AVGSFR:column']} - PROVABGS_LOGMSTAR_BF"
+        if z_mw := spelling("Z_MW"):
+            values["log_metallicity"] = positive_log(z_mw)
+            sources["log_metallicity"] = f"log10 {z_mw}"
+        if tage := spelling("TAGE_MW"):
+            values["age"] = np.asarray(columns[tage], np.float64)
+            sources["age"] = tage
+        if sfr := spelling("AVGSFR"):
+            values["log_ssfr"] = positive_log(sfr) - log_mstar
+            sources["log_ssfr"] = f"log10 {sfr} - PROVABGS_LOGMSTAR_BF"
     return values, sources
 
 

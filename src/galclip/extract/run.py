@@ -354,16 +354,18 @@ def report_match(reader: SurveySource, store_path: Path) -> dict | None:
                     f"{out}: exists and is not galclip's list of unmatched galaxies; move it away, or extract into "
                     "another store path"
                 )
-    lines = [UNMATCHED_HEADER]
-    for i in range(len(table["targetid"])):
-        where = str(table["where"][i]).replace('"', "'")
-        lines.append(
-            f"{table['side'][i]},{int(table['targetid'][i])},{float(table['ra'][i]):.7f},"
-            f'{float(table["dec"][i]):.7f},"{where}"'
-        )
+    import csv
+    import io
+
     from galclip.atomic import atomic_write_text
 
-    atomic_write_text("\n".join(lines) + "\n", out)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(UNMATCHED_HEADER.split(","))
+    for i in range(len(table["targetid"])):
+        ra, dec = float(table["ra"][i]), float(table["dec"][i])
+        writer.writerow([table["side"][i], int(table["targetid"][i]), f"{ra:.7f}", f"{dec:.7f}", table["where"][i]])
+    atomic_write_text(text.getvalue(), out)
     counts["unmatched_file"] = str(out)
     logger.info(
         "sky match within %.2f″: %d matched (%d by TARGETID, %d by position), %d image-only, %d spectrum-only, "

@@ -173,11 +173,13 @@ class Index:
         return self.indexes[target].search(np.ascontiguousarray(vectors, np.float32), k)
 
     def reference(self, modality: str) -> Reference | None:
-        """The zero-shot predictor's reference set in ``modality`` (the labelled train-split galaxies), built once;
-        None when the index has none."""
+        """The zero-shot predictor's reference set in ``modality`` (the labelled train-split galaxies), built once
+        with its interval calibration at k = 16 (so whoever builds it, the service at start, pays for both); None
+        when the index has none."""
         if modality not in self._references:
             try:
                 self._references[modality] = load_reference(self, modality)
+                self._references[modality].stretch(DEFAULT_K)
             except GalclipError as err:
                 logger.info("no zero-shot prediction: %s", err)
                 self._references[modality] = None

@@ -264,12 +264,13 @@ def predict_catalogue(
     readable = store.require_complete()
     heads, _ = load_heads(heads_file, ref_store)
     header = _header(index, heads_file, ref_store, store, modality, k, ref)
-    columns = catalogue_columns(tuple(ref.labels), store.positions() is not None)
+    positions = store.positions()  # of the galaxies whose features are read: the input's, or the work store's
+    columns = catalogue_columns(tuple(ref.labels), positions is not None)
 
     t = time.perf_counter()
     accumulate = TruthAccumulator(truth_labels) if truth_labels is not None else None
     n_ood = n_pred = 0
-    predictions = _predictions(store, heads, ref, modality, k, readable, block, accumulate, columns)
+    predictions = _predictions(store, heads, ref, modality, k, readable, block, accumulate, columns, positions)
     if fmt == "hats":
         from galclip.predict.hats_catalogue import write_hats
 
@@ -357,12 +358,12 @@ def _predictions(
     block: int,
     accumulate,
     columns,
+    positions: tuple[np.ndarray, np.ndarray] | None,
 ):
     """Yield (first row, catalogue rows with ``columns``) in store order: the zero-shot predictions of the readable
-    rows, embedded ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs.
-    Memory: one block of features and its neighbours."""
+    rows, embedded ``block`` rows at a time as the index was (``embed_store``), and NaN rows for quarantined inputs;
+    ``positions``: the store's (ra, dec), or None. Memory: one block of features and its neighbours."""
     targetid = store.targetids()
-    positions = store.positions()
     rows = np.flatnonzero(readable)
     done = 0
 
