@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from galclip.index.build import build_indexes, choose_spec, exact_neighbours, index_recall, new_index, tune_nprobe
+from galclip.index.build import build_indexes, exact_neighbours, index_recall, tune_nprobe
 from galclip.index.search import open_index as load_index
+from galclip.index.vectors import choose_spec, new_index
 
 
 def test_exact_index_matches_brute_force(tiny_store, tiny_heads, tmp_path):
@@ -200,7 +201,7 @@ def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, m
     def crash(*a, **k):
         raise RuntimeError("killed while writing")
 
-    monkeypatch.setattr(index_module, "tune_nprobe", crash)
+    monkeypatch.setattr(index_module, "tune", crash)
     with pytest.raises(RuntimeError):
         build_indexes(tiny_store, tiny_heads, tmp_path / "idx", exact_max=10)
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == before
@@ -221,3 +222,130 @@ def test_failed_rebuild_keeps_previous_index(tiny_store, tiny_heads, tmp_path, m
     build_indexes(tiny_store, tiny_heads, tmp_path / "notes", overwrite=True)  # written beside the user's file
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
     load_index(tmp_path / "notes", verify_hashes=True)
+
+
+def _clusters(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d))
+    x = (centres[rng.integers(0, 40, n)] + 0.35 * rng.normal(size=(n, d))).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_budget_chooses_ivfpq_and_its_reranked_recall_meets_the_floor(tmp_path, monkeypatch):
+    import galclip.index.vectors as vectors_module
+    from galclip.index.vectors import (
+        VectorFile,
+        VectorIndex,
+        candidates,
+        new_index,
+        resident_bytes,
+        set_nprobe,
+        training_sample,
+        tune,
+    )
+
+    everything = _clusters(12200)
+    x, held_out = everything[:12000], everything[12000:]  # queries from the same clusters, never indexed
+    n, d = x.shape
+    budget = n * d * 4 // 3  # a third of IVF-Flat: only PQ fits
+    specs = candidates(n, d, exact_max=1000, budget=budget)
+    assert specs and all(s.kind == "ivfpq" and resident_bytes(s, n, d) <= budget for s in specs)
+    assert candidates(n, d, 1000, budget=100) == []
+    spec = specs[0]
+    index = new_index(spec, d)
+    rng = np.random.default_rng(0)
+    index.train(x[training_sample(spec, n, rng)])
+    index.add(x)
+    np.save(tmp_path / "x.npy", x)
+    rows = VectorFile(tmp_path / "x.npy")
+    np.testing.assert_array_equal(rows[np.array([5, 0, 5, 11999])], x[[5, 0, 5, 11999]])  # pread, any order
+    picks = np.sort(rng.choice(n, 300, replace=False))
+    truth = np.argsort(-(x[picks] @ x.T), axis=1, kind="stable")[:, :11]  # numpy brute force, the query included
+    tuned, recall = tune(VectorIndex(index, spec, x), truth, x[picks], 0.9, self_ids=picks)
+    assert recall >= 0.91 and tuned.shortlist > 0 and tuned.nprobe >= 1
+    set_nprobe(index, tuned.nprobe)
+    searcher = VectorIndex(index, tuned, rows)
+    exact = np.argsort(-(held_out @ x.T), axis=1, kind="stable")[:, :10]
+    sims, got = searcher.search(held_out, 10)
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, got)]) >= 0.85
+    np.testing.assert_allclose(sims, np.take_along_axis(held_out @ x.T, got, 1), rtol=1e-5)  # re-ranked exactly
+    # a filter is applied before the top k is cut: few kept -> exact over them; many -> FAISS's id selector
+    allowed = np.zeros(n, bool)
+    allowed[::7] = True
+    kept = np.flatnonzero(allowed)
+    want = kept[np.argsort(-(held_out @ x[kept].T), axis=1, kind="stable")[:, :10]]
+    np.testing.assert_array_equal(searcher.search(held_out, 10, allowed=allowed)[1], want)
+    monkeypatch.setattr(vectors_module, "EXACT_SUBSET", 0)
+    _, through_selector = searcher.search(held_out, 10, allowed=allowed)
+    assert allowed[through_selector[through_selector >= 0]].all()
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want, through_selector)]) >= 0.85
+    nothing = np.zeros(n, bool)
+    assert (searcher.search(held_out[:2], 5, allowed=nothing)[1] == -1).all()
+
+
+def test_a_budget_no_kind_meets_is_refused_naming_the_closest(tiny_store, tiny_heads, tmp_path):
+    from galclip.errors import GalclipError
+
+    with pytest.raises(GalclipError, match=r"--max-memory .* no index kind fits; the closest, IVF-PQ"):
+        build_indexes(tiny_store, tiny_heads, tmp_path / "idx", max_memory=2**20)
+    assert not (tmp_path / "idx").exists()
+    side = build_indexes(tiny_store, tiny_heads, tmp_path / "idx", max_memory=2**30)
+    assert side["max_memory"] == 2**30 and side["indexes"]["image"]["kind"] == "flat"
+    assert side["resident_bytes"] == sum(r["resident_bytes"] for r in side["indexes"].values())
+
+
+def test_position_both_filters_and_dedup_against_brute_force(tiny_store, tiny_heads, tmp_path):
+    from galclip.errors import GalclipError
+    from galclip.index.query import Filters, dedupe, separation_arcsec
+    from galclip.index.search import NotIndexed
+
+    build_indexes(tiny_store, tiny_heads, tmp_path / "idx")
+    idx = load_index(tmp_path / "idx")
+    ra, dec, tid = idx.rows["ra"], idx.rows["dec"], idx.rows["targetid"]
+    # by position: snaps to the galaxy there, and names the nearest when none is within the radius
+    hit = idx.search_position(float(ra[9]) + 0.1 / 3600, float(dec[9]), radius_arcsec=1.0, k=3)
+    assert hit["query"]["targetid"] == int(tid[9])
+    assert hit["query"]["position"]["separation_arcsec"] == pytest.approx(
+        float(separation_arcsec(ra[9] + 0.1 / 3600, dec[9], ra[9], dec[9])), abs=1e-6
+    )
+    sep = separation_arcsec(float(ra[9]) + 0.05, float(dec[9]), ra, dec)
+    with pytest.raises(NotIndexed, match=rf"the nearest is targetid {int(tid[np.argmin(sep)])} at {sep.min():.2f}"):
+        idx.search_position(float(ra[9]) + 0.05, float(dec[9]), radius_arcsec=1.0)
+    for bad in ((361.0, 0.0), (10.0, 91.0), (float("nan"), 0.0)):
+        with pytest.raises(GalclipError, match="degrees"):
+            idx.search_position(*bad)
+    # both modalities: the renormalised mean of the two unit vectors, searched exactly
+    both = idx.embeddings["image"][9] + idx.embeddings["spectrum"][9]
+    both /= np.linalg.norm(both)
+    order = [int(i) for i in np.argsort(-(idx.embeddings["image"] @ both), kind="stable") if i != 9][:5]
+    got = idx.search(int(tid[9]), query="both", target="image", k=5, dedup_arcsec=0)
+    assert [n["targetid"] for n in got["neighbours"]] == [int(tid[i]) for i in order]
+    # a redshift window before the top k is cut: the k best that pass
+    z = idx.rows["redshift"]
+    lo, hi = np.nanpercentile(z, [30, 70])
+    window = Filters.parse([f"redshift={lo}:{hi}"])
+    got = idx.search(int(tid[9]), target="spectrum", k=6, filters=window, dedup_arcsec=0)
+    passing = np.flatnonzero((z >= lo) & (z <= hi))
+    sims = idx.embeddings["spectrum"][passing] @ idx.embeddings["image"][9]
+    want = passing[np.argsort(-sims, kind="stable")][:6]
+    assert [n["targetid"] for n in got["neighbours"]] == [int(tid[i]) for i in want]
+    assert got["filters"]["passing"] == len(passing) and got["filters"]["reason"] is None
+    empty = idx.search(int(tid[9]), k=6, filters=Filters.parse(["redshift=5:6"]))
+    assert empty["neighbours"] == [] and "no indexed galaxy passes" in empty["filters"]["reason"]
+    with pytest.raises(GalclipError, match="no such label"):
+        idx.search(int(tid[9]), filters=Filters.parse(["colour=0:1"]))
+    # duplicates on the sky: a loop over the ranked results against a brute-force pairwise check
+    ranked = np.arange(len(idx))
+    radius = float(np.percentile(separation_arcsec(ra[:, None], dec[:, None], ra[None], dec[None]), 5))
+    keep = dedupe(ranked, ra, dec, radius)
+    kept = []
+    for j in ranked:
+        if all(separation_arcsec(ra[j], dec[j], ra[i], dec[i]) >= radius for i in kept):
+            kept.append(j)
+    assert list(np.flatnonzero(keep)) == kept and 0 < len(kept) < len(idx)
+    deduped = idx.search(int(tid[9]), target="image", k=10, dedup_arcsec=radius)
+    positions = [idx.find(n["targetid"]) for n in deduped["neighbours"]] + [9]
+    for a in positions:
+        for b in positions:
+            if a != b:
+                assert separation_arcsec(ra[a], dec[a], ra[b], dec[b]) >= radius

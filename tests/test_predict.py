@@ -25,6 +25,7 @@ from galclip.predict.catalogue import (
     is_galclip_catalogue,
     read_catalogue,
 )
+from galclip.store import FeatureStore
 from galclip.vocabulary import PROPERTIES, label_info
 
 K = 4
@@ -489,3 +490,70 @@ def test_bad_input_is_named_and_nothing_is_written(
         assert "Traceback" not in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no catalogue, work store or report was started
     assert (tmp_path / "taken.fits").read_text() == "my own file\n"
+
+
+def test_predicts_work_store_is_searchable_with_also_and_append(reference_index, predicted, tmp_path):
+    """An index over the paired store and predict's image-only work store: spectrum -> image reaches the image-only
+    galaxies, the records say which have a spectrum, and --append gives what a fresh build gives."""
+    from click.testing import CliRunner
+
+    from galclip.cli import main
+    from galclip.index.build import build_indexes
+    from galclip.index.query import Filters
+    from galclip.index.search import open_index
+
+    work = predicted.with_name("cat.features.zarr")
+    side = build_indexes(reference_index["store"], reference_index["heads"], tmp_path / "both", also=(work,))
+    assert [s["modalities"] for s in side["stores"]] == [["image", "spectrum"], ["image"]]
+    assert side["indexes"]["image"]["ntotal"] == 64 + 24 and side["indexes"]["spectrum"]["ntotal"] == 64
+    idx = open_index(tmp_path / "both")
+    tid = int(idx.rows["targetid"][3])
+    got = idx.search(tid, query="spectrum", target="image", k=87, dedup_arcsec=0)
+    image_only = {n["targetid"] for n in got["neighbours"] if not n["has_spectrum"]}
+    assert image_only == set(FeatureStore.open(work).targetids().tolist())
+    # exact search: the same ranking as numpy over every image vector
+    q = idx.vectors_at("spectrum", [3])[0]
+    order = np.argsort(-(idx.embeddings["image"] @ q), kind="stable")
+    assert [n["targetid"] for n in got["neighbours"]] == [
+        int(idx.rows["targetid"][idx.members("image")[i]]) for i in order
+    ][:87]
+    with_spectrum = idx.search(tid, query="spectrum", target="image", k=10, filters=Filters(has_spectrum=True))
+    assert all(n["has_spectrum"] for n in with_spectrum["neighbours"])
+    lonely = int(next(iter(image_only)))
+    with pytest.raises(Exception, match="has no spectrum"):
+        idx.search(lonely, query="spectrum")
+    # --append onto an index of the paired store alone: the same vectors, rows and answers as the fresh build
+    appended = tmp_path / "appended"
+    build_indexes(reference_index["store"], reference_index["heads"], appended)
+    run = CliRunner().invoke(main, ["-q", "index", "--append", str(work), str(appended), "--no-progress"])
+    assert run.exit_code == 0, run.output
+    again = open_index(appended, verify_hashes=True)
+    for m in ("image", "spectrum"):
+        np.testing.assert_array_equal(np.asarray(again.embeddings[m]), np.asarray(idx.embeddings[m]))
+    assert set(again.rows) == set(idx.rows)
+    for key in idx.rows:
+        np.testing.assert_array_equal(again.rows[key], idx.rows[key])
+    assert again.search(tid, query="spectrum", target="image", k=20) == idx.search(
+        tid, query="spectrum", target="image", k=20
+    )
+    # the same store twice, or a store the heads' encoders did not make: refused by name, nothing changed
+    before = (appended / "index.json").read_bytes()
+    twice = CliRunner().invoke(main, ["-q", "index", "--append", str(work), str(appended), "--no-progress"])
+    assert twice.exit_code != 0 and "already in the index" in twice.output
+    assert (appended / "index.json").read_bytes() == before
+
+
+def test_a_store_from_other_encoders_is_refused_by_name(reference_index):
+    from types import SimpleNamespace
+
+    from galclip.errors import GalclipError
+    from galclip.index.build import _check_compatible
+
+    ref = FeatureStore.open(reference_index["store"])
+    other = json.loads(json.dumps(ref.provenance))
+    other["encoders"]["image"]["weights"]["seed"] = 99  # other (seeded random) image weights
+    fake = SimpleNamespace(provenance=other, feature_arrays={"image_features": (2048,)}, path=Path("other.zarr"))
+    with pytest.raises(
+        GalclipError, match=r"other\.zarr: its image features come from another encoder(.|\n)*weights\.seed"
+    ):
+        _check_compatible(ref, fake, Path("other.zarr"), reference_index["heads"])

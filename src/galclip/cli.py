@@ -764,10 +764,42 @@ def evaluate(
     _echo_summary(metrics)
 
 
+def _bytes_option(ctx, param, value):
+    from galclip.index.vectors import parse_size
+
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
 @main.command()
-@click.argument("store", type=click.Path(exists=True, path_type=Path))
-@click.argument("heads_path", metavar="HEADS", type=click.Path(exists=True, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("paths", nargs=-1, metavar="STORE HEADS OUT", type=click.Path(path_type=Path))
+@click.option(
+    "--also",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Another store to index with STORE (paired, image-only or spectrum-only, extracted with the same encoders: "
+    "a 'galclip predict' work store, say). Repeatable.",
+)
+@click.option(
+    "--append",
+    "append_path",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Add this store to an existing index without embedding again what it holds: 'galclip index --append STORE "
+    "INDEX'.",
+)
+@click.option(
+    "--max-memory",
+    callback=_bytes_option,
+    default=None,
+    help="A memory budget (4G, 512M, bytes) for the serving process: the best index kind whose resident size fits "
+    "it (exact, IVF-Flat, IVF-PQ with an exact re-rank from disk, OPQ). Default: exact up to --exact-max, IVF-Flat "
+    "above.",
+)
 @click.option(
     "--exact-max",
     type=click.IntRange(min=1),
@@ -802,9 +834,10 @@ def evaluate(
 @click.option("--no-progress", is_flag=True)
 @user_errors
 def index(
-    store: Path,
-    heads_path: Path,
-    out: Path,
+    paths: tuple[Path, ...],
+    also: tuple[Path, ...],
+    append_path: Path | None,
+    max_memory: int | None,
     exact_max: int,
     recall_floor: float,
     seed: int,
@@ -814,30 +847,67 @@ def index(
     overwrite: bool,
     no_progress: bool,
 ) -> None:
-    """Embed every pair of STORE with HEADS and build one FAISS index per modality in OUT."""
-    from galclip.index.build import build_indexes
+    """Embed every galaxy of STORE (and of each --also store) with HEADS and build one FAISS index per modality in
+    OUT; or, with --append STORE INDEX, add a store to an index."""
+    from galclip.index.build import append_store, build_indexes
 
-    _require_kinds(
-        "index", [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN), ("OUT", out, _out_kinds("index"))]
-    )
-    side = build_indexes(
-        store,
-        heads_path,
-        out,
-        exact_max=exact_max,
-        recall_floor=recall_floor,
-        seed=seed,
-        batch=batch,
-        allow_partial=allow_partial,
-        progress=not no_progress,
-        embedding_map=not no_map,
-        overwrite=overwrite,
-    )
-    for m, rec in side["indexes"].items():
-        click.echo(
-            f"{m:<8} {rec['kind']:<4} {rec['ntotal']} vectors  recall@10 {rec['recall@10']:.3f}"
-            + (f"  (nlist {rec['nlist']}, nprobe {rec['nprobe']})" if rec["kind"] == "ivf" else "")
+    if append_path is not None:
+        if len(paths) != 1 or also:
+            raise click.UsageError("with --append give only the index: galclip index --append STORE INDEX")
+        _require_kinds("index", [("INDEX", paths[0], INDEX_IN), ("--append", append_path, STORE_IN)])
+        side = append_store(
+            paths[0], append_path, batch=batch, seed=seed, allow_partial=allow_partial, progress=not no_progress
         )
+        out = paths[0]
+    else:
+        if len(paths) != 3:
+            raise click.UsageError(
+                f"give STORE HEADS OUT (got {len(paths)} argument(s)); to add a store to an index: "
+                "galclip index --append STORE INDEX"
+            )
+        store, heads_path, out = paths
+        for label, path in (("STORE", store), ("HEADS", heads_path)):
+            if not path.exists():
+                raise click.BadParameter(f"{path}: does not exist", param_hint=label)
+        _require_kinds(
+            "index",
+            [("STORE", store, STORE_IN), ("HEADS", heads_path, HEADS_IN), ("OUT", out, _out_kinds("index"))]
+            + [("--also", p, STORE_IN) for p in also],
+        )
+        side = build_indexes(
+            store,
+            heads_path,
+            out,
+            exact_max=exact_max,
+            recall_floor=recall_floor,
+            seed=seed,
+            batch=batch,
+            allow_partial=allow_partial,
+            progress=not no_progress,
+            embedding_map=not no_map,
+            overwrite=overwrite,
+            also=also,
+            max_memory=max_memory,
+        )
+    _echo_index(side, out)
+
+
+def _echo_index(side: dict, out: Path) -> None:
+    from galclip.index.vectors import IndexSpec
+
+    for m, rec in side["indexes"].items():
+        spec = IndexSpec(**{k: rec[k] for k in IndexSpec.__dataclass_fields__ if k in rec})
+        click.echo(
+            f"{m:<8} {rec['ntotal']} vectors  {spec.describe()}  recall@10 {rec['recall@10']:.3f}  "
+            f"{rec.get('resident_bytes', 0) / 2**20:.1f} MiB resident"
+        )
+    for rec in side.get("stores", [])[1:]:
+        click.echo(
+            f"  + {rec['path']}: {rec['n']} galaxies ({', '.join(rec['modalities'])})"
+            + (f", {rec['duplicates']} already indexed skipped" if rec["duplicates"] else "")
+        )
+    if side.get("max_memory"):
+        click.echo(f"within --max-memory {side['max_memory'] / 2**30:.2f} GiB")
     click.echo(f"-> {out} ({side['build_seconds']:.1f} s)")
 
 
@@ -857,9 +927,42 @@ def index(
     help="Read the query galaxy from this survey file (any layout: AstroCLIP HDF5, a Legacy Survey cutout, a DESI "
     "coadd, Multimodal Universe) and embed it on the fly (encoders + heads).",
 )
-@click.option("--query", "query_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
+@click.option("--ra", type=float, default=None, help="Query by position: RA in degrees (with --dec).")
+@click.option("--dec", type=float, default=None, help="Query by position: Dec in degrees (with --ra).")
+@click.option(
+    "--radius",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="arcsec: a position query snaps to the nearest indexed galaxy within it.",
+)
+@click.option(
+    "--query",
+    "query_kind",
+    type=click.Choice(["image", "spectrum", "both"]),
+    default="image",
+    show_default=True,
+    help="The query galaxy's modality; both: the mean of its two unit embeddings, renormalised.",
+)
 @click.option("--target", "target_kind", type=click.Choice(["image", "spectrum"]), default="image", show_default=True)
 @click.option("-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--filter",
+    "windows",
+    multiple=True,
+    metavar="LABEL=LO:HI",
+    help="Only galaxies whose LABEL lies in [LO, HI] (either end may be empty: redshift=0.1:, log_mstar=:10.5); "
+    "applied before the top k is cut. Repeatable.",
+)
+@click.option("--has-spectrum/--no-spectrum", default=None, help="Only galaxies with (or without) a spectrum.")
+@click.option("--has-image/--no-image", default=None, help="Only galaxies with (or without) an image.")
+@click.option(
+    "--dedup",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="arcsec: drop a result closer on the sky than this to a better-ranked one (the fragments of one galaxy); "
+    "0 keeps every one. [default: 96 x 0.262 = 25.152, galaxy_search's]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--plot",
@@ -869,24 +972,55 @@ def index(
 )
 @user_errors
 def search(
-    index_dir: Path, targetid: int, data, query_kind: str, target_kind: str, k: int, as_json: bool, plot
+    index_dir: Path,
+    targetid: int,
+    data,
+    ra: float | None,
+    dec: float | None,
+    radius: float,
+    query_kind: str,
+    target_kind: str,
+    k: int,
+    windows: tuple[str, ...],
+    has_spectrum: bool | None,
+    has_image: bool | None,
+    dedup: float | None,
+    as_json: bool,
+    plot,
 ) -> None:
-    """Find the K galaxies most similar to TARGETID, in-modal or cross-modal."""
+    """Find the K galaxies most similar to a galaxy (by TARGETID, by position, or from a survey file), in-modal or
+    cross-modal, filtered and without duplicates."""
+    from galclip.index.query import DEDUP_ARCSEC, Filters
     from galclip.index.search import open_index
 
     _require_kinds("search", [("INDEX", index_dir, INDEX_IN)])
     if data is not None and plot is not None:
         raise click.BadParameter("--plot draws galaxies of the indexed survey; leave it out with --data")
-    if targetid is None and data is None:
-        raise click.BadParameter("give the query galaxy: --targetid N (and --data FILE for one not indexed)")
+    if (ra is None) != (dec is None):
+        raise click.BadParameter("a position query needs both --ra and --dec (degrees)")
+    by_position = ra is not None
+    if by_position and (targetid is not None or data is not None):
+        raise click.BadParameter("give the query one way: --ra/--dec, --targetid, or --data FILE")
+    if targetid is None and data is None and not by_position:
+        raise click.BadParameter("give the query galaxy: --targetid N, --ra DEG --dec DEG, or --data FILE")
+    filters = Filters.parse(windows, has_image=has_image, has_spectrum=has_spectrum)
+    options = {
+        "query": query_kind,
+        "target": target_kind,
+        "k": k,
+        "filters": filters or None,
+        "dedup_arcsec": DEDUP_ARCSEC if dedup is None else dedup,
+    }
     idx = open_index(index_dir)
     if data is not None:
         from galclip.embed_survey import search_survey_pair
 
-        result = search_survey_pair(idx, data, targetid, query=query_kind, target=target_kind, k=k)
-        targetid = result["query"]["targetid"]
+        result = search_survey_pair(idx, data, targetid, **options)
+    elif by_position:
+        result = idx.search_position(ra, dec, radius, **options)
     else:
-        result = idx.search(targetid, query=query_kind, target=target_kind, k=k)
+        result = idx.search(targetid, **options)
+    targetid = result["query"]["targetid"]
     if plot is not None:
         from galclip.evaluate.survey_rows import plot_search_result
 
@@ -894,6 +1028,14 @@ def search(
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    position = result["query"].get("position")
+    if position:
+        click.echo(
+            f"RA {position['ra']:g}, Dec {position['dec']:g}: nearest indexed galaxy {targetid} at "
+            f"{position['separation_arcsec']:.2f} arcsec"
+        )
+    if result.get("filters") and result["filters"].get("reason"):
+        click.echo(result["filters"]["reason"])
     fmt = lambda v, f: "      -" if v is None else format(v, f)
     click.echo(
         f"query {targetid} ({query_kind}; z {fmt(result['query']['redshift'], '.4f')}, "
@@ -902,6 +1044,8 @@ def search(
     click.echo(" rank  similarity            targetid  redshift  log M*")
     for h in result["neighbours"]:
         star = "  <- its own partner" if h["is_partner"] else ""
+        star += "" if h.get("has_spectrum", True) else "  (no spectrum)"
+        star += "" if h.get("has_image", True) else "  (no image)"
         click.echo(
             f"{h['rank']:5d}  {h['similarity']:10.4f}  {h['targetid']:18d}  {fmt(h['redshift'], '8.4f')}  "
             f"{fmt(h['log_mstar'], '6.2f')}{star}"

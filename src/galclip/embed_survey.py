@@ -74,25 +74,42 @@ def search_survey_pair(
     index: Index,
     data: str | Path,
     targetid: int | None = None,
-    query: str = "image",
+    query: str | None = "image",
     target: str = "image",
     k: int = 5,
     device: str = "auto",
+    **options,
 ) -> dict:
     """``Index.search`` for a galaxy read from the survey file ``data`` and embedded here (``targetid`` None: the
-    file's only galaxy): the same records, with ``query.source`` the file."""
+    file's only galaxy): the same records, with ``query.source`` the file. ``query`` "both" needs a file holding both
+    modalities; None takes the modality the file holds (the image when it holds both). ``options``: filters and
+    dedup_arcsec, as for ``Index.search``."""
+    from galclip.neighbours import l2_normalise
+
     vectors, survey_redshift, targetid = embed_survey_pair(index, data, targetid, device)
-    if query not in vectors:
+    if query is None:
+        query = "image" if "image" in vectors else next(iter(vectors))
+    if query == "both":
+        if len(vectors) < 2:
+            raise InputError(
+                f"{data}: holds only the {next(iter(vectors))} of targetid {targetid}; a query by both modalities "
+                f"needs a file with both: search with --query {next(iter(vectors))}"
+            )
+        vector = l2_normalise(vectors["image"] + vectors["spectrum"]).astype(np.float32)
+    elif query not in vectors:
         raise InputError(
             f"{data}: holds no {query} of targetid {targetid} (only {', '.join(vectors)}); search with "
             f"--query {next(iter(vectors))}"
         )
+    else:
+        vector = vectors[query]
     return index.search(
         targetid,
         query=query,
         target=target,
         k=k,
-        vector=vectors[query],
+        vector=vector,
         source=str(data),
         survey_redshift=survey_redshift,
+        **options,
     )

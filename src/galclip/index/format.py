@@ -20,6 +20,7 @@ FORMAT = "galclip-index/3"  # 3: file sizes and SHA-256s, its own SHA-256, relat
 READABLE_FORMATS = ("galclip-index/2", FORMAT)
 SIDECAR = "index.json"
 ROWS_FILE = "rows.npz"
+MEMBER_SUFFIX = "_pos"  # rows.npz's {modality}_pos: the rows that have that modality, in vector order
 MAP_FILE = "map.npy"  # (N, 2) UMAP coordinates of the image embeddings, for the search page's map
 FILES = frozenset({SIDECAR, ROWS_FILE, MAP_FILE, *(f"{m}.{ext}" for m in MODALITIES for ext in ("faiss", "npy"))})
 REPAIR = "rebuild the index with 'galclip index'"

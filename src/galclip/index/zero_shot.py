@@ -267,7 +267,10 @@ def load_reference(index, modality: str, selection: str = "train", seed: int = 0
     if selection not in SELECTIONS:
         raise InputError(f"--reference must be one of {list(SELECTIONS)}, got {selection!r}")
     rows = index.rows
+    if any(name not in rows for name in LABELS):
+        raise InputError(f"{index.path}: its galaxies carry no catalogue labels; there is nothing to predict from")
     labelled = np.all([np.isfinite(rows[name]) for name in LABELS], axis=0)
+    labelled &= index.has(modality)  # an index of several stores: only the galaxies that have this modality
     chosen = labelled & (rows["split"] == TRAIN) if selection == "train" else labelled
     calibrate = np.flatnonzero(labelled & (rows["split"] == SELECTION)) if selection == "train" else np.zeros(0, int)
     if not chosen.any():
@@ -282,10 +285,10 @@ def load_reference(index, modality: str, selection: str = "train", seed: int = 0
         modality,
         selection,
         rows["targetid"][pos],
-        index.embeddings[modality][pos],
+        index.vectors_at(modality, pos),
         {name: rows[name][pos] for name in index.label_names},
         seed,
-        (index.embeddings[modality][calibrate], {name: rows[name][calibrate] for name in index.label_names}),
+        (index.vectors_at(modality, calibrate), {name: rows[name][calibrate] for name in index.label_names}),
     )
 
 

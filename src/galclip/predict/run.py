@@ -35,7 +35,7 @@ from galclip.progress import progress as progress_bar
 from galclip.provenance import sha256_file
 from galclip.split import TEST
 from galclip.store import FeatureStore
-from galclip.store.feature_store import leaf_diff
+from galclip.store.identity import encoder_differences
 from galclip.vocabulary import MODALITIES, label_info
 
 logger = logging.getLogger(__name__)
@@ -93,23 +93,9 @@ def choose_modality(held: tuple[str, ...], requested: str, where: str) -> str:
     return requested
 
 
-def encoder_identity(provenance: dict, modality: str) -> dict:
-    """What makes two stores' ``modality`` features the same: the encoder (weights by SHA-256, wherever the file
-    lies) and its preprocessing."""
-    enc = dict((provenance.get("encoders") or {}).get(modality) or {})
-    weights = dict(enc.get("weights") or {})
-    if "sha256" in weights:
-        weights.pop("source", None)
-    enc["weights"] = weights
-    return {
-        "encoders": {modality: enc},
-        "preprocessing": {modality: (provenance.get("preprocessing") or {}).get(modality)},
-    }
-
-
 def check_same_encoder(reference: dict, other: dict, modality: str, what: str, behind: str) -> None:
     """Refuse features made otherwise than the reference store's: name each differing field."""
-    diffs = leaf_diff(encoder_identity(reference, modality), encoder_identity(other, modality))
+    diffs = encoder_differences(reference, other, modality)
     if diffs:
         raise InputError(
             f"{what}: its {modality} features would not come from the encoder behind {behind}:\n  "
