@@ -169,6 +169,79 @@ def test_vector_search_csv_galaxy_image_spectrum_map(served, client):
     assert client.get("/api/health").json()["status"] == "ok"
 
 
+@pytest.fixture(scope="module")
+def cutouts(tiny_mock, tmp_path_factory) -> Path:
+    """The tiny mock's galaxies as Legacy Survey cutout FITS (one galaxy per file) and DESI coadds."""
+    from galclip.data.mock.layouts import convert
+
+    out = tmp_path_factory.mktemp("layouts")
+    convert(tiny_mock / "survey.h5", out, "legacysurvey-fits")
+    return out
+
+
+def test_position_filters_and_an_uploaded_cutout_answer_as_the_index_does(served, client, cutouts, tiny_mock):
+    from galclip.index.query import Filters
+    from galclip.serve import app as app_module
+
+    _, service = served
+    index = service.index
+    tid = int(index.rows["targetid"][5])
+    ra, dec = float(index.rows["ra"][5]), float(index.rows["dec"][5])
+    by_position = client.get(f"/api/search?ra={ra}&dec={dec}&radius=2&query=both&target=image&k=4").json()
+    assert by_position["query"]["targetid"] == tid and by_position["query"]["position"]["separation_arcsec"] < 1e-3
+    by_id = index.search(tid, query="both", target="image", k=4)
+    assert by_position["neighbours"] == by_id["neighbours"]
+    z = index.rows["redshift"]
+    lo, hi = (float(v) for v in np.nanpercentile(z, [20, 60]))
+    window = client.get(f"/api/search?targetid={tid}&target=spectrum&k=5&filter=redshift={lo}:{hi}&dedup=0").json()
+    assert window == index.search(
+        tid, target="spectrum", k=5, filters=Filters.parse([f"redshift={lo}:{hi}"]), dedup_arcsec=0
+    )
+    assert all(lo <= n["redshift"] <= hi for n in window["neighbours"]) and len(window["neighbours"]) == 5
+    empty = client.get(f"/api/search?targetid={tid}&filter=redshift=7:8")
+    assert empty.status_code == 200 and empty.json()["neighbours"] == []
+    assert "no indexed galaxy passes" in empty.json()["filters"]["reason"]
+    csv_rows = client.get(f"/api/search.csv?ra={ra}&dec={dec}&k=3").text.strip().split("\n")
+    assert csv_rows[0].endswith("has_image,has_spectrum,is_partner") and csv_rows[1].startswith(str(tid))
+    # an uploaded cutout: embedded with the store's encoders and heads, its own galaxy comes first
+    files = sorted((cutouts / "cutouts").glob("*.fits"))
+    from galclip.data.sources import open_survey
+
+    with open_survey(files[0], require=()) as reader:
+        batch = reader.read(0, 1)
+    upload_ra, upload_dec = float(batch.ra[0]), float(batch.dec[0])
+    own = int(np.argmin((index.rows["ra"] - upload_ra) ** 2 + (index.rows["dec"] - upload_dec) ** 2))
+    with open(files[0], "rb") as f:
+        got = client.post("/api/search/file", files={"file": (files[0].name, f, "application/fits")}, data={"k": "3"})
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["query"]["source"] == f"upload: {files[0].name}" and body["query"]["modality"] == "image"
+    assert body["neighbours"][0]["targetid"] == int(index.rows["targetid"][own])
+    assert body["neighbours"][0]["similarity"] == pytest.approx(1.0, abs=1e-3)
+    # bad uploads: named, 4xx, and nothing of them is kept
+    import tempfile
+
+    before = set(Path(tempfile.gettempdir()).glob("galclip-upload-*"))
+    several = client.post("/api/search/file", files={"file": ("survey.h5", (tiny_mock / "survey.h5").read_bytes())})
+    assert several.status_code == 422 and "holds 64 galaxies" in several.json()["error"]
+    text = client.post("/api/search/file", files={"file": ("notes.txt", b"hello, not a survey file")})
+    assert text.status_code == 422 and "notes.txt" in text.json()["error"]
+    nothing = client.post("/api/search/file", data={"k": "3"})
+    assert nothing.status_code == 422 and "file" in nothing.json()["error"]
+    no_spectrum = client.post(
+        "/api/search/file", files={"file": (files[0].name, files[0].read_bytes())}, data={"query": "spectrum"}
+    )
+    assert no_spectrum.status_code == 422 and "holds no spectrum" in no_spectrum.json()["error"]
+    old = app_module.UPLOAD_MAX_BYTES
+    app_module.UPLOAD_MAX_BYTES = 1000
+    try:
+        big = client.post("/api/search/file", files={"file": (files[0].name, files[0].read_bytes())})
+    finally:
+        app_module.UPLOAD_MAX_BYTES = old
+    assert big.status_code == 413 and "larger than" in big.json()["error"]
+    assert set(Path(tempfile.gettempdir()).glob("galclip-upload-*")) == before
+
+
 def test_page_and_schema_are_served_offline(client):
     page = client.get("/")
     assert page.status_code == 200 and "galclip" in page.text
@@ -195,12 +268,29 @@ def bad_requests(tid: int) -> list[tuple[str, str, dict | str | None, int, str]]
         ("GET", "/api/search?targetid=abc", None, 422, "targetid"),
         ("GET", "/api/search?targetid=1.5", None, 422, "targetid"),
         ("GET", "/api/search?targetid=", None, 422, "targetid"),
-        ("GET", "/api/search", None, 422, "targetid: Field required"),
+        ("GET", "/api/search", None, 422, "give the query galaxy: targetid, or ra and dec"),
+        ("GET", "/api/search?ra=400&dec=0", None, 422, "RA must be in degrees within [0, 360)"),
+        ("GET", "/api/search?ra=10&dec=-91", None, 422, "Dec must be in degrees within [-90, 90]"),
+        ("GET", "/api/search?ra=10", None, 422, "needs both ra and dec"),
+        ("GET", "/api/search?ra=10&dec=0&radius=0", None, 422, "radius:"),
+        ("GET", "/api/search?ra=1&dec=-89", None, 404, "the nearest is targetid"),
+        ("GET", f"/api/search?ra=10&dec=0&targetid={tid}", None, 422, "give the query one way"),
+        ("GET", f"/api/search?targetid={tid}&filter=redshift", None, 422, "write LABEL=LO:HI"),
+        ("GET", f"/api/search?targetid={tid}&filter=redshift=0.5:0.1", None, 422, "LO 0.5 is above HI 0.1"),
+        ("GET", f"/api/search?targetid={tid}&filter=colour=0:1", None, 422, "the index holds no such label"),
+        ("GET", f"/api/search?targetid={tid}&dedup=-1", None, 422, "dedup:"),
+        ("GET", f"/api/search?targetid={tid}&has_spectrum=maybe", None, 422, "has_spectrum:"),
         ("GET", f"/api/search?targetid={tid}&k=0", None, 422, "k: Input should be greater than or equal to 1"),
         ("GET", f"/api/search?targetid={tid}&k=-3", None, 422, "k:"),
         ("GET", f"/api/search?targetid={tid}&k=101", None, 422, "k: Input should be less than or equal to 100"),
         ("GET", f"/api/search?targetid={tid}&k=ten", None, 422, "k:"),
-        ("GET", f"/api/search?targetid={tid}&query=radio", None, 422, "query: Input should be 'image' or 'spectrum'"),
+        (
+            "GET",
+            f"/api/search?targetid={tid}&query=radio",
+            None,
+            422,
+            "query: Input should be 'image', 'spectrum' or 'both'",
+        ),
         ("GET", f"/api/search?targetid={tid}&target=IMAGE", None, 422, "target:"),
         ("GET", f"/api/search?targetid={tid}&target=", None, 422, "target:"),
         ("GET", "/api/search.csv?targetid=12345", None, 404, "not in the index"),
@@ -385,6 +475,44 @@ def _loaded_cards(driver) -> int:
         "return Array.from(document.querySelectorAll('#grid .card img'))"
         ".filter(i => i.complete && i.naturalWidth > 0).length"
     )
+
+
+@pytest.mark.browser
+def test_browser_position_filter_and_file_upload(live_server, browser, cutouts):
+    from selenium.webdriver.common.by import By
+
+    url, service = live_server
+    index = service.index
+    browser.get(url + "/")
+    _wait(lambda: "galaxies" in browser.find_element(By.ID, "map-status").text)
+    # by position: RA/Dec snap to the galaxy there
+    tid = str(int(index.rows["targetid"][8]))
+    for field, value in (("ra", index.rows["ra"][8]), ("dec", index.rows["dec"][8])):
+        browser.find_element(By.ID, field).clear()
+        browser.find_element(By.ID, field).send_keys(f"{value:.7f}")
+    browser.find_element(By.ID, "k").clear()
+    browser.find_element(By.ID, "k").send_keys("4")
+    browser.find_element(By.ID, "go-position").click()
+    _wait(lambda: f"targetid {tid}" in browser.find_element(By.ID, "query-card").text and _loaded_cards(browser) == 4)
+    assert "nearest to RA" in browser.find_element(By.ID, "q-position").text
+    assert "ra=" in browser.current_url
+    # a redshift window: every result shown lies inside it, and the URL carries it
+    z = index.rows["redshift"]
+    lo, hi = (float(v) for v in np.nanpercentile(z, [25, 75]))
+    browser.find_element(By.ID, "targetid").send_keys(tid)
+    browser.find_element(By.ID, "zmin").send_keys(f"{lo:.4f}")
+    browser.find_element(By.ID, "zmax").send_keys(f"{hi:.4f}")
+    browser.find_element(By.ID, "go").click()
+    _wait(lambda: "filter=redshift" in browser.current_url and _loaded_cards(browser) == 4)
+    shown = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
+    assert all(lo - 1e-4 <= z[index.find(int(t))] <= hi + 1e-4 for t in shown)
+    browser.save_screenshot(str(ARTIFACTS / "serve_position_filter.png"))
+    # a cutout FITS chosen from disk: embedded on the server and searched, the source named on the card
+    cutout = sorted((cutouts / "cutouts").glob("*.fits"))[0]
+    browser.find_element(By.ID, "file").send_keys(str(cutout))
+    _wait(lambda: f"upload: {cutout.name}" in browser.find_element(By.ID, "query-card").text, timeout=60)
+    _wait(lambda: _loaded_cards(browser) >= 1)
+    browser.save_screenshot(str(ARTIFACTS / "serve_upload.png"))
 
 
 @pytest.mark.browser

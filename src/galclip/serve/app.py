@@ -11,6 +11,7 @@ from elsewhere.
 import csv
 import io
 import logging
+import tempfile
 import threading
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -28,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from galclip.data.sources import open_survey
 from galclip.data.survey import recorded_survey_problems
 from galclip.errors import DamagedDataError, GalclipError
+from galclip.index.query import DEDUP_ARCSEC, SNAP_ARCSEC, Filters
 from galclip.index.search import Index, NotIndexed, float_or_none, open_index
 from galclip.serve.galaxies import SurveyGalaxies, UnknownGalaxy
 from galclip.split import SPLIT_NAMES
@@ -38,7 +40,18 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 K_MAX = 100  # the most neighbours one request may ask for
 BINS_MAX = 7781  # the DESI grid itself
+UPLOAD_MAX_BYTES = 32 * 2**20  # one galaxy's cutout (~0.3 MB) or coadd (~1 MB) fits many times over
+UPLOADS_AT_ONCE = 2  # uploads embedded at the same time (each runs both encoders); more wait for a 429
 Modality = Literal["image", "spectrum"]
+QueryModality = Literal["image", "spectrum", "both"]
+
+
+class UploadRefused(GalclipError):
+    """An upload that is too large, or one too many at once: its HTTP status rides along."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class EmbeddingQuery(BaseModel):
@@ -57,10 +70,63 @@ class SearchService:
     galaxies: SurveyGalaxies
     _map: dict | None = None
     _map_lock: threading.Lock = field(default_factory=threading.Lock)
+    _uploads: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(UPLOADS_AT_ONCE))
 
-    def search(self, targetid: int, query: str, target: str, k: int) -> dict:
-        """``Index.search``'s records, its zero-shot prediction included."""
-        return self.index.search(targetid, query=query, target=target, k=k)
+    def search(
+        self,
+        targetid: int | None,
+        query: str,
+        target: str,
+        k: int,
+        ra: float | None = None,
+        dec: float | None = None,
+        radius: float = SNAP_ARCSEC,
+        filters: Filters | None = None,
+        dedup_arcsec: float = DEDUP_ARCSEC,
+    ) -> dict:
+        """``Index.search``'s records, its zero-shot prediction included: from ``targetid``, or from the indexed galaxy
+        nearest to (ra, dec) within ``radius`` arcsec."""
+        options = {"query": query, "target": target, "k": k, "filters": filters or None, "dedup_arcsec": dedup_arcsec}
+        if (ra is None) != (dec is None):
+            raise GalclipError("a position query needs both ra and dec (degrees)")
+        if ra is not None:
+            if targetid is not None:
+                raise GalclipError("give the query one way: targetid, or ra and dec")
+            return self.index.search_position(ra, dec, radius, **options)
+        if targetid is None:
+            raise GalclipError("give the query galaxy: targetid, or ra and dec (degrees)")
+        return self.index.search(targetid, **options)
+
+    def search_file(self, upload: UploadFile, query: str | None, target: str, k: int, **options) -> dict:
+        """Embed the one galaxy of an uploaded survey file (a Legacy Survey cutout, a DESI coadd, any layout galclip
+        reads) with the index's encoders and heads, and search from it. The file lives in a temporary folder for the
+        request only; at most ``UPLOADS_AT_ONCE`` at a time, each at most ``UPLOAD_MAX_BYTES``."""
+        from galclip.embed_survey import search_survey_pair
+
+        if not self._uploads.acquire(blocking=False):
+            raise UploadRefused(f"{UPLOADS_AT_ONCE} uploads are being embedded already; try again in a moment", 429)
+        try:
+            name = Path(upload.filename or "upload").name or "upload"
+            with tempfile.TemporaryDirectory(prefix="galclip-upload-") as tmp:
+                path = Path(tmp) / name
+                size = 0
+                with open(path, "wb") as f:
+                    while chunk := upload.file.read(1 << 20):
+                        size += len(chunk)
+                        if size > UPLOAD_MAX_BYTES:
+                            raise UploadRefused(
+                                f"{name}: larger than the {UPLOAD_MAX_BYTES // 2**20} MiB an upload may be; send one "
+                                "galaxy's cutout or coadd",
+                                413,
+                            )
+                        f.write(chunk)
+                if size == 0:
+                    raise GalclipError(f"{name}: the upload is empty; choose a survey file")
+                result = search_survey_pair(self.index, path, None, query=query, target=target, k=k, **options)
+            result["query"]["source"] = f"upload: {name}"
+            return result
+        finally:
+            self._uploads.release()
 
     def search_embedding(self, vector: list[float], target: str, k: int) -> dict:
         return self.index.search_embedding(np.asarray(vector, dtype=np.float64), target=target, k=k)
@@ -78,7 +144,8 @@ class SearchService:
         return {
             "targetid": int(targetid),
             "indexed": pos >= 0,
-            "partner_indexed": pos >= 0,
+            "partner_indexed": pos >= 0 and all(self.index.vector_ids(m, [pos])[0] >= 0 for m in MODALITIES),
+            **{f"has_{m}": pos >= 0 and bool(self.index.vector_ids(m, [pos])[0] >= 0) for m in MODALITIES},
             "split": SPLIT_NAMES.get(int(rows["split"][pos])) if pos >= 0 else None,
             **(self.index.label_record(pos) if pos >= 0 else dict.fromkeys(self.index.label_names)),
             "survey": self.galaxies.where(targetid) if in_survey else None,
@@ -90,26 +157,31 @@ class SearchService:
         with self._map_lock:
             if self._map is None:
                 coords = self.index.embedding_map()
+                with_image = self.index.members("image")  # the map's points, in its order
                 self._map = {
-                    "targetid": [str(t) for t in self.index.rows["targetid"].tolist()],
+                    "targetid": [str(t) for t in self.index.rows["targetid"][with_image].tolist()],
                     "x": np.round(coords[:, 0], 4).tolist(),
                     "y": np.round(coords[:, 1], 4).tolist(),
-                    "redshift": [float_or_none(z) for z in self.index.rows["redshift"]],
+                    "redshift": [float_or_none(z) for z in self.index.rows["redshift"][with_image]],
                 }
             return self._map
 
 
 def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) -> tuple[list, int, str]:
-    """The survey files to read (``data``, else those the store was extracted from) and the store's
-    image crop and grz->RGB mapping."""
+    """The survey files to read (``data``, else those every store of the index was extracted from) and the first
+    store's image crop and grz->RGB mapping."""
     crop, rgb, files = 96, "lupton", []
-    try:
-        store = index.open_store()
-        (crop, rgb), files = store.image_display(), store.survey_files()
-    except GalclipError as err:
-        if not data:
-            raise GalclipError(f"{err}; the service needs the store's survey files: pass them with --data") from err
-        logger.warning("%s; thumbnails use the default crop %d and %s colours", err, crop, rgb)
+    for which in range(len(index.store_records())):
+        try:
+            store = index.open_store(which)
+            if which == 0:
+                crop, rgb = store.image_display()
+            files += [f for f in store.survey_files() if f not in files]
+        except GalclipError as err:
+            if not data:
+                raise GalclipError(f"{err}; the service needs the store's survey files: pass them with --data") from err
+            if which == 0:
+                logger.warning("%s; thumbnails use the default crop %d and %s colours", err, crop, rgb)
     if data:
         files = list(data)
     if not files:
@@ -122,20 +194,22 @@ def load_service(index_path: str | Path, data: list[str | Path] | None = None) -
     index = open_index(index_path, verify_hashes=True)  # every file against its SHA-256, once, at start
     index.check_heads()
     files, crop, rgb = survey_files_and_preprocessing(index, data)
-    try:
-        store = index.open_store()
-    except GalclipError:
-        store = None  # without the store there is no record to check the files against (only their targetids)
     changed = []
-    if store is not None:  # checked and closed before the service opens the files: HDF5 shares one open file
-        with closing(open_survey(files, require=())) as reader:  # per process, caches included
+    for which in range(len(index.store_records())):
+        try:
+            store = index.open_store(which)
+        except GalclipError:
+            continue  # without the store there is no record to check the files against (only their targetids)
+        own = [f for f in files if f in store.survey_files()] or files
+        # checked and closed before the service opens the files: HDF5 shares one open file per process
+        with closing(open_survey(own, require=())) as reader:
             changed = recorded_survey_problems(store.provenance, reader, store.targetids)
-    if changed:
-        raise GalclipError(
-            f"{changed[0]}. {store.path} was extracted from the earlier file, so the page would show "
-            "other galaxies than those it names: put the original back (or pass it with --data), or "
-            "extract the new file and build a new index"
-        )
+        if changed:
+            raise GalclipError(
+                f"{changed[0]}. {store.path} was extracted from the earlier file, so the page would show "
+                "other galaxies than those it names: put the original back (or pass it with --data), or "
+                "extract the new file and build a new index"
+            )
     galaxies = SurveyGalaxies(files, crop=crop, rgb=rgb)
     missing = index.rows["targetid"][~galaxies.holds(index.rows["targetid"])]
     if missing.size:
@@ -193,21 +267,52 @@ def create_app(service: SearchService) -> FastAPI:
         logger.error("%s", exc)
         return JSONResponse(status_code=503, content={"error": str(exc)})
 
+    @app.exception_handler(UploadRefused)
+    async def upload_refused(request: Request, exc: UploadRefused):
+        return JSONResponse(status_code=exc.status, content={"error": str(exc)})
+
     @app.exception_handler(GalclipError)
     async def user_error(request: Request, exc: GalclipError):
         return JSONResponse(status_code=422, content={"error": str(exc)})
+
+    def refine(
+        filter: list[str] = Query([], description="LABEL=LO:HI (either end may be empty), repeatable"),
+        has_spectrum: bool | None = Query(None, description="only galaxies with (true) or without (false) a spectrum"),
+        has_image: bool | None = Query(None, description="only galaxies with (true) or without (false) an image"),
+        dedup: float = Query(DEDUP_ARCSEC, ge=0, description="arcsec: drop results this close to a better one; 0 off"),
+    ) -> dict:
+        return {"filters": Filters.parse(filter, has_image, has_spectrum), "dedup_arcsec": dedup}
+
+    def position(
+        ra: float | None = Query(None, description="query by position: RA in degrees"),
+        dec: float | None = Query(None, description="query by position: Dec in degrees"),
+        radius: float = Query(SNAP_ARCSEC, gt=0, description="arcsec: snap to the nearest indexed galaxy within it"),
+    ) -> dict:
+        return {"ra": ra, "dec": dec, "radius": radius}
 
     @app.get(
         "/api/search",
         summary="Neighbours of an indexed galaxy, with its zero-shot prediction (k = 16, train-split reference)",
     )
     def search(
-        targetid: int,
-        query: Modality = "image",
+        targetid: int | None = None,
+        query: QueryModality = "image",
         target: Modality = "image",
         k: int = Query(16, ge=1, le=K_MAX, description=f"neighbours, 1 to {K_MAX}"),
+        where: dict = Depends(position),
+        narrowed: dict = Depends(refine),
     ) -> dict:
-        return service.search(targetid, query, target, k)
+        return service.search(targetid, query, target, k, **where, **narrowed)
+
+    @app.post("/api/search/file", summary="Neighbours of the galaxy in an uploaded survey file, embedded here")
+    def search_file(
+        file: UploadFile = File(description="one galaxy's Legacy Survey cutout FITS, DESI coadd, or any layout"),
+        query: QueryModality | None = Form(None, description="default: the modality the file holds (image first)"),
+        target: Modality = Form("image"),
+        k: int = Form(16, ge=1, le=K_MAX),
+        narrowed: dict = Depends(refine),
+    ) -> dict:
+        return service.search_file(file, query, target, k, **narrowed)
 
     @app.post("/api/search", summary="Neighbours of any vector in the shared space")
     def search_vector(body: EmbeddingQuery) -> dict:
@@ -215,9 +320,15 @@ def create_app(service: SearchService) -> FastAPI:
 
     @app.get("/api/search.csv", summary="The result table of GET /api/search as CSV")
     def search_csv(
-        targetid: int, query: Modality = "image", target: Modality = "image", k: int = Query(16, ge=1, le=K_MAX)
+        targetid: int | None = None,
+        query: QueryModality = "image",
+        target: Modality = "image",
+        k: int = Query(16, ge=1, le=K_MAX),
+        where: dict = Depends(position),
+        narrowed: dict = Depends(refine),
     ) -> Response:
-        result = service.search(targetid, query, target, k)
+        result = service.search(targetid, query, target, k, **where, **narrowed)
+        targetid = result["query"]["targetid"]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(
@@ -229,6 +340,8 @@ def create_app(service: SearchService) -> FastAPI:
                 "targetid",
                 "similarity",
                 *service.index.label_names,
+                "has_image",
+                "has_spectrum",
                 "is_partner",
             ]
         )
@@ -242,6 +355,8 @@ def create_app(service: SearchService) -> FastAPI:
                     n["targetid"],
                     f"{n['similarity']:.6f}",
                     *("" if n[name] is None else n[name] for name in service.index.label_names),
+                    int(n["has_image"]),
+                    int(n["has_spectrum"]),
                     int(n["is_partner"]),
                 ]
             )

@@ -86,7 +86,10 @@ class SurveyGalaxies:
 
         from galclip.data.preprocess import preprocess_images
 
-        rgb = preprocess_images(self._read(targetid).image, self.crop, self.rgb)[0].permute(1, 2, 0).numpy()
+        batch = self._read(targetid)
+        if batch.image is None:
+            raise UnknownGalaxy(f"targetid {targetid} has no image in the survey files (it has only a spectrum)")
+        rgb = preprocess_images(batch.image, self.crop, self.rgb)[0].permute(1, 2, 0).numpy()
         buffer = io.BytesIO()
         Image.fromarray((np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)).save(buffer, format="PNG")
         png = buffer.getvalue()
@@ -98,7 +101,10 @@ class SurveyGalaxies:
 
     def spectrum(self, targetid: int, bins: int) -> dict:
         """The spectrum on the DESI grid averaged into ``bins`` equal bins: {"wavelength", "flux"} lists."""
-        flux = self._read(targetid).spectrum[0].astype(np.float64)
+        batch = self._read(targetid)
+        if batch.spectrum is None:
+            raise UnknownGalaxy(f"targetid {targetid} has no spectrum in the survey files (it has only an image)")
+        flux = batch.spectrum[0].astype(np.float64)
         wave = desi_wavelength()
         edges = np.linspace(0, len(flux), bins + 1).round().astype(int)
         counts = np.diff(edges)

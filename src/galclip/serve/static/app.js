@@ -7,7 +7,7 @@ const LINES = [  // rest-frame wavelengths (Å) marked on spectra at the galaxy'
   ["[OII]", 3727], ["K", 3934], ["H", 3969], ["Hδ", 4102], ["Hγ", 4340], ["Hβ", 4861], ["[OIII]", 5007],
   ["Mg b", 5175], ["Na D", 5893], ["Hα", 6563], ["[NII]", 6583], ["[SII]", 6724],
 ];
-const state = { targetid: null, query: "image", target: "image", k: 16 };
+const state = { targetid: null, query: "image", target: "image", k: 16, ra: "", dec: "", radius: "1", zmin: "", zmax: "", hasSpectrum: "", dedup: true };
 let mapData = null;  // {targetid: [str], x: [], y: [], redshift: []} and screen coordinates
 let lastResult = null;
 
@@ -37,33 +37,67 @@ function fmt(value, digits) {
 
 function readURL() {
   const params = new URLSearchParams(window.location.search);
-  if (params.get("targetid")) state.targetid = params.get("targetid").trim();
-  if (["image", "spectrum"].includes(params.get("query"))) state.query = params.get("query");
+  state.targetid = params.get("targetid") ? params.get("targetid").trim() : null;
+  if (["image", "spectrum", "both"].includes(params.get("query"))) state.query = params.get("query");
   if (["image", "spectrum"].includes(params.get("target"))) state.target = params.get("target");
   if (params.get("k")) state.k = params.get("k");
+  state.ra = params.get("ra") || ""; state.dec = params.get("dec") || "";
+  if (params.get("radius")) state.radius = params.get("radius");
+  const z = (params.getAll("filter").find((f) => f.startsWith("redshift=")) || "redshift=:").slice(9).split(":");
+  state.zmin = z[0] || ""; state.zmax = z[1] || "";
+  state.hasSpectrum = params.get("has_spectrum") || "";
+  state.dedup = params.get("dedup") !== "0";
   $("targetid").value = state.targetid || "";
   $("direction").value = `${state.query}:${state.target}`;
   $("k").value = state.k;
+  $("ra").value = state.ra; $("dec").value = state.dec; $("radius").value = state.radius;
+  $("zmin").value = state.zmin; $("zmax").value = state.zmax;
+  $("has-spectrum").value = state.hasSpectrum; $("dedup").checked = state.dedup;
+}
+
+function readRefine() {
+  state.radius = $("radius").value.trim() || "1";
+  state.zmin = $("zmin").value.trim(); state.zmax = $("zmax").value.trim();
+  state.hasSpectrum = $("has-spectrum").value;
+  state.dedup = $("dedup").checked;
+  [state.query, state.target] = $("direction").value.split(":");
+  state.k = $("k").value;
+}
+
+// the filters as /api/search (and /api/search/file) take them
+function refineParams(params) {
+  if (state.zmin || state.zmax) params.append("filter", `redshift=${state.zmin}:${state.zmax}`);
+  if (state.hasSpectrum) params.append("has_spectrum", state.hasSpectrum);
+  if (!state.dedup) params.append("dedup", "0");
+  return params;
 }
 
 function queryString() {
-  return new URLSearchParams({ targetid: state.targetid, query: state.query, target: state.target, k: state.k }).toString();
+  const where = state.targetid ? { targetid: state.targetid } : { ra: state.ra, dec: state.dec, radius: state.radius };
+  const params = new URLSearchParams({ ...where, query: state.query, target: state.target, k: state.k });
+  return refineParams(params).toString();
+}
+
+function showResult(result) {
+  lastResult = result;
+  renderQuery(result);
+  renderGrid(result);
+  const reason = result.filters && result.filters.reason;
+  if (reason) showMessage(reason);
+  drawMap();
 }
 
 async function search(push) {
-  if (!state.targetid) { showMessage("Enter a targetid (or press “random galaxy”)."); return; }
+  if (!state.targetid && !(state.ra && state.dec)) { showMessage("Enter a targetid or a position (or press “random galaxy”)."); return; }
   if (push) history.pushState({ ...state }, "", `?${queryString()}`);
   showMessage("");
   document.body.dataset.loading = "1";
   try {
     const result = await fetchJSON(`/api/search?${queryString()}`);
-    lastResult = result;
-    renderQuery(result);
-    renderGrid(result);
     const csv = $("csv");
     csv.href = `/api/search.csv?${queryString()}`;
     csv.hidden = false;
-    drawMap();
+    showResult(result);
   } catch (err) {
     showMessage(err.message);
     $("grid").replaceChildren();
@@ -83,7 +117,12 @@ function renderQuery(result) {
   const right = document.createElement("div");
   right.style.flex = "1";
   const title = document.createElement("div");
-  title.innerHTML = `<b>targetid ${q.targetid}</b> — ${q.modality} query → ${result.target} neighbours`;
+  const modality = q.modality === "both" ? "image + spectrum" : q.modality;
+  const where = q.position ? ` <small id="q-position">(nearest to RA ${q.position.ra}, Dec ${q.position.dec}: ${fmt(q.position.separation_arcsec, 2)}″)</small>` : "";
+  const from = q.source && q.source !== "index" ? ` <small id="q-source">${escapeHtml(q.source)}</small>` : "";
+  const uploaded = q.source && q.source.startsWith("upload");
+  const name = uploaded && Number(q.targetid) < 0 ? "uploaded galaxy" : `targetid ${q.targetid}`;  // a cutout names no TARGETID
+  title.innerHTML = `<b>${name}</b> — ${modality} query → ${result.target} neighbours${where}${from}`;
   const canvas = document.createElement("canvas");
   canvas.width = 560; canvas.height = 200;
   // the zero-shot prediction: the same numbers as galclip predict's catalogue (k = 16 over the train split,
@@ -99,9 +138,10 @@ function renderQuery(result) {
       `<span>${escapeHtml(title)}</span><span>${fmt(q[name], 3)}</span><span id="p-${name}">${est(name, 3)}</span>`).join("")}
     <span>nearest</span><span></span><span id="p-sim">${p.similarity === undefined ? "–" : `cos ${fmt(p.similarity, 3)}${p.ood ? ' <span class="badge" id="p-ood">out of distribution</span>' : ""}`}</span>`;
   right.append(title, canvas, facts);
-  card.replaceChildren(img, right);
+  card.replaceChildren(...(uploaded ? [right] : [img, right]));  // an uploaded galaxy is not among the served files
   const z = q.redshift !== null ? q.redshift : (p.redshift ? p.redshift.value : null);
-  drawSpectrum(canvas, q.targetid, 600, z, true);
+  if (!uploaded) drawSpectrum(canvas, q.targetid, 600, z, true);
+  else canvas.remove();
 }
 
 function renderGrid(result) {
@@ -122,10 +162,11 @@ function renderGrid(result) {
     meta.innerHTML = `<span>#${n.rank} · ${n.similarity.toFixed(3)}</span><span>z ${fmt(n.redshift, 3)} · M* ${fmt(n.log_mstar, 2)}</span>`;
     const tid = document.createElement("div");
     tid.className = "tid";
-    tid.innerHTML = `${n.targetid}${n.is_partner ? ' <span class="badge">its own partner</span>' : ""}`;
+    tid.innerHTML = `${n.targetid}${n.is_partner ? ' <span class="badge">its own partner</span>' : ""}${n.has_spectrum === false ? ' <span class="badge no-spectrum">no spectrum</span>' : ""}`;
     card.append(img, canvas, meta, tid);
     card.addEventListener("click", () => { state.targetid = n.targetid; $("targetid").value = n.targetid; search(true); });
-    drawSpectrum(canvas, n.targetid, 160, n.redshift, false);
+    if (n.has_spectrum !== false) drawSpectrum(canvas, n.targetid, 160, n.redshift, false);
+    else canvas.remove();
     return card;
   });
   $("grid").replaceChildren(...cards);
@@ -266,26 +307,63 @@ $("map").addEventListener("click", (event) => {
 $("query-form").addEventListener("submit", (event) => {
   event.preventDefault();
   state.targetid = $("targetid").value.trim();
-  [state.query, state.target] = $("direction").value.split(":");
-  state.k = $("k").value;
+  readRefine();
   search(true);
 });
+
+$("go-position").addEventListener("click", () => {
+  state.targetid = null;
+  state.ra = $("ra").value.trim(); state.dec = $("dec").value.trim();
+  readRefine();
+  if (!state.ra || !state.dec) { showMessage("Enter both RA and Dec in degrees."); return; }
+  search(true);
+});
+
+async function searchFile(file) {
+  readRefine();
+  const form = new FormData();
+  form.append("file", file);
+  if (state.query !== "image") form.append("query", state.query);
+  form.append("target", state.target);
+  form.append("k", state.k);
+  showMessage("");
+  document.body.dataset.loading = "1";
+  try {
+    showResult(await fetchJSON(`/api/search/file?${refineParams(new URLSearchParams()).toString()}`, { method: "POST", body: form }));
+    $("csv").hidden = true;
+  } catch (err) {
+    showMessage(`${file.name}: ${err.message}`);
+  } finally {
+    delete document.body.dataset.loading;
+    $("file").value = "";
+  }
+}
+
+$("file").addEventListener("change", () => { if ($("file").files.length) searchFile($("file").files[0]); });
+for (const zone of [$("drop-zone"), $("query-panel")]) {
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    if (event.dataTransfer.files.length) searchFile(event.dataTransfer.files[0]);
+  });
+}
 
 $("random").addEventListener("click", async () => {
   try {
     const r = await fetchJSON("/api/random");
     state.targetid = r.targetid;
     $("targetid").value = r.targetid;
-    [state.query, state.target] = $("direction").value.split(":");
-    state.k = $("k").value;
+    readRefine();
     search(true);
   } catch (err) {
     showMessage(err.message);
   }
 });
 
-window.addEventListener("popstate", () => { readURL(); if (state.targetid) search(false); });
+window.addEventListener("popstate", () => { readURL(); if (state.targetid || state.ra) search(false); });
 
 readURL();
 loadMap();
-if (state.targetid) search(false);
+if (state.targetid || (state.ra && state.dec)) search(false);
