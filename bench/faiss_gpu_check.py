@@ -25,7 +25,8 @@ from search import clustered
 
 def build(spec, x: np.ndarray, gpu: bool, rng) -> tuple[object, float, str]:
     """(CPU index, build seconds, type name while building)."""
-    from galclip.index.build import new_index, on_gpu_if_available, to_cpu
+    from galclip.index.build import on_gpu_if_available, to_cpu
+    from galclip.index.vectors import new_index
 
     t = time.perf_counter()
     index = new_index(spec, x.shape[1])
@@ -46,7 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     import faiss
 
-    from galclip.index.build import IndexSpec, choose_spec, exact_neighbours, tune_nprobe
+    from galclip.index.build import exact_neighbours, tune_nprobe
+    from galclip.index.vectors import IndexSpec, choose_spec
 
     x = clustered(args.n)
     rows = np.random.default_rng(1).choice(args.n, args.queries, replace=False)

@@ -143,7 +143,7 @@ def synthetic_index(folder: Path, n: int, seed: int = 0) -> Path:
     sys.path.insert(0, str(Path(__file__).parent))
     from search import clustered  # bench/search.py
 
-    from galclip.index.build import FORMAT, ROWS_FILE, SIDECAR
+    from galclip.index.format import FORMAT, ROWS_FILE, SIDECAR
 
     folder.mkdir(parents=True, exist_ok=True)
     x = clustered(n, seed=seed)
