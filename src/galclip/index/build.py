@@ -308,6 +308,11 @@ def _build_modality(
     )
 
 
+def _size(n: float) -> str:
+    """Bytes as GiB, or MiB below one GiB."""
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _refuse_budget(max_memory: int, counts: dict[str, int], rows: dict[str, np.ndarray], d: int) -> GalclipError:
     need = PROCESS_BYTES + sum(int(v.nbytes) for v in rows.values())
     parts = []
@@ -315,11 +320,11 @@ def _refuse_budget(max_memory: int, counts: dict[str, int], rows: dict[str, np.n
         if n:
             spec, b = smallest(n, d)
             need += b
-            parts.append(f"{spec.describe()} for {n:,} {m} vectors needs {b / 2**30:.2f} GiB")
+            parts.append(f"{spec.describe()} for {n:,} {m} vectors needs {_size(b)}")
     return GalclipError(
-        f"--max-memory {max_memory / 2**30:.2f} GiB: no index kind fits; the closest, "
+        f"--max-memory {_size(max_memory)}: no index kind fits; the closest, "
         + " and ".join(parts)
-        + f", with the per-row arrays and {PROCESS_BYTES // 2**20} MiB for the process: {need / 2**30:.2f} GiB in "
+        + f", with the per-row arrays and {PROCESS_BYTES // 2**20} MiB for the process: {_size(need)} in "
         "all; raise --max-memory"
     )
 
@@ -610,8 +615,8 @@ def append_store(
         resident = sum(r["resident_bytes"] for r in records.values())
         if max_memory is not None and resident + PROCESS_BYTES + sum(v.nbytes for v in rows.values()) > max_memory:
             raise GalclipError(
-                f"{out}: with {path} the index would hold {resident / 2**30:.2f} GiB of vectors, beyond the "
-                f"--max-memory {max_memory / 2**30:.2f} GiB it was built for; rebuild it with 'galclip index ... "
+                f"{out}: with {path} the index would hold {_size(resident)} of vectors, beyond the "
+                f"--max-memory {_size(max_memory)} it was built for; rebuild it with 'galclip index ... "
                 "--also' and a larger --max-memory (or let it choose a smaller kind)"
             )
         map_info = _write_map(
