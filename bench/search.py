@@ -85,13 +85,6 @@ def ivfpq_row(x: np.ndarray, q: np.ndarray, truth: np.ndarray, nlist: int, rng) 
     return out
 
 
-def parse_bytes(text: str) -> int:
-    """'4G', '512M', '1.5GiB', '4000000000' -> bytes (binary units)."""
-    t = text.strip().upper().removesuffix("IB").removesuffix("B")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)
-    return int(float(t[:-1] if scale > 1 else t) * scale)
-
-
 def write_vectors(path: Path, n: int, n_queries: int, spread: float, seed: int = 0, block: int = 1_000_000):
     """Write n clustered unit vectors to ``path`` (.npy) block by block; return the (n_queries, 128) held-out
     queries, drawn from the same clusters after them (never indexed)."""
@@ -317,11 +310,12 @@ def serve_load(folder: Path, queries: int, clients: int = 8, max_requests: int =
 def budget_run(n: int, args) -> dict:
     """Everything recorded at one size within ``--max-memory`` (see the module's docstring)."""
     from galclip.index.build import exact_neighbours_streamed
+    from galclip.index.vectors import parse_size
 
     work = args.workdir / f"n{n}"
     work.mkdir(parents=True, exist_ok=True)
     vectors = work / "vectors.npy"
-    row: dict = {"n": n, "max_memory_bytes": parse_bytes(args.max_memory)}
+    row: dict = {"n": n, "max_memory_bytes": parse_size(args.max_memory)}
     t = time.perf_counter()
     q = write_vectors(vectors, n, args.queries, args.spread)
     np.save(work / "queries.npy", q)

@@ -896,7 +896,7 @@ def _echo_index(side: dict, out: Path) -> None:
     from galclip.index.vectors import IndexSpec
 
     for m, rec in side["indexes"].items():
-        spec = IndexSpec(**{k: rec[k] for k in IndexSpec.__dataclass_fields__ if k in rec})
+        spec = IndexSpec.from_record(rec)
         click.echo(
             f"{m:<8} {rec['ntotal']} vectors  {spec.describe()}  recall@10 {rec['recall@10']:.3f}  "
             f"{rec.get('resident_bytes', 0) / 2**20:.1f} MiB resident"

@@ -503,22 +503,6 @@ def _sidecar(
     return sidecar
 
 
-def _recorded_stores(sidecar: dict) -> list[dict]:
-    """The stores an index records (an index built before ``stores`` existed: its one store)."""
-    if sidecar.get("stores"):
-        return list(sidecar["stores"])
-    return [
-        {
-            "path": sidecar["store"],
-            "absolute": sidecar.get("store_absolute"),
-            "fingerprint": sidecar["store_fingerprint"],
-            "modalities": list(MODALITIES),
-            "n": int(sidecar["n"]),
-            "duplicates": 0,
-        }
-    ]
-
-
 def _merge_rows(old: dict[str, np.ndarray], new: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The old index's per-row arrays followed by the new store's; a label or position one side lacks is NaN."""
     from galclip.index.format import MEMBER_SUFFIX
@@ -566,7 +550,7 @@ def append_store(
     reference = index.open_store()
     path = Path(store_path)
     store = FeatureStore.open(path)
-    recorded = _recorded_stores(index.sidecar)
+    recorded = index.store_records()
     for rec in recorded:
         if rec["fingerprint"] == store.fingerprint():
             raise GalclipError(
@@ -607,7 +591,7 @@ def append_store(
                 vindex = faiss.read_index(str(index.path / rec["file"]))
                 for lo in range(old_counts[m], counts[m], batch):
                     vindex.add(np.ascontiguousarray(emb[m][lo : min(lo + batch, counts[m])]))
-                spec = IndexSpec(**{k: rec[k] for k in IndexSpec.__dataclass_fields__ if k in rec})
+                spec = IndexSpec.from_record(rec)
                 spec, recall = _retune(m, vindex, spec, emb[m], rng, index.sidecar["recall_floor"], n_queries, batch)
             write_index(vindex, tmp / f"{m}.faiss")
             records[m] = _index_record(m, spec, recall, vindex.ntotal, d)

@@ -351,7 +351,7 @@ class Index:
             pos = self.position(targetid)
             vector, survey_redshift, source = self.query_vector(query, pos), None, "index"
         exclude = pos if (pos >= 0 and query in (target, BOTH) and self.vector_ids(target, [pos])[0] >= 0) else -1
-        allowed = filters.mask(self.rows, {m: self.has(m) for m in MODALITIES}, self.label_names) if filters else None
+        allowed = self._allowed(filters)
         pool = self.count(target) if allowed is None else int((allowed & self.has(target)).sum())
         others = pool - (1 if exclude >= 0 and (allowed is None or allowed[exclude]) else 0)
         if allowed is None and k > others:
@@ -376,7 +376,7 @@ class Index:
             "dedup": {"radius_arcsec": float(dedup_arcsec), "dropped": dropped},
         }
         if filters:
-            record["filters"] = {**filters.as_dict(), "passing": others, "reason": _shortfall(filters, others, k)}
+            record["filters"] = _filter_record(filters, others, k)
         return record
 
     def search_position(self, ra: float, dec: float, radius_arcsec: float = SNAP_ARCSEC, **kwargs) -> dict:
@@ -408,7 +408,7 @@ class Index:
         if k < 1:
             raise GalclipError(f"k must be at least 1, got {k}")
         unit = l2_normalise(vector)
-        allowed = filters.mask(self.rows, {m: self.has(m) for m in MODALITIES}, self.label_names) if filters else None
+        allowed = self._allowed(filters)
         neighbours, dropped = self._neighbours(unit, target, k, allowed=allowed, dedup_arcsec=dedup_arcsec)
         record = {
             "query": {"targetid": None, "modality": None, "source": "embedding", **dict.fromkeys(self.label_names)},
@@ -419,9 +419,14 @@ class Index:
             "dedup": {"radius_arcsec": float(dedup_arcsec), "dropped": dropped},
         }
         if filters:
-            passing = int((allowed & self.has(target)).sum())
-            record["filters"] = {**filters.as_dict(), "passing": passing, "reason": _shortfall(filters, passing, k)}
+            record["filters"] = _filter_record(filters, int((allowed & self.has(target)).sum()), k)
         return record
+
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        """(N,) bool of the galaxies ``filters`` let through; None without filters."""
+        if not filters:
+            return None
+        return filters.mask(self.rows, {m: self.has(m) for m in MODALITIES}, self.label_names)
 
     def neighbour_record(self, rank: int, similarity: float, pos: int, partner: int = -1) -> dict:
         """One result row: rank, similarity, targetid, every label, which modalities it has, is_partner."""
@@ -464,13 +469,15 @@ class Index:
         return [self.neighbour_record(r + 1, s[j], int(pos[j]), partner) for r, j in enumerate(kept)], dropped
 
 
-def _shortfall(filters: Filters, passing: int, k: int) -> str | None:
-    """Why a filtered search returns fewer than k (None when it does not)."""
+def _filter_record(filters: Filters, passing: int, k: int) -> dict:
+    """A filtered search's ``filters`` record: the filters, how many galaxies pass, and why fewer than k come back
+    (``reason``, None when k do)."""
+    reason = None
     if passing == 0:
-        return f"no indexed galaxy passes the filters ({filters.describe()})"
-    if passing < k:
-        return f"only {passing} indexed galaxies pass the filters ({filters.describe()})"
-    return None
+        reason = f"no indexed galaxy passes the filters ({filters.describe()})"
+    elif passing < k:
+        reason = f"only {passing} indexed galaxies pass the filters ({filters.describe()})"
+    return {**filters.as_dict(), "passing": passing, "reason": reason}
 
 
 def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
@@ -492,7 +499,7 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
     try:
         for m, rec in sidecar["indexes"].items():
             index = faiss.read_index(str(path / rec["file"]))
-            spec = IndexSpec(**{key: rec[key] for key in IndexSpec.__dataclass_fields__ if key in rec})
+            spec = IndexSpec.from_record(rec)
             if spec.kind != "flat":
                 faiss.extract_index_ivf(index).nprobe = rec["nprobe"]
             indexes[m] = VectorIndex(index, spec, VectorFile(path / rec["embeddings"]))

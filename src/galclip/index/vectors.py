@@ -55,6 +55,11 @@ class IndexSpec:
     opq: bool = False
     shortlist: int = 0
 
+    @classmethod
+    def from_record(cls, record: dict) -> IndexSpec:
+        """The spec an ``index.json`` modality record holds (records written before PQ hold kind, nlist, nprobe)."""
+        return cls(**{k: record[k] for k in cls.__dataclass_fields__ if k in record})
+
     def describe(self) -> str:
         """A short human name: 'exact', 'IVF-Flat (nlist 4096, nprobe 8)', 'IVF-PQ64 + re-rank of 128 ...'."""
         if self.kind == "flat":
