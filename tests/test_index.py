@@ -259,6 +259,8 @@ def test_budget_chooses_ivfpq_and_its_reranked_recall_meets_the_floor(tmp_path, 
     np.save(tmp_path / "x.npy", x)
     rows = VectorFile(tmp_path / "x.npy")
     np.testing.assert_array_equal(rows[np.array([5, 0, 5, 11999])], x[[5, 0, 5, 11999]])  # pread, any order
+    many = rng.integers(0, n, 500)  # repeats, any order, read by several threads
+    np.testing.assert_array_equal(rows[many], x[many])
     picks = np.sort(rng.choice(n, 300, replace=False))
     truth = np.argsort(-(x[picks] @ x.T), axis=1, kind="stable")[:, :11]  # numpy brute force, the query included
     tuned, recall = tune(VectorIndex(index, spec, x), truth, x[picks], 0.9, self_ids=picks)
