@@ -176,7 +176,7 @@ class VectorFile:
     the kernel's, so re-ranking from it adds nothing to the process's resident memory.
 
     Many rows are read by ``READ_THREADS`` threads at once: a file beyond the page cache answers random reads from
-    disk, and a deep queue of them costs about a quarter of the time of one after another (bench/search.py)."""
+    disk, and a deep queue of them costs about a quarter of the time of one after another (bench/rows.py)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -190,7 +190,8 @@ class VectorFile:
         self.shape = shape
         self.row_bytes = shape[1] * 4
         self._fd = os.open(self.path, os.O_RDONLY)
-        self._pool: ThreadPoolExecutor | None = None
+        # made here, not on first use, so concurrent requests share one pool; its threads start on first submit
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="galclip-rows")
 
     def __len__(self) -> int:
         return int(self.shape[0])
@@ -211,8 +212,6 @@ class VectorFile:
         if len(ids) < PARALLEL_READS_FROM:
             self._read_into(out, np.arange(len(ids)), ids)
             return out
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="galclip-rows")
         order = np.argsort(ids, kind="stable")  # file order: neighbouring rows share a disk read-ahead
         parts = np.array_split(order, READ_THREADS)
         for job in [self._pool.submit(self._read_into, out, part, ids[part]) for part in parts if len(part)]:
