@@ -48,6 +48,7 @@ def test_readme_python_example_runs(demo_layout):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "pairs;" in result.stdout and "(64, 128)" in result.stdout
+    assert result.stdout.count("candidate ") == 3 and "logistic regression" in result.stdout
 
 
 def test_api_matches_the_cli_records(demo_layout):
@@ -180,6 +181,15 @@ FORBIDDEN = {
     "provenance": ("galclip.extract", "galclip.store", "galclip.heads", "galclip.index", "galclip.cli"),
     "vocabulary": ("galclip",),
     "targetids": ("galclip",),
+    # discovery ranks what the index and the stores hold, and writes catalogues in predict's format
+    "discover": (
+        "galclip.cli",
+        "galclip.extract",
+        "galclip.evaluate",
+        "galclip.serve",
+        "galclip.predict.run",
+        "galclip.heads.trainer",
+    ),
     # predict is an extraction of one modality plus a search: it runs the extraction loop, like the orchestrators
     "predict": ("galclip.cli", "galclip.evaluate", "galclip.serve", "galclip.heads.trainer", "galclip.heads.sweep"),
 }

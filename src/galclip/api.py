@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from galclip.discover import Index
+from galclip.discover import open_index as _open_index
 from galclip.embed_survey import embed_survey_pair, search_survey_pair
 from galclip.heads.checkpoint import load_heads as _load_heads
 from galclip.heads.models import CLIPHeads
 from galclip.index.embed import embed as _embed
-from galclip.index.search import Index
-from galclip.index.search import open_index as _open_index
 from galclip.store import FeatureStore
 
 
@@ -49,7 +49,8 @@ def embed(store: FeatureStore, heads: CLIPHeads, modality: str) -> np.ndarray:
 
 def open_index(path: str | Path) -> Index:
     """An index folder from ``galclip index``: ``.search(targetid=, query=, target=, k=)``,
-    ``.search_embedding(vector, target=, k=)`` and ``.predict(vectors, modality)`` (the zero-shot predictor)."""
+    ``.search_embedding(vector, target=, k=)``, ``.predict(vectors, modality)`` (the zero-shot predictor),
+    ``.rank(positives, negatives=(), space=, n=)`` and ``.anomalies(space=, n=)`` (:mod:`galclip.discover`)."""
     return _open_index(path)
 
 

@@ -76,6 +76,8 @@ USAGE = {
     "search": "INDEX",
     "serve": "INDEX",
     "predict": "INDEX INPUT OUT",
+    "rank": "INDEX OUT",
+    "anomalies": "INDEX OUT",
     "info": "STORE",
 }
 WHAT_MAKES = {
@@ -154,6 +156,8 @@ COMMANDS = {
     "index": "FAISS indexes over every pair (exact, or IVF with measured recall)",
     "search": "galaxies most similar to a targetid, in-modal or cross-modal, with the zero-shot prediction",
     "predict": "zero-shot redshift and stellar-mass catalogue (FITS, CSV, ECSV, Parquet) for new galaxies",
+    "rank": "find more like these: rank every galaxy from a few marked ones, top N as a catalogue",
+    "anomalies": "the most unusual galaxies (mean distance to their nearest neighbours) as a catalogue",
     "serve": "similarity search in the browser (a local web service over an index)",
     "demo": "mock -> extract -> heads -> evaluate -> index -> predict in one go",
 }
@@ -1297,6 +1301,109 @@ def predict(
         )
         click.echo(f"report:  {Path(m['metrics_file']).parent / 'report.html'}")
     click.echo(f"metrics: {m['metrics_file']}")
+
+
+_FORMAT_OPTION = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["fits", "csv", "ecsv", "parquet"]),
+    default=None,
+    help="Catalogue format [default: from OUT's suffix: .csv, .ecsv, .parquet, else fits].",
+)
+_SPACE_OPTION = click.option(
+    "--space",
+    type=click.Choice(["embedding", "image-features", "spectrum-features"]),
+    default="embedding",
+    show_default=True,
+    help="Rank in the shared 128-d embedding, or in the image (2048-d) or spectrum (256-d) encoder features.",
+)
+
+
+def _discover_options(func):
+    for option in reversed(
+        [
+            click.option("-n", "n", type=int, default=100, show_default=True, help="Candidates to write."),
+            _SPACE_OPTION,
+            _FORMAT_OPTION,
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option(
+                "--report",
+                "report_dir",
+                type=click.Path(file_okay=False, path_type=Path),
+                default=None,
+                help="Folder for metrics.json [default: OUT's stem + _report].",
+            ),
+            click.option("--json", "as_json", is_flag=True, help="Print the candidates as JSON."),
+            click.option("--overwrite", is_flag=True, help="Replace an OUT file galclip did not write."),
+            click.option("--no-progress", is_flag=True),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
+def _echo_ranking(m: dict, as_json: bool, out: Path) -> None:
+    if as_json:
+        click.echo(json.dumps(m["result"], indent=1, allow_nan=False))
+        return
+    r = m["result"]
+    click.echo(
+        f"{m['n']} {'candidates' if r['kind'] == 'rank' else 'most unusual galaxies'} of {r['scored']} in "
+        f"{r['space']} ({r['scorer']}; {r['seconds']:.1f} s, {r['seconds_per_million']:.0f} s per million) -> {out}"
+    )
+    for c in r["candidates"][:5]:
+        click.echo(f"  {c['rank']:>4}  {c['targetid']}  score {c['score']:.4f}")
+    click.echo(f"metrics: {m['metrics_file']}")
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option(
+    "--positive",
+    "positive",
+    required=True,
+    help="Galaxies 'more like this': comma-separated targetids, a file of one per line, or a marks file from the page.",
+)
+@click.option("--negative", "negative", default=None, help="Galaxies 'not this', as --positive.")
+@_discover_options
+@user_errors
+def rank(
+    index_dir: Path, out: Path, positive, negative, n, space, fmt, seed, report_dir, as_json, overwrite, no_progress
+):
+    """Find more like these: score every galaxy of INDEX from the marked ones and write the top -n to the catalogue
+    OUT (the marked galaxies left out). One positive: similarity to it; more: a logistic regression against random
+    unlabelled galaxies, and the marked negatives."""
+    from galclip.discover.marks import combine, ids_argument
+    from galclip.discover.run import rank_catalogue
+
+    _require_kinds("rank", [("INDEX", index_dir, INDEX_IN), ("OUT", out, _out_kinds("catalogue"))])
+    marks = combine(ids_argument(positive, "--positive"), *([ids_argument(negative, "--negative")] if negative else []))
+    m = rank_catalogue(
+        index_dir, out, marks, space, n, seed, fmt, report_dir, overwrite, progress=not (no_progress or as_json)
+    )
+    _echo_ranking(m, as_json, out)
+
+
+@main.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours whose mean distance is the score.")
+@click.option(
+    "--sample", type=int, default=20_000, show_default=True, help="Random galaxies the neighbours are found among."
+)
+@_discover_options
+@user_errors
+def anomalies(index_dir: Path, out: Path, k, sample, n, space, fmt, seed, report_dir, as_json, overwrite, no_progress):
+    """The -n most unusual galaxies of INDEX (mean cosine distance to their -k nearest among --sample random ones),
+    as the catalogue OUT."""
+    from galclip.discover.run import anomaly_catalogue
+
+    _require_kinds("anomalies", [("INDEX", index_dir, INDEX_IN), ("OUT", out, _out_kinds("catalogue"))])
+    m = anomaly_catalogue(
+        index_dir, out, space, n, k, sample, seed, fmt, report_dir, overwrite, progress=not (no_progress or as_json)
+    )
+    _echo_ranking(m, as_json, out)
 
 
 def _interrupted_extraction(store_path: Path) -> None:

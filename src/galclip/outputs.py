@@ -104,6 +104,11 @@ def check_output_dir(
     )
 
 
+def default_report_dir(out: Path) -> Path:
+    """Where a catalogue's metrics.json (and, with truth, its report) go: ``<stem>_report/`` beside it."""
+    return Path(out).with_name(Path(out).stem + "_report")
+
+
 def write_marker(path: str | Path, command: str) -> None:
     """Mark folder ``path`` as ``command``'s output."""
     from galclip.atomic import atomic_write_text

@@ -480,11 +480,12 @@ def _filter_record(filters: Filters, passing: int, k: int) -> dict:
     return {**filters.as_dict(), "passing": passing, "reason": reason}
 
 
-def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
+def open_index(path: str | Path, verify_hashes: bool = False, cls: type[Index] = Index) -> Index:
     """Open an index folder written by ``galclip index`` (:func:`galclip.index.build.build_indexes`).
 
     Every file's size is checked against ``index.json`` each time, and its SHA-256 with ``verify_hashes`` (the
-    search service does so at start, predict and ``galclip check INDEX`` always); a mismatch refuses to load."""
+    search service does so at start, predict and ``galclip check INDEX`` always); a mismatch refuses to load.
+    ``cls``: the class to open it as (an :class:`Index` subclass, e.g. :class:`galclip.discover.Index`)."""
     import faiss
 
     path = Path(path)
@@ -509,4 +510,4 @@ def open_index(path: str | Path, verify_hashes: bool = False) -> Index:
         embeddings = {m: np.load(path / rec["embeddings"], mmap_mode="r") for m, rec in sidecar["indexes"].items()}
     except Exception as err:
         raise DamagedDataError(f"{path}: an index file does not load ({type(err).__name__}: {err}); {REPAIR}") from err
-    return Index(path, sidecar, indexes, rows, embeddings)
+    return cls(path, sidecar, indexes, rows, embeddings)

@@ -28,7 +28,7 @@ from galclip.config import ExtractConfig
 from galclip.errors import InputError
 from galclip.index.embed import BLOCK, embed_store
 from galclip.index.zero_shot import Reference, load_reference
-from galclip.outputs import check_output_dir, output_dir
+from galclip.outputs import check_output_dir, default_report_dir, output_dir
 from galclip.predict.catalogue import CatalogueWriter, catalogue_columns, check_output, empty_rows, format_for
 from galclip.predict.truth import TruthAccumulator, load_truth
 from galclip.progress import progress as progress_bar
@@ -59,11 +59,6 @@ PREDICT_NAMES = (
 def default_work_store(out: Path) -> Path:
     """Where the input's features are extracted: beside the catalogue, ``<stem>.features.zarr``."""
     return out.with_name(out.stem + ".features.zarr")
-
-
-def default_report_dir(out: Path) -> Path:
-    """Where metrics.json (and, with truth, the report) go: ``<stem>_report/`` beside the catalogue."""
-    return out.with_name(out.stem + "_report")
 
 
 def _is_store(path: Path) -> bool:
