@@ -4,6 +4,7 @@ bad requests, start-up refusals, read-only access, and a real browser driving th
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -589,3 +590,110 @@ def test_browser_search_click_map_share_and_errors(live_server, browser):
     assert "targetid 12345 is not in the index" in message
     assert browser.find_element(By.ID, "map-status").text  # the rest of the page is still there
     browser.save_screenshot(str(ARTIFACTS / "serve_unknown_targetid.png"))
+
+
+def test_rank_anomalies_and_marks_over_http(client, served):
+    from astropy.table import Table
+
+    index = served[1].index
+    tid = [str(int(t)) for t in index.rows["targetid"]]
+    body = {"positive": tid[:3], "negative": [tid[5]], "space": "image-features", "n": 6}
+    got = client.post("/api/rank", json=body)
+    assert got.status_code == 200, got.text
+    want = index.rank([int(t) for t in tid[:3]], [int(tid[5])], space="image-features", n=6)
+    assert [c["targetid"] for c in got.json()["candidates"]] == [c["targetid"] for c in want["candidates"]]
+    fits = client.post("/api/rank/catalogue?format=fits", json=body)
+    assert fits.status_code == 200 and "attachment" in fits.headers["content-disposition"]
+    table = Table.read(io.BytesIO(fits.content))
+    assert list(table["TARGETID"]) == [c["targetid"] for c in want["candidates"]] and list(table["RANK"]) == [
+        *range(1, 7)
+    ]
+    odd = client.get("/api/anomalies?space=embedding&n=4").json()
+    assert [c["targetid"] for c in odd["candidates"]] == [c["targetid"] for c in index.anomalies(n=4)["candidates"]]
+    csv_text = client.get("/api/anomalies/catalogue?n=4&format=csv").text
+    assert csv_text.splitlines()[0].startswith("TARGETID,RA,DEC,RANK,SCORE") and len(csv_text.splitlines()) == 5
+    marks = f'{{"format": "galclip-marks/1", "positive": ["{tid[1]}"], "negative": ["{tid[2]}"]}}'
+    up = client.post("/api/marks", files={"file": ("m.json", marks.encode())})
+    assert up.status_code == 200 and up.json() == {"positive": [tid[1]], "negative": [tid[2]]}
+    # bad input: a 4xx naming it, never a 500
+    for request, status, message in [
+        ({**body, "positive": ["123"]}, 404, "positive targetid 123 is not in the index"),
+        ({**body, "negative": [tid[0]]}, 422, "marked both positive and negative"),
+        ({**body, "n": 0}, 422, "n: Input should be greater than or equal to 1"),
+        ({**body, "n": 62}, 422, "ask for -n 60 or fewer"),
+        ({**body, "positive": []}, 422, "positive"),
+        ({**body, "space": "radio"}, 422, "space"),
+    ]:
+        res = client.post("/api/rank", json=request)
+        assert res.status_code == status and message in res.json()["error"], (request, res.text)
+    for content, message in [
+        (b"ra,dec\n1,2\n", "is not a targetid"),
+        (b'{"positive": [1]}', "not a galclip marks file"),
+        (f"targetid,mark\n{tid[0]},positive\n{tid[0]},negative\n".encode(), "marked both"),
+        (b"123\n", "targetid 123 is not in this index"),
+    ]:
+        res = client.post("/api/marks", files={"file": ("m.csv", content)})
+        assert 400 <= res.status_code < 500 and message in res.json()["error"], res.text
+    assert client.get("/api/anomalies?n=0").status_code == 422
+
+
+@pytest.mark.browser
+def test_browser_mark_rank_export_and_reload_marks(live_server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    url, service = live_server
+    tid = str(int(service.index.rows["targetid"][3]))
+    browser.get(f"{url}/?targetid={tid}&query=image&target=image&k=4")
+    _wait(lambda: _loaded_cards(browser) == 4)
+    browser.execute_script("localStorage.clear(); marks.positive = []; marks.negative = []; paintMarks();")
+    # mark the query and two of its neighbours "more like this", one "not this"
+    browser.find_element(By.CSS_SELECTOR, "#query-card .mark-positive").click()
+    cards = browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+    marked = [tid] + [c.get_attribute("data-targetid") for c in cards[:2]]
+    negative = cards[2].get_attribute("data-targetid")
+    for card in cards[:2]:
+        card.find_element(By.CSS_SELECTOR, ".mark-positive").click()
+    cards[2].find_element(By.CSS_SELECTOR, ".mark-negative").click()
+    assert f"{tid}" in browser.current_url  # a mark is not a click on the card: no new search
+    assert browser.find_element(By.ID, "marks-count").text == "3 more like this · 1 not this"
+    assert "marked-positive" in cards[0].get_attribute("class")
+    # rank: candidate cards with scores, the marked ones not among them
+    browser.find_element(By.ID, "rank-n").clear()
+    browser.find_element(By.ID, "rank-n").send_keys("8")
+    browser.find_element(By.ID, "rank").click()
+    _wait(
+        lambda: (
+            len(browser.find_elements(By.CSS_SELECTOR, "#grid .card.candidate")) == 8 and _loaded_cards(browser) == 8
+        )
+    )
+    assert "like your 3 marked" in browser.find_element(By.ID, "results-title").text
+    shown = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
+    want = service.index.rank([int(t) for t in marked], [int(negative)], n=8)
+    assert shown == [str(c["targetid"]) for c in want["candidates"]]
+    assert "score" in browser.find_element(By.CSS_SELECTOR, "#grid .card .meta").text
+    assert browser.find_element(By.ID, "candidates-fits").is_displayed()
+    browser.save_screenshot(str(ARTIFACTS / "serve_rank.png"))
+    # export: the marks file the link downloads is galclip's JSON, which galclip rank reads
+    from urllib.parse import unquote
+
+    href = browser.find_element(By.ID, "marks-json").get_attribute("href")
+    exported = tmp_path / "marks.json"
+    exported.write_text(unquote(href.split(",", 1)[1]))
+    from galclip.discover.marks import read_marks_file
+
+    assert read_marks_file(exported).positive == tuple(int(t) for t in marked)
+    # marks survive a reload (local storage), and come back from the file after clearing them
+    browser.refresh()
+    _wait(lambda: browser.find_element(By.ID, "marks-count").text == "3 more like this · 1 not this")
+    browser.find_element(By.ID, "clear-marks").click()
+    assert "mark galaxies" in browser.find_element(By.ID, "marks-count").text
+    browser.find_element(By.ID, "marks-file").send_keys(str(exported))
+    _wait(lambda: browser.find_element(By.ID, "marks-count").text == "3 more like this · 1 not this")
+    # the unusual view lists the anomaly ranking
+    browser.find_element(By.ID, "rank-n").clear()
+    browser.find_element(By.ID, "rank-n").send_keys("8")
+    browser.find_element(By.ID, "unusual").click()
+    _wait(lambda: "most unusual" in browser.find_element(By.ID, "results-title").text and _loaded_cards(browser) == 8)
+    odd = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
+    assert odd == [str(c["targetid"]) for c in service.index.anomalies(n=8)["candidates"]]
+    browser.save_screenshot(str(ARTIFACTS / "serve_unusual.png"))

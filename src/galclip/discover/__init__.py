@@ -18,12 +18,16 @@ from pathlib import Path
 from galclip.discover import candidates
 from galclip.discover.marks import Marks
 from galclip.discover.rank import ANOMALY_K, ANOMALY_SAMPLE, Ranking, anomalies, rank
-from galclip.discover.spaces import SPACES, Space, open_space
+from galclip.discover.spaces import SPACES, Space, held_spaces, open_space
 from galclip.index import search
 
 
 class Index(search.Index):
     """An index folder (:class:`galclip.index.search.Index`) that can also rank its galaxies."""
+
+    def spaces(self) -> tuple[str, ...]:
+        """The spaces this index can rank in (the embedding, and each feature space its stores hold)."""
+        return held_spaces(self)
 
     def space(self, name: str = "embedding", seed: int = 0) -> Space:
         """Space ``name`` (one of ``SPACES``), opened once per name and seed (its standardisation is kept)."""

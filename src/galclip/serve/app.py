@@ -28,6 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from galclip.data.sources import open_survey
 from galclip.data.survey import recorded_survey_problems
+from galclip.discover import Index as DiscoveryIndex
+from galclip.discover.candidates import result as ranking_result
+from galclip.discover.candidates import write_catalogue
+from galclip.discover.marks import MAX_BYTES as MARKS_MAX_BYTES
+from galclip.discover.marks import Marks, marks_from_text
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.query import DEDUP_ARCSEC, SNAP_ARCSEC, Filters
 from galclip.index.search import Index, NotIndexed, float_or_none, open_index
@@ -42,6 +47,15 @@ K_MAX = 100  # the most neighbours one request may ask for
 BINS_MAX = 7781  # the DESI grid itself
 UPLOAD_MAX_BYTES = 32 * 2**20  # one galaxy's cutout (~0.3 MB) or coadd (~1 MB) fits many times over
 UPLOADS_AT_ONCE = 2  # uploads embedded at the same time (each runs both encoders); more wait for a 429
+RANK_MAX = 1000  # the most candidates one ranking may ask for
+CATALOGUE_TYPES = {
+    "csv": "text/csv",
+    "fits": "application/fits",
+    "ecsv": "text/plain",
+    "parquet": "application/vnd.apache.parquet",
+}
+SpaceName = Literal["embedding", "image-features", "spectrum-features"]
+CatalogueFormat = Literal["csv", "fits", "ecsv", "parquet"]
 Modality = Literal["image", "spectrum"]
 QueryModality = Literal["image", "spectrum", "both"]
 
@@ -60,6 +74,20 @@ class EmbeddingQuery(BaseModel):
     embedding: list[float] = Field(description="a 128-d vector in the shared space (normalised here)")
     target: Modality = "image"
     k: int = Field(16, ge=1, le=K_MAX)
+
+
+class RankQuery(BaseModel):
+    """The body of ``POST /api/rank``: marked targetids (numbers or, as the page sends them, strings of digits)."""
+
+    positive: list[int] = Field(min_length=1, description="targetids marked 'more like this'")
+    negative: list[int] = Field([], description="targetids marked 'not this'")
+    space: SpaceName = "embedding"
+    n: int = Field(100, ge=1, le=RANK_MAX, description=f"candidates, 1 to {RANK_MAX}")
+
+    def marks(self) -> Marks:
+        marks = Marks(tuple(dict.fromkeys(self.positive)), tuple(dict.fromkeys(self.negative)))
+        marks.check()
+        return marks
 
 
 @dataclass
@@ -151,6 +179,46 @@ class SearchService:
             "survey": self.galaxies.where(targetid) if in_survey else None,
         }
 
+    def rank(self, query: RankQuery):
+        """The ranking of every galaxy by the marks (:meth:`galclip.discover.Index.ranking`)."""
+        marks = query.marks()
+        return self.index.ranking(marks.positive, marks.negative, query.space, query.n)
+
+    def anomalies(self, space: str, n: int):
+        """The ``n`` most unusual galaxies in ``space`` (computed once per space and n, then kept)."""
+        return self.index.anomaly_ranking(space, n)
+
+    def candidates_file(self, ranking, fmt: str) -> tuple[bytes, str]:
+        """A ranking as a catalogue file in ``fmt`` (written in a temporary folder, read back, removed: the service
+        writes nothing where it serves from): (its bytes, a file name)."""
+        name = f"galclip-{ranking.kind}-{ranking.space}-n{len(ranking.positions)}.{fmt}"
+        with tempfile.TemporaryDirectory(prefix="galclip-candidates-") as tmp:
+            path = write_catalogue(self.index, ranking, Path(tmp) / name, fmt)
+            return path.read_bytes(), name
+
+    def read_marks(self, upload: UploadFile) -> dict:
+        """An uploaded marks file (JSON or CSV as the page downloads them, or one targetid per line: positives),
+        each targetid checked against the index: {"positive": [str], "negative": [str]}."""
+        name = Path(upload.filename or "marks").name or "marks"
+        data = upload.file.read(MARKS_MAX_BYTES + 1)
+        if len(data) > MARKS_MAX_BYTES:
+            raise UploadRefused(f"{name}: larger than the {MARKS_MAX_BYTES >> 20} MiB a marks file may be", 413)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise GalclipError(f"{name}: not a text file; a marks file is the JSON or CSV the page downloads") from None
+        marks = marks_from_text(text, name)
+        if not isinstance(marks, Marks):
+            marks = Marks(positive=marks)
+        marks.check()
+        for tid in (*marks.positive, *marks.negative):
+            if self.index.find(tid) < 0:
+                raise NotIndexed(
+                    f"{name}: targetid {tid} is not in this index ({len(self.index)} galaxies); the marks file was "
+                    "made on another index"
+                )
+        return {"positive": [str(t) for t in marks.positive], "negative": [str(t) for t in marks.negative]}
+
     def embedding_map(self) -> dict:
         """2-d UMAP coordinates of every indexed galaxy's image embedding with its redshift: the index's
         ``map.npy`` when ``galclip index`` wrote one, else fitted once here (kept in memory)."""
@@ -191,7 +259,8 @@ def survey_files_and_preprocessing(index: Index, data: list[str | Path] | None) 
 
 def load_service(index_path: str | Path, data: list[str | Path] | None = None) -> SearchService:
     """Open the index, check its heads, and map its galaxies to survey rows; refuses what ``galclip search`` refuses."""
-    index = open_index(index_path, verify_hashes=True)  # every file against its SHA-256, once, at start
+    # every file against its SHA-256, once, at start; a discovery index also ranks
+    index = open_index(index_path, verify_hashes=True, cls=DiscoveryIndex)
     index.check_heads()
     files, crop, rgb = survey_files_and_preprocessing(index, data)
     changed = []
@@ -365,6 +434,33 @@ def create_app(service: SearchService) -> FastAPI:
             buffer.getvalue(), media_type="text/csv", headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
 
+    def download(content: bytes, name: str, fmt: str) -> Response:
+        return Response(
+            content, media_type=CATALOGUE_TYPES[fmt], headers={"Content-Disposition": f'attachment; filename="{name}"'}
+        )
+
+    @app.post("/api/rank", summary="Find more like these: every galaxy scored from the marked ones, the top n")
+    def rank(body: RankQuery) -> dict:
+        return ranking_result(service.index, service.rank(body))
+
+    @app.post("/api/rank/catalogue", summary="POST /api/rank's candidates as a catalogue file (galclip rank's)")
+    def rank_catalogue(body: RankQuery, format: CatalogueFormat = "csv") -> Response:
+        return download(*service.candidates_file(service.rank(body), format), format)
+
+    @app.get("/api/anomalies", summary="The n most unusual galaxies (mean distance to their nearest neighbours)")
+    def anomalies(space: SpaceName = "embedding", n: int = Query(100, ge=1, le=RANK_MAX)) -> dict:
+        return ranking_result(service.index, service.anomalies(space, n))
+
+    @app.get("/api/anomalies/catalogue", summary="GET /api/anomalies as a catalogue file (galclip anomalies')")
+    def anomalies_catalogue(
+        space: SpaceName = "embedding", n: int = Query(100, ge=1, le=RANK_MAX), format: CatalogueFormat = "csv"
+    ) -> Response:
+        return download(*service.candidates_file(service.anomalies(space, n), format), format)
+
+    @app.post("/api/marks", summary="Read an uploaded marks file (JSON or CSV from the page); nothing is stored")
+    def marks(file: UploadFile = File(description="a marks file the page downloaded, or one targetid per line")):
+        return service.read_marks(file)
+
     @app.get("/api/galaxy/{targetid}", summary="Labels, split, survey file and group of one galaxy")
     def galaxy(targetid: int) -> dict:
         return service.galaxy(targetid)
@@ -399,6 +495,8 @@ def create_app(service: SearchService) -> FastAPI:
             "galaxies": len(service.index),
             "modalities": list(MODALITIES),
             "k_max": K_MAX,
+            "rank_max": RANK_MAX,
+            "spaces": list(service.index.spaces()),
             "index": str(service.index.path),
         }
 

@@ -8,6 +8,9 @@ const LINES = [  // rest-frame wavelengths (Å) marked on spectra at the galaxy'
   ["Mg b", 5175], ["Na D", 5893], ["Hα", 6563], ["[NII]", 6583], ["[SII]", 6724],
 ];
 const state = { targetid: null, query: "image", target: "image", k: 16, ra: "", dec: "", radius: "1", zmin: "", zmax: "", hasSpectrum: "", dedup: true };
+const marks = { positive: [], negative: [] };  // targetids as strings, in the order marked; kept in localStorage
+let marksKey = "galclip-marks", indexName = "index";
+let lastCandidates = null;  // the rank or unusual view shown: {result, request} for its catalogue download
 let mapData = null;  // {targetid: [str], x: [], y: [], redshift: []} and screen coordinates
 let lastResult = null;
 
@@ -80,6 +83,8 @@ function queryString() {
 
 function showResult(result) {
   lastResult = result;
+  lastCandidates = null;
+  $("candidates-csv").hidden = $("candidates-fits").hidden = true;
   renderQuery(result);
   renderGrid(result);
   const reason = result.filters && result.filters.reason;
@@ -137,7 +142,7 @@ function renderQuery(result) {
     ${Object.entries(result.labels || {}).filter(([name]) => name !== "redshift" && name !== "log_mstar").map(([name, title]) =>
       `<span>${escapeHtml(title)}</span><span>${fmt(q[name], 3)}</span><span id="p-${name}">${est(name, 3)}</span>`).join("")}
     <span>nearest</span><span></span><span id="p-sim">${p.similarity === undefined ? "–" : `cos ${fmt(p.similarity, 3)}${p.ood ? ' <span class="badge" id="p-ood">out of distribution</span>' : ""}`}</span>`;
-  right.append(title, canvas, facts);
+  right.append(title, ...(uploaded ? [] : [markButtons(q.targetid)]), canvas, facts);  // an upload is not indexed
   card.replaceChildren(...(uploaded ? [right] : [img, right]));  // an uploaded galaxy is not among the served files
   const z = q.redshift !== null ? q.redshift : (p.redshift ? p.redshift.value : null);
   if (!uploaded) drawSpectrum(canvas, q.targetid, 600, z, true);
@@ -163,13 +168,195 @@ function renderGrid(result) {
     const tid = document.createElement("div");
     tid.className = "tid";
     tid.innerHTML = `${n.targetid}${n.is_partner ? ' <span class="badge">its own partner</span>' : ""}${n.has_spectrum === false ? ' <span class="badge no-spectrum">no spectrum</span>' : ""}`;
-    card.append(img, canvas, meta, tid);
+    card.append(img, canvas, meta, tid, markButtons(n.targetid));
     card.addEventListener("click", () => { state.targetid = n.targetid; $("targetid").value = n.targetid; search(true); });
     if (n.has_spectrum !== false) drawSpectrum(canvas, n.targetid, 160, n.redshift, false);
     else canvas.remove();
     return card;
   });
   $("grid").replaceChildren(...cards);
+  paintMarks();
+}
+
+// ---- marks, ranking and the unusual view --------------------------------------------------------
+function markOf(tid) {
+  tid = String(tid);
+  return marks.positive.includes(tid) ? "positive" : marks.negative.includes(tid) ? "negative" : null;
+}
+
+function setMark(tid, mark) {  // the same mark again removes it; the other mark replaces it
+  tid = String(tid);
+  const had = markOf(tid);
+  marks.positive = marks.positive.filter((t) => t !== tid);
+  marks.negative = marks.negative.filter((t) => t !== tid);
+  if (had !== mark) marks[mark].push(tid);
+  saveMarks();
+}
+
+function markButtons(tid) {
+  const box = document.createElement("div");
+  box.className = "marks";
+  box.dataset.targetid = tid;
+  for (const [mark, text, title] of [["positive", "+ more like this", "mark: more like this"], ["negative", "− not this", "mark: not this"]]) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = `mark-${mark}`;
+    b.textContent = text;
+    b.title = title;
+    b.addEventListener("click", (event) => { event.stopPropagation(); setMark(tid, mark); });
+    box.append(b);
+  }
+  return box;
+}
+
+function marksFileJSON() {
+  return JSON.stringify({ format: "galclip-marks/1", index: indexName, positive: marks.positive, negative: marks.negative }, null, 1) + "\n";
+}
+
+function marksFileCSV() {
+  return ["targetid,mark", ...marks.positive.map((t) => `${t},positive`), ...marks.negative.map((t) => `${t},negative`)].join("\n") + "\n";
+}
+
+function paintMarks() {
+  for (const box of document.querySelectorAll(".marks")) {
+    const mark = markOf(box.dataset.targetid);
+    box.querySelector(".mark-positive").classList.toggle("on", mark === "positive");
+    box.querySelector(".mark-negative").classList.toggle("on", mark === "negative");
+    const card = box.closest(".card");
+    if (card) {
+      card.classList.toggle("marked-positive", mark === "positive");
+      card.classList.toggle("marked-negative", mark === "negative");
+    }
+  }
+  const p = marks.positive.length, n = marks.negative.length;
+  $("marks-count").textContent = p || n ? `${p} more like this · ${n} not this` : "mark galaxies with + (more like this) or − (not this) on their cards";
+  $("marks-json").href = "data:application/json;charset=utf-8," + encodeURIComponent(marksFileJSON());
+  $("marks-csv").href = "data:text/csv;charset=utf-8," + encodeURIComponent(marksFileCSV());
+  $("rank").disabled = p === 0;
+}
+
+function saveMarks() {
+  try { localStorage.setItem(marksKey, JSON.stringify(marks)); } catch (err) { /* private mode: marks last this visit */ }
+  paintMarks();
+}
+
+function loadMarks() {
+  let saved = {};
+  try { saved = JSON.parse(localStorage.getItem(marksKey) || "{}") || {}; } catch (err) { saved = {}; }
+  marks.positive = (saved.positive || []).map(String);
+  marks.negative = (saved.negative || []).map(String);
+  paintMarks();
+}
+
+function renderCandidates(result) {
+  const what = result.kind === "rank" ? `like your ${result.positive.length} marked` : "most unusual";
+  $("results-title").textContent = `${result.candidates.length} ${what} galaxies in ${result.space} (${result.scorer}; ${result.seconds.toFixed(2)} s)`;
+  const cards = result.candidates.map((c) => {
+    const card = document.createElement("div");
+    card.className = "card candidate";
+    card.dataset.targetid = c.targetid;
+    card.title = "search from this galaxy";
+    const img = document.createElement("img");
+    img.src = `/api/image/${c.targetid}.png`;
+    img.alt = `targetid ${c.targetid}`;
+    const canvas = document.createElement("canvas");
+    canvas.width = 220; canvas.height = 60;
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.innerHTML = `<span>#${c.rank} · score ${c.score.toFixed(3)}</span><span>z ${fmt(c.redshift, 3)} · M* ${fmt(c.log_mstar, 2)}</span>`;
+    const tid = document.createElement("div");
+    tid.className = "tid";
+    tid.innerHTML = `${c.targetid}${c.has_spectrum ? "" : ' <span class="badge no-spectrum">no spectrum</span>'}`;
+    card.append(img, canvas, meta, tid, markButtons(c.targetid));
+    card.addEventListener("click", () => { state.targetid = c.targetid; $("targetid").value = c.targetid; search(true); });
+    if (c.has_spectrum) drawSpectrum(canvas, c.targetid, 160, c.redshift, false);
+    else canvas.remove();
+    return card;
+  });
+  $("grid").replaceChildren(...cards);
+  paintMarks();
+  $("candidates-csv").hidden = $("candidates-fits").hidden = false;
+  drawMap();
+}
+
+async function showCandidates(request) {
+  showMessage("");
+  document.body.dataset.loading = "1";
+  try {
+    const result = await fetchJSON(request.url, request.options);
+    lastCandidates = { result, request };
+    renderCandidates(result);
+  } catch (err) {
+    showMessage(err.message);
+  } finally {
+    delete document.body.dataset.loading;
+  }
+}
+
+function rankRequest(path) {
+  const body = { positive: marks.positive, negative: marks.negative, space: $("space").value, n: Number($("rank-n").value) };
+  return { url: path, options: { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) } };
+}
+
+function unusualURL(path) {
+  return `${path}?${new URLSearchParams({ space: $("space").value, n: $("rank-n").value })}`;
+}
+
+$("rank").addEventListener("click", () => {
+  if (!marks.positive.length) { showMessage("Mark at least one galaxy “more like this” first."); return; }
+  showCandidates(rankRequest("/api/rank"));
+});
+$("unusual").addEventListener("click", () => showCandidates({ url: unusualURL("/api/anomalies"), options: {} }));
+$("clear-marks").addEventListener("click", () => { marks.positive = []; marks.negative = []; saveMarks(); });
+
+async function downloadCandidates(format) {  // the shown view's candidates as a catalogue file, written by the server
+  if (!lastCandidates) return;
+  const r = lastCandidates.request;
+  const url = r.url.startsWith("/api/rank") ? `/api/rank/catalogue?format=${format}` : `${unusualURL("/api/anomalies/catalogue")}&format=${format}`;
+  const request = r.url.startsWith("/api/rank") ? { ...r.options } : {};
+  try {
+    const response = await fetch(url, request);
+    if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+    const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await response.blob());
+    a.download = name ? name[1] : `galclip-candidates.${format}`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (err) {
+    showMessage(err.message);
+  }
+}
+$("candidates-csv").addEventListener("click", () => downloadCandidates("csv"));
+$("candidates-fits").addEventListener("click", () => downloadCandidates("fits"));
+
+$("marks-file").addEventListener("change", async () => {
+  const file = $("marks-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("file", file);
+  try {
+    const got = await fetchJSON("/api/marks", { method: "POST", body: form });
+    marks.positive = got.positive.map(String);
+    marks.negative = got.negative.map(String);
+    saveMarks();
+    showMessage("");
+  } catch (err) {
+    showMessage(err.message);
+  } finally {
+    $("marks-file").value = "";
+  }
+});
+
+async function startMarks() {
+  try {
+    const health = await fetchJSON("/api/health");
+    indexName = String(health.index).split("/").filter(Boolean).pop() || "index";
+    marksKey = `galclip-marks:${health.index}`;
+    for (const option of $("space").options) option.disabled = !(health.spaces || ["embedding"]).includes(option.value);
+  } catch (err) { /* the marks still work under the default key */ }
+  loadMarks();
 }
 
 async function drawSpectrum(canvas, targetid, bins, z, marks) {
@@ -276,13 +463,18 @@ function drawMap() {
   ctx.fillStyle = "#111";
   ctx.fillRect(0, 0, ctx.canvas.width, ctx.canvas.height);
   ctx.drawImage(mapData.base, 0, 0);
-  if (!lastResult) return;
   const ring = (tid, radius, style) => {
     const i = mapData.index.get(String(tid));
     if (i === undefined) return;
     ctx.strokeStyle = style; ctx.lineWidth = 2;
     ctx.beginPath(); ctx.arc(mapData.sx[i], mapData.sy[i], radius, 0, 2 * Math.PI); ctx.stroke();
   };
+  if (lastCandidates) {
+    lastCandidates.result.candidates.forEach((c) => ring(c.targetid, 4, "#ffffff"));
+    marks.positive.forEach((t) => ring(t, 7, "#3ddc84"));
+    return;
+  }
+  if (!lastResult) return;
   lastResult.neighbours.forEach((n) => ring(n.targetid, 4, "#ffffff"));
   ring(lastResult.query.targetid, 7, "#ff3b3b");
 }
@@ -365,5 +557,6 @@ $("random").addEventListener("click", async () => {
 window.addEventListener("popstate", () => { readURL(); if (state.targetid || state.ra) search(false); });
 
 readURL();
+startMarks();
 loadMap();
 if (state.targetid || (state.ra && state.dec)) search(false);
