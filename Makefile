@@ -15,7 +15,7 @@ install: $(STAMP)
 
 # Everything pinned in requirements.lock (torch==2.14.1, torchvision==0.29.1, zarr 3, faiss-cpu,
 # umap-learn, kcorrect ...), then galclip itself in editable mode.
-$(STAMP): requirements.lock requirements-gpu.lock pyproject.toml
+$(STAMP): requirements.lock requirements-gpu.lock requirements-nodeps.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 ifeq ($(GPU),1)
 	grep -v '^faiss-cpu==' requirements.lock > $(VENV)/requirements-gpu.txt
@@ -28,6 +28,7 @@ else
 	$(PY) -m pip install --quiet -r requirements.lock
 	rm -f $(VENV)/.galclip-installed-gpu
 endif
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.lock
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -221,28 +221,47 @@ def main(verbose: int, quiet: bool) -> None:
     "Universe's legacysurvey and desi HDF5 (mmu/). The same galaxies and catalogue in each.",
 )
 @click.option(
+    "--plant",
+    default=None,
+    metavar="CLASS=RATE,...",
+    help="Plant rare classes, recorded in OUT/planted.csv: lenses (strong-lens arcs, lenstronomy) and agn "
+    "(broad-line AGN spectra), e.g. lenses=0.01,agn=0.01.",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace survey.h5 / provabgs.h5 already in OUT (stores extracted from them then refuse to read them).",
 )
 @user_errors
 def mock(
-    pairs: int, out: Path, seed: int, labelled_fraction: float, modality: str, layout: str, overwrite: bool
+    pairs: int,
+    out: Path,
+    seed: int,
+    labelled_fraction: float,
+    modality: str,
+    layout: str,
+    plant: str | None,
+    overwrite: bool,
 ) -> None:
     """Write a physically grounded mock survey (survey.h5 + provabgs.h5, or --layout) into OUT."""
     from galclip.config import MockConfig
     from galclip.data.mock.layouts import generate_in_layout, layout_paths
+    from galclip.data.mock.plant import parse_plant
 
     if layout != "astroclip" and modality != "both":
         raise click.BadParameter("--layout writes image-spectrum pairs; leave out --modality", param_hint="--layout")
+    planted = tuple(parse_plant(plant).items()) if plant is not None else ()
     summary = generate_in_layout(
-        MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction, modality=modality),
+        MockConfig(pairs=pairs, seed=seed, labelled_fraction=labelled_fraction, modality=modality, plant=planted),
         out,
         layout,
         overwrite=overwrite,
     )
     what = "pairs" if modality == "both" else f"{modality}-only galaxies"
     click.echo(f"mock survey: {summary['pairs']} {what} ({summary['pairs_per_s']:.0f}/s) -> {out}")
+    if summary.get("planted"):
+        counts = ", ".join(f"{n} {name}" for name, n in summary["planted"].items())
+        click.echo(f"planted: {counts} (the truth: {summary.get('planted_file', out / 'planted.csv')})")
     if layout != "astroclip":
         data = " ".join(str(p) for p in layout_paths(out, layout))
         click.echo(f"as {layout}: {data}\nextract with: galclip extract {data} STORE --catalogue {out / 'provabgs.h5'}")

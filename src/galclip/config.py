@@ -24,10 +24,26 @@ class MockConfig:
     z_max: float = 0.6
     batch_size: int = 256
     modality: str = "both"  # "image" or "spectrum": single-modality files, as for galaxies to predict
+    # rare classes planted at rates, ((class, rate), ...) with class "lenses" or "agn" and 0 < rate <= 0.5
+    # (galclip.data.mock.plant; 'galclip mock --plant lenses=0.01,agn=0.01'); () plants nothing
+    plant: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.modality not in ("both", "image", "spectrum"):
             raise ValueError(f"modality must be 'both', 'image' or 'spectrum', got {self.modality!r}")
+        try:
+            plant = tuple((str(name), float(rate)) for name, rate in self.plant)
+        except (TypeError, ValueError):
+            raise ValueError(f"plant must be ((class, rate), ...), got {self.plant!r}") from None
+        object.__setattr__(self, "plant", plant)
+        names = [name for name, _ in plant]
+        if len(set(names)) != len(names):
+            raise ValueError(f"plant names a class twice: {plant!r}")
+        for name, rate in plant:
+            if name not in ("lenses", "agn"):  # galclip.data.mock.plant.PLANT_CLASSES
+                raise ValueError(f"plant class must be 'lenses' or 'agn', got {name!r}")
+            if not 0.0 < rate <= 0.5:
+                raise ValueError(f"plant rate must be in (0, 0.5], got {name}={rate!r}")
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,16 @@ spectrum of, to predict); with "spectrum", only spectra, redshifts, positions an
 Random streams: batch ``lo`` draws its pixels from ``default_rng([seed, lo])`` (unchanged by the catalogue
 quantities) and its photometric noise from ``default_rng([seed, lo, 1])``; the catalogue-only galaxies come from
 ``default_rng([seed, 0, 2])`` and the sky positions of all galaxies from ``default_rng([seed, 0, 3])``.
+
+Planted classes (``MockConfig.plant``, :mod:`galclip.data.mock.plant`): which galaxies get a lens arc or a broad-line
+AGN is drawn once from ``default_rng([seed, 0, 7])``, and what batch ``lo`` adds to them from
+``default_rng([seed, lo, 7])``, after the batch is drawn; so every other galaxy is bit for bit what the same mock
+without planting holds. ``planted.csv`` records them.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import time
@@ -30,6 +36,7 @@ from galclip.atomic import atomic_path, reserve_space
 from galclip.config import MockConfig
 from galclip.data.layout import DESI_N_BINS, IMAGE_SHAPE, PIXEL_SCALE_ARCSEC, desi_wavelength
 from galclip.data.mock import imaging, photometry, spectroscopy
+from galclip.data.mock.plant import PLANT_CLASSES, agn_component, choose_planted, lens_arcs, require_lenstronomy
 from galclip.data.mock.population import Population, build_population, stellar_properties
 from galclip.data.mock.sed import DECAM_GRZ, Cosmology, load_filter, load_templates, template_maggies
 from galclip.errors import InputError
@@ -38,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SURVEY_FILE = "survey.h5"
 CATALOGUE_FILE = "provabgs.h5"
+PLANTED_FILE = "planted.csv"  # only with MockConfig.plant: targetid,class,theta_e_arcsec per planted galaxy
 TARGETID_BASE = 39627000000000000  # DESI-like targetid range
 FIBRE_RADIUS_ARCSEC = 0.75
 STAMP = IMAGE_SHAPE[0]
@@ -123,6 +131,9 @@ class MockBatch(MockGalaxies):
     spectrum_noiseless: np.ndarray
     fibre_fraction: np.ndarray
     sky_sigma: np.ndarray  # (B, 3) per-pixel noise of the image, nanomaggies
+    centre_px: np.ndarray | None = None  # (B, 2) x (column), y (row) of the galaxy's centre, pixels
+    axis_ratio: np.ndarray | None = None  # (B,) b/a of its light
+    position_angle: np.ndarray | None = None  # (B,) radians from +x towards +y
 
 
 def draw_sky_positions(
@@ -270,6 +281,9 @@ class MockGenerator:
             spectrum_noiseless=spec_clean,
             fibre_fraction=fibre,
             sky_sigma=sky,
+            centre_px=centre,
+            axis_ratio=axis_ratio,
+            position_angle=pa,
         )
 
     def draw_catalogue(
@@ -293,7 +307,7 @@ def _unique_targetids(rng: np.random.Generator, n: int) -> np.ndarray:
     return TARGETID_BASE + rng.permutation(ids)[:n]
 
 
-MOCK_NAMES = (SURVEY_FILE, CATALOGUE_FILE)
+MOCK_NAMES = (SURVEY_FILE, CATALOGUE_FILE, PLANTED_FILE)
 
 
 def generate_mock(
@@ -302,15 +316,26 @@ def generate_mock(
     progress: Callable[[int], None] | None = None,
     overwrite: bool = False,
 ) -> dict:
-    """Write ``survey.h5`` and ``provabgs.h5`` into ``out_dir``; returns a summary dict.
+    """Write ``survey.h5`` and ``provabgs.h5`` (and, with ``config.plant``, ``planted.csv``) into ``out_dir``;
+    returns a summary dict.
 
     Stores are built from survey files, so existing ones (a user's, or an earlier mock's) are replaced only with
-    ``overwrite``; a folder that is new or empty is marked as the mock's (``galclip.outputs``)."""
+    ``overwrite``, as is a ``planted.csv`` (with ``overwrite`` and no planting, an old one is removed: it would not
+    describe the new survey); a folder that is new or empty is marked as the mock's (``galclip.outputs``)."""
     from galclip.outputs import MARKER, owner, remove_if_unused, write_marker
 
     out = Path(out_dir)
     if config.pairs < 1:
         raise ValueError("pairs must be >= 1")
+    needs = {"lenses": ("both", "image"), "agn": ("both", "spectrum")}
+    for name, _ in config.plant:
+        if config.modality not in needs[name]:
+            raise InputError(
+                f"--plant {name}: a mock with --modality {config.modality} has no "
+                f"{'images' if name == 'lenses' else 'spectra'} to plant {name} in; leave out --modality or {name}"
+            )
+    if "lenses" in dict(config.plant):
+        require_lenstronomy()  # before anything is written
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: is a file; --out is the folder to write survey.h5 and provabgs.h5 into")
     existing = [out / name for name in MOCK_NAMES if (out / name).exists()]
@@ -326,11 +351,15 @@ def generate_mock(
     try:
         if fresh:
             write_marker(out, "mock")
-        return _generate(config, out, progress)
+        summary = _generate(config, out, progress)
     except BaseException:
         if created:
             remove_if_unused(out)
         raise
+    if not config.plant and (out / PLANTED_FILE).exists():  # overwrite: the old truth does not describe this survey
+        (out / PLANTED_FILE).unlink()
+        logger.info("removed %s: an earlier mock's planted galaxies, not in the new survey", out / PLANTED_FILE)
+    return summary
 
 
 def _generate(config: MockConfig, out: Path, progress: Callable[[int], None] | None) -> dict:
@@ -351,9 +380,11 @@ def _generate(config: MockConfig, out: Path, progress: Callable[[int], None] | N
         + 8 * 3
         + ((DESI_N_BINS + 1) * 4 if config.modality in ("both", "spectrum") else 0)
     )
+    planted = choose_planted(np.random.default_rng([config.seed, 0, 7]), n, dict(config.plant)) if config.plant else {}
+    truth: dict[str, np.ndarray] = {"theta_e_arcsec": np.full(n, np.nan)}
     with atomic_path(out / SURVEY_FILE) as survey_tmp:
         reserve_space(survey_tmp, int(1.05 * n * per_pair) + 2**20, name=out / SURVEY_FILE)
-        _write_survey(survey_tmp, config, gen, targetid, bounds, positions, columns, true_mag, progress)
+        _write_survey(survey_tmp, config, gen, targetid, bounds, positions, columns, true_mag, progress, planted, truth)
     extra = gen.draw_catalogue(
         np.random.default_rng([config.seed, 0, 2]), n_extra, (positions[0][n:], positions[1][n:])
     ).catalogue_columns()
@@ -383,8 +414,56 @@ def _generate(config: MockConfig, out: Path, progress: Callable[[int], None] | N
             b.lower(): float(np.nanmedian(np.abs(columns[f"MAG_{b}"] - true_mag[:, j]))) for j, b in enumerate(BANDS)
         },
     }
+    if planted:
+        _write_planted(out / PLANTED_FILE, targetid, planted, truth)
+        summary["planted"] = {name: int(mask.sum()) for name, mask in planted.items()}
+        summary["planted_file"] = str(out / PLANTED_FILE)
+        logger.info("planted %s -> %s", summary["planted"], out / PLANTED_FILE)
     logger.info("mock survey: %d pairs in %.1f s (%.0f pairs/s) -> %s", n, elapsed, n / elapsed, out)
     return summary
+
+
+def _write_planted(path: Path, targetid: np.ndarray, planted: dict[str, np.ndarray], truth: dict) -> None:
+    """``planted.csv``: one row per planted galaxy, by class (``PLANT_CLASSES`` order) then survey row: targetid,
+    class and, for lenses, the Einstein radius in arcsec (empty for the others)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["targetid", "class", "theta_e_arcsec"])
+            for name in PLANT_CLASSES:
+                for row in np.flatnonzero(planted.get(name, ())):
+                    theta = truth["theta_e_arcsec"][row]
+                    writer.writerow([int(targetid[row]), name, f"{theta:.4f}" if np.isfinite(theta) else ""])
+
+
+def _plant(batch: MockBatch, lo: int, seed: int, wave: np.ndarray, planted: dict[str, np.ndarray], truth: dict) -> None:
+    """Add the planted classes to the galaxies of ``batch`` (survey rows ``lo``..) that ``planted`` marks, in place
+    (noisy and noiseless pixels and spectra), from their own stream ``default_rng([seed, lo, 7])``; ``truth`` gets
+    their per-galaxy parameters by survey row."""
+    rng = np.random.default_rng([seed, lo, 7])
+    n = len(batch.z)
+    for name in PLANT_CLASSES:
+        if name not in planted:
+            continue
+        rows = np.flatnonzero(planted[name][lo : lo + n])
+        if not rows.size:
+            continue
+        if name == "lenses":
+            arcs, params = lens_arcs(
+                rng,
+                batch.seeing_fwhm_arcsec[rows],
+                STAMP,
+                centre_px=batch.centre_px[rows],
+                axis_ratio=batch.axis_ratio[rows],
+                position_angle=batch.position_angle[rows],
+            )
+            batch.image[rows] += arcs
+            batch.image_noiseless[rows] += arcs
+            truth["theta_e_arcsec"][lo + rows] = params["theta_e_arcsec"]
+        else:
+            agn = agn_component(rng, batch.z[rows], wave, batch.spectrum_noiseless[rows])
+            batch.spectrum[rows] += agn
+            batch.spectrum_noiseless[rows] += agn
 
 
 def _write_survey(
@@ -397,10 +476,13 @@ def _write_survey(
     columns: dict,
     true_mag: np.ndarray,
     progress: Callable[[int], None] | None,
+    planted: dict[str, np.ndarray] | None = None,
+    truth: dict | None = None,
 ) -> None:
     """Fill the survey HDF5 at ``path`` batch by batch, in AstroCLIP's layout (plus 'ra', 'dec' float64 degrees per
     group, which AstroCLIP's reader ignores); ``columns`` gets each pair's catalogue columns and ``true_mag`` its
-    noiseless g, r, z magnitudes."""
+    noiseless g, r, z magnitudes. ``planted`` ({class: (n,) bool}) galaxies get their class added (:func:`_plant`),
+    their parameters into ``truth``."""
     n, n_groups = len(targetid), len(bounds) - 1
     with h5py.File(path, "w") as f:
         f.attrs["generator"] = "galclip mock"
@@ -426,6 +508,8 @@ def _write_survey(
                 aux_rng=np.random.default_rng([config.seed, lo, 1]),
                 positions=(positions[0][lo:hi], positions[1][lo:hi]),
             )
+            if planted:
+                _plant(batch, lo, config.seed, gen.wave, planted, truth)
             image_whc = batch.image.transpose(0, 3, 2, 1)  # (B, C, H, W) -> AstroCLIP's (B, W, H, C)
             for name, values in batch.catalogue_columns().items():
                 columns[name][lo:hi] = values
