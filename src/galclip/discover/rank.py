@@ -170,7 +170,7 @@ def rank(space: Space, marks: Marks, n: int = 100, seed: int = 0, block: int | N
     if not (len(pos) == 1 and not len(neg)):
         pool = len(space) - len(marked)
         take = np.sort(rng.choice(len(space), min(BACKGROUND + len(marked), len(space)), replace=False))
-        background = space.positions[take]
+        background = space.at(take)
         background = background[~np.isin(background, marked)][: min(BACKGROUND, pool)]
     scorer = fit_scorer(space.vectors(pos), space.vectors(neg), space.vectors(background), seed)
     top = TopN(n)
@@ -205,7 +205,7 @@ def anomalies(
         raise InputError(f"-k {k}: choose between 1 and {len(space) - 1}")
     rng = np.random.default_rng([seed, 29])
     take = np.sort(rng.choice(len(space), min(sample, len(space)), replace=False))
-    ref_positions = space.positions[take]
+    ref_positions = space.at(take)
     reference = faiss.IndexFlatIP(space.dim)
     reference.add(space.vectors(ref_positions))
     kk = min(k + 1, len(ref_positions))

@@ -35,19 +35,25 @@ STATS_SAMPLE = 4096  # galaxies whose features set the standardisation
 
 @dataclass
 class Space:
-    """One space over an index's galaxies: ``positions`` (n,) int64 sorted, the index rows that have a vector in it;
-    ``dim`` its dimension. Vectors are (b, dim) float32 unit vectors."""
+    """One space over an index's galaxies: ``positions`` (n,) int64 sorted, the index rows that have a vector in it,
+    or None for every row (no array of 8 bytes a galaxy); ``dim`` its dimension. Vectors are (b, dim) float32 unit
+    vectors."""
 
     index: Index
     name: str
-    positions: np.ndarray
+    positions: np.ndarray | None
     dim: int
     seed: int = 0
     _stores: dict = field(default_factory=dict, repr=False)
     _stats: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
-        return len(self.positions)
+        return len(self.index) if self.positions is None else len(self.positions)
+
+    def at(self, i: np.ndarray) -> np.ndarray:
+        """The index rows of the space's galaxies number ``i`` (in [0, len))."""
+        i = np.asarray(i, np.int64)
+        return i if self.positions is None else self.positions[i]
 
     @property
     def modality(self) -> str | None:
@@ -57,6 +63,8 @@ class Space:
     def holds(self, positions: np.ndarray) -> np.ndarray:
         """(m,) bool: which index rows ``positions`` have a vector in this space."""
         positions = np.asarray(positions, np.int64)
+        if self.positions is None:
+            return (positions >= 0) & (positions < len(self.index))
         at = np.clip(np.searchsorted(self.positions, positions), 0, max(0, len(self.positions) - 1))
         return (self.positions[at] == positions) if len(self.positions) else np.zeros(len(positions), bool)
 
@@ -72,8 +80,8 @@ class Space:
 
     def blocks(self, block: int = BLOCK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (positions (b,), vectors (b, dim)) over every galaxy of the space in index order."""
-        for lo in range(0, len(self.positions), block):
-            pos = self.positions[lo : lo + block]
+        for lo in range(0, len(self), block):
+            pos = self.at(np.arange(lo, min(lo + block, len(self))))
             yield pos, self._read(pos)
 
     def _read(self, positions: np.ndarray) -> np.ndarray:
@@ -121,8 +129,8 @@ class Space:
         dimension that does not vary gets scale 1)."""
         if self._stats is None:
             rng = np.random.default_rng([self.seed, 17])
-            take = min(STATS_SAMPLE, len(self.positions))
-            sample = np.sort(rng.choice(self.positions, take, replace=False))
+            take = min(STATS_SAMPLE, len(self))
+            sample = self.at(np.sort(rng.choice(len(self), take, replace=False)))
             raw = self._features(sample).astype(np.float64)
             mean, sd = raw.mean(0), raw.std(0)
             self._stats = (mean.astype(np.float32), np.where(sd > 1e-12, sd, 1.0).astype(np.float32))
@@ -150,18 +158,22 @@ def open_space(index: Index, name: str, seed: int = 0) -> Space:
             f"choose one of {list(held)}"
         )
     if name == "embedding":
+        dim = int(index.sidecar["dim"])
+        if any(index.count(m) == len(index) for m in index.embeddings):  # one modality covers every galaxy
+            return Space(index, name, None, dim, seed)
         has = np.zeros(len(index), bool)
         for m in index.embeddings:
             has |= index.has(m)
-        return Space(index, name, np.flatnonzero(has).astype(np.int64), int(index.sidecar["dim"]), seed)
+        return Space(index, name, np.flatnonzero(has).astype(np.int64), dim, seed)
     modality = FEATURE_SPACES[name]
-    positions = np.asarray(index.members(modality), np.int64)
+    positions = np.asarray(index.members(modality), np.int64) if index.count(modality) < len(index) else None
+    every = positions if positions is not None else np.arange(len(index))
     stores = index.rows["store"] if "store" in index.rows else np.zeros(len(index), int)
     dims = set()
     for which, rec in enumerate(index.store_records()):
-        if modality in rec.get("modalities", ()) and (stores[positions] == which).any():
+        if modality in rec.get("modalities", ()) and (stores[every] == which).any():
             store = index.open_store(which)  # found and identified by fingerprint, or an error naming where
             dims.add(store.feature_arrays[f"{modality}_features"][-1])
     if len(dims) != 1:
         raise InputError(f"--space {name}: the index's stores hold {modality} features of sizes {sorted(dims)}")
-    return Space(index, name, np.sort(positions), int(dims.pop()), seed)
+    return Space(index, name, None if positions is None else np.sort(positions), int(dims.pop()), seed)

@@ -2,7 +2,7 @@
 
 * **lenses**: a strong-lens arc system around the galaxy: a singular isothermal ellipsoid ('SIE', plus a weak
   external shear) centred on it, with Einstein radius θ_E ~ U(1.2, 3.0)″, lensing a blue star-forming 'SERSIC_ELLIPSE'
-  source (unlensed r ~ U(22, 23.5) AB, g-r and r-z ~ U(0.2, 0.5)) placed within 0.5 θ_E of the lens centre, so arcs
+  source (unlensed r ~ U(22, 23.5) AB, g-r and r-z ~ U(0.2, 0.5)) 0.05-0.4 θ_E off the lens centre, so arcs
   and rings form. Rendered by lenstronomy (ImageData, LensModel, LightModel, ImageModel with supersampling 2) and
   convolved by lenstronomy with a pixel PSF: the mock's own Moffat seeing (``imaging.moffat_kernels``) per band.
   The arcs are added to the noisy cutout (its sky noise is already there), in nanomaggies per 0.262″ pixel.
