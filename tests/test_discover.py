@@ -42,14 +42,38 @@ def _dense(index, space: str) -> np.ndarray:
     return _unit((raw - mean) / scale)
 
 
-def test_topn_keeps_the_best_of_every_block():
+def test_topn_keeps_the_best_of_every_block_and_breaks_ties_by_position():
     rng = np.random.default_rng(0)
-    scores = rng.normal(size=1000)
-    top = TopN(17)
-    for lo in range(0, 1000, 64):
-        top.add(scores[lo : lo + 64], np.arange(lo, min(lo + 64, 1000)))
-    pos, s = top.result()
-    np.testing.assert_array_equal(pos, np.argsort(-scores)[:17])
+    for scores in (rng.normal(size=1000), rng.integers(0, 5, 1000).astype(float)):  # the second: ties everywhere
+        want = np.lexsort((np.arange(1000), -scores))[:17]
+        for block in (7, 64, 1000):
+            top = TopN(17)
+            for lo in range(0, 1000, block):
+                top.add(scores[lo : lo + block], np.arange(lo, min(lo + block, 1000)))
+            np.testing.assert_array_equal(top.result()[0], want)
+
+
+def test_the_scorer_is_the_regularised_logistic_optimum():
+    """At the fitted (w, b) the gradient of the weighted logistic loss plus |w|^2 / 2C vanishes (numpy)."""
+    from galclip.discover.rank import C, fit_scorer
+
+    rng = np.random.default_rng(1)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)
+    pos, neg, bg = unit(rng.normal(1, 1, (5, 16))), unit(rng.normal(-1, 1, (3, 16))), unit(rng.normal(0, 1, (200, 16)))
+    scorer = fit_scorer(pos, neg, bg)
+    x = np.concatenate([pos, neg, bg])
+    y = np.r_[np.ones(5), np.zeros(203)]
+    weight = np.r_[np.full(5, 1 / 5), np.full(3, 0.5 / 3), np.full(200, 0.5 / 200)]
+    weight *= len(x) / weight.sum()
+
+    def gradient(w: np.ndarray, b: float) -> np.ndarray:
+        p = 1 / (1 + np.exp(-(x @ w + b)))
+        return np.r_[x.T @ (weight * (p - y)) + w / C, np.sum(weight * (p - y))]
+
+    at_start = np.abs(gradient(np.zeros(16), 0.0)).max()
+    assert np.abs(gradient(scorer.w, scorer.b)).max() < 1e-3 * at_start  # lbfgs stops within its tolerance
+    one = fit_scorer(pos[:1], neg[:0], bg)
+    np.testing.assert_allclose(one(bg), bg @ pos[0], rtol=1e-5)  # one positive: its cosine similarity
 
 
 @pytest.mark.parametrize("space", ["embedding", "image-features", "spectrum-features"])
@@ -75,6 +99,10 @@ def test_logistic_ranking_streams_leaves_marks_out_and_is_seeded(discover_index)
     assert not set(whole.positions) & {1, 2, 3, 9}
     assert "3 positives" in whole.scorer and "1 marked negatives" in whole.scorer
     assert np.all(np.diff(whole.scores) <= 0)
+    # the ranking is the fitted scorer's order over every unmarked galaxy (numpy over the dense vectors)
+    dense = whole.scorer_model(_dense(index, "image-features")).astype(np.float64)
+    dense[[1, 2, 3, 9]] = -np.inf
+    np.testing.assert_array_equal(whole.positions, np.argsort(-dense, kind="stable")[:20])
     # the best candidates lie nearer the positives than the galaxies ranked last do
     x = _dense(index, "image-features")
     centre = x[[1, 2, 3]].mean(0)
@@ -93,6 +121,29 @@ def test_anomaly_scores_match_numpy_brute_force(discover_index):
     np.testing.assert_allclose(got.scores, np.sort(want)[::-1][:8], rtol=1e-4)
 
 
+def test_anomalies_among_a_sample_match_numpy(discover_index):
+    """With a sample smaller than the index, a galaxy in the sample is not its own neighbour; one outside is not
+    in it at all."""
+    index = open_index(discover_index)
+    x = _dense(index, "embedding")
+    got = anomalies(index.space("embedding"), n=10, k=4, sample=30, seed=3)
+    ref = np.sort(np.random.default_rng([3, 29]).choice(len(x), 30, replace=False))
+    dist = 1 - x @ x[ref].T
+    dist[ref, np.arange(30)] = np.inf
+    want = np.sort(dist, axis=1)[:, :4].mean(1)
+    np.testing.assert_array_equal(got.positions, np.lexsort((np.arange(len(x)), -want))[:10])
+    for k, sample, message in [(0, 30, "-k 0"), (30, 30, "between 1 and 29"), (3, 1, "--sample 1")]:
+        with pytest.raises(GalclipError, match=message):
+            anomalies(index.space("embedding"), n=5, k=k, sample=sample)
+
+
+def test_cli_help_states_the_library_defaults():
+    from galclip.discover.rank import ANOMALY_K, ANOMALY_SAMPLE
+
+    text = CliRunner().invoke(main, ["anomalies", "--help"]).output
+    assert f"[default: {ANOMALY_K}]" in text and f"[default: {ANOMALY_SAMPLE}]" in text
+
+
 def test_marks_files_round_trip_and_foreign_files_are_refused(tmp_path):
     marks = Marks(positive=(39627000000000012, 39627000000000013), negative=(39627000000000099,))
     assert marks_from_text(marks_json(marks, "index"), "m.json") == marks
@@ -107,6 +158,9 @@ def test_marks_files_round_trip_and_foreign_files_are_refused(tmp_path):
         ("targetid,mark\n12,maybe\n", "line 2"),
         ("ra,dec\n1,2\n", "is not a targetid"),
         ("", "holds no targetid"),
+        ("\u00b2\n", "is not a targetid"),
+        ("1" * 5000, "is not a targetid"),
+        ("99999999999999999999\n", "is not a targetid"),
     ]:
         with pytest.raises(GalclipError, match=match):
             marks_from_text(text, "f")

@@ -522,6 +522,22 @@ def test_predicts_work_store_is_searchable_with_also_and_append(reference_index,
     lonely = int(next(iter(image_only)))
     with pytest.raises(Exception, match="has no spectrum"):
         idx.search(lonely, query="spectrum")
+    # ranking over the mixed index: the spectrum features hold the 64 paired galaxies only (numpy brute force)
+    from galclip.discover import open_index as open_discovery_index
+
+    found = open_discovery_index(tmp_path / "both")
+    space = found.space("spectrum-features")
+    raw = FeatureStore.open(reference_index["store"]).read("spectrum_features", 0, 64)[idx.rows["row"][:64]]
+    mean, scale = space.stats()
+    z = (raw - mean) / scale
+    sims = (z / np.linalg.norm(z, axis=1, keepdims=True)) @ (z[3] / np.linalg.norm(z[3]))
+    sims[3] = -np.inf
+    ranked = found.ranking([tid], space="spectrum-features", n=63)
+    np.testing.assert_array_equal(ranked.positions, np.argsort(-sims, kind="stable")[:63])
+    with pytest.raises(Exception, match="has no spectrum features"):
+        found.ranking([lonely], space="spectrum-features")
+    at = idx.find(lonely)  # in the embedding space an image-only galaxy is its image embedding
+    np.testing.assert_allclose(found.space("embedding").vectors([at])[0], idx.vectors_at("image", [at])[0], atol=1e-6)
     # --append onto an index of the paired store alone: the same vectors, rows and answers as the fresh build
     appended = tmp_path / "appended"
     build_indexes(reference_index["store"], reference_index["heads"], appended)

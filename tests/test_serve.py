@@ -635,6 +635,13 @@ def test_rank_anomalies_and_marks_over_http(client, served):
         res = client.post("/api/marks", files={"file": ("m.csv", content)})
         assert 400 <= res.status_code < 500 and message in res.json()["error"], res.text
     assert client.get("/api/anomalies?n=0").status_code == 422
+    for content in ("1" * 5000 + "\n", "\u00b2\n"):  # too long for int64; a digit that is not ASCII
+        res = client.post("/api/marks", files={"file": ("m.txt", content.encode())})
+        assert res.status_code == 422 and "is not a targetid" in res.json()["error"], res.text
+    # the page's marks download: the marks module's own file
+    saved = client.post("/api/marks/file?format=csv", json={"positive": [tid[1]], "negative": [tid[2]]})
+    assert saved.text == f"targetid,mark\n{tid[1]},positive\n{tid[2]},negative\n"
+    assert client.post("/api/marks/file", json={"positive": [tid[1]], "negative": [tid[1]]}).status_code == 422
 
 
 @pytest.mark.browser
@@ -670,18 +677,25 @@ def test_browser_mark_rank_export_and_reload_marks(live_server, browser, tmp_pat
     shown = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
     want = service.index.rank([int(t) for t in marked], [int(negative)], n=8)
     assert shown == [str(c["targetid"]) for c in want["candidates"]]
+    assert not browser.find_element(By.ID, "csv").is_displayed()  # the neighbours' CSV is not this view's
     assert "score" in browser.find_element(By.CSS_SELECTOR, "#grid .card .meta").text
     assert browser.find_element(By.ID, "candidates-fits").is_displayed()
     browser.save_screenshot(str(ARTIFACTS / "serve_rank.png"))
-    # export: the marks file the link downloads is galclip's JSON, which galclip rank reads
-    from urllib.parse import unquote
+    # export: the browser saves the marks file (galclip's JSON, which galclip rank reads) and the candidates' FITS
+    from astropy.table import Table
 
-    href = browser.find_element(By.ID, "marks-json").get_attribute("href")
-    exported = tmp_path / "marks.json"
-    exported.write_text(unquote(href.split(",", 1)[1]))
     from galclip.discover.marks import read_marks_file
 
-    assert read_marks_file(exported).positive == tuple(int(t) for t in marked)
+    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    browser.find_element(By.ID, "marks-json").click()
+    exported = _wait(lambda: next(iter(tmp_path.glob("galclip-marks*.json")), None))
+    _wait(lambda: exported.stat().st_size > 0 and exported.read_text().endswith("\n"))
+    got = read_marks_file(exported)
+    assert got.positive == tuple(int(t) for t in marked) and got.negative == (int(negative),)
+    browser.find_element(By.ID, "candidates-fits").click()
+    fits = _wait(lambda: next((p for p in tmp_path.glob("galclip-rank-*.fits") if p.stat().st_size > 0), None))
+    _wait(lambda: not list(tmp_path.glob("*.crdownload")))
+    assert [str(t) for t in Table.read(fits)["TARGETID"]] == shown
     # marks survive a reload (local storage), and come back from the file after clearing them
     browser.refresh()
     _wait(lambda: browser.find_element(By.ID, "marks-count").text == "3 more like this · 1 not this")

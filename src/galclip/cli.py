@@ -1407,9 +1407,9 @@ def rank(
 @main.command()
 @click.argument("index_dir", metavar="INDEX", type=click.Path(exists=True, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("-k", "k", type=int, default=10, show_default=True, help="Neighbours whose mean distance is the score.")
+@click.option("-k", "k", type=int, default=None, help="Neighbours whose mean distance is the score [default: 10].")
 @click.option(
-    "--sample", type=int, default=20_000, show_default=True, help="Random galaxies the neighbours are found among."
+    "--sample", type=int, default=None, help="Random galaxies the neighbours are found among [default: 20000]."
 )
 @_discover_options
 @user_errors

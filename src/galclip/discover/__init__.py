@@ -12,6 +12,7 @@ The records are those ``galclip rank --json`` and ``galclip anomalies --json`` p
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from galclip.discover.marks import Marks
 from galclip.discover.rank import ANOMALY_K, ANOMALY_SAMPLE, Ranking, anomalies, rank
 from galclip.discover.spaces import SPACES, Space, held_spaces, open_space
 from galclip.index import search
+
+KEEP_ANOMALIES = 1000  # the anomaly ranking is kept this deep, so a page asking for fewer does not compute again
 
 
 class Index(search.Index):
@@ -37,7 +40,12 @@ class Index(search.Index):
         return self._cache[key]
 
     def ranking(
-        self, positives: Iterable[int], negatives: Iterable[int] = (), space: str = "embedding", n: int = 100, seed=0
+        self,
+        positives: Iterable[int],
+        negatives: Iterable[int] = (),
+        space: str = "embedding",
+        n: int = 100,
+        seed: int = 0,
     ) -> Ranking:
         """The :class:`~galclip.discover.rank.Ranking` behind :meth:`rank`."""
         marks = Marks(tuple(dict.fromkeys(map(int, positives))), tuple(dict.fromkeys(map(int, negatives))))
@@ -59,11 +67,16 @@ class Index(search.Index):
     def anomaly_ranking(
         self, space: str = "embedding", n: int = 100, k: int = ANOMALY_K, sample: int = ANOMALY_SAMPLE, seed: int = 0
     ) -> Ranking:
-        """The :class:`~galclip.discover.rank.Ranking` behind :meth:`anomalies`."""
-        key = ("anomalies", space, n, k, sample, seed)
-        if key not in self._cache:
-            self._cache[key] = anomalies(self.space(space, seed), n, k, sample, seed)
-        return self._cache[key]
+        """The :class:`~galclip.discover.rank.Ranking` behind :meth:`anomalies`: computed once per space, k, sample
+        and seed for the top ``max(n, KEEP_ANOMALIES)`` (one pass at a time), then cut to ``n``."""
+        key = ("anomalies", space, k, sample, seed)
+        with self._cache.setdefault("anomaly_lock", threading.Lock()):  # concurrent requests wait for one pass
+            kept = self._cache.get(key)
+            if kept is None or len(kept.positions) < n:
+                sp = self.space(space, seed)
+                kept = anomalies(sp, max(n, min(KEEP_ANOMALIES, len(sp))), k, sample, seed)
+                self._cache[key] = kept
+        return kept.top(n)
 
     def anomalies(
         self, space: str = "embedding", n: int = 100, k: int = ANOMALY_K, sample: int = ANOMALY_SAMPLE, seed: int = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ FORMAT = "galclip-marks/1"
 MARKS = ("positive", "negative")
 CSV_HEADER = ("targetid", "mark")
 MAX_BYTES = 16 << 20  # a marks file is small: a few thousand ids at most
+_INTEGER = re.compile(r"^-?[0-9]{1,19}$")  # ASCII digits of an int64
 _LOOKS = (
     f'a galclip marks file (JSON {{"format": "{FORMAT}", "positive": [...], "negative": [...]}}, or CSV with the '
     "header targetid,mark) or one targetid per line"
@@ -49,10 +51,16 @@ class Marks:
             )
 
 
+def is_targetid(text: str) -> bool:
+    """Whether ``text`` is a targetid: an integer of ASCII digits that fits in int64."""
+    text = text.strip()
+    return bool(_INTEGER.match(text)) and -(2**63) <= int(text) < 2**63
+
+
 def _targetid(value: object, where: str) -> int:
-    text = str(value).strip()
-    if isinstance(value, bool) or not text.lstrip("-").isdigit():
-        raise InputError(f"{where}: {value!r} is not a targetid (an integer)")
+    text = str(value).strip()[:40]
+    if isinstance(value, bool) or not is_targetid(text):
+        raise InputError(f"{where}: {text!r} is not a targetid (an integer that fits in 64 bits)")
     return int(text)
 
 
@@ -100,7 +108,7 @@ def marks_from_text(text: str, name: str) -> Marks | tuple[int, ...]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        if not line.lstrip("-").isdigit():
+        if not is_targetid(line):
             raise InputError(f"{name}: line {i} {line[:40]!r} is not a targetid; expected {_LOOKS}")
         ids.append(int(line))
     if not ids:
@@ -124,7 +132,7 @@ def ids_argument(value: str, option: str) -> Marks:
     """What ``--positive`` or ``--negative`` was given: a marks file (both its lists), a file of ids, or
     comma-separated ids (the ids, as that option's marks)."""
     path = Path(value)
-    if not path.is_file() and not all(t.strip().lstrip("-").isdigit() for t in value.split(",") if t.strip()):
+    if not path.is_file() and not all(is_targetid(t) for t in value.split(",") if t.strip()):
         raise InputError(f"{option} {value}: no such file, and not comma-separated targetids")
     got = read_marks_file(path) if path.is_file() else parse_ids(value, option)
     if isinstance(got, Marks):

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,9 +99,15 @@ class Ranking:
     seconds: float
     marks: Marks = field(default_factory=Marks)
 
+    scorer_model: Scorer | None = None  # the fitted scorer of a "rank" ranking
+
     @property
     def seconds_per_million(self) -> float:
         return self.seconds / max(self.scored, 1) * 1e6
+
+    def top(self, n: int) -> Ranking:
+        """The best ``n`` of this ranking."""
+        return replace(self, positions=self.positions[:n], scores=self.scores[:n])
 
 
 class TopN:
@@ -115,7 +122,7 @@ class TopN:
         s = np.concatenate([self.scores, scores])
         p = np.concatenate([self.positions, positions])
         if len(s) > self.n:
-            keep = np.argpartition(-s, self.n - 1)[: self.n]
+            keep = np.lexsort((p, -s))[: self.n]  # ties at the cut: the lower position, whatever the blocks
             s, p = s[keep], p[keep]
         self.scores, self.positions = s, p
 
@@ -154,7 +161,14 @@ def check_n(n: int, available: int, what: str) -> None:
         raise InputError(f"-n {n}: {what} {available} galaxies; ask for -n {available} or fewer")
 
 
-def rank(space: Space, marks: Marks, n: int = 100, seed: int = 0, block: int | None = None, progress=None) -> Ranking:
+def rank(
+    space: Space,
+    marks: Marks,
+    n: int = 100,
+    seed: int = 0,
+    block: int | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Ranking:
     """The ``n`` galaxies of ``space`` most like ``marks.positive`` (and unlike ``marks.negative``), the marked
     ones left out. ``progress``: called with the galaxies scored after each block."""
     t0 = time.perf_counter()
@@ -183,7 +197,7 @@ def rank(space: Space, marks: Marks, n: int = 100, seed: int = 0, block: int | N
     positions, scores = top.result()
     seconds = time.perf_counter() - t0
     logger.info("ranked %d galaxies in %s in %.2f s (%s)", len(space), space.name, seconds, scorer.describe())
-    return Ranking(space.name, "rank", positions, scores, scorer.describe(), len(space), seconds, marks)
+    return Ranking(space.name, "rank", positions, scores, scorer.describe(), len(space), seconds, marks, scorer)
 
 
 def anomalies(
@@ -193,7 +207,7 @@ def anomalies(
     sample: int = ANOMALY_SAMPLE,
     seed: int = 0,
     block: int | None = None,
-    progress=None,
+    progress: Callable[[int], object] | None = None,
 ) -> Ranking:
     """The ``n`` galaxies of ``space`` farthest from their ``k`` nearest neighbours among a seeded reference
     sample (see the module)."""
@@ -201,8 +215,13 @@ def anomalies(
 
     t0 = time.perf_counter()
     check_n(n, len(space), f"--space {space.name} holds")
-    if k < 1 or k >= len(space):
-        raise InputError(f"-k {k}: choose between 1 and {len(space) - 1}")
+    if sample < 2:
+        raise InputError(f"--sample {sample}: the neighbours are found among at least 2 galaxies")
+    most = min(sample, len(space)) - 1
+    if not 1 <= k <= most:
+        raise InputError(
+            f"-k {k}: choose between 1 and {most} (one less than the --sample of {min(sample, len(space))})"
+        )
     rng = np.random.default_rng([seed, 29])
     take = np.sort(rng.choice(len(space), min(sample, len(space)), replace=False))
     ref_positions = space.at(take)

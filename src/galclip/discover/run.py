@@ -12,7 +12,7 @@ from galclip.atomic import write_json
 from galclip.discover import Index, open_index
 from galclip.discover.candidates import result, write_catalogue
 from galclip.discover.marks import Marks
-from galclip.discover.rank import Ranking, anomalies, rank
+from galclip.discover.rank import ANOMALY_K, ANOMALY_SAMPLE, Ranking, anomalies, rank
 from galclip.outputs import check_output_dir, default_report_dir, output_dir
 from galclip.predict.catalogue import check_output, format_for
 from galclip.progress import progress as progress_bar
@@ -74,19 +74,27 @@ def anomaly_catalogue(
     out: str | Path,
     space: str = "embedding",
     n: int = 100,
-    k: int = 10,
-    sample: int = 20_000,
+    k: int | None = None,
+    sample: int | None = None,
     seed: int = 0,
     fmt: str | None = None,
     report_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """The ``n`` most unusual galaxies of ``index_dir`` in ``space`` to the catalogue ``out``."""
+    """The ``n`` most unusual galaxies of ``index_dir`` in ``space`` to the catalogue ``out`` (``k`` and ``sample``:
+    default ``ANOMALY_K`` and ``ANOMALY_SAMPLE``)."""
     out = Path(out)
     fmt, report = _prepare(out, fmt, report_dir, overwrite, "anomalies")
     index = open_index(index_dir)
     sp = index.space(space, seed)
     with _progress(sp, "anomalies", progress) as bar:
-        ranking = anomalies(sp, n, k, sample, seed, progress=bar.update)
+        ranking = anomalies(
+            sp,
+            n,
+            ANOMALY_K if k is None else k,
+            ANOMALY_SAMPLE if sample is None else sample,
+            seed,
+            progress=bar.update,
+        )
     return _finish(index, ranking, out, fmt, report, "anomalies", overwrite)

@@ -166,14 +166,15 @@ def open_space(index: Index, name: str, seed: int = 0) -> Space:
             has |= index.has(m)
         return Space(index, name, np.flatnonzero(has).astype(np.int64), dim, seed)
     modality = FEATURE_SPACES[name]
+    # members are sorted (vector_ids searches them); None: every galaxy has the modality
     positions = np.asarray(index.members(modality), np.int64) if index.count(modality) < len(index) else None
-    every = positions if positions is not None else np.arange(len(index))
-    stores = index.rows["store"] if "store" in index.rows else np.zeros(len(index), int)
+    stores = index.rows["store"] if "store" in index.rows else np.zeros(len(index), np.int16)
+    used = set(np.unique(stores if positions is None else stores[positions]).tolist())
     dims = set()
     for which, rec in enumerate(index.store_records()):
-        if modality in rec.get("modalities", ()) and (stores[every] == which).any():
+        if modality in rec.get("modalities", ()) and which in used:
             store = index.open_store(which)  # found and identified by fingerprint, or an error naming where
             dims.add(store.feature_arrays[f"{modality}_features"][-1])
     if len(dims) != 1:
         raise InputError(f"--space {name}: the index's stores hold {modality} features of sizes {sorted(dims)}")
-    return Space(index, name, None if positions is None else np.sort(positions), int(dims.pop()), seed)
+    return Space(index, name, positions, int(dims.pop()), seed)

@@ -32,7 +32,8 @@ from galclip.discover import Index as DiscoveryIndex
 from galclip.discover.candidates import result as ranking_result
 from galclip.discover.candidates import write_catalogue
 from galclip.discover.marks import MAX_BYTES as MARKS_MAX_BYTES
-from galclip.discover.marks import Marks, marks_from_text
+from galclip.discover.marks import Marks, marks_csv, marks_from_text, marks_json
+from galclip.discover.rank import Ranking
 from galclip.errors import DamagedDataError, GalclipError
 from galclip.index.query import DEDUP_ARCSEC, SNAP_ARCSEC, Filters
 from galclip.index.search import Index, NotIndexed, float_or_none, open_index
@@ -48,7 +49,9 @@ BINS_MAX = 7781  # the DESI grid itself
 UPLOAD_MAX_BYTES = 32 * 2**20  # one galaxy's cutout (~0.3 MB) or coadd (~1 MB) fits many times over
 UPLOADS_AT_ONCE = 2  # uploads embedded at the same time (each runs both encoders); more wait for a 429
 RANK_MAX = 1000  # the most candidates one ranking may ask for
-CATALOGUE_TYPES = {
+MARKS_MAX = 10_000  # the most galaxies one request may mark each way
+DOWNLOAD_TYPES = {
+    "json": "application/json",
     "csv": "text/csv",
     "fits": "application/fits",
     "ecsv": "text/plain",
@@ -79,10 +82,17 @@ class EmbeddingQuery(BaseModel):
 class RankQuery(BaseModel):
     """The body of ``POST /api/rank``: marked targetids (numbers or, as the page sends them, strings of digits)."""
 
-    positive: list[int] = Field(min_length=1, description="targetids marked 'more like this'")
-    negative: list[int] = Field([], description="targetids marked 'not this'")
+    positive: list[int] = Field(min_length=1, max_length=MARKS_MAX, description="targetids marked 'more like this'")
+    negative: list[int] = Field([], max_length=MARKS_MAX, description="targetids marked 'not this'")
     space: SpaceName = "embedding"
     n: int = Field(100, ge=1, le=RANK_MAX, description=f"candidates, 1 to {RANK_MAX}")
+
+
+class MarksBody(BaseModel):
+    """The body of ``POST /api/marks/file``: the page's marks, to be written as a marks file."""
+
+    positive: list[int] = Field([], max_length=MARKS_MAX)
+    negative: list[int] = Field([], max_length=MARKS_MAX)
 
     def marks(self) -> Marks:
         marks = Marks(tuple(dict.fromkeys(self.positive)), tuple(dict.fromkeys(self.negative)))
@@ -179,16 +189,21 @@ class SearchService:
             "survey": self.galaxies.where(targetid) if in_survey else None,
         }
 
-    def rank(self, query: RankQuery):
+    def rank(self, query: RankQuery) -> Ranking:
         """The ranking of every galaxy by the marks (:meth:`galclip.discover.Index.ranking`)."""
-        marks = query.marks()
-        return self.index.ranking(marks.positive, marks.negative, query.space, query.n)
+        return self.index.ranking(query.positive, query.negative, query.space, query.n)
 
-    def anomalies(self, space: str, n: int):
-        """The ``n`` most unusual galaxies in ``space`` (computed once per space and n, then kept)."""
+    def anomalies(self, space: str, n: int) -> Ranking:
+        """The ``n`` most unusual galaxies in ``space`` (computed once per space, then kept)."""
         return self.index.anomaly_ranking(space, n)
 
-    def candidates_file(self, ranking, fmt: str) -> tuple[bytes, str]:
+    def marks_file(self, body: MarksBody, fmt: str) -> tuple[bytes, str]:
+        """The page's marks as a marks file (:mod:`galclip.discover.marks`): (its bytes, a file name)."""
+        marks = body.marks()
+        text = marks_json(marks, Path(self.index.path).name) if fmt == "json" else marks_csv(marks)
+        return text.encode(), f"galclip-marks.{fmt}"
+
+    def candidates_file(self, ranking: Ranking, fmt: str) -> tuple[bytes, str]:
         """A ranking as a catalogue file in ``fmt`` (written in a temporary folder, read back, removed: the service
         writes nothing where it serves from): (its bytes, a file name)."""
         name = f"galclip-{ranking.kind}-{ranking.space}-n{len(ranking.positions)}.{fmt}"
@@ -436,7 +451,7 @@ def create_app(service: SearchService) -> FastAPI:
 
     def download(content: bytes, name: str, fmt: str) -> Response:
         return Response(
-            content, media_type=CATALOGUE_TYPES[fmt], headers={"Content-Disposition": f'attachment; filename="{name}"'}
+            content, media_type=DOWNLOAD_TYPES[fmt], headers={"Content-Disposition": f'attachment; filename="{name}"'}
         )
 
     @app.post("/api/rank", summary="Find more like these: every galaxy scored from the marked ones, the top n")
@@ -456,6 +471,10 @@ def create_app(service: SearchService) -> FastAPI:
         space: SpaceName = "embedding", n: int = Query(100, ge=1, le=RANK_MAX), format: CatalogueFormat = "csv"
     ) -> Response:
         return download(*service.candidates_file(service.anomalies(space, n), format), format)
+
+    @app.post("/api/marks/file", summary="The marks in the body as a marks file galclip rank --positive reads")
+    def marks_file(body: MarksBody, format: Literal["json", "csv"] = "json") -> Response:
+        return download(*service.marks_file(body, format), format)
 
     @app.post("/api/marks", summary="Read an uploaded marks file (JSON or CSV from the page); nothing is stored")
     def marks(file: UploadFile = File(description="a marks file the page downloaded, or one targetid per line")):

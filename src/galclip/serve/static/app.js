@@ -9,7 +9,7 @@ const LINES = [  // rest-frame wavelengths (Å) marked on spectra at the galaxy'
 ];
 const state = { targetid: null, query: "image", target: "image", k: 16, ra: "", dec: "", radius: "1", zmin: "", zmax: "", hasSpectrum: "", dedup: true };
 const marks = { positive: [], negative: [] };  // targetids as strings, in the order marked; kept in localStorage
-let marksKey = "galclip-marks", indexName = "index";
+let marksKey = "galclip-marks";
 let lastCandidates = null;  // the rank or unusual view shown: {result, request} for its catalogue download
 let mapData = null;  // {targetid: [str], x: [], y: [], redshift: []} and screen coordinates
 let lastResult = null;
@@ -209,13 +209,29 @@ function markButtons(tid) {
   return box;
 }
 
-function marksFileJSON() {
-  return JSON.stringify({ format: "galclip-marks/1", index: indexName, positive: marks.positive, negative: marks.negative }, null, 1) + "\n";
+// a file the server writes (the marks and catalogue formats have one writer each, in galclip), saved by the browser
+async function downloadFrom(url, options, fallbackName) {
+  try {
+    const response = await fetch(url, options);
+    if (!response.ok) throw new Error((await response.json()).error || response.statusText);
+    const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(await response.blob());
+    a.download = name ? name[1] : fallbackName;
+    document.body.append(a);
+    a.click();
+    a.remove();
+  } catch (err) {
+    showMessage(err.message);
+  }
 }
 
-function marksFileCSV() {
-  return ["targetid,mark", ...marks.positive.map((t) => `${t},positive`), ...marks.negative.map((t) => `${t},negative`)].join("\n") + "\n";
+function downloadMarks(format) {
+  const body = JSON.stringify({ positive: marks.positive, negative: marks.negative });
+  downloadFrom(`/api/marks/file?format=${format}`, { method: "POST", headers: { "Content-Type": "application/json" }, body }, `galclip-marks.${format}`);
 }
+$("marks-json").addEventListener("click", () => downloadMarks("json"));
+$("marks-csv").addEventListener("click", () => downloadMarks("csv"));
 
 function paintMarks() {
   for (const box of document.querySelectorAll(".marks")) {
@@ -230,8 +246,6 @@ function paintMarks() {
   }
   const p = marks.positive.length, n = marks.negative.length;
   $("marks-count").textContent = p || n ? `${p} more like this · ${n} not this` : "mark galaxies with + (more like this) or − (not this) on their cards";
-  $("marks-json").href = "data:application/json;charset=utf-8," + encodeURIComponent(marksFileJSON());
-  $("marks-csv").href = "data:text/csv;charset=utf-8," + encodeURIComponent(marksFileCSV());
   $("rank").disabled = p === 0;
 }
 
@@ -276,6 +290,7 @@ function renderCandidates(result) {
   $("grid").replaceChildren(...cards);
   paintMarks();
   $("candidates-csv").hidden = $("candidates-fits").hidden = false;
+  $("csv").hidden = true;  // the neighbours' CSV link belongs to a search, not to this view
   drawMap();
 }
 
@@ -309,24 +324,11 @@ $("rank").addEventListener("click", () => {
 $("unusual").addEventListener("click", () => showCandidates({ url: unusualURL("/api/anomalies"), options: {} }));
 $("clear-marks").addEventListener("click", () => { marks.positive = []; marks.negative = []; saveMarks(); });
 
-async function downloadCandidates(format) {  // the shown view's candidates as a catalogue file, written by the server
+function downloadCandidates(format) {  // the shown view's own request, its candidates as a catalogue file
   if (!lastCandidates) return;
   const r = lastCandidates.request;
-  const url = r.url.startsWith("/api/rank") ? `/api/rank/catalogue?format=${format}` : `${unusualURL("/api/anomalies/catalogue")}&format=${format}`;
-  const request = r.url.startsWith("/api/rank") ? { ...r.options } : {};
-  try {
-    const response = await fetch(url, request);
-    if (!response.ok) throw new Error((await response.json()).error || response.statusText);
-    const name = (response.headers.get("Content-Disposition") || "").match(/filename="([^"]+)"/);
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(await response.blob());
-    a.download = name ? name[1] : `galclip-candidates.${format}`;
-    document.body.append(a);
-    a.click();
-    a.remove();
-  } catch (err) {
-    showMessage(err.message);
-  }
+  const url = r.url.startsWith("/api/rank") ? `/api/rank/catalogue?format=${format}` : `${r.url.replace("/api/anomalies?", "/api/anomalies/catalogue?")}&format=${format}`;
+  downloadFrom(url, { ...r.options }, `galclip-candidates.${format}`);
 }
 $("candidates-csv").addEventListener("click", () => downloadCandidates("csv"));
 $("candidates-fits").addEventListener("click", () => downloadCandidates("fits"));
@@ -352,7 +354,6 @@ $("marks-file").addEventListener("change", async () => {
 async function startMarks() {
   try {
     const health = await fetchJSON("/api/health");
-    indexName = String(health.index).split("/").filter(Boolean).pop() || "index";
     marksKey = `galclip-marks:${health.index}`;
     for (const option of $("space").options) option.disabled = !(health.spaces || ["embedding"]).includes(option.value);
   } catch (err) { /* the marks still work under the default key */ }
