@@ -125,7 +125,7 @@ def bare_read_seconds(space) -> float:
         emb = space.index.embeddings
         for lo in range(0, len(space.index), 8192):
             for m in emb:
-                np.asarray(emb[m][lo : lo + 8192])
+                np.array(emb[m][lo : lo + 8192])  # a copy: the pages are read
     else:
         store = space.index.open_store()
         for lo in range(0, store.n, 8192):
