@@ -471,6 +471,13 @@ def _wait(predicate, timeout: float = 20.0):
     raise AssertionError("the page did not get there in time")
 
 
+def _card_ids(driver) -> list[str]:
+    """The targetids of the grid's cards, read at once in the page (no element can go stale)."""
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#grid .card')).map(c => c.dataset.targetid)"
+    )
+
+
 def _loaded_cards(driver) -> int:
     return driver.execute_script(
         "return Array.from(document.querySelectorAll('#grid .card img'))"
@@ -504,9 +511,17 @@ def test_browser_position_filter_and_file_upload(live_server, browser, cutouts):
     browser.find_element(By.ID, "zmin").send_keys(f"{lo:.4f}")
     browser.find_element(By.ID, "zmax").send_keys(f"{hi:.4f}")
     browser.find_element(By.ID, "go").click()
-    _wait(lambda: "filter=redshift" in browser.current_url and _loaded_cards(browser) == 4)
-    shown = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
-    assert all(lo - 1e-4 <= z[index.find(int(t))] <= hi + 1e-4 for t in shown)
+
+    def filtered() -> list[str] | None:  # the new grid, read in one script (an old one may still be replaced)
+        ids = _card_ids(browser)
+        done = "filter=redshift" in browser.current_url and _loaded_cards(browser) == 4
+        return (
+            ids
+            if done and len(ids) == 4 and all(lo - 1e-4 <= z[index.find(int(t))] <= hi + 1e-4 for t in ids)
+            else None
+        )
+
+    _wait(filtered)
     browser.save_screenshot(str(ARTIFACTS / "serve_position_filter.png"))
     # a cutout FITS chosen from disk: embedded on the server and searched, the source named on the card
     cutout = sorted((cutouts / "cutouts").glob("*.fits"))[0]
@@ -674,7 +689,7 @@ def test_browser_mark_rank_export_and_reload_marks(live_server, browser, tmp_pat
         )
     )
     assert "like your 3 marked" in browser.find_element(By.ID, "results-title").text
-    shown = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
+    shown = _card_ids(browser)
     want = service.index.rank([int(t) for t in marked], [int(negative)], n=8)
     assert shown == [str(c["targetid"]) for c in want["candidates"]]
     assert not browser.find_element(By.ID, "csv").is_displayed()  # the neighbours' CSV is not this view's
@@ -708,6 +723,6 @@ def test_browser_mark_rank_export_and_reload_marks(live_server, browser, tmp_pat
     browser.find_element(By.ID, "rank-n").send_keys("8")
     browser.find_element(By.ID, "unusual").click()
     _wait(lambda: "most unusual" in browser.find_element(By.ID, "results-title").text and _loaded_cards(browser) == 8)
-    odd = [c.get_attribute("data-targetid") for c in browser.find_elements(By.CSS_SELECTOR, "#grid .card")]
+    odd = _card_ids(browser)
     assert odd == [str(c["targetid"]) for c in service.index.anomalies(n=8)["candidates"]]
     browser.save_screenshot(str(ARTIFACTS / "serve_unusual.png"))

@@ -219,10 +219,10 @@ class VectorFile:
         return out
 
     def close(self) -> None:
-        if self._pool is not None:
+        if getattr(self, "_pool", None) is not None:  # None too when __init__ failed before making it
             self._pool.shutdown(wait=True)
             self._pool = None
-        if self._fd >= 0:
+        if getattr(self, "_fd", -1) >= 0:
             os.close(self._fd)
             self._fd = -1
 
