@@ -4,6 +4,9 @@
     python bench/extract.py --layouts [--pairs 256] [--rounds 2]
 
 Full pipeline = read HDF5 -> preprocess -> both encoders -> Zarr store (run_extraction).
+Encoder rates: fp32 GEMM (2048^3) and each encoder's FLOP rate (torch's FLOP counter, 2 per multiply-add) at the
+batch size, with its ratio to GEMM in the same run (goal >= 0.70); JSON ``gemm_gflops`` and under ``image`` and
+``spectrum`` the backend's ``gflops`` and ``ratio_to_gemm``.
 Baseline = the same encoders' forward passes on in-memory, already preprocessed tensors of the
 same batch size. The baseline runs before and after the pipeline and is averaged, since these
 machines are noisy. Prints a table and writes bench/out/extract.json.
@@ -36,6 +39,61 @@ def bare_forward(encoders, images_rgb: torch.Tensor, spectra: torch.Tensor, batc
     if encoders.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - t
+
+
+def gemm_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """fp32 GEMM rate, (n, n) @ (n, n), best of ``reps``: the machine's limit the encoders are measured against."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_item(fn, x: torch.Tensor) -> float:
+    """FLOPs (2 per multiply-add, torch's own counter) of ``fn`` per row of ``x``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fn(x)
+    return counter.get_total_flops() / len(x)
+
+
+def encoder_rate(fn, x: torch.Tensor, flops: float, reps: int = 3) -> float:
+    """GFLOP/s of ``fn`` on the batch ``x``, best of ``reps`` after a warm-up."""
+    with torch.inference_mode():
+        fn(x)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return flops * len(x) / best / 1e9
+
+
+def encoder_rates(encoders, images: torch.Tensor, spectra: torch.Tensor, batch: int, device: torch.device) -> dict:
+    """Each encoder's FLOP rate against GEMM's in the same run: {"gemm_gflops", "image": {...}, "spectrum": {...}},
+    per encoder its FLOPs per item, the backend in use ("eager") and its "gflops" and "ratio_to_gemm"."""
+    from galclip.data.preprocess import zscore_spectra
+
+    gemm = gemm_gflops(device)
+    img = images[:batch].to(device).contiguous(memory_format=torch.channels_last)
+    spec = zscore_spectra(spectra[:batch].to(device))
+    out: dict = {"gemm_gflops": gemm, "gemm_shape": "2048^3 fp32", "batch": batch}
+    for name, fn, x in (("image", encoders._image_features, img), ("spectrum", encoders.spectrum_features, spec)):
+        flops = flops_per_item(fn, x)
+        rate = encoder_rate(fn, x, flops)
+        out[name] = {"backend": "eager", "gflop_per_item": flops / 1e9, "gflops": rate, "ratio_to_gemm": rate / gemm}
+    return out
 
 
 def read_rate(data: list[Path], batch: int) -> float:
@@ -147,6 +205,7 @@ def main() -> None:
         "pipeline_loop_pairs_per_s": summary["pairs_per_s"],
         "ratio_pipeline_over_bare": bare / t_pipe,
     }
+    result.update(encoder_rates(encoders, images, spectra, args.batch_size, device))
     if device.type == "cuda":
         result["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +216,13 @@ def main() -> None:
     )
     print(f"full pipeline     {result['pipeline_pairs_per_s']:8.1f} pairs/s  ({t_pipe:.1f} s incl. store creation)")
     print(f"ratio pipeline/bare = {result['ratio_pipeline_over_bare']:.3f}  (goal >= 0.90)")
+    print(f"GEMM {result['gemm_gflops']:.0f} GFLOP/s ({result['gemm_shape']})")
+    for name in ("image", "spectrum"):
+        r = result[name]
+        print(
+            f"{name:8s} encoder  {r['gflop_per_item']:.3f} GFLOP/item  {r['gflops']:6.1f} GFLOP/s  "
+            f"{r['ratio_to_gemm']:.2f} of GEMM  (backend {r['backend']}, batch {result['batch']}; goal >= 0.70)"
+        )
     if "gpu_max_memory_gib" in result:
         print(f"GPU max memory    {result['gpu_max_memory_gib']:.2f} GiB")
     print(f"-> {args.out}")
