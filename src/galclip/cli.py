@@ -267,6 +267,15 @@ def mock(
         click.echo(f"as {layout}: {data}\nextract with: galclip extract {data} STORE --catalogue {out / 'provabgs.h5'}")
 
 
+BACKEND_OPTION = click.option(
+    "--backend",
+    type=click.Choice(["fused", "eager"]),
+    default=None,
+    help="How the encoders run on a CPU: fused (oneDNN graphs, the default for a new store) or eager (the modules as "
+    "written, bit for bit); a store is resumed with its own [default: the store's, else fused].",
+)
+
+
 def _extract_options(func):
     options = [
         click.option(
@@ -331,6 +340,7 @@ def _extract_options(func):
             help="DataLoader workers [default: 0 on CPU, up to 8 on CUDA].",
         ),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the encoders (pays off on GPUs)."),
+        BACKEND_OPTION,
         click.option(
             "--bad-rows",
             type=click.Choice(["fail", "skip"]),
@@ -387,6 +397,7 @@ def extract(
     rows_per_shard,
     workers,
     compile_,
+    backend,
     bad_rows,
     device,
     seed,
@@ -415,6 +426,7 @@ def extract(
         rows_per_shard=rows_per_shard,
         num_workers=workers,
         compile=compile_,
+        backend=backend,
         bad_rows=bad_rows,
         seed=seed,
         device=device,
@@ -1235,6 +1247,7 @@ def _bind(host: str, port: int):
     help="On a NaN/inf/blank input row: stop, or write it with NaN predictions and go on.",
 )
 @click.option("--device", default="auto", show_default=True)
+@BACKEND_OPTION
 @click.option(
     "--overwrite",
     is_flag=True,
@@ -1261,6 +1274,7 @@ def predict(
     workers,
     bad_rows,
     device,
+    backend,
     overwrite,
     no_progress,
 ) -> None:
@@ -1297,6 +1311,7 @@ def predict(
         rows_per_shard=rows_per_shard,
         num_workers=workers,
         bad_rows=bad_rows,
+        backend=backend,
         progress=not no_progress,
         overwrite=overwrite,
     )

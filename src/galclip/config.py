@@ -65,7 +65,8 @@ class ExtractConfig:
     selection_fraction: float = 0.1  # the selection split (LR schedule, early stopping, best epoch): the next 10%
     rows_per_shard: int = 256
     num_workers: int | None = None  # DataLoader workers; None: 0 on CPU, up to 8 on CUDA
-    compile: bool = False  # torch.compile the encoders
+    compile: bool = False  # torch.compile the encoders (they then run eager)
+    backend: str | None = None  # "fused" | "eager" (extract.backends); None: the store's own, else "fused"
     bad_rows: str = "fail"  # "fail": stop at the first bad input row; "skip": quarantine it and go on
     modalities: tuple[str, ...] = ("image", "spectrum")  # one alone: galclip predict's single-modality stores
     labels: tuple[str, ...] = ()  # --label NAME=COLUMN: more catalogue columns to store as labels
@@ -84,6 +85,8 @@ class ExtractConfig:
             raise ValueError("batch_size and rows_per_shard must be >= 1")
         if self.variants < 0 or self.spectrum_variants < 0:
             raise ValueError("variants must be >= 0")
+        if self.backend is not None and self.backend not in ("fused", "eager"):
+            raise ValueError(f"backend must be 'fused' or 'eager', got {self.backend!r}")
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
 

@@ -58,7 +58,7 @@ def embed_survey_pair(
         code = int(bad_row_codes(batch.image, batch.spectrum)[0])
         if code:
             raise InputError(f"{reader.locate(row)}: targetid {targetid}: {REASONS[code]}; it cannot be embedded")
-    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device)
+    config = config_from_provenance(store.provenance, variants=0, spectrum_variants=0, device=device, backend=None)
     config = dataclasses.replace(config, modalities=modalities)
     tensor = lambda a: None if a is None else torch.from_numpy(a)
     feats = Encoders(config, resolve_device(device))(

@@ -8,6 +8,7 @@ import torch
 from galclip.config import ExtractConfig
 from galclip.data.preprocess import grz_to_rgb, images_to_chw, preprocess_images, zscore_spectra
 from galclip.extract.augment import augment_images, augment_spectra
+from galclip.extract.backends import image_forward, resolve_backend, spectrum_forward
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM, build_image_encoder
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM, build_spectrum_encoder
 
@@ -33,14 +34,17 @@ class Encoders:
         self.config = config
         self.device = device
         self.fc_state = None
+        self.backend = resolve_backend(config.backend, device.type, config.compile)
         if "image" in config.modalities:
             trunk, self.fc_state = build_image_encoder(config.image_weights, config.seed)
-            self.image = trunk.to(device, memory_format=torch.channels_last)
+            self.image = image_forward(trunk.to(device, memory_format=torch.channels_last), self.backend, config.crop)
             if config.compile:
                 self.image = torch.compile(self.image)
         if "spectrum" in config.modalities:
             self.spectrum = build_spectrum_encoder(config.spectrum_weights, config.seed).to(device)
-            self.spectrum_features = torch.compile(self.spectrum.features) if config.compile else self.spectrum.features
+            self.spectrum_features = spectrum_forward(self.spectrum, self.backend)
+            if config.compile:
+                self.spectrum_features = torch.compile(self.spectrum_features)
         self.autocast = device.type == "cuda"  # bf16 only on GPUs: ~100x slower on AVX2 CPUs
 
     def _image_features(self, rgb: torch.Tensor) -> torch.Tensor:

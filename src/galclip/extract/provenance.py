@@ -10,6 +10,7 @@ import torch
 from galclip.config import ExtractConfig
 from galclip.data.preprocess import MASKED_PIXELS
 from galclip.data.sources import SurveySource
+from galclip.extract.backends import resolve_backend
 from galclip.extract.image_encoder import IMAGE_FEATURE_DIM
 from galclip.extract.spectrum_encoder import SPECTRUM_FEATURE_DIM
 from galclip.provenance import code_version, sha256_file
@@ -64,7 +65,12 @@ def build_provenance(
         "preprocessing": {
             **{m: preprocessing[m] for m in config.modalities},
             # bf16 autocast on GPUs changes the features' last bits: a store is finished on the kind it began on
-            "compute": {"device_type": device_type, "bf16_autocast": device_type == "cuda"},
+            # and the backend's features differ from another's in the last bits (extract.backends)
+            "compute": {
+                "device_type": device_type,
+                "bf16_autocast": device_type == "cuda",
+                "backend": resolve_backend(config.backend, device_type, config.compile),
+            },
             "variants": {
                 "image": config.variants,
                 "spectrum": config.spectrum_variants,
@@ -120,6 +126,7 @@ COMMAND_OPTIONS = {
     "seed": "--seed",
     "labels": "--label",
     "match_radius_arcsec": "--match-radius",
+    "backend": "--backend",
 }
 
 

@@ -13,6 +13,7 @@ an encoder; ``galclip check --repair`` marks the shards of damaged feature chunk
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from galclip.data.catalogue import join_labels, no_labels
 from galclip.data.sources import SurveySource, open_survey
 from galclip.data.survey import recorded_survey_problems, survey_changes
 from galclip.errors import InputError
+from galclip.extract.backends import recorded_backend, resolve_backend
 from galclip.extract.distributed import Distributed
 from galclip.extract.encoders import Encoders, feature_arrays
 from galclip.extract.provenance import build_provenance, extract_command
@@ -78,6 +80,15 @@ def _open_or_create(
             error = err
     dist.agree(error)
     return store or _open_checked(store_path, provenance), rebuilt
+
+
+def _store_backend(store_path: Path) -> str | None:
+    """The encoder backend an existing store was extracted with (None when it cannot be read: opening it for
+    writing then says why)."""
+    try:
+        return recorded_backend(FeatureStore.open(store_path, validate=False).provenance)
+    except Exception:
+        return None
 
 
 def _open_checked(store_path: Path, provenance: dict) -> FeatureStore:
@@ -441,6 +452,9 @@ def _extract_with(
         catalogue = str(beside[0])
         logger.info("using the catalogue found beside the survey: %s", catalogue)
     device = resolve_device(config.device)
+    if config.backend is None:  # a store resumes with its own backend; a new one takes the device's default
+        recorded = _store_backend(Path(store_path)) if (Path(store_path) / "zarr.json").exists() else None
+        config = dataclasses.replace(config, backend=recorded or resolve_backend(None, device.type, config.compile))
     provenance = build_provenance(config, reader, catalogue, device.type, arguments if len(arguments) > 1 else None)
     dist = Distributed.from_env(device.type)
     if device.type == "cuda" and dist.world > 1:
@@ -555,6 +569,7 @@ def _extract_with(
         "seconds": time.perf_counter() - t0,
         "pairs_per_s": n_rows / max(elapsed, 1e-9),
         "device": str(device),
+        "backend": encoders.backend,
         "store": str(store_path),
         "rank": dist.rank,
         "world_size": dist.world,
@@ -567,13 +582,14 @@ def _extract_with(
         summary["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     unit = "pairs" if len(config.modalities) == 2 else f"{config.modalities[0]}s"
     logger.info(
-        "extracted %d %s in %.1f s (%.1f %s/s on %s%s) -> %s",
+        "extracted %d %s in %.1f s (%.1f %s/s on %s, %s encoders%s) -> %s",
         n_rows,
         unit,
         elapsed,
         summary["pairs_per_s"],
         unit,
         device,
+        encoders.backend,
         f", rank {dist.rank}/{dist.world}" if dist.world > 1 else "",
         store_path,
     )

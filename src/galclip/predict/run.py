@@ -145,6 +145,7 @@ def predict_catalogue(
     rows_per_shard: int = 256,
     num_workers: int | None = None,
     bad_rows: str = "fail",
+    backend: str | None = None,
     block: int = BLOCK,
     seed: int = 0,
     progress: bool = True,
@@ -152,6 +153,7 @@ def predict_catalogue(
 ) -> dict:
     """Write the zero-shot catalogue of every galaxy in ``input_path`` (survey files, or a feature store) to ``out``.
 
+    ``backend``: how the encoders run (``galclip.extract.backends``; None: fused, or a work store's own).
     Returns the run's metrics, also written to ``report_dir/metrics.json`` (default ``<stem>_report/``).
     Under torchrun every rank extracts its shards; rank 0 alone writes the catalogue."""
     from galclip.extract.run import run_extraction
@@ -201,6 +203,7 @@ def predict_catalogue(
                 rows_per_shard=rows_per_shard,
                 num_workers=num_workers,
                 bad_rows=bad_rows,
+                backend=backend,  # None: fused (within the tolerance of the reference store's backend)
             )
             check_same_encoder(
                 ref_store.provenance, _planned_provenance(config, reader), modality, str(input_path), str(index_dir)

@@ -97,6 +97,20 @@ MOCO_FC_KEYS = ("0.weight", "0.bias", "2.weight", "2.bias")
 DERIVED_ARRAYS = (*META_ARRAYS, QUARANTINE)
 # provenance fields that must agree before an extraction may resume into an existing store
 COMPAT_KEYS = ("encoders", "preprocessing", "data", "rows_per_shard")
+UNRECORDED_BACKEND = "eager"  # the encoder backend of stores made before preprocessing.compute.backend was recorded
+
+
+def recorded_backend(provenance: dict) -> str:
+    """The encoder backend (``galclip.extract.backends``) a store's features came from."""
+    compute = (provenance.get("preprocessing") or {}).get("compute") or {}
+    return compute.get("backend", UNRECORDED_BACKEND)
+
+
+def _with_backend(provenance: dict) -> dict:
+    """``provenance`` with its backend recorded, so an older store compares equal to an eager run."""
+    preprocessing = dict(provenance.get("preprocessing") or {})
+    preprocessing["compute"] = {**(preprocessing.get("compute") or {}), "backend": recorded_backend(provenance)}
+    return {**provenance, "preprocessing": preprocessing}
 
 
 @dataclass(frozen=True)
@@ -490,8 +504,9 @@ class FeatureStore:
         """Refuse to resume with other encoders, preprocessing or data: name the difference, then ``fix`` (what to
         run instead; the writer knows the command line)."""
         diffs = []
+        mine, theirs = _with_backend(self.provenance), _with_backend(provenance)
         for key in COMPAT_KEYS:
-            diffs += leaf_diff(self.provenance.get(key), provenance.get(key), key)
+            diffs += leaf_diff(mine.get(key), theirs.get(key), key)
         if diffs:
             raise StoreError(
                 f"{self.path}: was made with different settings, so its features cannot be mixed with this run's:\n  "
