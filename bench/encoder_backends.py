@@ -4,8 +4,8 @@
 
 Each candidate runs the same seeded-random encoder on the same batch; it is reported with its FLOP rate (torch's FLOP
 counter of the eager model, 2 per multiply-add), its ratio to the 2048^3 fp32 GEMM rate of the same run, and its
-largest difference from the eager float32 features relative to their largest magnitude. Nothing here is used by
-galclip yet: this is the measurement the choice of a backend rests on.
+largest difference from the eager float32 features relative to their largest magnitude: the measurement the choice
+of galclip's ``fused`` backend rested on, with that backend last.
 
 - image: eager channels-last (today's); ``torch.fx`` conv-BN folding; TorchScript trace + freeze +
   ``optimize_for_inference`` (oneDNN fusions; deprecated API, warns).
@@ -39,6 +39,9 @@ def image_candidates(trunk, x):
         warnings.simplefilter("ignore")
         traced = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(trunk.eval(), x)))
     yield "torchscript freeze + optimize_for_inference", traced
+    from galclip.extract.backends import image_forward
+
+    yield "fused (galclip --backend fused)", image_forward(trunk, "fused", x.shape[-1])
 
 
 def _norm_act(x, var, mean, block):
@@ -86,6 +89,9 @@ def spectrum_candidates(enc, y):
     yield "torchscript freeze + optimize_for_inference", traced
     if min(float(blk[2].weight.min()) for blk in (enc.conv1, enc.conv2, enc.conv3)) >= 0:
         yield "pool first, block-1 moments", pool_first(enc)
+    from galclip.extract.backends import FusedSpender
+
+    yield "fused (galclip --backend fused: + FFT conv2/3)", FusedSpender(enc)
 
 
 def main() -> None:

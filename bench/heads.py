@@ -172,7 +172,8 @@ def main() -> None:
     if "part4" in result:
         p4 = result["part4"]
         print(
-            f"4. {p4['epochs']} epochs over {args.pairs} pairs: {p4['seconds']:.1f} s ({p4['seconds_per_epoch']:.3f} s/epoch)"
+            f"4. {p4['epochs']} epochs over {args.pairs} pairs: {p4['seconds']:.1f} s ({p4['seconds_per_epoch']:.3f} s/epoch; "
+            f"goal <= 10 s: {'met' if p4['seconds'] <= 10 else 'missed'})"
         )
     print(f"-> {args.out}")
 
