@@ -79,7 +79,9 @@ def test_resume_refuses_another_backend_and_names_the_fix(tiny_mock, tiny_store,
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     result = CliRunner().invoke(main, ["extract", str(tiny_mock), str(store), "--backend", "eager", "--no-progress"])
     assert result.exit_code == 1, result.output  # a StoreError, like every refused resume
-    assert "preprocessing.compute.backend" in result.output and "--backend fused" in result.output
+    assert 'preprocessing.compute.backend: store has "fused", this run has "eager"' in result.output
+    resume = result.output.split("run exactly:")[1].splitlines()[1].strip()
+    assert resume.startswith("galclip extract") and "--backend" not in resume  # the store's own backend
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before  # nothing touched
     recorded = FeatureStore.open(store).provenance
     eager = {**recorded, "preprocessing": {**recorded["preprocessing"], "compute": {"device_type": "cpu"}}}

@@ -126,8 +126,7 @@ COMMAND_OPTIONS = {
     "seed": "--seed",
     "labels": "--label",
     "match_radius_arcsec": "--match-radius",
-    "backend": "--backend",
-}
+}  # not --backend: a store resumes with its own unless told otherwise
 
 
 def extract_command(provenance: dict, store: str | Path) -> str:
