@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from galclip.config import ENCODER_BACKENDS
+
 
 def bare_forward(encoders, images_rgb: torch.Tensor, spectra: torch.Tensor, batch: int) -> float:
     """Seconds for both encoders over all rows of pre-built tensors."""
@@ -67,35 +69,51 @@ def flops_per_item(fn, x: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x)
 
 
-def encoder_rate(fn, x: torch.Tensor, flops: float, reps: int = 3) -> float:
-    """GFLOP/s of ``fn`` on the batch ``x``, best of ``reps`` after a warm-up."""
+def best_seconds(fn, x: torch.Tensor, reps: int = 3, warmups: int = 1) -> float:
+    """Seconds of ``fn(x)``, best of ``reps`` after ``warmups`` calls (a GPU synchronised around each timing)."""
+
+    def sync() -> None:
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+
     with torch.inference_mode():
-        fn(x)
+        for _ in range(warmups):
+            fn(x)
         best = float("inf")
         for _ in range(reps):
+            sync()
             t = time.perf_counter()
             fn(x)
-            if x.device.type == "cuda":
-                torch.cuda.synchronize()
+            sync()
             best = min(best, time.perf_counter() - t)
-    return flops * len(x) / best / 1e9
+    return best
 
 
-def encoder_rates(cfg, images: torch.Tensor, spectra: torch.Tensor, device: torch.device, chosen: str) -> dict:
+def encoder_rate(fn, x: torch.Tensor, flops: float, reps: int = 3) -> float:
+    """GFLOP/s of ``fn`` on the batch ``x``, best of ``reps`` after a warm-up."""
+    return flops * len(x) / best_seconds(fn, x, reps) / 1e9
+
+
+def encoder_rates(encoders, images: torch.Tensor, spectra: torch.Tensor) -> dict:
     """Each encoder's FLOP rate against GEMM's in the same run, per backend (interleaved with GEMM, best of 2 rounds
     each):
     {"gemm_gflops", "image": {...}, "spectrum": {...}}, per encoder its FLOPs per item (counted on the eager
-    modules: the work is the same), the chosen backend's "gflops" and "ratio_to_gemm", and every backend's under
-    "backends"."""
+    modules: the work is the same), the "gflops" and "ratio_to_gemm" of ``encoders``' backend (the pipeline's), and
+    every backend's under "backends"."""
     import dataclasses
 
     from galclip.data.preprocess import zscore_spectra
-    from galclip.extract.backends import BACKENDS, resolve_backend
+    from galclip.extract.backends import BACKENDS
     from galclip.extract.encoders import Encoders
 
+    cfg, device, chosen = encoders.config, encoders.device, encoders.backend
     batch = cfg.batch_size
-    runs = {b: Encoders(dataclasses.replace(cfg, backend=b), device) for b in BACKENDS}
-    runs = {b: e for b, e in runs.items() if e.backend == b}  # a GPU runs eager only
+    runs = {chosen: encoders}
+    for b in BACKENDS:
+        if b not in runs:
+            other = Encoders(dataclasses.replace(cfg, backend=b), device)
+            if other.backend == b:  # a GPU runs eager only
+                runs[b] = other
     gemm = 0.0
     img = images[:batch].to(device).contiguous(memory_format=torch.channels_last)
     spec = zscore_spectra(spectra[:batch].to(device))
@@ -113,7 +131,6 @@ def encoder_rates(cfg, images: torch.Tensor, spectra: torch.Tensor, device: torc
                 rates["spectrum"][b], encoder_rate(enc.spectrum_features, spec, flops["spectrum"])
             )
     out["gemm_gflops"] = gemm = max(gemm, gemm_gflops(device))
-    chosen = resolve_backend(chosen, device.type)
     for name in flops:
         out[name] = {
             "backend": chosen,
@@ -185,7 +202,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--variants", type=int, default=0)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--backend", choices=["fused", "eager"], default=None, help="the pipeline's [default: fused]")
+    ap.add_argument("--backend", choices=ENCODER_BACKENDS, default=None, help="the pipeline's [default: fused]")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "extract.json")
     ap.add_argument("--layouts", action="store_true", help="compare every input layout against AstroCLIP's HDF5")
     ap.add_argument("--rounds", type=int, default=2, help="--layouts: interleaved rounds")
@@ -236,7 +253,7 @@ def main() -> None:
         "ratio_pipeline_over_bare": bare / t_pipe,
     }
     result["backend"] = encoders.backend
-    result.update(encoder_rates(cfg, images, spectra, device, encoders.backend))
+    result.update(encoder_rates(encoders, images, spectra))
     if device.type == "cuda":
         result["gpu_max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,32 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from extract import best_seconds
+
 GOAL_PAIRS_PER_S = 10_000
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def rate(fn, x: torch.Tensor, reps: int = 5) -> float:
     """Items per second of ``fn`` on batch ``x``, best of ``reps`` after two warm-ups."""
-    with torch.inference_mode():
-        fn(x)
-        fn(x)
-        best = float("inf")
-        for _ in range(reps):
-            _sync(x.device)
-            t = time.perf_counter()
-            fn(x)
-            _sync(x.device)
-            best = min(best, time.perf_counter() - t)
-    return len(x) / best
+    return len(x) / best_seconds(fn, x, reps, warmups=2)
 
 
 def batch_by_memory(fn, make, device: torch.device, fraction: float, cap: int = 4096) -> int:

@@ -10,6 +10,13 @@ from dataclasses import dataclass
 
 RGB_MAPPINGS = ("lupton", "stein")
 ORIENTATIONS = ("survey", "stein")
+ENCODER_BACKENDS = ("fused", "eager")  # how the encoders run: galclip.extract.backends
+
+
+def check_backend(backend: str | None) -> None:
+    """Refuse an encoder backend that is not one of :data:`ENCODER_BACKENDS` (None: the default)."""
+    if backend is not None and backend not in ENCODER_BACKENDS:
+        raise ValueError(f"backend must be one of {ENCODER_BACKENDS}, got {backend!r}")
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,7 @@ class ExtractConfig:
             raise ValueError("batch_size and rows_per_shard must be >= 1")
         if self.variants < 0 or self.spectrum_variants < 0:
             raise ValueError("variants must be >= 0")
-        if self.backend is not None and self.backend not in ("fused", "eager"):
-            raise ValueError(f"backend must be 'fused' or 'eager', got {self.backend!r}")
+        check_backend(self.backend)
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
 

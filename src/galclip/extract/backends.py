@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from galclip.store.feature_store import recorded_backend
+from galclip.config import ENCODER_BACKENDS as BACKENDS
+from galclip.config import check_backend
 
 logger = logging.getLogger(__name__)
-__all__ = ["BACKENDS", "FusedSpender", "image_forward", "recorded_backend", "resolve_backend", "spectrum_forward"]
+__all__ = ["BACKENDS", "FusedSpender", "image_forward", "resolve_backend", "spectrum_forward"]
 
-BACKENDS = ("fused", "eager")
 FEATURE_TOLERANCE = 1e-4  # max |fused - eager| / max |eager| per batch of features
 SPECTRA_PER_BLOCK = 4  # spectra per pass through Spender's first two blocks: their 6.4 MB conv2 output stays in cache
 CONV2_FFT_BLOCK = 128  # conv2's overlap-save FFT length: 118 outputs per block, 65 frequencies
@@ -34,8 +34,7 @@ CONV2_FFT_BLOCK = 128  # conv2's overlap-save FFT length: 118 outputs per block,
 
 def resolve_backend(backend: str | None, device_type: str, compile_: bool = False) -> str:
     """The backend that runs: ``backend`` (None: ``fused``), or ``eager`` on GPUs and under ``torch.compile``."""
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend)
     if device_type != "cpu" or compile_:
         return "eager"
     return backend or "fused"

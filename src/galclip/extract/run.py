@@ -27,7 +27,7 @@ from galclip.data.catalogue import join_labels, no_labels
 from galclip.data.sources import SurveySource, open_survey
 from galclip.data.survey import recorded_survey_problems, survey_changes
 from galclip.errors import InputError
-from galclip.extract.backends import recorded_backend, resolve_backend
+from galclip.extract.backends import resolve_backend
 from galclip.extract.distributed import Distributed
 from galclip.extract.encoders import Encoders, feature_arrays
 from galclip.extract.provenance import build_provenance, extract_command
@@ -43,6 +43,7 @@ from galclip.store.feature_store import (
     chunk_decodes,
     meta_array_names,
     meta_dtype,
+    recorded_backend,
     values_sha256,
 )
 from galclip.store.quarantine import REASONS
