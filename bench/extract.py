@@ -1,16 +1,18 @@
 """Extraction throughput: the full pipeline against the bare encoder forward passes, in one run.
 
-    python bench/extract.py [--pairs 512] [--batch-size 64] [--variants 0] [--device auto]
-    python bench/extract.py --layouts [--pairs 256] [--rounds 2]
+    python bench/extract.py [--pairs 2048] [--batch-size 64] [--variants 0] [--device auto]
+    python bench/extract.py --layouts [--pairs 512] [--rounds 2]
 
 Full pipeline = read HDF5 -> preprocess -> both encoders -> Zarr store (run_extraction).
 Encoder rates: fp32 GEMM (2048^3) and each encoder's FLOP rate (torch's FLOP counter, 2 per multiply-add) at the
 batch size, with its ratio to GEMM in the same run (goal >= 0.70), for each backend (``--backend``: the pipeline's,
 default fused); JSON ``gemm_gflops`` and under ``image`` and ``spectrum`` the chosen backend's ``gflops`` and
 ``ratio_to_gemm``, every backend's under ``backends``.
-Baseline = the same encoders' forward passes on in-memory, already preprocessed tensors of the
-same batch size. The baseline runs before and after the pipeline and is averaged, since these
-machines are noisy. Prints a table and writes bench/out/extract.json.
+Baseline = the same encoders' forward passes on in-memory, already preprocessed tensors of the same batch size,
+interleaved with the pipeline in ``--rounds`` rounds (each into a new store); each is the best of its rounds, since
+these machines are noisy. The pipeline's rate is given end to end and in its loop (its first batch read to its last
+shard written); the difference is its start-up (building the encoders and the store), paid once per run. Prints a
+table and writes bench/out/extract.json.
 
 ``--layouts``: the same mock galaxies written in every layout galclip reads (``galclip mock --layout``), each
 extracted end to end and, alone, only read (the reader and the sky match, no encoder), in interleaved rounds
@@ -198,15 +200,17 @@ def bench_layouts(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--pairs", type=int, default=None, help="[default: 2048; --layouts: 512]")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--variants", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--backend", choices=ENCODER_BACKENDS, default=None, help="the pipeline's [default: fused]")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "extract.json")
     ap.add_argument("--layouts", action="store_true", help="compare every input layout against AstroCLIP's HDF5")
-    ap.add_argument("--rounds", type=int, default=2, help="--layouts: interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each result the best of them)")
     args = ap.parse_args()
+    if args.pairs is None:  # enough that the pipeline's start-up (~1 s, once per run) weighs what it does at scale
+        args.pairs = 512 if args.layouts else 2048
     if args.layouts:
         bench_layouts(args)
         return
@@ -232,25 +236,31 @@ def main() -> None:
         images, spectra = images.pin_memory(), spectra.pin_memory()
     bare_forward(encoders, images[: args.batch_size], spectra[: args.batch_size], args.batch_size)  # warm-up
     views = 1 + args.variants  # the pipeline runs the image encoder once per view
-
-    t_bare = [bare_forward(encoders, images.repeat(views, 1, 1, 1)[: args.pairs * views], spectra, args.batch_size)]
-    t = time.perf_counter()
-    summary = run_extraction(work / "data", work / "features.zarr", cfg, progress=False)
-    t_pipe = time.perf_counter() - t
-    t_bare.append(bare_forward(encoders, images.repeat(views, 1, 1, 1)[: args.pairs * views], spectra, args.batch_size))
-    bare = float(np.mean(t_bare))
+    view_images = images.repeat(views, 1, 1, 1)[: args.pairs * views]
+    t_bare, t_pipe, t_loop = [], [], []
+    for r in range(args.rounds):  # interleaved: the best of each against the best of the other
+        t_bare.append(bare_forward(encoders, view_images, spectra, args.batch_size))
+        t = time.perf_counter()
+        summary = run_extraction(work / "data", work / f"features-{r}.zarr", cfg, progress=False)
+        t_pipe.append(time.perf_counter() - t)
+        t_loop.append(summary["pairs_extracted"] / summary["pairs_per_s"])
+    bare, pipe, loop = min(t_bare), min(t_pipe), min(t_loop)
     result = {
         "pairs": args.pairs,
         "batch_size": args.batch_size,
         "variants": args.variants,
+        "rounds": args.rounds,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "bare_forward_s": t_bare,
         "pipeline_s": t_pipe,
+        "pipeline_loop_s": t_loop,
         "bare_pairs_per_s": args.pairs / bare,
-        "pipeline_pairs_per_s": args.pairs / t_pipe,
-        "pipeline_loop_pairs_per_s": summary["pairs_per_s"],
-        "ratio_pipeline_over_bare": bare / t_pipe,
+        "pipeline_pairs_per_s": args.pairs / pipe,
+        "pipeline_loop_pairs_per_s": args.pairs / loop,
+        "startup_s": min(p - q for p, q in zip(t_pipe, t_loop)),
+        "ratio_pipeline_over_bare": bare / pipe,
+        "ratio_loop_over_bare": bare / loop,
     }
     result["backend"] = encoders.backend
     result.update(encoder_rates(encoders, images, spectra))
@@ -259,11 +269,17 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"device {device}, {args.pairs} pairs, batch {args.batch_size}, variants {args.variants}, {encoders.backend}")
+    runs = lambda ts: ", ".join(f"{x:.1f} s" for x in ts)
+    print(f"bare forward      {result['bare_pairs_per_s']:8.1f} pairs/s  (runs: {runs(t_bare)})")
+    print(f"full pipeline     {result['pipeline_pairs_per_s']:8.1f} pairs/s  (runs: {runs(t_pipe)}, end to end)")
     print(
-        f"bare forward      {result['bare_pairs_per_s']:8.1f} pairs/s  (runs: {', '.join(f'{x:.1f} s' for x in t_bare)})"
+        f"  its loop        {result['pipeline_loop_pairs_per_s']:8.1f} pairs/s  (runs: {runs(t_loop)}; start-up "
+        f"{result['startup_s']:.2f} s: the encoders, the store)"
     )
-    print(f"full pipeline     {result['pipeline_pairs_per_s']:8.1f} pairs/s  ({t_pipe:.1f} s incl. store creation)")
-    print(f"ratio pipeline/bare = {result['ratio_pipeline_over_bare']:.3f}  (goal >= 0.90)")
+    print(
+        f"ratio pipeline/bare = {result['ratio_pipeline_over_bare']:.3f} end to end, "
+        f"{result['ratio_loop_over_bare']:.3f} in the loop  (goal >= 0.90)"
+    )
     print(f"GEMM {result['gemm_gflops']:.0f} GFLOP/s ({result['gemm_shape']})")
     for name in ("image", "spectrum"):
         r = result[name]

@@ -377,35 +377,10 @@ def test_ctrl_c_says_what_is_kept_and_the_command_that_resumes(tiny_mock, sharde
     _assert_same_store(store, sharded_store)
 
 
-def test_torchrun_two_ranks_match_one(tiny_mock, sharded_store, tmp_path):
-    """Two writer processes (gloo ranks) on disjoint whole shards of one store == one writer, bit for bit."""
-    store = tmp_path / "ranks.zarr"
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))  # same kernels as the reference
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "galclip",
-        "-q",
-        "extract",
-        str(tiny_mock),
-        str(store),
-        *EXTRACT_ARGS,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "rank 0/2" in done.stdout and "rank 1/2" in done.stdout
-    _assert_same_store(store, sharded_store)
-    assert FeatureStore.open(store).info().complete
-
-
 def test_slurm_script_runs_its_torchrun_command_with_two_local_ranks(tiny_mock, sharded_store, tmp_path):
     """scripts/extract.sbatch as SLURM would start it on one node with two ranks (srun stood in by a shim that
-    runs its command): the store equals a one-process extraction, bit for bit."""
+    runs its command, torchrun): two writer processes (gloo ranks) on disjoint whole shards of one store equal one
+    writer, bit for bit."""
     script = Path(__file__).resolve().parents[1] / "scripts" / "extract.sbatch"
     shims = tmp_path / "bin"
     shims.mkdir()
@@ -436,7 +411,9 @@ def test_slurm_script_runs_its_torchrun_command_with_two_local_ranks(tiny_mock, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 node(s) x 2 rank(s), rendezvous 127.0.0.1" in done.stdout
+    assert "rank 0/2" in done.stdout and "rank 1/2" in done.stdout
     _assert_same_store(store, sharded_store)
+    assert FeatureStore.open(store).info().complete
     again = subprocess.run(
         ["bash", str(script), str(tiny_mock), str(store), *EXTRACT_ARGS, "--device", "cpu"],
         capture_output=True,
