@@ -52,6 +52,7 @@ def test_fused_spectrum_features_match_eager(negative_slopes):
     eager = encoder.features(y)
     assert _relative_difference(FusedSpender(encoder)(y), eager) < FEATURE_TOLERANCE
     assert _relative_difference(FusedSpender(encoder)(y[:1]), eager[:1]) < FEATURE_TOLERANCE
+    assert FusedSpender(encoder)(y[:0]).shape == encoder.features(y[:0]).shape == (0, 256)  # as eager
     assert spectrum_forward(encoder, "eager") == encoder.features
 
 

@@ -144,6 +144,8 @@ class FusedSpender(nn.Module):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         enc = self.encoder
+        if len(y) == 0:  # as eager: no spectra, no features
+            return y.new_zeros(0, enc.n_feature)
         x = torch.cat([self._blocks12(y[i : i + SPECTRA_PER_BLOCK]) for i in range(0, len(y), SPECTRA_PER_BLOCK)])
         x = self._correlate(x, enc.conv3[0])
         var, mean = torch.var_mean(x, dim=2, keepdim=True, unbiased=False)
